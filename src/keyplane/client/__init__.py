@@ -1,0 +1,1 @@
+"""keyplane.client."""

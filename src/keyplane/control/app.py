@@ -1,0 +1,292 @@
+"""The Management API: the FastAPI app factory and its routes.
+
+Routes parse, call a use case in ``keyplane.services``, and render; no SQL and no rules here.
+"""
+
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+import structlog
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
+
+from keyplane import __version__
+from keyplane.catalog import Catalog
+from keyplane.control import errors, render
+from keyplane.control import schemas as s
+from keyplane.control.lenient import make_route_class
+from keyplane.domain.errors import InvalidArgument
+from keyplane.domain.timefmt import parse_ts
+from keyplane.services import audit, keys
+from keyplane.services.auth import Principal, authenticate
+from keyplane.services.context import Context
+from keyplane.settings import Settings
+
+log = structlog.get_logger("keyplane.control")
+
+JSON = "application/json"
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": s.ErrorOut} for code in (400, 401, 403, 404, 413, 415)
+}
+
+
+def create_app(settings: Settings, ctx: Context) -> FastAPI:
+    catalog = Catalog(settings)
+    app = FastAPI(
+        title="keyplane Management API",
+        version=__version__,
+        description="Create, list, update, rotate and delete inference API keys; "
+        "see their propagation to every cluster.",
+        responses=ERRORS,
+    )
+    app.state.ctx = ctx
+    app.state.settings = settings
+    errors.install(app)
+    router = APIRouter(route_class=make_route_class(settings.max_body_bytes))
+
+    def principal(
+        authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    ) -> Principal:
+        return authenticate(ctx, authorization)
+
+    def rpc(name: str) -> Any:
+        def check(p: Annotated[Principal, Depends(principal)]) -> Principal:
+            p.require(name)
+            return p
+
+        return Depends(check)
+
+    def team_check(name: str) -> Any:
+        """The RPC's ACL, then the team in the path must be the key's own."""
+
+        def check(teamId: str, p: Annotated[Principal, Depends(principal)]) -> Principal:
+            p.require(name)
+            p.require_team(teamId)
+            return p
+
+        return Depends(check)
+
+    @router.post(
+        "/auth/teams/{teamId}/api-keys",
+        response_model=s.ApiKeyOut,
+        response_model_exclude_none=True,
+        summary="CreateApiKey",
+        tags=["api-keys"],
+    )
+    def create_api_key(
+        teamId: str,
+        body: s.CreateApiKeyRequest,
+        p: Annotated[Principal, team_check("CreateApiKey")],
+        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    ) -> Response:
+        spec = keys.parse_new_key(body.model_dump(by_alias=True, exclude_unset=True))
+        created, replay = keys.create_key(
+            ctx,
+            principal=p,
+            team_id=teamId,
+            spec=spec,
+            idempotency_key=idempotency_key,
+            render=lambda r: render.dump(render.api_key(r.key, r.secret)),
+        )
+        if replay is not None:
+            return Response(replay, media_type=JSON, headers={"idempotent-replayed": "true"})
+        assert created is not None
+        return Response(render.dump(render.api_key(created.key, created.secret)), media_type=JSON)
+
+    @router.get(
+        "/auth/teams/{teamId}/api-keys",
+        response_model=s.ListApiKeysResponse,
+        response_model_exclude_none=True,
+        summary="ListApiKeys",
+        tags=["api-keys"],
+    )
+    def list_api_keys(
+        teamId: str,
+        p: Annotated[Principal, team_check("ListApiKeys")],
+        page_size: Annotated[int | None, Query(alias="pageSize")] = None,
+        pagination_token: Annotated[str | None, Query(alias="paginationToken")] = None,
+        acl_filters: Annotated[list[str] | None, Query(alias="aclFilters")] = None,
+        active_only: Annotated[bool, Query(alias="activeOnly")] = False,
+    ) -> s.ListApiKeysResponse:
+        page = keys.list_keys(
+            ctx,
+            principal=p,
+            team_id=teamId,
+            page_size=page_size,
+            page_token=pagination_token,
+            acl_filters=acl_filters or (),
+            active_only=active_only,
+        )
+        return s.ListApiKeysResponse(
+            api_keys=[render.api_key(k) for k in page.keys], pagination_token=page.next_token
+        )
+
+    def _update(
+        p: Principal, api_key_id: str, body: s.UpdateApiKeyRequest, team: str | None
+    ) -> s.ApiKeyOut:
+        patch = body.api_key.model_dump(by_alias=True, exclude_unset=True)
+        key = keys.update_key(
+            ctx,
+            principal=p,
+            api_key_id=api_key_id,
+            patch=patch,
+            field_mask=body.field_mask,
+            team_id=team,
+        )
+        return render.api_key(key)
+
+    @router.put(
+        "/auth/api-keys/{apiKeyId}",
+        response_model=s.ApiKeyOut,
+        response_model_exclude_none=True,
+        summary="UpdateApiKey",
+        tags=["api-keys"],
+    )
+    def update_api_key(
+        apiKeyId: str,
+        body: s.UpdateApiKeyRequest,
+        p: Annotated[Principal, rpc("UpdateApiKey")],
+    ) -> s.ApiKeyOut:
+        return _update(p, apiKeyId, body, None)
+
+    @router.put(
+        "/auth/teams/{teamId}/api-keys",
+        response_model=s.ApiKeyOut,
+        response_model_exclude_none=True,
+        summary="UpdateApiKey (team path; the key is apiKey.apiKeyId)",
+        tags=["api-keys"],
+    )
+    def update_api_key_in_team(
+        teamId: str,
+        body: s.UpdateApiKeyRequest,
+        p: Annotated[Principal, team_check("UpdateApiKey")],
+    ) -> s.ApiKeyOut:
+        if not body.api_key.api_key_id:
+            raise InvalidArgument("is required on this route", field="apiKey.apiKeyId")
+        return _update(p, body.api_key.api_key_id, body, teamId)
+
+    @router.post(
+        "/auth/api-keys/{apiKeyId}/rotate",
+        response_model=s.ApiKeyOut,
+        response_model_exclude_none=True,
+        summary="RotateApiKey",
+        tags=["api-keys"],
+    )
+    def rotate_api_key(
+        apiKeyId: str,
+        p: Annotated[Principal, rpc("RotateApiKey")],
+        body: s.RotateApiKeyRequest | None = None,
+    ) -> Response:
+        fields = body.model_dump(by_alias=True, exclude_none=True) if body else {}
+        rotated = keys.rotate_key(ctx, principal=p, api_key_id=apiKeyId, body=fields)
+        return Response(render.dump(render.api_key(rotated.key, rotated.secret)), media_type=JSON)
+
+    @router.delete(
+        "/auth/api-keys/{apiKeyId}",
+        response_model=s.Empty,
+        summary="DeleteApiKey",
+        tags=["api-keys"],
+    )
+    def delete_api_key(
+        apiKeyId: str,
+        p: Annotated[Principal, rpc("DeleteApiKey")],
+    ) -> dict[str, Any]:
+        keys.delete_key(ctx, principal=p, api_key_id=apiKeyId)
+        return {}
+
+    @router.get(
+        "/auth/teams/{teamId}/models",
+        response_model=s.ListModelsResponse,
+        response_model_exclude_none=True,
+        summary="ListModels",
+        tags=["catalog"],
+    )
+    def list_models(
+        teamId: str,
+        p: Annotated[Principal, team_check("ListModels")],
+    ) -> s.ListModelsResponse:
+        return render.models(catalog)
+
+    @router.get(
+        "/auth/teams/{teamId}/endpoints",
+        response_model=s.ListEndpointAclsResponse,
+        summary="ListPossibleEndpointAcls",
+        tags=["catalog"],
+    )
+    def list_endpoints(
+        teamId: str,
+        p: Annotated[Principal, team_check("ListPossibleEndpointAcls")],
+    ) -> s.ListEndpointAclsResponse:
+        return render.endpoint_acls()
+
+    @router.get(
+        "/auth/management-keys/validation",
+        response_model=s.ManagementKeyOut,
+        summary="ValidateManagementKey",
+        tags=["management-keys"],
+    )
+    def validate_management_key(
+        p: Annotated[Principal, Depends(principal)],
+    ) -> s.ManagementKeyOut:
+        return render.management_key(p.key)
+
+    @router.get(
+        "/audit/teams/{teamId}/events",
+        response_model=s.ListAuditEventsResponse,
+        response_model_exclude_none=True,
+        summary="ListAuditEvents",
+        tags=["audit"],
+    )
+    def list_audit_events(
+        teamId: str,
+        p: Annotated[Principal, team_check("ListAuditEvents")],
+        page_size: Annotated[int | None, Query(alias="pageSize")] = None,
+        page_token: Annotated[str | None, Query(alias="pageToken")] = None,
+        event_time_from: Annotated[str | None, Query(alias="eventTimeFrom")] = None,
+        event_time_to: Annotated[str | None, Query(alias="eventTimeTo")] = None,
+        query: Annotated[str | None, Query(alias="eventFilter.query")] = None,
+        user_id: Annotated[str | None, Query(alias="eventFilter.userId")] = None,
+        order_by: Annotated[str | None, Query(alias="orderBy")] = None,
+    ) -> s.ListAuditEventsResponse:
+        if order_by not in (None, "", "TIME_ASCENDING", "TIME_DESCENDING"):
+            raise InvalidArgument("must be TIME_ASCENDING or TIME_DESCENDING", field="orderBy")
+        page = audit.list_events(
+            ctx,
+            principal=p,
+            team_id=teamId,
+            page_size=page_size,
+            page_token=page_token,
+            time_from=parse_ts(event_time_from, field="eventTimeFrom") if event_time_from else None,
+            time_to=parse_ts(event_time_to, field="eventTimeTo") if event_time_to else None,
+            text=query or None,
+            user_id=user_id or None,
+            descending=order_by == "TIME_DESCENDING",
+        )
+        return s.ListAuditEventsResponse(
+            events=[render.audit_event(e) for e in page.events], next_page_token=page.next_token
+        )
+
+    @router.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.include_router(router)
+
+    @app.middleware("http")
+    async def access_log(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        # Method, path and status only: headers and bodies may carry secrets.
+        log.info(
+            "request",
+            method=request.method,
+            path=request.url.path,
+            status=response.status_code,
+            ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+        return response
+
+    return app

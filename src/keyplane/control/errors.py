@@ -1,0 +1,97 @@
+"""The one place the Management API turns errors into HTTP answers: ``{"code", "error"}``.
+
+Nothing else in the control plane builds an error body. Unexpected exceptions become a bare 500
+with no detail; the trace goes to the log, never to the client.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from keyplane.control.lenient import UnsupportedMediaType
+from keyplane.domain.errors import (
+    Conflict,
+    InvalidArgument,
+    KeyplaneError,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    RateLimited,
+    Unauthenticated,
+    Unavailable,
+)
+
+log = structlog.get_logger("keyplane.control")
+
+
+def status_of(error: KeyplaneError) -> int:
+    match error:
+        case UnsupportedMediaType():
+            return 415
+        case PayloadTooLarge():
+            return 413
+        case InvalidArgument():
+            return 400
+        case Unauthenticated():
+            return 401
+        case PermissionDenied():
+            return 403
+        case NotFound():
+            return 404
+        case Conflict():
+            return 409
+        case RateLimited():
+            return 429
+        case Unavailable():
+            return error.status
+    return 500
+
+
+def error_response(status: int, code: str, message: str, **headers: str) -> JSONResponse:
+    return JSONResponse({"code": code, "error": message}, status_code=status, headers=headers)
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(KeyplaneError)
+    async def _keyplane(_request: Request, error: KeyplaneError) -> JSONResponse:
+        headers: dict[str, str] = {}
+        if isinstance(error, Unauthenticated):
+            headers["www-authenticate"] = "Bearer"
+        return error_response(status_of(error), error.code, error.message, **headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = []
+        for item in error.errors()[:5]:
+            if item.get("type") == "json_invalid":
+                problems.append("body: is not valid JSON")
+                continue
+            field = _field(tuple(item.get("loc", ())))
+            problems.append(f"{field or 'body'}: {item.get('msg', 'is invalid')}")
+        return error_response(400, "invalid-argument", "; ".join(problems) or "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+        if error.status_code == 404:
+            return error_response(404, "not-found", "No such route.")
+        if error.status_code == 405:
+            return error_response(405, "invalid-argument", "Method not allowed on this route.")
+        detail = error.detail if isinstance(error.detail, str) else json.dumps(error.detail)
+        return error_response(error.status_code, "invalid-argument", detail)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+        log.error("unhandled_error", path=request.url.path, exc_info=error)
+        return error_response(500, "internal", "Internal error.")

@@ -1,0 +1,97 @@
+"""Body reading for the Management API: bounded, and liberal in what it accepts.
+
+The user's own document sends ``curl -d '{...}'`` — which says form-urlencoded — and one of its
+bodies has a trailing comma. Both must work as written, so a JSON body is accepted under those
+content types and trailing commas are forgiven; other content types get a 415.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
+
+from keyplane.domain.errors import InvalidArgument, PayloadTooLarge
+
+_JSONISH = ("application/json", "application/x-www-form-urlencoded", "text/plain", "")
+# A string literal (kept as is) or a comma that only closes a container (dropped).
+_TRAILING_COMMA = re.compile(r'("(?:\\.|[^"\\])*")|,(\s*[}\]])')
+
+
+class UnsupportedMediaType(InvalidArgument):
+    pass
+
+
+def lenient_json(raw: bytes) -> Any:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidArgument("body is not UTF-8") from None
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        return json.loads(_TRAILING_COMMA.sub(lambda m: m.group(1) or m.group(2), text))
+    except json.JSONDecodeError as error:
+        raise InvalidArgument(f"body is not valid JSON ({error.msg} at {error.pos})") from None
+
+
+async def read_capped(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def make_route_class(limit: int) -> type[APIRoute]:
+    class LenientJsonRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
+
+            async def lenient(request: Request) -> Response:
+                if request.method in ("POST", "PUT", "PATCH"):
+                    request = await _normalized(request, limit)
+                return await handler(request)
+
+            return lenient
+
+    return LenientJsonRoute
+
+
+async def _normalized(request: Request, limit: int) -> Request:
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media not in _JSONISH and not media.endswith("+json"):
+        raise UnsupportedMediaType(f"content type {media!r} is not supported; send JSON")
+    raw = await read_capped(request, limit)
+    body = b""
+    if raw.strip():
+        body = json.dumps(lenient_json(raw)).encode()
+    headers = [
+        (k, v) for k, v in request.scope["headers"] if k not in (b"content-type", b"content-length")
+    ]
+    if body:
+        headers.append((b"content-type", b"application/json"))
+    headers.append((b"content-length", str(len(body)).encode()))
+    scope = {**request.scope, "headers": headers}
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request(scope, receive)

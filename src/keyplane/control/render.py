@@ -1,0 +1,106 @@
+"""Domain objects to wire shapes: timestamps as RFC 3339 ``Z``, ``tpm`` as a string."""
+
+from __future__ import annotations
+
+from keyplane.catalog import Catalog, CatalogModel
+from keyplane.control import schemas as s
+from keyplane.domain.acl import API_KEY_NAMESPACE, ENDPOINTS
+from keyplane.domain.model import ApiKey, AuditEvent, ManagementKey
+from keyplane.domain.timefmt import format_ts
+
+
+def api_key(key: ApiKey, secret: str | None = None) -> s.ApiKeyOut:
+    return s.ApiKeyOut(
+        api_key_id=key.api_key_id,
+        team_id=key.team_id,
+        user_id=key.user_id,
+        name=key.name,
+        redacted_api_key=key.redacted_api_key,
+        api_key=secret,
+        create_time=format_ts(key.create_time),
+        modify_time=format_ts(key.modify_time),
+        modified_by=key.modified_by,
+        disabled=key.disabled,
+        expire_time=None if key.expire_time is None else format_ts(key.expire_time),
+        qps=key.qps,
+        qpm=key.qpm,
+        tpm=None if key.tpm is None else str(key.tpm),
+        acl_strings=list(key.acl_strings),
+    )
+
+
+def dump(model: s.Wire) -> bytes:
+    return model.model_dump_json(by_alias=True, exclude_none=True).encode()
+
+
+def management_key(key: ManagementKey) -> s.ManagementKeyOut:
+    return s.ManagementKeyOut(
+        api_key_id=key.key_id,
+        team_id=key.team_id,
+        scope_id=key.team_id,
+        owner_user_id=key.owner_user_id,
+        name=key.name,
+        acls=list(key.acls),
+        redacted_api_key=key.redacted,
+        create_time=format_ts(key.create_time),
+        modify_time=format_ts(key.modify_time),
+    )
+
+
+def _model(model: CatalogModel) -> s.ModelOut:
+    spec = model.spec
+    return s.ModelOut(
+        name=spec.name,
+        version=spec.version,
+        aliases=list(spec.aliases),
+        input_modalities=list(spec.input_modalities),
+        output_modalities=list(spec.output_modalities),
+        rps=str(spec.rps),
+        rpm=str(spec.rpm),
+        tpm=str(spec.tpm),
+        prompt_text_token_price=spec.prices.prompt_text_token_price,
+        completion_text_token_price=spec.prices.completion_text_token_price,
+        image_price=spec.prices.image_price,
+    )
+
+
+def models(catalog: Catalog) -> s.ListModelsResponse:
+    configs = []
+    for cluster in catalog.clusters:
+        present = catalog.in_cluster(cluster)
+        configs.append(
+            s.ClusterConfigOut(
+                cluster_name=cluster,
+                language_models=[_model(m) for m in present if m.spec.kind == "language"],
+                image_generation_models=[_model(m) for m in present if m.spec.kind == "image"],
+                embedding_models=[_model(m) for m in present if m.spec.kind == "embedding"],
+            )
+        )
+    return s.ListModelsResponse(cluster_configs=configs)
+
+
+def endpoint_acls() -> s.ListEndpointAclsResponse:
+    return s.ListEndpointAclsResponse(
+        acls=[
+            s.EndpointAclOut(
+                acl=f"{API_KEY_NAMESPACE}:endpoint:{name}",
+                description=description,
+                namespace=API_KEY_NAMESPACE,
+                key="endpoint",
+                value=name,
+            )
+            for name, description in ENDPOINTS.items()
+        ]
+    )
+
+
+def audit_event(event: AuditEvent) -> s.AuditEventOut:
+    return s.AuditEventOut(
+        event_time=format_ts(event.event_time),
+        event_id=event.event_id,
+        description=event.description,
+        user=event.user_id,
+        operation=event.operation,
+        entity_type=event.entity_type,
+        entity_id=event.entity_id,
+    )

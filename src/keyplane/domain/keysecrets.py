@@ -1,0 +1,39 @@
+"""Key secrets: how they are made, digested, and shown redacted. Only digests are ever stored."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets as _secrets
+import string
+
+SECRET_LENGTH = 80
+_ALPHABET = string.ascii_letters + string.digits
+
+
+def generate_secret(prefix: str) -> str:
+    """``prefix`` + 80 characters of [A-Za-z0-9] from the OS CSPRNG (about 476 bits)."""
+    return prefix + "".join(_secrets.choice(_ALPHABET) for _ in range(SECRET_LENGTH))
+
+
+def digest(secret: str) -> str:
+    """The SHA-256 hex digest under which a secret is stored and looked up.
+
+    A plain hash is enough here: the secrets are 476-bit random strings, not passwords, so there is
+    nothing to brute-force, and a fast digest keeps the gateway's lookup cheap.
+    """
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def redact(secret: str, prefix: str) -> str:
+    """``xai-...abcd``: the prefix and the last four characters."""
+    return f"{prefix}...{secret[-4:]}"
+
+
+def looks_like(secret: str, prefix: str) -> bool:
+    """Cheap shape check before a lookup, so malformed input never reaches the store."""
+    body = secret[len(prefix) :]
+    return (
+        secret.startswith(prefix)
+        and len(body) == SECRET_LENGTH
+        and all(c in _ALPHABET for c in body)
+    )

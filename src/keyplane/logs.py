@@ -1,0 +1,30 @@
+"""Structured logs: one JSON object a line on stderr. Nothing logged ever carries a secret.
+
+Tests read what was logged with ``structlog.testing.capture_logs()``, or the process's stderr.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+
+def configure(level: str = "info") -> None:
+    numeric = logging.getLevelName(level.upper())
+    logging.basicConfig(stream=sys.stderr, level=numeric, format="%(message)s", force=True)
+    for noisy in ("uvicorn.access", "alembic.runtime.migration"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )

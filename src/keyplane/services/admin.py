@@ -1,0 +1,143 @@
+"""Operator use cases (the ``keyplane admin`` CLI): teams and management keys.
+
+These stand for the hosted console's "Settings → Management Keys". Secrets are returned once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy.exc import IntegrityError
+
+from keyplane.domain import keysecrets
+from keyplane.domain.acl import MANAGEMENT_NAMESPACE, RPCS, WILDCARD, parse_management_acl
+from keyplane.domain.errors import Conflict, InvalidArgument, NotFound
+from keyplane.domain.model import AuditEvent, ManagementKey, Team, validate_name
+from keyplane.services.context import Context
+from keyplane.storage import repository as repo
+
+ALL_RPCS: tuple[str, ...] = tuple(f"{MANAGEMENT_NAMESPACE}:endpoint:{rpc}" for rpc in RPCS)
+
+
+def create_team(ctx: Context, *, name: str) -> Team:
+    team = Team(
+        team_id=str(uuid.uuid4()),
+        name=validate_name(name, field="name"),
+        create_time=ctx.clock.now(),
+    )
+    try:
+        with ctx.db.write() as conn:
+            repo.insert_team(conn, team)
+    except IntegrityError:
+        raise Conflict(f"a team named {name!r} already exists") from None
+    return team
+
+
+def list_teams(ctx: Context) -> list[Team]:
+    with ctx.db.read() as conn:
+        return repo.list_teams(conn)
+
+
+def find_team(ctx: Context, team_ref: str) -> Team:
+    with ctx.db.read() as conn:
+        team = repo.find_team(conn, team_ref)
+    if team is None:
+        raise NotFound(f"no team with id or name {team_ref!r}")
+    return team
+
+
+@dataclass(frozen=True, slots=True)
+class NewManagementKey:
+    key: ManagementKey
+    secret: str
+
+
+def create_management_key(
+    ctx: Context,
+    *,
+    team_id: str,
+    name: str,
+    acls: list[str] | None = None,
+    owner_user_id: str | None = None,
+) -> NewManagementKey:
+    """A management key for ``team_id``; ACLs default to every RPC, listed one by one."""
+    chosen = tuple(acls) if acls else ALL_RPCS
+    for item in chosen:
+        parse_management_acl(item)
+    if owner_user_id is not None:
+        try:
+            owner_user_id = str(uuid.UUID(owner_user_id))
+        except ValueError:
+            raise InvalidArgument("must be a UUID", field="owner_user_id") from None
+    now = ctx.clock.now()
+    secret = keysecrets.generate_secret(ctx.management_key_prefix)
+    key = ManagementKey(
+        key_id=str(uuid.uuid4()),
+        team_id=team_id,
+        name=validate_name(name, field="name"),
+        owner_user_id=owner_user_id or str(uuid.uuid4()),
+        acls=chosen,
+        redacted=keysecrets.redact(secret, ctx.management_key_prefix),
+        create_time=now,
+        modify_time=now,
+    )
+    with ctx.db.write() as conn:
+        if repo.get_team(conn, team_id) is None:
+            raise NotFound(f"no team {team_id}")
+        repo.insert_management_key(conn, key, keysecrets.digest(secret))
+        repo.append_audit(
+            conn,
+            AuditEvent(
+                event_id=str(uuid.uuid4()),
+                team_id=team_id,
+                event_time=now,
+                user_id=key.owner_user_id,
+                operation="CreateManagementKey",
+                entity_type="MANAGEMENT_KEY",
+                entity_id=key.key_id,
+                description=f"Created management key {key.name!r} ({key.redacted})",
+            ),
+        )
+    return NewManagementKey(key, secret)
+
+
+def list_management_keys(ctx: Context, *, team_id: str | None = None) -> list[ManagementKey]:
+    with ctx.db.read() as conn:
+        return repo.list_management_keys(conn, team_id)
+
+
+def revoke_management_key(ctx: Context, *, key_id: str) -> ManagementKey:
+    now = ctx.clock.now()
+    with ctx.db.write() as conn:
+        keys = [k for k in repo.list_management_keys(conn, None) if k.key_id == key_id]
+        if not keys or not repo.revoke_management_key(conn, key_id, now):
+            raise NotFound(f"no live management key {key_id}")
+        key = keys[0]
+        repo.append_audit(
+            conn,
+            AuditEvent(
+                event_id=str(uuid.uuid4()),
+                team_id=key.team_id,
+                event_time=now,
+                user_id=key.owner_user_id,
+                operation="RevokeManagementKey",
+                entity_type="MANAGEMENT_KEY",
+                entity_id=key.key_id,
+                description=f"Revoked management key {key.name!r} ({key.redacted})",
+            ),
+        )
+    return key
+
+
+__all__ = [
+    "ALL_RPCS",
+    "WILDCARD",
+    "NewManagementKey",
+    "create_management_key",
+    "create_team",
+    "find_team",
+    "list_management_keys",
+    "list_teams",
+    "revoke_management_key",
+]

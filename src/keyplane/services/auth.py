@@ -1,0 +1,56 @@
+"""Who is calling the Management API: management keys, looked up by digest, and their ACLs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from keyplane.domain import acl, keysecrets
+from keyplane.domain.errors import PermissionDenied, Unauthenticated
+from keyplane.domain.model import ManagementKey
+from keyplane.services.context import Context
+from keyplane.storage import repository as repo
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated management key, acting for its own team only."""
+
+    key: ManagementKey
+
+    @property
+    def team_id(self) -> str:
+        return self.key.team_id
+
+    @property
+    def user_id(self) -> str:
+        return self.key.owner_user_id
+
+    def require(self, rpc: str) -> None:
+        if not acl.management_allows(self.key.acls, rpc):
+            raise PermissionDenied(
+                f"The management key {self.key.redacted} lacks the ACL "
+                f"team-token:endpoint:{rpc} needed for {rpc}."
+            )
+
+    def require_team(self, team_id: str) -> None:
+        if team_id != self.key.team_id:
+            raise PermissionDenied(
+                "The management key is not authorized to act on the team in the path."
+            )
+
+
+def authenticate(ctx: Context, authorization: str | None) -> Principal:
+    if not authorization:
+        raise Unauthenticated.no_credentials()
+    scheme, _, token = authorization.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthenticated.bad_credentials()
+    if not keysecrets.looks_like(token, ctx.management_key_prefix):
+        raise Unauthenticated.bad_credentials()
+    with ctx.db.read() as conn:
+        key = repo.management_key_by_digest(conn, keysecrets.digest(token))
+        team = repo.get_team(conn, key.team_id) if key is not None else None
+    if key is None or key.revoke_time is not None or team is None or team.blocked:
+        raise Unauthenticated.bad_credentials()
+    return Principal(key)

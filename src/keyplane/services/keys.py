@@ -1,0 +1,442 @@
+"""API key use cases: create, list, update, rotate, delete, and read one.
+
+Each mutation is one write transaction holding the change, its audit event, and a change-log row
+with the next revision; secrets leave this module only inside the result of create and rotate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import Connection
+
+from keyplane.domain import keysecrets
+from keyplane.domain.acl import normalize_api_key_acls
+from keyplane.domain.errors import Conflict, InvalidArgument, NotFound
+from keyplane.domain.fieldmask import parse_field_mask
+from keyplane.domain.model import (
+    ApiKey,
+    AuditEvent,
+    SecretDigest,
+    enforcement_view,
+    validate_bool,
+    validate_int32_limit,
+    validate_int64_limit,
+    validate_name,
+)
+from keyplane.domain.pagination import decode_token, encode_token
+from keyplane.domain.timefmt import parse_ts, to_micros
+from keyplane.services.auth import Principal
+from keyplane.services.context import Context
+from keyplane.storage import repository as repo
+
+MAX_PAGE_SIZE = 1000
+MAX_ACL_FILTERS = 32
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
+TOMBSTONE_WINDOW = timedelta(hours=24)
+DEFAULT_GRACE = timedelta(hours=24)
+MAX_GRACE = timedelta(days=7)
+MAX_IDEMPOTENCY_KEY = 255
+
+
+def _not_found() -> NotFound:
+    return NotFound("Cannot find API key")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyWithSecret:
+    key: ApiKey
+    secret: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewKeySpec:
+    name: str
+    acls: tuple[str, ...]
+    qps: int | None
+    qpm: int | None
+    tpm: int | None
+    expire_time: datetime | None
+
+
+def parse_new_key(body: Mapping[str, Any]) -> NewKeySpec:
+    """Validate a CreateApiKey body (already JSON-decoded); every error names its field."""
+    acls = body.get("acls") if "acls" in body else body.get("aclStrings", body.get("acl_strings"))
+    expire = body.get("expireTime", body.get("expire_time"))
+    return NewKeySpec(
+        name=validate_name(body.get("name"), field="name"),
+        acls=normalize_api_key_acls(acls, field="acls"),
+        qps=validate_int32_limit(body.get("qps"), field="qps"),
+        qpm=validate_int32_limit(body.get("qpm"), field="qpm"),
+        tpm=validate_int64_limit(body.get("tpm"), field="tpm"),
+        expire_time=None if expire is None else parse_ts(expire, field="expireTime"),
+    )
+
+
+def _record(
+    conn: Connection,
+    ctx: Context,
+    *,
+    principal: Principal,
+    key: ApiKey,
+    op: str,
+    operation: str,
+    description: str,
+    now: datetime,
+) -> None:
+    """The change-log row and the audit event that go with every key mutation."""
+    view = {"apiKeyId": key.api_key_id, "teamId": key.team_id, "deleted": True}
+    if op != "delete":
+        view = enforcement_view(key)
+    repo.append_change(
+        conn,
+        revision=key.revision,
+        api_key_id=key.api_key_id,
+        team_id=key.team_id,
+        op=op,
+        view=view,
+        now=now,
+    )
+    repo.append_audit(
+        conn,
+        AuditEvent(
+            event_id=str(uuid.uuid4()),
+            team_id=key.team_id,
+            event_time=now,
+            user_id=principal.user_id,
+            operation=operation,
+            entity_type="API_KEY",
+            entity_id=key.api_key_id,
+            description=description,
+        ),
+    )
+
+
+def _seal_key(ctx: Context, team_id: str, idempotency_key: str) -> bytes:
+    return hmac.new(
+        ctx.server_secret, f"idempotency\0{team_id}\0{idempotency_key}".encode(), hashlib.sha256
+    ).digest()
+
+
+def _seal(ctx: Context, team_id: str, idempotency_key: str, data: bytes) -> bytes:
+    nonce = os.urandom(12)
+    return nonce + AESGCM(_seal_key(ctx, team_id, idempotency_key)).encrypt(nonce, data, None)
+
+
+def _unseal(ctx: Context, team_id: str, idempotency_key: str, sealed: bytes) -> bytes | None:
+    try:
+        return AESGCM(_seal_key(ctx, team_id, idempotency_key)).decrypt(
+            sealed[:12], sealed[12:], None
+        )
+    except InvalidTag:
+        return None
+
+
+def create_key(
+    ctx: Context,
+    *,
+    principal: Principal,
+    team_id: str,
+    spec: NewKeySpec,
+    idempotency_key: str | None = None,
+    render: Any = None,
+) -> tuple[KeyWithSecret | None, bytes | None]:
+    """Create a key. With an ``idempotency_key``, a repeat of the same request within 24 h answers
+    the first answer again (returned as bytes, secret included) and creates nothing.
+
+    ``render`` turns the new key into the bytes of the answer, so the very bytes can be sealed.
+    Returns ``(created, None)`` or ``(None, replayed_answer)``.
+    """
+    principal.require_team(team_id)
+    now = ctx.clock.now()
+    request_digest = ""
+    if idempotency_key is not None:
+        if not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
+            raise InvalidArgument(
+                f"must be 1-{MAX_IDEMPOTENCY_KEY} characters", field="Idempotency-Key"
+            )
+        request_digest = hashlib.sha256(
+            json.dumps(
+                [spec.name, spec.acls, spec.qps, spec.qpm, spec.tpm, str(spec.expire_time)]
+            ).encode()
+        ).hexdigest()
+    secret = keysecrets.generate_secret(ctx.api_key_prefix)
+    with ctx.db.write() as conn:
+        if idempotency_key is not None:
+            key_digest = hashlib.sha256(idempotency_key.encode()).hexdigest()
+            found = repo.find_idempotent(
+                conn, team_id=team_id, key_digest=key_digest, since=now - IDEMPOTENCY_WINDOW
+            )
+            if found is not None:
+                if found[0] != request_digest:
+                    raise Conflict(
+                        "This Idempotency-Key was already used with a different request body."
+                    )
+                answer = _unseal(ctx, team_id, idempotency_key, found[1])
+                if answer is not None:
+                    return None, answer
+        key = ApiKey(
+            api_key_id=str(uuid.uuid4()),
+            team_id=team_id,
+            user_id=principal.user_id,
+            name=spec.name,
+            redacted_api_key=keysecrets.redact(secret, ctx.api_key_prefix),
+            create_time=now,
+            modify_time=now,
+            modified_by=principal.user_id,
+            expire_time=spec.expire_time,
+            qps=spec.qps,
+            qpm=spec.qpm,
+            tpm=spec.tpm,
+            acl_strings=spec.acls,
+            revision=repo.next_revision(conn),
+            secrets=(SecretDigest(keysecrets.digest(secret)),),
+        )
+        repo.insert_api_key(conn, key, now=now)
+        _record(
+            conn,
+            ctx,
+            principal=principal,
+            key=key,
+            op="upsert",
+            operation="CreateApiKey",
+            description=f"Created API key {key.name!r} ({key.redacted_api_key})",
+            now=now,
+        )
+        result = KeyWithSecret(key, secret)
+        if idempotency_key is not None and render is not None:
+            repo.store_idempotent(
+                conn,
+                team_id=team_id,
+                key_digest=hashlib.sha256(idempotency_key.encode()).hexdigest(),
+                request_digest=request_digest,
+                sealed=_seal(ctx, team_id, idempotency_key, render(result)),
+                now=now,
+            )
+    ctx.on_commit(key.revision)
+    return result, None
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    keys: list[ApiKey]
+    next_token: str | None
+
+
+def list_keys(
+    ctx: Context,
+    *,
+    principal: Principal,
+    team_id: str,
+    page_size: int | None,
+    page_token: str | None,
+    acl_filters: Sequence[str] = (),
+    active_only: bool = False,
+) -> Page:
+    principal.require_team(team_id)
+    if page_size is not None and not 1 <= page_size <= MAX_PAGE_SIZE:
+        raise InvalidArgument(f"must be between 1 and {MAX_PAGE_SIZE}", field="pageSize")
+    if len(acl_filters) > MAX_ACL_FILTERS:
+        raise InvalidArgument(f"at most {MAX_ACL_FILTERS} filters", field="aclFilters")
+    for f in acl_filters:
+        if not f or len(f) > 300:
+            raise InvalidArgument(
+                "each filter is an ACL string of 1-300 characters", field="aclFilters"
+            )
+    filters = sorted(set(acl_filters))
+    # The token is bound to the team and the query, so it only continues the list it came from.
+    scope = json.dumps(["api-keys", team_id, filters, active_only])
+    after: tuple[int, str] | None = None
+    if page_token:
+        position = decode_token(ctx.server_secret, scope, page_token, field="paginationToken")
+        if (
+            len(position) != 2
+            or not isinstance(position[0], int)
+            or not isinstance(position[1], str)
+        ):
+            raise InvalidArgument("is not a valid page token", field="paginationToken")
+        after = (position[0], position[1])
+    now = ctx.clock.now()
+    with ctx.db.read() as conn:
+        keys = repo.list_api_keys(
+            conn,
+            team_id=team_id,
+            after=after,
+            limit=None if page_size is None else page_size + 1,
+            acl_filters=filters,
+            active_at=now if active_only else None,
+        )
+    next_token = None
+    if page_size is not None and len(keys) > page_size:
+        keys = keys[:page_size]
+        last = keys[-1]
+        next_token = encode_token(
+            ctx.server_secret, scope, [to_micros(last.create_time), last.api_key_id]
+        )
+    return Page(keys, next_token)
+
+
+def get_key(ctx: Context, *, principal: Principal, api_key_id: str) -> ApiKey:
+    with ctx.db.read() as conn:
+        key = repo.get_api_key(conn, api_key_id, team_id=principal.team_id)
+    if key is None:
+        raise _not_found()
+    return key
+
+
+def _live_secrets(key: ApiKey, now: datetime) -> tuple[SecretDigest, ...]:
+    return tuple(s for s in key.secrets if s.expire_time is None or s.expire_time > now)
+
+
+def update_key(
+    ctx: Context,
+    *,
+    principal: Principal,
+    api_key_id: str,
+    patch: Mapping[str, Any],
+    field_mask: object,
+    team_id: str | None = None,
+) -> ApiKey:
+    """Apply the masked fields of ``patch``; a masked field absent or null is cleared."""
+    if team_id is not None:
+        principal.require_team(team_id)
+    paths = parse_field_mask(field_mask)
+
+    def value(path: str, *aliases: str) -> Any:
+        for name in (path, *aliases):
+            if name in patch:
+                return patch[name]
+        return None
+
+    changes: dict[str, Any] = {}
+    if "name" in paths:
+        changes["name"] = validate_name(value("name"), field="apiKey.name")
+    if "aclStrings" in paths:
+        changes["acl_strings"] = normalize_api_key_acls(
+            value("aclStrings", "acls", "acl_strings"), field="apiKey.aclStrings"
+        )
+    if "qps" in paths:
+        changes["qps"] = validate_int32_limit(value("qps"), field="apiKey.qps")
+    if "qpm" in paths:
+        changes["qpm"] = validate_int32_limit(value("qpm"), field="apiKey.qpm")
+    if "tpm" in paths:
+        changes["tpm"] = validate_int64_limit(value("tpm"), field="apiKey.tpm")
+    if "disabled" in paths:
+        raw = value("disabled")
+        changes["disabled"] = False if raw is None else validate_bool(raw, field="apiKey.disabled")
+    if "expireTime" in paths:
+        raw = value("expireTime", "expire_time")
+        changes["expire_time"] = None if raw is None else parse_ts(raw, field="apiKey.expireTime")
+    now = ctx.clock.now()
+    with ctx.db.write() as conn:
+        current = repo.get_api_key(conn, api_key_id, team_id=principal.team_id)
+        if current is None:
+            raise _not_found()
+        key = replace(
+            current,
+            **changes,
+            modify_time=now,
+            modified_by=principal.user_id,
+            secrets=_live_secrets(current, now),
+            revision=repo.next_revision(conn),
+        )
+        repo.replace_api_key(conn, key, now=now)
+        _record(
+            conn,
+            ctx,
+            principal=principal,
+            key=key,
+            op="upsert",
+            operation="UpdateApiKey",
+            description=f"Updated API key {key.name!r}: {', '.join(sorted(paths))}",
+            now=now,
+        )
+    ctx.on_commit(key.revision)
+    return key
+
+
+def rotate_key(
+    ctx: Context,
+    *,
+    principal: Principal,
+    api_key_id: str,
+    body: Mapping[str, Any],
+) -> KeyWithSecret:
+    """A new secret under the same id; the old one lives until ``oldSecretExpireTime``."""
+    now = ctx.clock.now()
+    raw_old = body.get("oldSecretExpireTime", body.get("old_secret_expire_time"))
+    old_expire = now + DEFAULT_GRACE
+    if raw_old is not None:
+        old_expire = parse_ts(raw_old, field="oldSecretExpireTime")
+        if old_expire > now + MAX_GRACE:
+            raise InvalidArgument("may be at most 7 days ahead", field="oldSecretExpireTime")
+    raw_new = body.get("expireTime", body.get("expire_time"))
+    secret = keysecrets.generate_secret(ctx.api_key_prefix)
+    with ctx.db.write() as conn:
+        current = repo.get_api_key(conn, api_key_id, team_id=principal.team_id)
+        if current is None:
+            raise _not_found()
+        expire_time = current.expire_time
+        if raw_new is not None:
+            expire_time = parse_ts(raw_new, field="expireTime")
+        # Only the secret being replaced gets a grace period; older ones die now, so at most
+        # two secrets are ever live.
+        newest = next(iter(_live_secrets(current, now)), None)
+        secrets = [SecretDigest(keysecrets.digest(secret))]
+        if newest is not None and old_expire > now:
+            secrets.append(SecretDigest(newest.digest, old_expire))
+        key = replace(
+            current,
+            redacted_api_key=keysecrets.redact(secret, ctx.api_key_prefix),
+            expire_time=expire_time,
+            modify_time=now,
+            modified_by=principal.user_id,
+            secrets=tuple(secrets),
+            revision=repo.next_revision(conn),
+        )
+        repo.replace_api_key(conn, key, now=now)
+        _record(
+            conn,
+            ctx,
+            principal=principal,
+            key=key,
+            op="upsert",
+            operation="RotateApiKey",
+            description=f"Rotated API key {key.name!r}, now {key.redacted_api_key}",
+            now=now,
+        )
+    ctx.on_commit(key.revision)
+    return KeyWithSecret(key, secret)
+
+
+def delete_key(ctx: Context, *, principal: Principal, api_key_id: str) -> None:
+    now = ctx.clock.now()
+    with ctx.db.write() as conn:
+        current = repo.get_api_key(conn, api_key_id, team_id=principal.team_id)
+        if current is None:
+            raise _not_found()
+        key = replace(current, revision=repo.next_revision(conn))
+        repo.delete_api_key(conn, key, revision=key.revision, now=now)
+        repo.purge_tombstones(conn, before=now - TOMBSTONE_WINDOW)
+        repo.purge_idempotency(conn, before=now - IDEMPOTENCY_WINDOW)
+        _record(
+            conn,
+            ctx,
+            principal=principal,
+            key=key,
+            op="delete",
+            operation="DeleteApiKey",
+            description=f"Deleted API key {key.name!r} ({key.redacted_api_key})",
+            now=now,
+        )
+    ctx.on_commit(key.revision)

@@ -1,0 +1,229 @@
+"""One ``Settings`` object, built once at start and passed down explicitly.
+
+Sources, strongest first: keyword arguments, environment variables (``KEYPLANE_...``, nested with
+``__``, e.g. ``KEYPLANE_CONTROL__PORT=9000``), the TOML file named by ``KEYPLANE_CONFIG`` (or
+``--config``), then the built-in defaults. With no file at all the defaults describe a working
+deployment: SQLite under ``./.keyplane``, two local clusters, and a catalog of built-in models.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ModelKind = Literal["language", "image", "embedding"]
+Modality = Literal["TEXT", "IMAGE", "EMBEDDING"]
+
+
+class Endpoint(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+class ClusterSettings(BaseModel):
+    """One inference cluster: its public name and host, and where its gateway listens."""
+
+    name: str
+    host: str
+    gateway: Endpoint
+
+
+class Prices(BaseModel):
+    prompt_text_token_price: str | None = None
+    completion_text_token_price: str | None = None
+    image_price: str | None = None
+
+
+class ModelSettings(BaseModel):
+    """A model of the catalog: what teams see in ListModels and where gateways forward it."""
+
+    name: str
+    kind: ModelKind = "language"
+    version: str = "1.0.0"
+    aliases: list[str] = Field(default_factory=list)
+    input_modalities: list[Modality] = Field(default_factory=lambda: list[Modality](["TEXT"]))
+    output_modalities: list[Modality] = Field(default_factory=lambda: list[Modality](["TEXT"]))
+    #: OpenAI-compatible base URL (ending in /v1). None = the built-in model server.
+    upstream_url: str | None = None
+    #: Name of the environment variable holding the upstream's bearer token, if it needs one.
+    upstream_api_key_env: str | None = None
+    #: Clusters serving this model; empty = every cluster.
+    clusters: list[str] = Field(default_factory=list)
+    #: Team × model limits; 0 = none.
+    rps: int = Field(default=0, ge=0)
+    rpm: int = Field(default=0, ge=0)
+    tpm: int = Field(default=0, ge=0)
+    prices: Prices = Field(default_factory=Prices)
+
+
+def _default_clusters() -> list[ClusterSettings]:
+    return [
+        ClusterSettings(
+            name="us-east-1",
+            host="us-east-1.api.keyplane.local",
+            gateway=Endpoint(port=8101),
+        ),
+        ClusterSettings(
+            name="eu-west-1",
+            host="eu-west-1.api.keyplane.local",
+            gateway=Endpoint(port=8102),
+        ),
+    ]
+
+
+def _default_models() -> list[ModelSettings]:
+    text_prices = Prices(prompt_text_token_price="2000", completion_text_token_price="10000")
+    return [
+        ModelSettings(
+            name="grok-4",
+            version="0709",
+            aliases=["grok-4-0709", "grok-4-latest"],
+            input_modalities=["TEXT", "IMAGE"],
+            rps=50,
+            rpm=3000,
+            tpm=2_000_000,
+            prices=text_prices,
+        ),
+        ModelSettings(
+            name="grok-3",
+            version="1.0.0",
+            aliases=["grok-3-latest", "grok-3-beta"],
+            rps=100,
+            rpm=6000,
+            prices=text_prices,
+        ),
+        ModelSettings(
+            name="grok-3-mini",
+            version="1.0.0",
+            aliases=["grok-3-mini-latest"],
+            prices=Prices(prompt_text_token_price="300", completion_text_token_price="500"),
+        ),
+        ModelSettings(
+            name="grok-code-fast-1",
+            version="1.0.0",
+            aliases=["grok-code-fast"],
+            clusters=["us-east-1"],
+        ),
+        ModelSettings(
+            name="grok-2-image",
+            kind="image",
+            version="1212",
+            aliases=["grok-2-image-1212", "grok-2-image-latest"],
+            input_modalities=["TEXT"],
+            output_modalities=["IMAGE"],
+            rpm=300,
+            prices=Prices(image_price="700000000"),
+        ),
+        ModelSettings(
+            name="grok-embed-1",
+            kind="embedding",
+            version="1.0.0",
+            aliases=["v1-embedding"],
+            input_modalities=["TEXT"],
+            output_modalities=["EMBEDDING"],
+        ),
+    ]
+
+
+class ControlSettings(Endpoint):
+    port: int = Field(default=8100, ge=0, le=65535)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="KEYPLANE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    #: Where the control plane keeps its SQLite file and secrets; gateways keep theirs below it.
+    data_dir: Path = Path(".keyplane")
+    #: SQLAlchemy URL; empty = SQLite at ``data_dir/keyplane.db``.
+    database_url: str = ""
+    control: ControlSettings = Field(default_factory=ControlSettings)
+    clusters: list[ClusterSettings] = Field(default_factory=_default_clusters)
+    models: list[ModelSettings] = Field(default_factory=_default_models)
+    #: Where the built-in model server listens (the upstream of models with no upstream_url).
+    model_server: Endpoint = Field(default_factory=lambda: Endpoint(port=8199))
+    api_key_prefix: str = "xai-"
+    management_key_prefix: str = "xai-mgmt-"
+    #: Largest request body the Management API reads.
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("api_key_prefix", "management_key_prefix")
+    @classmethod
+    def _prefix_shape(cls, value: str) -> str:
+        if not value or len(value) > 32 or not value.endswith("-"):
+            raise ValueError("a key prefix is 1-32 characters ending in '-'")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.api_key_prefix.startswith(self.management_key_prefix) or (
+            self.management_key_prefix.startswith(self.api_key_prefix)
+            and self.management_key_prefix[len(self.api_key_prefix) :].isalnum()
+        ):
+            raise ValueError("API keys and management keys must not be able to pass for each other")
+        names = [c.name for c in self.clusters]
+        if len(set(names)) != len(names):
+            raise ValueError("cluster names must be unique")
+        seen: set[str] = set()
+        for model in self.models:
+            for name in (model.name, *model.aliases):
+                if name in seen:
+                    raise ValueError(f"model name or alias {name!r} appears twice in the catalog")
+                seen.add(name)
+            unknown = set(model.clusters) - set(names)
+            if unknown:
+                raise ValueError(f"model {model.name!r} names unknown clusters {sorted(unknown)}")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'keyplane.db').resolve()}"
+
+    def cluster(self, name: str) -> ClusterSettings:
+        for cluster in self.clusters:
+            if cluster.name == name:
+                return cluster
+        raise KeyError(name)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config = os.environ.get("KEYPLANE_CONFIG")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if config:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config)))
+        return tuple(sources)
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings; ``config`` names a TOML file (else ``KEYPLANE_CONFIG``, else none)."""
+    if config is not None:
+        if not config.is_file():
+            raise FileNotFoundError(f"config file not found: {config}")
+        os.environ["KEYPLANE_CONFIG"] = str(config)
+    return Settings(**overrides)

@@ -1,0 +1,103 @@
+"""Engines, migrations and transactions. The only module that knows which database engine runs.
+
+Two engines on one database: a writer whose transactions take the write lock up front
+(``BEGIN IMMEDIATE`` on SQLite, so a writer never fails half-way on a busy lock), and a reader
+pool. Schema changes are Alembic migrations, run on start.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, create_engine, event, insert, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from keyplane.storage import tables
+
+_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+    # Take over transaction control from pysqlite, so BEGIN is ours to emit.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    # FULL: a committed key survives power loss too, not just a crash of the process.
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.close()
+
+
+class Database:
+    """Both engines of one database, with ``write()`` and ``read()`` transactions."""
+
+    def __init__(self, url: str, *, pool_size: int = 8) -> None:
+        self.url = make_url(url)
+        self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        if self.is_sqlite:
+            database = self.url.database
+            if database and database != ":memory:":
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            # One writer connection: in-process writers queue on the pool instead of spinning
+            # on SQLite's busy handler.
+            self.writer = create_engine(self.url, pool_size=1, max_overflow=0, pool_timeout=30)
+            self.reader = create_engine(self.url, pool_size=pool_size, max_overflow=0)
+            for engine, begin in ((self.writer, "BEGIN IMMEDIATE"), (self.reader, "BEGIN")):
+                event.listen(engine, "connect", _sqlite_pragmas)
+                event.listen(engine, "begin", _make_begin(begin))
+        else:
+            self.writer = create_engine(self.url, pool_size=pool_size, max_overflow=4)
+            self.reader = self.writer
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest migration, then make sure the deployment secret exists."""
+        cfg = Config()
+        cfg.set_main_option("script_location", str(_MIGRATIONS))
+        with self.writer.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+        with self.writer.begin() as conn:
+            found = conn.execute(
+                select(tables.meta.c.value).where(tables.meta.c.name == "server_secret")
+            ).scalar_one_or_none()
+            if found is None:
+                conn.execute(
+                    insert(tables.meta).values(name="server_secret", value=secrets.token_hex(32))
+                )
+
+    def server_secret(self) -> bytes:
+        with self.read() as conn:
+            value = conn.execute(
+                select(tables.meta.c.value).where(tables.meta.c.name == "server_secret")
+            ).scalar_one()
+        return bytes.fromhex(value)
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        with self.writer.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.reader.begin() as conn:
+            yield conn
+
+    def dispose(self) -> None:
+        self.writer.dispose()
+        if self.reader is not self.writer:
+            self.reader.dispose()
+
+
+def _make_begin(statement: str) -> Any:
+    def begin(conn: Connection) -> None:
+        conn.exec_driver_sql(statement)
+
+    return begin

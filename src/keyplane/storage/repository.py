@@ -1,0 +1,466 @@
+"""Reads and writes of keyplane's objects, as functions over a SQLAlchemy ``Connection``.
+
+No business rules here (that is ``keyplane.services``); just rows in, domain objects out, in
+dialect-neutral Core so SQLite and PostgreSQL share every line.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Row, and_, delete, exists, func, insert, or_, select, update
+
+from keyplane.domain.model import ApiKey, AuditEvent, ManagementKey, SecretDigest, Team
+from keyplane.domain.timefmt import from_micros, to_micros
+from keyplane.storage import tables as t
+
+
+def _us(value: datetime | None) -> int | None:
+    return None if value is None else to_micros(value)
+
+
+def _dt(value: int | None) -> datetime | None:
+    return None if value is None else from_micros(value)
+
+
+# -- revisions and the change log ------------------------------------------------------------
+
+
+def next_revision(conn: Connection) -> int:
+    """Take the next deployment-wide revision; the row stays locked until this transaction ends."""
+    conn.execute(update(t.revision_counter).values(value=t.revision_counter.c.value + 1))
+    value = conn.execute(select(t.revision_counter.c.value)).scalar_one()
+    return int(value)
+
+
+def current_revision(conn: Connection) -> int:
+    return int(conn.execute(select(t.revision_counter.c.value)).scalar_one())
+
+
+def append_change(
+    conn: Connection,
+    *,
+    revision: int,
+    api_key_id: str,
+    team_id: str,
+    op: str,
+    view: dict[str, Any],
+    now: datetime,
+) -> None:
+    conn.execute(
+        insert(t.change_log).values(
+            revision=revision,
+            api_key_id=api_key_id,
+            team_id=team_id,
+            op=op,
+            view=json.dumps(view, separators=(",", ":")),
+            commit_time=to_micros(now),
+        )
+    )
+
+
+# -- teams and management keys ----------------------------------------------------------------
+
+
+def insert_team(conn: Connection, team: Team) -> None:
+    conn.execute(
+        insert(t.teams).values(
+            team_id=team.team_id,
+            name=team.name,
+            create_time=to_micros(team.create_time),
+            blocked=team.blocked,
+        )
+    )
+
+
+def _team(row: Row[Any]) -> Team:
+    return Team(
+        team_id=row.team_id,
+        name=row.name,
+        create_time=from_micros(row.create_time),
+        blocked=bool(row.blocked),
+    )
+
+
+def list_teams(conn: Connection) -> list[Team]:
+    rows = conn.execute(select(t.teams).order_by(t.teams.c.create_time, t.teams.c.team_id))
+    return [_team(r) for r in rows]
+
+
+def find_team(conn: Connection, team_ref: str) -> Team | None:
+    row = conn.execute(
+        select(t.teams).where(or_(t.teams.c.team_id == team_ref, t.teams.c.name == team_ref))
+    ).first()
+    return None if row is None else _team(row)
+
+
+def get_team(conn: Connection, team_id: str) -> Team | None:
+    row = conn.execute(select(t.teams).where(t.teams.c.team_id == team_id)).first()
+    return None if row is None else _team(row)
+
+
+def insert_management_key(conn: Connection, key: ManagementKey, digest: str) -> None:
+    conn.execute(
+        insert(t.management_keys).values(
+            key_id=key.key_id,
+            team_id=key.team_id,
+            name=key.name,
+            owner_user_id=key.owner_user_id,
+            digest=digest,
+            redacted=key.redacted,
+            acls=json.dumps(list(key.acls)),
+            create_time=to_micros(key.create_time),
+            modify_time=to_micros(key.modify_time),
+            revoke_time=None,
+        )
+    )
+
+
+def _management_key(row: Row[Any]) -> ManagementKey:
+    return ManagementKey(
+        key_id=row.key_id,
+        team_id=row.team_id,
+        name=row.name,
+        owner_user_id=row.owner_user_id,
+        acls=tuple(json.loads(row.acls)),
+        redacted=row.redacted,
+        create_time=from_micros(row.create_time),
+        modify_time=from_micros(row.modify_time),
+        revoke_time=_dt(row.revoke_time),
+    )
+
+
+def management_key_by_digest(conn: Connection, digest: str) -> ManagementKey | None:
+    row = conn.execute(
+        select(t.management_keys).where(t.management_keys.c.digest == digest)
+    ).first()
+    return None if row is None else _management_key(row)
+
+
+def list_management_keys(conn: Connection, team_id: str | None) -> list[ManagementKey]:
+    query = select(t.management_keys).order_by(
+        t.management_keys.c.create_time, t.management_keys.c.key_id
+    )
+    if team_id is not None:
+        query = query.where(t.management_keys.c.team_id == team_id)
+    return [_management_key(r) for r in conn.execute(query)]
+
+
+def revoke_management_key(conn: Connection, key_id: str, now: datetime) -> bool:
+    result = conn.execute(
+        update(t.management_keys)
+        .where(t.management_keys.c.key_id == key_id, t.management_keys.c.revoke_time.is_(None))
+        .values(revoke_time=to_micros(now), modify_time=to_micros(now))
+    )
+    return result.rowcount == 1
+
+
+# -- API keys -----------------------------------------------------------------------------------
+
+
+def _api_key(row: Row[Any], secrets: Sequence[SecretDigest] = ()) -> ApiKey:
+    return ApiKey(
+        api_key_id=row.api_key_id,
+        team_id=row.team_id,
+        user_id=row.user_id,
+        name=row.name,
+        redacted_api_key=row.redacted,
+        create_time=from_micros(row.create_time),
+        modify_time=from_micros(row.modify_time),
+        modified_by=row.modified_by,
+        disabled=bool(row.disabled),
+        expire_time=_dt(row.expire_time),
+        qps=row.qps,
+        qpm=row.qpm,
+        tpm=row.tpm,
+        acl_strings=tuple(json.loads(row.acls)),
+        revision=int(row.revision),
+        secrets=tuple(secrets),
+    )
+
+
+def _api_key_values(key: ApiKey) -> dict[str, Any]:
+    return {
+        "team_id": key.team_id,
+        "user_id": key.user_id,
+        "name": key.name,
+        "redacted": key.redacted_api_key,
+        "create_time": to_micros(key.create_time),
+        "modify_time": to_micros(key.modify_time),
+        "modified_by": key.modified_by,
+        "disabled": key.disabled,
+        "expire_time": _us(key.expire_time),
+        "qps": key.qps,
+        "qpm": key.qpm,
+        "tpm": key.tpm,
+        "acls": json.dumps(list(key.acl_strings)),
+        "revision": key.revision,
+    }
+
+
+def get_api_key(conn: Connection, api_key_id: str, *, team_id: str) -> ApiKey | None:
+    """The key, if it exists *and* belongs to ``team_id``; other teams' keys do not exist."""
+    row = conn.execute(
+        select(t.api_keys).where(
+            t.api_keys.c.api_key_id == api_key_id, t.api_keys.c.team_id == team_id
+        )
+    ).first()
+    if row is None:
+        return None
+    secrets = conn.execute(
+        select(t.api_key_secrets.c.digest, t.api_key_secrets.c.expire_time)
+        .where(t.api_key_secrets.c.api_key_id == api_key_id)
+        .order_by(t.api_key_secrets.c.create_time.desc())
+    )
+    return _api_key(row, [SecretDigest(s.digest, _dt(s.expire_time)) for s in secrets])
+
+
+def insert_api_key(conn: Connection, key: ApiKey, *, now: datetime) -> None:
+    conn.execute(insert(t.api_keys).values(api_key_id=key.api_key_id, **_api_key_values(key)))
+    _write_acls(conn, key)
+    _write_secrets(conn, key, now=now)
+
+
+def replace_api_key(conn: Connection, key: ApiKey, *, now: datetime) -> None:
+    conn.execute(
+        update(t.api_keys)
+        .where(t.api_keys.c.api_key_id == key.api_key_id)
+        .values(**_api_key_values(key))
+    )
+    conn.execute(delete(t.api_key_acls).where(t.api_key_acls.c.api_key_id == key.api_key_id))
+    _write_acls(conn, key)
+    conn.execute(delete(t.api_key_secrets).where(t.api_key_secrets.c.api_key_id == key.api_key_id))
+    _write_secrets(conn, key, now=now)
+
+
+def _write_acls(conn: Connection, key: ApiKey) -> None:
+    if key.acl_strings:
+        conn.execute(
+            insert(t.api_key_acls),
+            [{"api_key_id": key.api_key_id, "acl": acl} for acl in key.acl_strings],
+        )
+
+
+def _write_secrets(conn: Connection, key: ApiKey, *, now: datetime) -> None:
+    if key.secrets:
+        conn.execute(
+            insert(t.api_key_secrets),
+            [
+                {
+                    "digest": s.digest,
+                    "api_key_id": key.api_key_id,
+                    "create_time": to_micros(now) - i,  # newest first on read
+                    "expire_time": _us(s.expire_time),
+                }
+                for i, s in enumerate(key.secrets)
+            ],
+        )
+
+
+def delete_api_key(conn: Connection, key: ApiKey, *, revision: int, now: datetime) -> None:
+    conn.execute(delete(t.api_keys).where(t.api_keys.c.api_key_id == key.api_key_id))
+    conn.execute(
+        insert(t.deleted_api_keys).values(
+            api_key_id=key.api_key_id,
+            team_id=key.team_id,
+            revision=revision,
+            delete_time=to_micros(now),
+        )
+    )
+
+
+def get_deleted_api_key(
+    conn: Connection, api_key_id: str, *, team_id: str, since: datetime
+) -> int | None:
+    """The revision of a deletion newer than ``since``, if ``team_id`` deleted that key."""
+    value = conn.execute(
+        select(t.deleted_api_keys.c.revision).where(
+            t.deleted_api_keys.c.api_key_id == api_key_id,
+            t.deleted_api_keys.c.team_id == team_id,
+            t.deleted_api_keys.c.delete_time >= to_micros(since),
+        )
+    ).scalar_one_or_none()
+    return None if value is None else int(value)
+
+
+def purge_tombstones(conn: Connection, *, before: datetime) -> None:
+    conn.execute(
+        delete(t.deleted_api_keys).where(t.deleted_api_keys.c.delete_time < to_micros(before))
+    )
+
+
+def list_api_keys(
+    conn: Connection,
+    *,
+    team_id: str,
+    after: tuple[int, str] | None,
+    limit: int | None,
+    acl_filters: Iterable[str] = (),
+    active_at: datetime | None = None,
+) -> list[ApiKey]:
+    """A team's keys in (createTime, apiKeyId) order, from just after ``after``."""
+    k = t.api_keys
+    query = select(k).where(k.c.team_id == team_id)
+    if after is not None:
+        created, key_id = after
+        query = query.where(
+            or_(
+                k.c.create_time > created, and_(k.c.create_time == created, k.c.api_key_id > key_id)
+            )
+        )
+    for acl in acl_filters:
+        query = query.where(
+            exists().where(
+                t.api_key_acls.c.api_key_id == k.c.api_key_id, t.api_key_acls.c.acl == acl
+            )
+        )
+    if active_at is not None:
+        query = query.where(or_(k.c.expire_time.is_(None), k.c.expire_time > to_micros(active_at)))
+    query = query.order_by(k.c.create_time, k.c.api_key_id)
+    if limit is not None:
+        query = query.limit(limit)
+    return [_api_key(row) for row in conn.execute(query)]
+
+
+def count_api_keys(conn: Connection, team_id: str) -> int:
+    return int(
+        conn.execute(
+            select(func.count()).select_from(t.api_keys).where(t.api_keys.c.team_id == team_id)
+        ).scalar_one()
+    )
+
+
+# -- audit ----------------------------------------------------------------------------------------
+
+
+def append_audit(conn: Connection, event: AuditEvent) -> None:
+    conn.execute(
+        insert(t.audit_events).values(
+            event_id=event.event_id,
+            team_id=event.team_id,
+            event_time=to_micros(event.event_time),
+            user_id=event.user_id,
+            operation=event.operation,
+            entity_type=event.entity_type,
+            entity_id=event.entity_id,
+            description=event.description,
+        )
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    team_id: str
+    after: tuple[int, str] | None = None
+    limit: int = 100
+    time_from: datetime | None = None
+    time_to: datetime | None = None
+    text: str | None = None
+    user_id: str | None = None
+    descending: bool = False
+
+
+def list_audit_events(conn: Connection, q: AuditQuery) -> list[AuditEvent]:
+    a = t.audit_events
+    query = select(a).where(a.c.team_id == q.team_id)
+    if q.time_from is not None:
+        query = query.where(a.c.event_time >= to_micros(q.time_from))
+    if q.time_to is not None:
+        query = query.where(a.c.event_time < to_micros(q.time_to))
+    if q.user_id is not None:
+        query = query.where(a.c.user_id == q.user_id)
+    if q.text:
+        pattern = "%" + q.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        query = query.where(
+            or_(
+                a.c.description.like(pattern, escape="\\"),
+                a.c.operation.like(pattern, escape="\\"),
+                a.c.entity_id.like(pattern, escape="\\"),
+            )
+        )
+    if q.after is not None:
+        time_us, event_id = q.after
+        if q.descending:
+            query = query.where(
+                or_(
+                    a.c.event_time < time_us,
+                    and_(a.c.event_time == time_us, a.c.event_id < event_id),
+                )
+            )
+        else:
+            query = query.where(
+                or_(
+                    a.c.event_time > time_us,
+                    and_(a.c.event_time == time_us, a.c.event_id > event_id),
+                )
+            )
+    if q.descending:
+        query = query.order_by(a.c.event_time.desc(), a.c.event_id.desc())
+    else:
+        query = query.order_by(a.c.event_time, a.c.event_id)
+    rows = conn.execute(query.limit(q.limit))
+    return [
+        AuditEvent(
+            event_id=r.event_id,
+            team_id=r.team_id,
+            event_time=from_micros(r.event_time),
+            user_id=r.user_id,
+            operation=r.operation,
+            entity_type=r.entity_type,
+            entity_id=r.entity_id,
+            description=r.description,
+        )
+        for r in rows
+    ]
+
+
+# -- idempotency --------------------------------------------------------------------------------
+
+
+def find_idempotent(
+    conn: Connection, *, team_id: str, key_digest: str, since: datetime
+) -> tuple[str, bytes] | None:
+    row = conn.execute(
+        select(t.idempotency_keys.c.request_digest, t.idempotency_keys.c.sealed_response).where(
+            t.idempotency_keys.c.team_id == team_id,
+            t.idempotency_keys.c.key_digest == key_digest,
+            t.idempotency_keys.c.create_time >= to_micros(since),
+        )
+    ).first()
+    return None if row is None else (row.request_digest, bytes(row.sealed_response))
+
+
+def store_idempotent(
+    conn: Connection,
+    *,
+    team_id: str,
+    key_digest: str,
+    request_digest: str,
+    sealed: bytes,
+    now: datetime,
+) -> None:
+    # A row older than the window may still sit under the same key: replace it.
+    conn.execute(
+        delete(t.idempotency_keys).where(
+            t.idempotency_keys.c.team_id == team_id, t.idempotency_keys.c.key_digest == key_digest
+        )
+    )
+    conn.execute(
+        insert(t.idempotency_keys).values(
+            team_id=team_id,
+            key_digest=key_digest,
+            request_digest=request_digest,
+            sealed_response=sealed,
+            create_time=to_micros(now),
+        )
+    )
+
+
+def purge_idempotency(conn: Connection, *, before: datetime) -> None:
+    conn.execute(
+        delete(t.idempotency_keys).where(t.idempotency_keys.c.create_time < to_micros(before))
+    )
