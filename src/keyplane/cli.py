@@ -55,11 +55,13 @@ def serve_control(config: Path | None, host: str | None, port: int | None) -> No
     import uvicorn
 
     from keyplane.control.app import create_app
+    from keyplane.propagation.notifier import ChangeNotifier
 
     settings = _settings(config)
     logs.configure(settings.log_level)
-    ctx = open_context(settings)
-    app = create_app(settings, ctx)
+    notifier = ChangeNotifier()
+    ctx = open_context(settings, on_commit=notifier.notify)
+    app = create_app(settings, ctx, notifier)
     uvicorn.run(
         app,
         host=host or settings.control.host,
@@ -67,6 +69,71 @@ def serve_control(config: Path | None, host: str | None, port: int | None) -> No
         log_config=None,
         access_log=False,
         log_level="warning",
+        # Gateways hold long-polls open; they reconnect, so don't wait for them on shutdown.
+        timeout_graceful_shutdown=2,
+    )
+
+
+@serve.command("models")
+@config_option
+@click.option("--host", default=None, help="Listen address (default from settings).")
+@click.option("--port", type=int, default=None, help="Listen port (default from settings).")
+@click.option("--latency-ms", type=float, default=0.0, help="Delay before the first byte.")
+@click.option("--token-latency-ms", type=float, default=0.0, help="Delay per streamed token.")
+def serve_models(
+    config: Path | None,
+    host: str | None,
+    port: int | None,
+    latency_ms: float,
+    token_latency_ms: float,
+) -> None:
+    """The built-in OpenAI-compatible model server (deterministic, no weights)."""
+    from keyplane.models.config import ModelServerConfig
+    from keyplane.models.server import serve as serve_model_server
+
+    settings = _settings(config)
+    logs.configure(settings.log_level)
+    names = [n for m in settings.models if m.upstream_url is None for n in (m.name, *m.aliases)]
+    serve_model_server(
+        host or settings.model_server.host,
+        port if port is not None else settings.model_server.port,
+        ModelServerConfig(
+            models=names, latency_s=latency_ms / 1000, token_latency_s=token_latency_ms / 1000
+        ),
+    )
+
+
+@serve.command("gateway")
+@config_option
+@click.option("--cluster", required=True, help="The cluster this gateway serves.")
+@click.option("--replica", type=int, default=0, show_default=True, help="Replica index.")
+@click.option("--host", default=None, help="Listen address (default from settings).")
+@click.option("--port", type=int, default=None, help="Listen port (default from settings).")
+def serve_gateway(
+    config: Path | None, cluster: str, replica: int, host: str | None, port: int | None
+) -> None:
+    """One gateway of one cluster: the inference API, enforcing its replica of the keys."""
+    import uvicorn
+
+    from keyplane.gateway.server import GatewayProcess
+
+    settings = _settings(config)
+    logs.configure(settings.log_level)
+    try:
+        endpoint = settings.cluster(cluster).gateway
+    except KeyError:
+        raise click.ClickException(f"unknown cluster {cluster!r}") from None
+    app = GatewayProcess(settings, cluster, replica)
+    uvicorn.run(
+        app,
+        host=host or endpoint.host,
+        port=port if port is not None else endpoint.port,
+        log_config=None,
+        access_log=False,
+        log_level="warning",
+        lifespan="on",
+        loop="uvloop",
+        http="httptools",
     )
 
 
@@ -224,6 +291,51 @@ def keys_revoke(config: Path | None, key_id: str) -> None:
     ctx = open_context(_settings(config))
     key = _run(lambda: svc.revoke_management_key(ctx, key_id=key_id))
     click.echo(f"revoked management key {key.key_id} ({key.redacted})")
+
+
+@admin.group("clusters", invoke_without_command=True)
+@config_option
+@json_option
+@click.pass_context
+def clusters(click_ctx: click.Context, config: Path | None, as_json: bool) -> None:
+    """Each gateway of each cluster: applied revision, lag, last seen."""
+    if click_ctx.invoked_subcommand is not None:
+        return
+    from keyplane.propagation import feed
+
+    settings = _settings(config)
+    ctx = open_context(settings)
+    current, gateways = feed.cluster_view(ctx)
+    rows = [
+        {
+            "cluster": g.cluster,
+            "gateway": g.gateway_id,
+            "applied_revision": g.applied_revision,
+            "lag": g.lag,
+            "last_seen": format_ts(g.last_seen),
+            "live": "yes" if g.live else "no",
+        }
+        for g in gateways
+    ]
+    if not as_json:
+        click.echo(f"control plane revision: {current}")
+    _emit(rows, as_json)
+
+
+@clusters.command("credential")
+@config_option
+@click.option("--cluster", required=True, help="The cluster whose gateways will use it.")
+def clusters_credential(config: Path | None, cluster: str) -> None:
+    """Issue a feed credential for a cluster's gateways (printed once)."""
+    from keyplane.propagation import feed
+
+    settings = _settings(config)
+    try:
+        settings.cluster(cluster)
+    except KeyError:
+        raise click.ClickException(f"unknown cluster {cluster!r}") from None
+    ctx = open_context(settings)
+    click.echo(feed.issue_credential(ctx, cluster=cluster))
 
 
 def _run(action: Any) -> Any:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from keyplane.domain.clock import SystemClock
 from keyplane.services.context import Context
 from keyplane.settings import Settings
 from keyplane.storage.db import Database
 
 
-def open_context(settings: Settings, *, migrate: bool = True) -> Context:
+def open_context(
+    settings: Settings, *, migrate: bool = True, on_commit: Callable[[int], None] | None = None
+) -> Context:
     db = Database(settings.resolved_database_url)
     if migrate:
         db.migrate()
@@ -18,4 +22,5 @@ def open_context(settings: Settings, *, migrate: bool = True) -> Context:
         clock=SystemClock(),
         api_key_prefix=settings.api_key_prefix,
         management_key_prefix=settings.management_key_prefix,
+        on_commit=on_commit or (lambda _revision: None),
     )

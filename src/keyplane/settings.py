@@ -162,6 +162,8 @@ class Settings(BaseSettings):
     management_key_prefix: str = "xai-mgmt-"
     #: Largest request body the Management API reads.
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    #: Changes kept in the log for gateways to catch up from; one further behind takes a snapshot.
+    change_log_retention: int = Field(default=1_000_000, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("api_key_prefix", "management_key_prefix")

@@ -3,9 +3,10 @@
 Routes parse, call a use case in ``keyplane.services``, and render; no SQL and no rules here.
 """
 
-
+import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
 import structlog
@@ -18,6 +19,9 @@ from keyplane.control import schemas as s
 from keyplane.control.lenient import make_route_class
 from keyplane.domain.errors import InvalidArgument
 from keyplane.domain.timefmt import parse_ts
+from keyplane.propagation import feed
+from keyplane.propagation.notifier import ChangeNotifier
+from keyplane.propagation.routes import feed_router
 from keyplane.services import audit, keys
 from keyplane.services.auth import Principal, authenticate
 from keyplane.services.context import Context
@@ -31,9 +35,45 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def create_app(settings: Settings, ctx: Context) -> FastAPI:
+def create_app(settings: Settings, ctx: Context, notifier: ChangeNotifier | None = None) -> FastAPI:
+    """The Management API plus the internal feed. ``ctx.on_commit`` should feed ``notifier``."""
     catalog = Catalog(settings)
+    notifier = notifier or ChangeNotifier()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        notifier.bind(asyncio.get_running_loop(), await _current_revision())
+        task = asyncio.create_task(_housekeeping())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def _current_revision() -> int:
+        def read() -> int:
+            with ctx.db.read() as conn:
+                from keyplane.storage.repository import current_revision
+
+                return current_revision(conn)
+
+        return await asyncio.to_thread(read)
+
+    async def _housekeeping() -> None:
+        # Commits from other processes (a second replica, the admin CLI) wake followers within
+        # a second; the log is compacted now and then.
+        ticks = 0
+        while True:
+            await asyncio.sleep(1.0)
+            ticks += 1
+            try:
+                notifier.notify(await _current_revision())
+                if ticks % 600 == 0:
+                    await asyncio.to_thread(feed.compact, ctx, keep=settings.change_log_retention)
+            except Exception as error:  # keep the loop alive through a transient store error
+                log.warning("housekeeping_failed", error=type(error).__name__)
+
     app = FastAPI(
+        lifespan=lifespan,
         title="keyplane Management API",
         version=__version__,
         description="Create, list, update, rotate and delete inference API keys; "
@@ -267,11 +307,25 @@ def create_app(settings: Settings, ctx: Context) -> FastAPI:
             events=[render.audit_event(e) for e in page.events], next_page_token=page.next_token
         )
 
+    @router.get(
+        "/auth/api-keys/{apiKeyId}/propagation",
+        response_model=s.PropagationResponse,
+        summary="CheckApiKeyPropagation",
+        tags=["api-keys"],
+    )
+    def check_propagation(
+        apiKeyId: str,
+        p: Annotated[Principal, rpc("CheckApiKeyPropagation")],
+    ) -> s.PropagationResponse:
+        status = feed.propagation_status(ctx, settings, principal=p, api_key_id=apiKeyId)
+        return s.PropagationResponse(ic_propagation=status)
+
     @router.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     app.include_router(router)
+    app.include_router(feed_router(ctx, notifier))
 
     @app.middleware("http")
     async def access_log(

@@ -464,3 +464,131 @@ def purge_idempotency(conn: Connection, *, before: datetime) -> None:
     conn.execute(
         delete(t.idempotency_keys).where(t.idempotency_keys.c.create_time < to_micros(before))
     )
+
+
+# -- propagation: the change feed, cluster credentials, gateway acks -----------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    revision: int
+    op: str
+    view: dict[str, Any]
+
+
+def changes_after(conn: Connection, revision: int, limit: int) -> list[Change]:
+    rows = conn.execute(
+        select(t.change_log.c.revision, t.change_log.c.op, t.change_log.c.view)
+        .where(t.change_log.c.revision > revision)
+        .order_by(t.change_log.c.revision)
+        .limit(limit)
+    )
+    return [Change(int(r.revision), r.op, json.loads(r.view)) for r in rows]
+
+
+def oldest_retained_revision(conn: Connection) -> int | None:
+    value = conn.execute(select(func.min(t.change_log.c.revision))).scalar_one_or_none()
+    return None if value is None else int(value)
+
+
+def compact_change_log(conn: Connection, *, through_revision: int) -> int:
+    result = conn.execute(delete(t.change_log).where(t.change_log.c.revision <= through_revision))
+    return int(result.rowcount)
+
+
+def iter_api_key_views(conn: Connection) -> Iterable[ApiKey]:
+    """Every key with its secrets, streamed in id order (for snapshots)."""
+    secrets: dict[str, list[SecretDigest]] = {}
+    for s in conn.execute(
+        select(
+            t.api_key_secrets.c.api_key_id,
+            t.api_key_secrets.c.digest,
+            t.api_key_secrets.c.expire_time,
+        ).order_by(t.api_key_secrets.c.api_key_id, t.api_key_secrets.c.create_time.desc())
+    ):
+        secrets.setdefault(s.api_key_id, []).append(SecretDigest(s.digest, _dt(s.expire_time)))
+    result = conn.execution_options(yield_per=2000).execute(
+        select(t.api_keys).order_by(t.api_keys.c.api_key_id)
+    )
+    for row in result:
+        yield _api_key(row, secrets.get(row.api_key_id, ()))
+
+
+def key_revision(conn: Connection, api_key_id: str, *, team_id: str, since: datetime) -> int | None:
+    """The latest revision of a live key of ``team_id``, or of its deletion within the window."""
+    value = conn.execute(
+        select(t.api_keys.c.revision).where(
+            t.api_keys.c.api_key_id == api_key_id, t.api_keys.c.team_id == team_id
+        )
+    ).scalar_one_or_none()
+    if value is not None:
+        return int(value)
+    return get_deleted_api_key(conn, api_key_id, team_id=team_id, since=since)
+
+
+def insert_cluster_credential(
+    conn: Connection, *, digest: str, cluster: str, now: datetime
+) -> None:
+    conn.execute(
+        insert(t.cluster_credentials).values(
+            digest=digest, cluster=cluster, create_time=to_micros(now), revoke_time=None
+        )
+    )
+
+
+def cluster_of_credential(conn: Connection, digest: str) -> str | None:
+    row = conn.execute(
+        select(t.cluster_credentials.c.cluster).where(
+            t.cluster_credentials.c.digest == digest,
+            t.cluster_credentials.c.revoke_time.is_(None),
+        )
+    ).first()
+    return None if row is None else str(row.cluster)
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayState:
+    gateway_id: str
+    cluster: str
+    applied_revision: int
+    first_seen: datetime
+    last_seen: datetime
+
+
+def record_ack(
+    conn: Connection, *, gateway_id: str, cluster: str, revision: int, now: datetime
+) -> None:
+    now_us = to_micros(now)
+    updated = conn.execute(
+        update(t.gateways)
+        .where(t.gateways.c.gateway_id == gateway_id)
+        .values(cluster=cluster, applied_revision=revision, last_seen=now_us)
+    )
+    if updated.rowcount == 0:
+        conn.execute(
+            insert(t.gateways).values(
+                gateway_id=gateway_id,
+                cluster=cluster,
+                applied_revision=revision,
+                first_seen=now_us,
+                last_seen=now_us,
+            )
+        )
+
+
+def list_gateways(conn: Connection) -> list[GatewayState]:
+    rows = conn.execute(select(t.gateways).order_by(t.gateways.c.cluster, t.gateways.c.gateway_id))
+    return [
+        GatewayState(
+            gateway_id=r.gateway_id,
+            cluster=r.cluster,
+            applied_revision=int(r.applied_revision),
+            first_seen=from_micros(r.first_seen),
+            last_seen=from_micros(r.last_seen),
+        )
+        for r in rows
+    ]
+
+
+def forget_gateways(conn: Connection, *, last_seen_before: datetime) -> None:
+    conn.execute(delete(t.gateways).where(t.gateways.c.last_seen < to_micros(last_seen_before)))

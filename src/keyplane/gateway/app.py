@@ -1,0 +1,179 @@
+"""The gateway's inference API: a plain ASGI app (no framework) on the hot path.
+
+Check order, from the contract: credentials → key state → endpoint ACL → model → model ACL →
+limits → forward. This module authenticates and routes; what an endpoint does lives beside it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import structlog
+
+from keyplane.domain import keysecrets
+from keyplane.domain.errors import (
+    InvalidArgument,
+    KeyplaneError,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
+from keyplane.gateway.http import (
+    MethodNotAllowed,
+    Receive,
+    Scope,
+    Send,
+    header,
+    send_error,
+    send_json,
+)
+from keyplane.gateway.replica import KeyRecord, Replica
+
+log = structlog.get_logger("keyplane.gateway")
+
+Handler = Callable[[Scope, Receive, Send, KeyRecord], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    cluster: str
+    api_key_prefix: str = "xai-"
+    max_body_bytes: int = 4 * 1024 * 1024
+
+
+def incorrect_key(redacted: str | None) -> InvalidArgument:
+    shown = f": {redacted}" if redacted else ""
+    return InvalidArgument(
+        f"Incorrect API key provided{shown}. You can obtain an API key from your team's "
+        "Management API or console."
+    )
+
+
+class Gateway:
+    """Routes requests, authenticates the API key against the replica, hands over to a handler."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        replica: Replica,
+        *,
+        is_synced: Callable[[], bool] = lambda: True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.replica = replica
+        self._is_synced = is_synced
+        self._clock = clock
+        # (method, path) → (handler, whether a disabled or expired key may use it)
+        self.routes: dict[tuple[str, str], tuple[Handler, bool]] = {
+            ("GET", "/v1/api-key"): (self._api_key_info, True),
+            ("GET", "/v1/me"): (self._me, True),
+        }
+
+    def route(self, method: str, path: str, handler: Handler, *, any_state: bool = False) -> None:
+        self.routes[(method, path)] = (handler, any_state)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        try:
+            await self._dispatch(scope, receive, send)
+        except KeyplaneError as error:
+            await send_error(send, error)
+        except ConnectionResetError:
+            return
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method, path = scope["method"], scope["path"]
+        if path == "/healthz":
+            await send_json(
+                send,
+                200,
+                {
+                    "status": "ok",
+                    "cluster": self.config.cluster,
+                    "revision": self.replica.revision,
+                    "synced": self._is_synced(),
+                },
+            )
+            return
+        entry = self.routes.get((method, path))
+        if entry is None:
+            entry = self._prefix_route(method, path)
+        if entry is None:
+            if any(p == path for (_, p) in self.routes):
+                raise MethodNotAllowed()
+            raise NotFound(f"No route {path}.")
+        handler, any_state = entry
+        key = self.authenticate(scope)
+        if not any_state:
+            self.check_state(key)
+        await handler(scope, receive, send, key)
+
+    def _prefix_route(self, method: str, path: str) -> tuple[Handler, bool] | None:
+        # Routes registered with a trailing "/" match any sub-path (e.g. /v1/models/{id}).
+        for (m, p), entry in self.routes.items():
+            if m == method and p.endswith("/") and path.startswith(p) and len(path) > len(p):
+                return entry
+        return None
+
+    def authenticate(self, scope: Scope) -> KeyRecord:
+        authorization = header(scope, b"authorization")
+        if not authorization:
+            raise Unauthenticated.no_credentials()
+        scheme, _, token = authorization.strip().partition(" ")
+        token = token.strip()
+        prefix = self.config.api_key_prefix
+        if scheme.lower() != "bearer" or not keysecrets.looks_like(token, prefix):
+            raise incorrect_key(None)
+        record = self.replica.lookup(keysecrets.digest(token), self._clock())
+        if record is None:
+            raise incorrect_key(keysecrets.redact(token, prefix))
+        return record
+
+    def check_state(self, key: KeyRecord) -> None:
+        if key.disabled:
+            raise PermissionDenied(f"The API key {key.redacted} is disabled.")
+        if key.is_expired(self._clock()):
+            raise PermissionDenied(f"The API key {key.redacted} has expired.")
+
+    async def _api_key_info(
+        self, scope: Scope, receive: Receive, send: Send, key: KeyRecord
+    ) -> None:
+        await send_json(
+            send,
+            200,
+            {
+                "acls": list(key.acl_strings),
+                "api_key_blocked": False,
+                "api_key_disabled": key.disabled,
+                "api_key_id": key.api_key_id,
+                "create_time": key.create_time,
+                "modified_by": key.modified_by,
+                "modify_time": key.modify_time,
+                "name": key.name,
+                "redacted_api_key": key.redacted,
+                "team_blocked": False,
+                "team_id": key.team_id,
+                "user_id": key.user_id,
+            },
+        )
+
+    async def _me(self, scope: Scope, receive: Receive, send: Send, key: KeyRecord) -> None:
+        await send_json(
+            send,
+            200,
+            {
+                "user_id": key.user_id,
+                "team_id": key.team_id,
+                "team_blocked": False,
+                "api_key": {
+                    "redacted_api_key": key.redacted,
+                    "api_key_id": key.api_key_id,
+                    "blocked": False,
+                    "disabled": key.disabled,
+                },
+            },
+        )

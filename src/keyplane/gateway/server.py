@@ -1,0 +1,113 @@
+"""Running one gateway process: its data directory, identity, credential, replica and feed.
+
+``keyplane serve gateway --cluster NAME [--replica N]`` lands here. The replica is loaded from
+local disk before the port opens, so a restarted gateway enforces its last state at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from keyplane.gateway.app import Gateway, GatewayConfig
+from keyplane.gateway.http import Receive, Scope, Send
+from keyplane.gateway.replica import Replica, ReplicaStore
+from keyplane.gateway.sync import FeedFollower
+from keyplane.settings import Settings
+
+log = structlog.get_logger("keyplane.gateway")
+
+CREDENTIAL_FILE = "feed-credential"
+CREDENTIAL_ENV = "KEYPLANE_GATEWAY_CREDENTIAL"
+
+
+def gateway_dir(settings: Settings, cluster: str, replica: int) -> Path:
+    suffix = "" if replica == 0 else f"-{replica}"
+    return settings.data_dir / "gateways" / f"{cluster}{suffix}"
+
+
+def gateway_identity(directory: Path, cluster: str) -> str:
+    """A stable id for this gateway, kept in its data directory across restarts."""
+    path = directory / "gateway-id"
+    if path.exists():
+        return path.read_text().strip()
+    directory.mkdir(parents=True, exist_ok=True)
+    identity = f"{cluster}/{socket.gethostname()}-{secrets.token_hex(4)}"
+    path.write_text(identity + "\n")
+    return identity
+
+
+def read_credential(directory: Path) -> str:
+    value = os.environ.get(CREDENTIAL_ENV)
+    if value:
+        return value.strip()
+    path = directory / CREDENTIAL_FILE
+    if path.exists():
+        return path.read_text().strip()
+    raise SystemExit(
+        f"no feed credential: set {CREDENTIAL_ENV} or write it to {path} "
+        "(issue one with `keyplane admin clusters credential --cluster NAME`)"
+    )
+
+
+def write_credential(directory: Path, credential: str) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / CREDENTIAL_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(credential + "\n")
+
+
+class GatewayProcess:
+    """The ASGI app uvicorn runs: lifespan starts the feed follower; HTTP goes to the gateway."""
+
+    def __init__(self, settings: Settings, cluster: str, replica_index: int = 0) -> None:
+        settings.cluster(cluster)  # unknown cluster: KeyError before anything starts
+        self.directory = gateway_dir(settings, cluster, replica_index)
+        self.identity = gateway_identity(self.directory, cluster)
+        credential = read_credential(self.directory)
+        self.replica = Replica()
+        self.store = ReplicaStore(self.directory / "replica.db")
+        self.store.load_into(self.replica)
+        self.follower = FeedFollower(
+            control_url=settings.control.url,
+            credential=credential,
+            gateway_id=self.identity,
+            replica=self.replica,
+            store=self.store,
+        )
+        self.gateway = Gateway(
+            GatewayConfig(cluster=cluster, api_key_prefix=settings.api_key_prefix),
+            self.replica,
+            is_synced=lambda: self.follower.connected,
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        await self.gateway(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message: Any = await receive()
+            if message["type"] == "lifespan.startup":
+                log.info("gateway_starting", gateway=self.identity, revision=self.replica.revision)
+                self._task = asyncio.create_task(self.follower.run())
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self._task is not None:
+                    self._task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await self._task
+                self.store.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return

@@ -1,0 +1,115 @@
+"""The gateway's feed follower: snapshot once, then long-poll changes after its revision, forever.
+
+It never stops the gateway from serving: while the control plane is unreachable the replica keeps
+enforcing what it last applied, and the follower retries with a capped backoff. Each poll's
+``after`` is the ack of everything applied so far.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import structlog
+
+from keyplane.gateway.replica import Change, Replica, ReplicaStore
+from keyplane.propagation.wire import CHANGES_PATH, GATEWAY_HEADER, SNAPSHOT_PATH
+
+log = structlog.get_logger("keyplane.gateway.sync")
+
+POLL_WAIT = 5.0
+MAX_BACKOFF = 2.0
+
+
+class FeedFollower:
+    def __init__(
+        self,
+        *,
+        control_url: str,
+        credential: str,
+        gateway_id: str,
+        replica: Replica,
+        store: ReplicaStore,
+        poll_wait: float = POLL_WAIT,
+    ) -> None:
+        self._url = control_url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {credential}", GATEWAY_HEADER: gateway_id}
+        self._replica = replica
+        self._store = store
+        self._wait = poll_wait
+        self.connected = False
+        self.snapshots = 0
+
+    async def run(self) -> None:
+        backoff = 0.05
+        need_snapshot = self._replica.revision == 0
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=2.0, sock_read=self._wait + 10)
+        async with aiohttp.ClientSession(timeout=timeout, headers=self._headers) as session:
+            while True:
+                try:
+                    if need_snapshot:
+                        await self._snapshot(session)
+                        need_snapshot = False
+                    need_snapshot = await self._poll(session)
+                    if not self.connected:
+                        log.info("feed_connected", revision=self._replica.revision)
+                    self.connected = True
+                    backoff = 0.05
+                except asyncio.CancelledError:
+                    raise
+                except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as error:
+                    if self.connected:
+                        log.warning("feed_lost", error=type(error).__name__)
+                    self.connected = False
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF)
+
+    async def _poll(self, session: aiohttp.ClientSession) -> bool:
+        """One long-poll; returns whether a snapshot is needed."""
+        params = {"after": str(self._replica.revision), "wait": str(self._wait)}
+        async with session.get(self._url + CHANGES_PATH, params=params) as response:
+            if response.status != 200:
+                raise aiohttp.ClientResponseError(
+                    response.request_info, (), status=response.status, message="feed refused"
+                )
+            answer: Mapping[str, Any] = await response.json()
+        if answer.get("snapshotRequired"):
+            return True
+        fresh = [
+            Change(int(c["revision"]), c["op"], c["view"])
+            for c in answer["changes"]
+            if int(c["revision"]) > self._replica.revision
+        ]
+        if fresh:
+            fresh.sort(key=lambda c: c.revision)
+            await asyncio.to_thread(self._store.save_changes, fresh, fresh[-1].revision)
+            self._replica.apply(fresh)
+        return False
+
+    async def _snapshot(self, session: aiohttp.ClientSession) -> None:
+        revision: int | None = None
+        views: list[Mapping[str, Any]] = []
+        async with session.get(self._url + SNAPSHOT_PATH) as response:
+            if response.status != 200:
+                raise aiohttp.ClientResponseError(
+                    response.request_info, (), status=response.status, message="snapshot refused"
+                )
+            async for raw in response.content:
+                line = raw.strip()
+                if not line:
+                    continue
+                item = json.loads(line)
+                if revision is None:
+                    revision = int(item["revision"])
+                else:
+                    views.append(item)
+        if revision is None:
+            raise ValueError("empty snapshot")
+        await asyncio.to_thread(self._store.save_snapshot, revision, views)
+        self._replica.load(revision, views)
+        self.snapshots += 1
+        self.connected = True
+        log.info("snapshot_applied", revision=revision, keys=len(views))

@@ -1,0 +1,162 @@
+"""Control-plane side of propagation: snapshots, changes after a revision, acks, and status.
+
+A cluster has received a key's change when every *live* gateway of it (seen within
+``LIVENESS``) has acknowledged the key's latest revision; a cluster with no live gateway has not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from keyplane.domain import keysecrets
+from keyplane.domain.errors import NotFound, Unauthenticated
+from keyplane.domain.model import enforcement_view
+from keyplane.propagation.wire import CREDENTIAL_PREFIX
+from keyplane.services.auth import Principal
+from keyplane.services.context import Context
+from keyplane.services.keys import TOMBSTONE_WINDOW
+from keyplane.settings import Settings
+from keyplane.storage import repository as repo
+
+#: A gateway that has not polled for this long is not live. Gateways poll at least every
+#: ``POLL_WAIT`` seconds, so three missed polls mark it down.
+POLL_WAIT = 5.0
+LIVENESS = timedelta(seconds=3 * POLL_WAIT)
+#: How often an ack that only refreshes "last seen" (same revision) is written.
+ACK_REFRESH = timedelta(seconds=2)
+FORGET_AFTER = timedelta(days=1)
+
+
+def issue_credential(ctx: Context, *, cluster: str) -> str:
+    """A new credential for ``cluster``'s gateways; the secret is returned once."""
+    secret = keysecrets.generate_secret(CREDENTIAL_PREFIX)
+    with ctx.db.write() as conn:
+        repo.insert_cluster_credential(
+            conn, digest=keysecrets.digest(secret), cluster=cluster, now=ctx.clock.now()
+        )
+    return secret
+
+
+def credential_is_valid(ctx: Context, secret: str) -> bool:
+    with ctx.db.read() as conn:
+        return repo.cluster_of_credential(conn, keysecrets.digest(secret)) is not None
+
+
+def authenticate_gateway(ctx: Context, authorization: str | None) -> str:
+    """The cluster a gateway's credential belongs to."""
+    if not authorization:
+        raise Unauthenticated.no_credentials()
+    scheme, _, token = authorization.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not keysecrets.looks_like(token, CREDENTIAL_PREFIX):
+        raise Unauthenticated.bad_credentials()
+    with ctx.db.read() as conn:
+        cluster = repo.cluster_of_credential(conn, keysecrets.digest(token))
+    if cluster is None:
+        raise Unauthenticated.bad_credentials()
+    return cluster
+
+
+def snapshot_lines(ctx: Context) -> Iterator[dict[str, object]]:
+    """A consistent snapshot: the revision, then every key's view, all from one read transaction."""
+    with ctx.db.read() as conn:
+        yield {"revision": repo.current_revision(conn)}
+        for key in repo.iter_api_key_views(conn):
+            yield enforcement_view(key)
+
+
+@dataclass(frozen=True, slots=True)
+class ChangesAnswer:
+    revision: int
+    changes: list[repo.Change]
+    snapshot_required: bool
+
+
+def read_changes(ctx: Context, *, after: int, limit: int) -> ChangesAnswer:
+    with ctx.db.read() as conn:
+        current = repo.current_revision(conn)
+        if after > current:
+            # The gateway knows revisions this store never made (a restored backup): start over.
+            return ChangesAnswer(current, [], True)
+        if after == current:
+            return ChangesAnswer(current, [], False)
+        oldest = repo.oldest_retained_revision(conn)
+        if oldest is None or after < oldest - 1:
+            return ChangesAnswer(current, [], True)
+        changes = repo.changes_after(conn, after, limit)
+    return ChangesAnswer(changes[-1].revision if changes else after, changes, False)
+
+
+class AckBook:
+    """Writes acks to the store, skipping writes that would change nothing but "last seen"."""
+
+    def __init__(self) -> None:
+        self._written: dict[str, tuple[int, datetime]] = {}
+
+    def ack(self, ctx: Context, *, gateway_id: str, cluster: str, revision: int) -> None:
+        now = ctx.clock.now()
+        last = self._written.get(gateway_id)
+        if last is not None and last[0] == revision and now - last[1] < ACK_REFRESH:
+            return
+        with ctx.db.write() as conn:
+            repo.record_ack(
+                conn, gateway_id=gateway_id, cluster=cluster, revision=revision, now=now
+            )
+        self._written[gateway_id] = (revision, now)
+
+
+def propagation_status(
+    ctx: Context, settings: Settings, *, principal: Principal, api_key_id: str
+) -> dict[str, bool]:
+    now = ctx.clock.now()
+    with ctx.db.read() as conn:
+        revision = repo.key_revision(
+            conn, api_key_id, team_id=principal.team_id, since=now - TOMBSTONE_WINDOW
+        )
+        if revision is None:
+            raise NotFound("Cannot find API key")
+        gateways = repo.list_gateways(conn)
+    status: dict[str, bool] = {}
+    for cluster in settings.clusters:
+        live = [g for g in gateways if g.cluster == cluster.name and now - g.last_seen < LIVENESS]
+        status[cluster.host] = bool(live) and all(g.applied_revision >= revision for g in live)
+    return status
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayRow:
+    cluster: str
+    gateway_id: str
+    applied_revision: int
+    lag: int
+    last_seen: datetime
+    live: bool
+
+
+def cluster_view(ctx: Context) -> tuple[int, list[GatewayRow]]:
+    now = ctx.clock.now()
+    with ctx.db.read() as conn:
+        current = repo.current_revision(conn)
+        gateways = repo.list_gateways(conn)
+    return current, [
+        GatewayRow(
+            cluster=g.cluster,
+            gateway_id=g.gateway_id,
+            applied_revision=g.applied_revision,
+            lag=current - g.applied_revision,
+            last_seen=g.last_seen,
+            live=now - g.last_seen < LIVENESS,
+        )
+        for g in gateways
+    ]
+
+
+def compact(ctx: Context, *, keep: int) -> int:
+    """Drop all but the newest ``keep`` changes; followers further behind get a snapshot."""
+    with ctx.db.write() as conn:
+        current = repo.current_revision(conn)
+        removed = repo.compact_change_log(conn, through_revision=current - keep)
+        repo.forget_gateways(conn, last_seen_before=ctx.clock.now() - FORGET_AFTER)
+    return removed

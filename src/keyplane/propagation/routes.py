@@ -1,0 +1,86 @@
+"""The feed on the control plane: ``/internal/v1/snapshot`` and ``/internal/v1/changes``.
+
+Not part of the public Management API (kept out of /openapi.json); only gateways holding a
+cluster credential may call it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from keyplane.domain.errors import InvalidArgument
+from keyplane.propagation import feed
+from keyplane.propagation.notifier import ChangeNotifier
+from keyplane.propagation.wire import (
+    CHANGES_PATH,
+    GATEWAY_HEADER,
+    MAX_BATCH,
+    MAX_WAIT_SECONDS,
+    SNAPSHOT_PATH,
+)
+from keyplane.services.context import Context
+
+_LINES_PER_CHUNK = 500
+
+
+def feed_router(ctx: Context, notifier: ChangeNotifier) -> APIRouter:
+    router = APIRouter(include_in_schema=False)
+    acks = feed.AckBook()
+
+    def gateway_id(value: str | None) -> str:
+        if not value or len(value) > 128 or not value.isprintable():
+            raise InvalidArgument(
+                "a gateway id of 1-128 characters is required", field=GATEWAY_HEADER
+            )
+        return value
+
+    @router.get(SNAPSHOT_PATH)
+    def snapshot(
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> StreamingResponse:
+        feed.authenticate_gateway(ctx, authorization)
+
+        def chunks() -> Iterator[bytes]:
+            batch: list[str] = []
+            for line in feed.snapshot_lines(ctx):
+                batch.append(json.dumps(line, separators=(",", ":")))
+                if len(batch) >= _LINES_PER_CHUNK:
+                    yield ("\n".join(batch) + "\n").encode()
+                    batch.clear()
+            if batch:
+                yield ("\n".join(batch) + "\n").encode()
+
+        return StreamingResponse(chunks(), media_type="application/x-ndjson")
+
+    @router.get(CHANGES_PATH)
+    async def changes(
+        after: Annotated[int, Query(ge=0)],
+        wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS)] = feed.POLL_WAIT,
+        limit: Annotated[int, Query(ge=1, le=MAX_BATCH)] = MAX_BATCH,
+        authorization: Annotated[str | None, Header()] = None,
+        gateway: Annotated[str | None, Header(alias=GATEWAY_HEADER)] = None,
+    ) -> dict[str, Any]:
+        cluster = await run_in_threadpool(feed.authenticate_gateway, ctx, authorization)
+        gid = gateway_id(gateway)
+        # ``after`` is what the gateway has applied: that is its ack.
+        await run_in_threadpool(acks.ack, ctx, gateway_id=gid, cluster=cluster, revision=after)
+        answer = await run_in_threadpool(feed.read_changes, ctx, after=after, limit=limit)
+        if not answer.changes and not answer.snapshot_required and wait > 0:
+            newest = await notifier.wait_beyond(after, wait)
+            if newest > after:
+                answer = await run_in_threadpool(feed.read_changes, ctx, after=after, limit=limit)
+        return {
+            "revision": answer.revision,
+            "snapshotRequired": answer.snapshot_required,
+            "changes": [
+                {"revision": c.revision, "op": c.op, "view": c.view} for c in answer.changes
+            ],
+        }
+
+    return router

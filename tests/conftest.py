@@ -1,0 +1,26 @@
+"""Fixtures shared by every suite: real processes on loopback, each test with its own data."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.procs import Deployment
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Iterator[Deployment]:
+    dep = Deployment(tmp_path)
+    yield dep
+    dep.stop_all()
+
+
+@pytest.fixture(scope="module")
+def module_deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """One control plane for a whole module, for tests that only read or make their own teams."""
+    dep = Deployment(tmp_path_factory.mktemp("deployment"))
+    dep.start_control()
+    yield dep
+    dep.stop_all()

@@ -1,0 +1,243 @@
+"""Real keyplane processes for tests: started on free loopback ports, awaited, stopped.
+
+A ``Deployment`` is one data directory and one TOML config; it starts the control plane, gateways
+and the model server as separate OS processes, exactly as ``keyplane up`` does, and offers the few
+in-process shortcuts tests need for setup (a team and its management key).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+PYTHON = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(
+    condition: Callable[[], Any], *, timeout: float = 15.0, what: str = "condition"
+) -> Any:
+    """Poll ``condition`` until it returns something truthy, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = condition()
+        except (httpx.HTTPError, OSError) as error:
+            last_error = error
+            result = None
+        if result:
+            return result
+        time.sleep(0.02)
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what} (last error: {last_error})"
+    )
+
+
+@dataclass
+class Proc:
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    url: str
+    log_path: Path
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self, *, ready_path: str = "/healthz", timeout: float = 20.0) -> Proc:
+        log = self.log_path.open("ab")
+        self.popen = subprocess.Popen(  # noqa: S603
+            self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+
+        def ready() -> bool:
+            if self.popen is not None and self.popen.poll() is not None:
+                raise AssertionError(f"{self.name} exited early:\n{self.log()}")
+            return httpx.get(self.url + ready_path, timeout=1.0).status_code < 500
+
+        wait_for(ready, timeout=timeout, what=f"{self.name} at {self.url}")
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        self.popen.send_signal(sig)
+        try:
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+@dataclass
+class Deployment:
+    root: Path
+    clusters: list[str] = field(default_factory=lambda: ["us-east-1", "eu-west-1"])
+    extra_config: str = ""
+    procs: list[Proc] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.data_dir = self.root / "data"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.control_port = free_port()
+        self.model_port = free_port()
+        self.gateway_ports = {name: free_port() for name in self.clusters}
+        lines = [
+            f'data_dir = "{self.data_dir}"',
+            'log_level = "info"',
+            "[control]",
+            'host = "127.0.0.1"',
+            f"port = {self.control_port}",
+            "[model_server]",
+            'host = "127.0.0.1"',
+            f"port = {self.model_port}",
+        ]
+        for name, port in self.gateway_ports.items():
+            lines += [
+                "[[clusters]]",
+                f'name = "{name}"',
+                f'host = "{name}.api.test"',
+                "[clusters.gateway]",
+                'host = "127.0.0.1"',
+                f"port = {port}",
+            ]
+        self.config = self.root / "keyplane.toml"
+        self.config.write_text("\n".join(lines) + "\n" + self.extra_config)
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("KEYPLANE_")},
+            "KEYPLANE_CONFIG": str(self.config),
+        }
+
+    @property
+    def control_url(self) -> str:
+        return f"http://127.0.0.1:{self.control_port}"
+
+    def gateway_url(self, cluster: str) -> str:
+        return f"http://127.0.0.1:{self.gateway_ports[cluster]}"
+
+    def settings(self) -> Any:
+        from keyplane.settings import load_settings
+
+        os.environ["KEYPLANE_CONFIG"] = str(self.config)
+        try:
+            return load_settings()
+        finally:
+            del os.environ["KEYPLANE_CONFIG"]
+
+    def _proc(
+        self, name: str, args: list[str], url: str, env: dict[str, str] | None = None
+    ) -> Proc:
+        proc = Proc(
+            name=name,
+            args=[PYTHON, "-m", "keyplane.cli", *args],
+            env={**self.env, **(env or {})},
+            url=url,
+            log_path=self.root / f"{name}.log",
+        )
+        self.procs.append(proc)
+        return proc
+
+    def control(self, *, port: int | None = None, env: dict[str, str] | None = None) -> Proc:
+        port = port or self.control_port
+        return self._proc(
+            "control", ["serve", "control", "--port", str(port)], f"http://127.0.0.1:{port}", env
+        )
+
+    def start_control(self, **kw: Any) -> Proc:
+        return self.control(**kw).start()
+
+    def create_team(self, name: str) -> tuple[str, str]:
+        """A team and a management key with every RPC, made directly in the store (setup only)."""
+        from keyplane.runtime import open_context
+        from keyplane.services import admin
+
+        ctx = open_context(self.settings())
+        try:
+            team = admin.create_team(ctx, name=name)
+            key = admin.create_management_key(ctx, team_id=team.team_id, name=f"{name} key")
+        finally:
+            ctx.db.dispose()
+        return team.team_id, key.secret
+
+    def gateway(
+        self,
+        cluster: str,
+        *,
+        replica: int = 0,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Proc:
+        """A gateway process of ``cluster``, with a fresh feed credential of that cluster."""
+        from keyplane.propagation import feed
+        from keyplane.runtime import open_context
+
+        ctx = open_context(self.settings())
+        try:
+            credential = feed.issue_credential(ctx, cluster=cluster)
+        finally:
+            ctx.db.dispose()
+        port = port or (self.gateway_ports[cluster] if replica == 0 else free_port())
+        return self._proc(
+            f"gateway-{cluster}-{replica}",
+            [
+                "serve",
+                "gateway",
+                "--cluster",
+                cluster,
+                "--replica",
+                str(replica),
+                "--port",
+                str(port),
+            ],
+            f"http://127.0.0.1:{port}",
+            {"KEYPLANE_GATEWAY_CREDENTIAL": credential, **(env or {})},
+        )
+
+    def start_gateway(self, cluster: str, **kw: Any) -> Proc:
+        return self.gateway(cluster, **kw).start()
+
+    def models(self) -> Proc:
+        return self._proc(
+            "models", ["serve", "models", "--port", str(self.model_port)], self.model_url
+        )
+
+    def start_models(self) -> Proc:
+        return self.models().start(ready_path="/v1/models")
+
+    @property
+    def model_url(self) -> str:
+        return f"http://127.0.0.1:{self.model_port}"
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+
+def mgmt_client(base_url: str, secret: str) -> httpx.Client:
+    return httpx.Client(
+        base_url=base_url, headers={"Authorization": f"Bearer {secret}"}, timeout=10.0
+    )
