@@ -13,7 +13,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,7 @@ class Proc:
 
     def start(self, *, ready_path: str = "/healthz", timeout: float = 20.0) -> Proc:
         log = self.log_path.open("ab")
-        self.popen = subprocess.Popen(  # noqa: S603
+        self.popen = subprocess.Popen(
             self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT
         )
         log.close()
@@ -241,3 +242,43 @@ def mgmt_client(base_url: str, secret: str) -> httpx.Client:
     return httpx.Client(
         base_url=base_url, headers={"Authorization": f"Bearer {secret}"}, timeout=10.0
     )
+
+
+# -- operator shortcuts for control-plane tests (what the CLI would do, done in-process) ---------
+
+
+@contextmanager
+def admin_context(dep: Deployment) -> Iterator[Any]:
+    """A ``keyplane.services`` Context on the deployment's store, for operator-only setup."""
+    from keyplane.runtime import open_context
+
+    ctx = open_context(dep.settings())
+    try:
+        yield ctx
+    finally:
+        ctx.db.dispose()
+
+
+def create_management_key(
+    dep: Deployment,
+    team_id: str,
+    *,
+    name: str = "extra key",
+    acls: list[str] | None = None,
+    owner_user_id: str | None = None,
+) -> tuple[str, str]:
+    """Another management key of ``team_id`` (all RPCs unless ``acls``): ``(key_id, secret)``."""
+    from keyplane.services import admin
+
+    with admin_context(dep) as ctx:
+        created = admin.create_management_key(
+            ctx, team_id=team_id, name=name, acls=acls, owner_user_id=owner_user_id
+        )
+    return created.key.key_id, created.secret
+
+
+def revoke_management_key(dep: Deployment, key_id: str) -> None:
+    from keyplane.services import admin
+
+    with admin_context(dep) as ctx:
+        admin.revoke_management_key(ctx, key_id=key_id)
