@@ -138,6 +138,21 @@ def _default_models() -> list[ModelSettings]:
     ]
 
 
+class LimiterSettings(BaseModel):
+    """Where a cluster's gateways keep their rate-limit counters."""
+
+    #: memory: in each gateway process (one replica per cluster); redis: shared by the replicas.
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: What a gateway does while Redis is unreachable: admit everything, refuse everything, or
+    #: enforce each limit divided by ``replicas`` in its own memory.
+    failure_policy: Literal["allow", "deny", "local"] = "local"
+    #: Gateway replicas per cluster (the ``local`` policy divides every limit by this).
+    replicas: int = Field(default=1, ge=1)
+    #: Several replicas with in-memory limits each enforce the full limit; refuse unless set.
+    allow_unshared_replicas: bool = False
+
+
 class ControlSettings(Endpoint):
     port: int = Field(default=8100, ge=0, le=65535)
 
@@ -158,6 +173,9 @@ class Settings(BaseSettings):
     models: list[ModelSettings] = Field(default_factory=_default_models)
     #: Where the built-in model server listens (the upstream of models with no upstream_url).
     model_server: Endpoint = Field(default_factory=lambda: Endpoint(port=8199))
+    limiter: LimiterSettings = Field(default_factory=LimiterSettings)
+    #: Seconds a gateway waits for a model server's whole answer.
+    upstream_timeout: float = Field(default=300.0, gt=0)
     api_key_prefix: str = "xai-"
     management_key_prefix: str = "xai-mgmt-"
     #: Largest request body the Management API reads.

@@ -16,10 +16,13 @@ from typing import Any
 
 import structlog
 
+from keyplane.catalog import Catalog
 from keyplane.gateway.app import Gateway, GatewayConfig
 from keyplane.gateway.http import Receive, Scope, Send
+from keyplane.gateway.inference import Inference
 from keyplane.gateway.replica import Replica, ReplicaStore
 from keyplane.gateway.sync import FeedFollower
+from keyplane.ratelimit import FailurePolicy, Limiter, MemoryLimiter, RedisLimiter
 from keyplane.settings import Settings
 
 log = structlog.get_logger("keyplane.gateway")
@@ -65,6 +68,22 @@ def write_credential(directory: Path, credential: str) -> None:
         f.write(credential + "\n")
 
 
+def make_limiter(settings: Settings) -> Limiter:
+    config = settings.limiter
+    if config.backend == "redis":
+        return RedisLimiter.from_url(
+            config.redis_url,
+            policy=FailurePolicy(config.failure_policy),
+            replicas=config.replicas,
+        )
+    if config.replicas > 1 and not config.allow_unshared_replicas:
+        raise SystemExit(
+            f"{config.replicas} gateway replicas with in-memory limits would each enforce the "
+            "full limit; use limiter.backend = 'redis', or set limiter.allow_unshared_replicas"
+        )
+    return MemoryLimiter()
+
+
 class GatewayProcess:
     """The ASGI app uvicorn runs: lifespan starts the feed follower; HTTP goes to the gateway."""
 
@@ -88,6 +107,13 @@ class GatewayProcess:
             self.replica,
             is_synced=lambda: self.follower.connected,
         )
+        self.limiter = make_limiter(settings)
+        self.inference = Inference(
+            self.gateway,
+            Catalog(settings),
+            self.limiter,
+            upstream_timeout=settings.upstream_timeout,
+        )
         self._task: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -101,6 +127,7 @@ class GatewayProcess:
             message: Any = await receive()
             if message["type"] == "lifespan.startup":
                 log.info("gateway_starting", gateway=self.identity, revision=self.replica.revision)
+                await self.inference.start()
                 self._task = asyncio.create_task(self.follower.run())
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
@@ -108,6 +135,8 @@ class GatewayProcess:
                     self._task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await self._task
+                await self.inference.close()
+                await self.limiter.aclose()
                 self.store.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
