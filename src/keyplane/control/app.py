@@ -43,11 +43,16 @@ def create_app(settings: Settings, ctx: Context, notifier: ChangeNotifier | None
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         notifier.bind(asyncio.get_running_loop(), await _current_revision())
-        task = asyncio.create_task(_housekeeping())
+        tasks = [asyncio.create_task(_housekeeping())]
+        if not ctx.db.is_sqlite:
+            from keyplane.storage.listen import listen_for_revisions
+
+            tasks.append(asyncio.create_task(listen_for_revisions(ctx.db.url, notifier.notify)))
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def _current_revision() -> int:
         def read() -> int:

@@ -16,12 +16,21 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, create_engine, event, insert, select
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from keyplane.storage import tables
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
+_MIGRATION_LOCK = 0x6B6579706C616E  # "keyplan": any constant shared by every replica
+
+
+def normalize_url(url: str) -> URL:
+    """``postgresql://`` means psycopg 3 here (SQLAlchemy's default would be psycopg2)."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
@@ -40,7 +49,7 @@ class Database:
     """Both engines of one database, with ``write()`` and ``read()`` transactions."""
 
     def __init__(self, url: str, *, pool_size: int = 8) -> None:
-        self.url = make_url(url)
+        self.url = normalize_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         if self.is_sqlite:
             database = self.url.database
@@ -54,17 +63,29 @@ class Database:
                 event.listen(engine, "connect", _sqlite_pragmas)
                 event.listen(engine, "begin", _make_begin(begin))
         else:
-            self.writer = create_engine(self.url, pool_size=pool_size, max_overflow=4)
-            self.reader = self.writer
+            # Writers in READ COMMITTED: the revision counter's row lock orders them. Readers in
+            # REPEATABLE READ: a snapshot and its revision come from one consistent view.
+            self.writer = create_engine(
+                self.url, pool_size=pool_size, max_overflow=4, pool_pre_ping=True
+            )
+            self.reader = create_engine(
+                self.url,
+                pool_size=pool_size,
+                max_overflow=4,
+                pool_pre_ping=True,
+                isolation_level="REPEATABLE READ",
+            )
 
     def migrate(self) -> None:
         """Bring the schema to the newest migration, then make sure the deployment secret exists."""
         cfg = Config()
         cfg.set_main_option("script_location", str(_MIGRATIONS))
         with self.writer.begin() as conn:
+            if not self.is_sqlite:
+                # Replicas starting together migrate one at a time (SQLite: BEGIN IMMEDIATE).
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
-        with self.writer.begin() as conn:
             found = conn.execute(
                 select(tables.meta.c.value).where(tables.meta.c.name == "server_secret")
             ).scalar_one_or_none()

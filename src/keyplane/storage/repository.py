@@ -18,6 +18,9 @@ from keyplane.domain.model import ApiKey, AuditEvent, ManagementKey, SecretDiges
 from keyplane.domain.timefmt import from_micros, to_micros
 from keyplane.storage import tables as t
 
+#: The PostgreSQL NOTIFY channel that announces committed revisions.
+CHANGES_CHANNEL = "keyplane_changes"
+
 
 def _us(value: datetime | None) -> int | None:
     return None if value is None else to_micros(value)
@@ -61,6 +64,9 @@ def append_change(
             commit_time=to_micros(now),
         )
     )
+    if conn.dialect.name == "postgresql":
+        # Delivered at commit, to every control plane LISTENing: their feed followers wake.
+        conn.execute(select(func.pg_notify(CHANGES_CHANNEL, str(revision))))
 
 
 # -- teams and management keys ----------------------------------------------------------------

@@ -1,0 +1,107 @@
+"""A throwaway PostgreSQL server for tests: initdb in a temp dir, listening on 127.0.0.1 only.
+
+PostgreSQL refuses to run as root; as root (CI) the server runs as the ``postgres`` user that the
+OS package creates. Missing binaries fail the run (KEYPLANE_TEST_ALLOW_MISSING_POSTGRES=1: skip).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.support.procs import free_port
+
+ALLOW_MISSING_ENV = "KEYPLANE_TEST_ALLOW_MISSING_POSTGRES"
+
+
+def _bindir() -> Path | None:
+    for candidate in (
+        shutil.which("initdb"),
+        *sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb")),
+    ):
+        if candidate:
+            return Path(candidate).resolve().parent
+    return None
+
+
+def require_postgres() -> Path:
+    found = _bindir()
+    if found is not None:
+        return found
+    if os.environ.get(ALLOW_MISSING_ENV) == "1":
+        pytest.skip("PostgreSQL is not installed")
+    pytest.fail(
+        "PostgreSQL's initdb was not found: install it (apt-get install -y postgresql) "
+        f"or set {ALLOW_MISSING_ENV}=1 to skip the PostgreSQL tests"
+    )
+
+
+class PostgresServer:
+    def __init__(self, bindir: Path) -> None:
+        self.bindir = bindir
+        self.port = free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="keyplane-pg-"))
+        self.data = self.root / "data"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._as: list[str] = []
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres", "postgres")
+            self._as = ["runuser", "-u", "postgres", "--"]
+
+    def start(self, timeout: float = 30.0) -> PostgresServer:
+        subprocess.run(
+            [*self._as, str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres",
+             "-A", "trust", "-E", "UTF8", "--no-sync"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        log = (self.root / "server.log").open("ab")
+        self._proc = subprocess.Popen(
+            [*self._as, str(self.bindir / "postgres"), "-D", str(self.data), "-p", str(self.port),
+             "-k", str(self.root), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+             "-c", "max_connections=200"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        log.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with psycopg.connect(self.dsn("postgres"), connect_timeout=1):
+                    break
+            except psycopg.OperationalError:
+                if self._proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        "PostgreSQL did not start:\n" + (self.root / "server.log").read_text()
+                    ) from None
+                time.sleep(0.05)
+        return self
+
+    def dsn(self, database: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def url(self, database: str) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        with psycopg.connect(self.dsn("postgres"), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        shutil.rmtree(self.root, ignore_errors=True)
