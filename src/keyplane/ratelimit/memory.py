@@ -1,0 +1,290 @@
+"""In-process rate limiter: sliding logs for request limits, bucketed logs for tokens.
+
+Every counter is a :class:`_Log`: a deque of ``(time, units)`` entries, oldest first, plus their
+running total. An entry counts while its time is inside the window ``(now - window, now]``.
+
+* Request limits up to ``exact_max`` keep one entry per admission at its exact time: a sliding
+  log, so "admitted iff fewer than ``limit`` admissions in ``(now - window, now]``" holds exactly
+  and ``Retry-After`` is exact. Its length is bounded by the limit.
+* Larger request limits, and all token limits, round each entry's time *up* to the end of its
+  bucket (``window / buckets`` wide) and merge entries of one bucket. An entry then counts a little
+  longer than it really should — at most one bucket — so such a limit never over-admits, admits at
+  least ``buckets / (buckets + 1)`` of its limit under overload, and keeps at most ``buckets + 1``
+  entries whatever the traffic.
+
+Idle counters are dropped: each counter sits once in a heap ordered by the time its newest entry
+leaves the window; every call pops a few due heap entries, and :meth:`MemoryLimiter.sweep` pops
+them all.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import sys
+from collections import deque
+from collections.abc import Sequence
+
+from keyplane.ratelimit.base import (
+    ALLOWED,
+    Clock,
+    Decision,
+    Quota,
+    RequestLimit,
+    SystemClock,
+    Tally,
+    TokenLimit,
+)
+
+__all__ = ["MemoryLimiter"]
+
+_REQUESTS = 0
+_TOKENS = 1
+
+_floor = math.floor
+_NONE = sys.maxsize  # "no limit seen yet" for the tightest-quota search: above any real count
+
+
+class _Log:
+    """The entries of one counter still inside its window, oldest first."""
+
+    __slots__ = ("entries", "total", "window")
+
+    def __init__(self, window: float) -> None:
+        self.entries: deque[tuple[float, int]] = deque()
+        self.total = 0
+        # The window of the last write, which decides when the sweep may drop this counter.
+        self.window = window
+
+    def expire(self, cutoff: float) -> int:
+        """Drop the entries at or before ``cutoff``; return the units still counted."""
+        entries = self.entries
+        while entries and entries[0][0] <= cutoff:
+            self.total -= entries.popleft()[1]
+        return self.total
+
+    def add(self, at: float, units: int) -> None:
+        """Record ``units`` at time ``at``.
+
+        An entry earlier than the newest one (possible when a limit switches from bucketed to
+        exact and the newest entry sits at a bucket's end) is merged into the newest: it then
+        counts slightly longer, which is the safe direction, and the log stays sorted.
+        """
+        entries = self.entries
+        if entries:
+            last_at, last_units = entries[-1]
+            if at <= last_at:
+                entries[-1] = (last_at, last_units + units)
+                self.total += units
+                return
+        entries.append((at, units))
+        self.total += units
+
+    def release(self, excess: int) -> float:
+        """The time of the entry whose departure takes ``excess`` units out of the window."""
+        seen = 0
+        for at, units in self.entries:
+            seen += units
+            if seen >= excess:
+                return at
+        raise AssertionError(f"excess {excess} exceeds the {self.total} units counted")
+
+    def newest(self) -> float:
+        return self.entries[-1][0]
+
+
+def _bucket_end(now: float, width: float) -> float:
+    """The end of the ``width``-wide bucket holding ``now`` (strictly after ``now``)."""
+    return (math.floor(now / width) + 1) * width
+
+
+class MemoryLimiter:
+    """Rate limits held in this process; see the module docstring for the algorithms.
+
+    ``exact_max``: request limits up to this use the exact sliding log (memory grows with the
+    limit); larger ones use ``buckets`` buckets per window. ``token_buckets``: buckets per window
+    for token limits, so a charge counts for between ``window`` and ``window + window /
+    token_buckets`` seconds. ``sweep_budget``: how many due counters each call may inspect, which
+    bounds the latency the lazy sweep adds to one call.
+
+    Not thread-safe: use it from one event loop (the gateway's). :meth:`acquire_now` never yields,
+    which is what makes check-then-record atomic.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Clock | None = None,
+        exact_max: int = 1000,
+        buckets: int = 60,
+        token_buckets: int = 60,
+        sweep_budget: int = 16,
+    ) -> None:
+        if buckets < 1 or token_buckets < 1:
+            raise ValueError("buckets and token_buckets must be >= 1")
+        if sweep_budget < 1:
+            raise ValueError("sweep_budget must be >= 1")
+        self._now = (clock or SystemClock()).monotonic
+        self._exact_max = exact_max
+        self._buckets = buckets
+        self._token_buckets = token_buckets
+        self._sweep_budget = sweep_budget
+        self._requests: dict[str, _Log] = {}
+        self._tokens: dict[str, _Log] = {}
+        # (time the counter may be idle, counter, _REQUESTS|_TOKENS); one entry per live counter.
+        self._due: list[tuple[float, str, int]] = []
+
+    @property
+    def counter_count(self) -> int:
+        """How many counters hold state (request and token counters together)."""
+        return len(self._requests) + len(self._tokens)
+
+    def acquire_now(
+        self, requests: Sequence[RequestLimit], tokens: Sequence[TokenLimit] = ()
+    ) -> Decision:
+        """Synchronous :meth:`acquire`: the gateway's hot path, with no coroutine to pay for."""
+        # Written for speed (this runs for every request through the gateway): locals instead of
+        # attribute lookups, the expiry and append of _Log inlined, no objects built for limits
+        # that are not the tightest.
+        now = self._now()
+        due = self._due
+        if due and due[0][0] <= now:
+            self._sweep(now, self._sweep_budget)
+        if not requests and not tokens:
+            return ALLOWED
+        tally = Tally()
+        counters = self._requests
+        # Check every limit first; nothing is written until all of them have passed.
+        checked: list[tuple[RequestLimit, _Log | None, int]] = []
+        for lim in requests:
+            limit = lim.limit
+            if limit <= 0:
+                continue
+            log = counters.get(lim.counter)
+            if log is None:
+                checked.append((lim, None, 0))
+                continue
+            cutoff = now - lim.window
+            entries = log.entries
+            count = log.expire(cutoff) if entries and entries[0][0] <= cutoff else log.total
+            checked.append((lim, log, count))
+            if count >= limit:
+                retry = log.release(count - limit + 1) + lim.window - now
+                tally.violate("requests", lim, count, retry)
+        token_counters = self._tokens
+        for tlim in tokens:
+            limit = tlim.limit
+            if limit <= 0:
+                continue
+            log = token_counters.get(tlim.counter)
+            if log is None:
+                tally.token(limit, 0, 0.0)
+                continue
+            used = log.expire(now - tlim.window)
+            if used > limit:
+                retry = log.release(used - limit) + tlim.window - now
+                tally.violate("tokens", tlim, used, retry)
+            tally.token(limit, used, log.newest() + tlim.window - now if used else 0.0)
+
+        # The tightest request limit: fewest remaining, then smallest limit.
+        best_remaining = best_limit = _NONE
+        best_reset = 0.0
+        if tally.violated is None:
+            exact_max = self._exact_max
+            for lim, log, count in checked:
+                window = lim.window
+                if log is None:
+                    log = counters[lim.counter] = _Log(window)
+                    heapq.heappush(due, (now + window, lim.counter, _REQUESTS))
+                else:
+                    log.window = window
+                limit = lim.limit
+                if limit <= exact_max:
+                    at = now
+                else:
+                    width = window / self._buckets
+                    at = (_floor(now / width) + 1) * width
+                entries = log.entries
+                if entries and at <= entries[-1][0]:  # see _Log.add
+                    at, units = entries[-1]
+                    entries[-1] = (at, units + 1)
+                else:
+                    entries.append((at, 1))
+                log.total += 1
+                remaining = limit - count - 1
+                if remaining < best_remaining or (
+                    remaining == best_remaining and limit < best_limit
+                ):
+                    best_remaining, best_limit, best_reset = remaining, limit, at + window - now
+        else:
+            for lim, log, count in checked:
+                limit = lim.limit
+                remaining = limit - count if count < limit else 0
+                if remaining < best_remaining or (
+                    remaining == best_remaining and limit < best_limit
+                ):
+                    best_remaining, best_limit = remaining, limit
+                    best_reset = log.newest() + lim.window - now if log and count else 0.0
+        if best_limit != _NONE:
+            tally.requests = Quota(best_limit, best_remaining, best_reset)
+        return tally.decision()
+
+    def charge_now(self, tokens: Sequence[TokenLimit], amount: int) -> None:
+        """Synchronous :meth:`charge`."""
+        if amount < 0:
+            raise ValueError(f"cannot charge a negative number of tokens ({amount})")
+        now = self._now()
+        due = self._due
+        if due and due[0][0] <= now:
+            self._sweep(now, self._sweep_budget)
+        if amount == 0:
+            return
+        counters = self._tokens
+        for lim in tokens:
+            if lim.limit <= 0:
+                continue
+            log = counters.get(lim.counter)
+            if log is None:
+                log = counters[lim.counter] = _Log(lim.window)
+                heapq.heappush(due, (now + lim.window, lim.counter, _TOKENS))
+            else:
+                # Expire before adding so the log never holds more than buckets + 1 entries.
+                log.expire(now - lim.window)
+                log.window = lim.window
+            log.add(_bucket_end(now, lim.window / self._token_buckets), amount)
+
+    async def acquire(
+        self, requests: Sequence[RequestLimit], tokens: Sequence[TokenLimit] = ()
+    ) -> Decision:
+        """Check all limits, then record the request in every request limit, or in none."""
+        return self.acquire_now(requests, tokens)
+
+    async def charge(self, tokens: Sequence[TokenLimit], amount: int) -> None:
+        """Charge ``amount`` tokens of a finished request to every token limit."""
+        self.charge_now(tokens, amount)
+
+    async def aclose(self) -> None:
+        """Nothing to release; present for the :class:`~keyplane.ratelimit.Limiter` protocol."""
+
+    def sweep(self) -> int:
+        """Drop every counter whose entries have all left the window; return how many went."""
+        return self._sweep(self._now(), None)
+
+    def _sweep(self, now: float, budget: int | None) -> int:
+        due = self._due
+        removed = 0
+        while due and due[0][0] <= now:
+            if budget is not None:
+                if budget == 0:
+                    break
+                budget -= 1
+            _, counter, kind = heapq.heappop(due)
+            store = self._requests if kind == _REQUESTS else self._tokens
+            log = store[counter]
+            idle_at = log.newest() + log.window if log.entries else now
+            if idle_at <= now:
+                del store[counter]
+                removed += 1
+            else:
+                heapq.heappush(due, (idle_at, counter, kind))
+        return removed

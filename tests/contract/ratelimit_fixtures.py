@@ -1,0 +1,92 @@
+"""A throwaway ``redis-server`` for the rate-limit contract tests, and the limiter factories.
+
+Imported explicitly by the ``test_ratelimit_*`` modules (not a conftest, which the lead owns).
+The server listens on 127.0.0.1 only, persists nothing and lives in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.procs import free_port
+
+ALLOW_MISSING_ENV = "KEYPLANE_TEST_ALLOW_MISSING_REDIS"
+
+
+def require_redis_server() -> str:
+    """The path of ``redis-server``; fail (or skip, if allowed by env) when it is missing."""
+    path = shutil.which("redis-server")
+    if path is not None:
+        return path
+    if os.environ.get(ALLOW_MISSING_ENV) == "1":
+        pytest.skip("redis-server is not installed")
+    pytest.fail(
+        "redis-server is not on PATH: install it (e.g. `apt-get install -y redis-server`) "
+        f"or set {ALLOW_MISSING_ENV}=1 to skip the Redis rate-limit tests"
+    )
+
+
+def _answers_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """One ``redis-server`` process; :meth:`start` again after :meth:`stop` reuses the port."""
+
+    def __init__(self, executable: str, port: int | None = None) -> None:
+        self.executable = executable
+        self.port = port if port is not None else free_port()
+        self._dir = Path(tempfile.mkdtemp(prefix="keyplane-redis-"))
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, deadline: float = 10.0) -> None:
+        assert self._proc is None, "already running"
+        self._proc = subprocess.Popen(
+            [
+                self.executable,
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", str(self._dir),
+                "--daemonize", "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        until = time.monotonic() + deadline
+        while not _answers_ping(self.port):
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self._proc.returncode}")
+            if time.monotonic() > until:
+                self.stop()
+                raise RuntimeError(f"redis-server did not answer PING within {deadline} s")
+            time.sleep(0.01)  # polling a condition with a deadline, not papering over a race
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        proc.kill()
+        proc.wait(timeout=10)
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
