@@ -163,6 +163,24 @@ def up(config: Path | None) -> None:
     sys.exit(run_all(settings, config))
 
 
+@main.command()
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path(".keyplane-trial"),
+    show_default=True,
+)
+@click.option("--pg-port", type=int, default=5433, show_default=True)
+@click.option("--redis-port", type=int, default=6380, show_default=True)
+def trial(data_dir: Path, pg_port: int, redis_port: int) -> None:
+    """The production layout on one machine: PostgreSQL, Redis, two control-plane replicas,
+    two clusters of two gateway replicas each."""
+    from keyplane.trial import run_trial
+
+    logs.configure("info")
+    sys.exit(run_trial(data_dir, pg_port, redis_port))
+
+
 # -- admin ---------------------------------------------------------------------------------------
 
 

@@ -169,6 +169,9 @@ class Settings(BaseSettings):
     #: SQLAlchemy URL; empty = SQLite at ``data_dir/keyplane.db``.
     database_url: str = ""
     control: ControlSettings = Field(default_factory=ControlSettings)
+    #: Where gateways follow the change feed: every control-plane replica, tried in turn when
+    #: one fails. Empty = the control plane above.
+    feed_urls: list[str] = Field(default_factory=list)
     clusters: list[ClusterSettings] = Field(default_factory=_default_clusters)
     models: list[ModelSettings] = Field(default_factory=_default_models)
     #: Where the built-in model server listens (the upstream of models with no upstream_url).

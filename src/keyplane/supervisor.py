@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,17 +24,52 @@ from keyplane.settings import Settings
 class Child:
     name: str
     args: list[str]
+    #: Polled until it answers before the banner says the system is up.
+    ready_url: str | None = None
     process: subprocess.Popen[bytes] | None = None
+
+
+def _wait_ready(children: list[Child], timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    for child in children:
+        while child.ready_url is not None:
+            assert child.process is not None
+            if child.process.poll() is not None:
+                return False
+            try:
+                with urllib.request.urlopen(child.ready_url, timeout=1):  # noqa: S310 - our URL
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.1)
+    return True
 
 
 def _children(settings: Settings, config: Path | None) -> list[Child]:
     base = [sys.executable, "-m", "keyplane.cli"]
     cfg = ["--config", str(config)] if config else []
-    children = [Child("control plane", [*base, "serve", "control", *cfg])]
+    children = [
+        Child(
+            "control plane",
+            [*base, "serve", "control", *cfg],
+            f"{settings.control.url}/healthz",
+        )
+    ]
     if any(m.upstream_url is None for m in settings.models):
-        children.append(Child("model server", [*base, "serve", "models", *cfg]))
+        children.append(
+            Child(
+                "model server",
+                [*base, "serve", "models", *cfg],
+                f"{settings.model_server.url}/v1/models",
+            )
+        )
     children += [
-        Child(f"gateway {c.name}", [*base, "serve", "gateway", "--cluster", c.name, *cfg])
+        Child(
+            f"gateway {c.name}",
+            [*base, "serve", "gateway", "--cluster", c.name, *cfg],
+            f"{c.gateway.url}/healthz",
+        )
         for c in settings.clusters
     ]
     return children
@@ -58,7 +94,16 @@ def ensure_credentials(settings: Settings) -> None:
 
 
 def run_all(settings: Settings, config: Path | None) -> int:
-    children = _children(settings, config)
+    ensure_credentials(settings)
+    lines = [f"control plane (Management API): {settings.control.url}"]
+    lines += [f"gateway {c.name} ({c.host}): {c.gateway.url}/v1" for c in settings.clusters]
+    if any(m.upstream_url is None for m in settings.models):
+        lines.append(f"built-in model server: {settings.model_server.url}/v1")
+    return supervise(_children(settings, config), lines)
+
+
+def supervise(children: list[Child], banner: list[str], env: dict[str, str] | None = None) -> int:
+    """Start ``children``, print ``banner``, and stop them all when one dies or on a signal."""
     stopping = False
 
     def stop(_signum: int, _frame: object) -> None:
@@ -67,16 +112,14 @@ def run_all(settings: Settings, config: Path | None) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    ensure_credentials(settings)
-    env = dict(os.environ)
     for child in children:
-        child.process = subprocess.Popen(child.args, env=env)  # noqa: S603 - our own module
-    click.echo(f"control plane (Management API): {settings.control.url}")
-    for cluster in settings.clusters:
-        click.echo(f"gateway {cluster.name} ({cluster.host}): {cluster.gateway.url}/v1")
-    if any(m.upstream_url is None for m in settings.models):
-        click.echo(f"built-in model server: {settings.model_server.url}/v1")
-    click.echo("press Ctrl-C to stop")
+        child.process = subprocess.Popen(child.args, env=env or dict(os.environ))  # noqa: S603
+    if not _wait_ready(children):
+        click.echo("keyplane: a process did not come up; stopping", err=True)
+        stopping = True
+    for line in banner:
+        click.echo(line)
+    click.echo("ready; press Ctrl-C to stop")
     code = 0
     while not stopping:
         for child in children:
@@ -88,7 +131,8 @@ def run_all(settings: Settings, config: Path | None) -> int:
                 code = child.process.returncode or 1
                 stopping = True
         time.sleep(0.2)
-    for child in children:
+    # Gateways first (they hold long-polls to the control plane), then the rest.
+    for child in sorted(children, key=lambda c: not c.name.startswith("gateway")):
         if child.process is not None and child.process.poll() is None:
             child.process.terminate()
     deadline = time.monotonic() + 10

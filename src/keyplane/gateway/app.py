@@ -10,6 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import prometheus_client
 import structlog
 
 from keyplane.domain import keysecrets
@@ -60,11 +61,13 @@ class Gateway:
         replica: Replica,
         *,
         is_synced: Callable[[], bool] = lambda: True,
+        limiter_ok: Callable[[], bool] = lambda: True,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.replica = replica
         self._is_synced = is_synced
+        self._limiter_ok = limiter_ok
         self._clock = clock
         # (method, path) → (handler, whether a disabled or expired key may use it)
         self.routes: dict[tuple[str, str], tuple[Handler, bool]] = {
@@ -96,8 +99,20 @@ class Gateway:
                     "cluster": self.config.cluster,
                     "revision": self.replica.revision,
                     "synced": self._is_synced(),
+                    "limiter": "ok" if self._limiter_ok() else "degraded",
                 },
             )
+            return
+        if path == "/metrics" and method == "GET":
+            payload = prometheus_client.generate_latest()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", prometheus_client.CONTENT_TYPE_LATEST.encode())],
+                }
+            )
+            await send({"type": "http.response.body", "body": payload})
             return
         entry = self.routes.get((method, path))
         if entry is None:

@@ -68,13 +68,15 @@ def write_credential(directory: Path, credential: str) -> None:
         f.write(credential + "\n")
 
 
-def make_limiter(settings: Settings) -> Limiter:
+def make_limiter(settings: Settings, cluster: str) -> Limiter:
     config = settings.limiter
     if config.backend == "redis":
         return RedisLimiter.from_url(
             config.redis_url,
             policy=FailurePolicy(config.failure_policy),
             replicas=config.replicas,
+            # Limits count per cluster: clusters sharing one Redis must not share counters.
+            prefix=f"keyplane:rl:{cluster}:",
         )
     if config.replicas > 1 and not config.allow_unshared_replicas:
         raise SystemExit(
@@ -96,18 +98,19 @@ class GatewayProcess:
         self.store = ReplicaStore(self.directory / "replica.db")
         self.store.load_into(self.replica)
         self.follower = FeedFollower(
-            control_url=settings.control.url,
+            control_urls=settings.feed_urls or [settings.control.url],
             credential=credential,
             gateway_id=self.identity,
             replica=self.replica,
             store=self.store,
         )
+        self.limiter = make_limiter(settings, cluster)
         self.gateway = Gateway(
             GatewayConfig(cluster=cluster, api_key_prefix=settings.api_key_prefix),
             self.replica,
             is_synced=lambda: self.follower.connected,
+            limiter_ok=lambda: bool(getattr(self.limiter, "available", True)),
         )
-        self.limiter = make_limiter(settings)
         self.inference = Inference(
             self.gateway,
             Catalog(settings),

@@ -28,14 +28,17 @@ class FeedFollower:
     def __init__(
         self,
         *,
-        control_url: str,
+        control_urls: list[str],
         credential: str,
         gateway_id: str,
         replica: Replica,
         store: ReplicaStore,
         poll_wait: float = POLL_WAIT,
     ) -> None:
-        self._url = control_url.rstrip("/")
+        if not control_urls:
+            raise ValueError("a feed follower needs at least one control-plane URL")
+        self._urls = [u.rstrip("/") for u in control_urls]
+        self._turn = 0
         self._headers = {"Authorization": f"Bearer {credential}", GATEWAY_HEADER: gateway_id}
         self._replica = replica
         self._store = store
@@ -62,10 +65,16 @@ class FeedFollower:
                     raise
                 except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as error:
                     if self.connected:
-                        log.warning("feed_lost", error=type(error).__name__)
+                        log.warning("feed_lost", url=self._url, error=type(error).__name__)
                     self.connected = False
+                    # Several control-plane replicas: try the next one.
+                    self._turn = (self._turn + 1) % len(self._urls)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, MAX_BACKOFF)
+
+    @property
+    def _url(self) -> str:
+        return self._urls[self._turn]
 
     async def _poll(self, session: aiohttp.ClientSession) -> bool:
         """One long-poll; returns whether a snapshot is needed."""

@@ -333,8 +333,10 @@ class RedisLimiter:
         """A limiter with its own client for ``url`` (``redis://host:port/db``).
 
         ``timeout`` bounds connecting, each reply and the wait for one of the ``max_connections``
-        pooled connections. The client never retries: the failure policy is the answer to an
-        unreachable Redis, not waiting for it.
+        pooled connections. The client retries once, and only a broken connection: after Redis
+        restarts every pooled connection is dead, and each would otherwise flip the limiter back
+        to its failure policy in turn. Timeouts are not retried: the failure policy is the answer
+        to an unreachable Redis, not waiting for it.
         """
         pool = BlockingConnectionPool.from_url(
             url,
@@ -342,7 +344,7 @@ class RedisLimiter:
             timeout=timeout,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
+            retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)),
         )
         client = Redis.from_pool(pool)  # the client owns the pool and closes it
         return cls(

@@ -1,0 +1,82 @@
+"""Bounded load against a gateway, and the sound any-window check of what it admitted.
+
+A request admitted by the server was admitted at some instant between its send and its receive
+time on the client. So for a window [t, t + w), the 200s whose whole [send, recv] interval lies
+inside it were certainly admitted in it: if that count exceeds the limit, the limiter broke its
+bound. (The converse is not checkable from outside, hence "sound", not "complete".)
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import httpx
+
+
+@dataclass(frozen=True, slots=True)
+class Shot:
+    sent: float
+    received: float
+    status: int
+
+
+def run_load(
+    urls: Sequence[str],
+    secret: str,
+    *,
+    clients: int,
+    seconds: float,
+    body: dict[str, object],
+    path: str = "/v1/chat/completions",
+    max_requests: int = 20_000,
+) -> list[Shot]:
+    """``clients`` threads, spread over ``urls``, each sending until ``seconds`` pass."""
+    shots: list[Shot] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + seconds
+    budget = [max_requests]
+
+    def client(url: str) -> None:
+        mine: list[Shot] = []
+        with httpx.Client(
+            base_url=url, headers={"Authorization": f"Bearer {secret}"}, timeout=10
+        ) as http:
+            while time.monotonic() < deadline:
+                with lock:
+                    if budget[0] <= 0:
+                        break
+                    budget[0] -= 1
+                sent = time.monotonic()
+                try:
+                    status = http.post(path, json=body).status_code
+                except httpx.HTTPError:
+                    status = -1
+                mine.append(Shot(sent, time.monotonic(), status))
+        with lock:
+            shots.extend(mine)
+
+    threads = [threading.Thread(target=client, args=(urls[i % len(urls)],)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=seconds + 30)
+    return shots
+
+
+def max_certainly_admitted(shots: Sequence[Shot], window: float) -> int:
+    """The largest number of 200s certainly admitted within one window of ``window`` seconds."""
+    admitted = sorted((s for s in shots if s.status == 200), key=lambda s: s.sent)
+    starts = sorted({s.sent for s in admitted})
+    best = 0
+    for start in starts:
+        end = start + window
+        count = sum(1 for s in admitted if s.sent >= start and s.received < end)
+        best = max(best, count)
+    return best
+
+
+def count(shots: Sequence[Shot], status: int) -> int:
+    return sum(1 for s in shots if s.status == status)
