@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets as _secrets
 import string
 
@@ -29,11 +30,9 @@ def redact(secret: str, prefix: str) -> str:
     return f"{prefix}...{secret[-4:]}"
 
 
+_BODY = re.compile(f"[A-Za-z0-9]{{{SECRET_LENGTH}}}")
+
+
 def looks_like(secret: str, prefix: str) -> bool:
     """Cheap shape check before a lookup, so malformed input never reaches the store."""
-    body = secret[len(prefix) :]
-    return (
-        secret.startswith(prefix)
-        and len(body) == SECRET_LENGTH
-        and all(c in _ALPHABET for c in body)
-    )
+    return secret.startswith(prefix) and _BODY.fullmatch(secret, len(prefix)) is not None
