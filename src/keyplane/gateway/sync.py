@@ -8,17 +8,18 @@ enforcing what it last applied, and the follower retries with a capped backoff. 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
+import msgspec
 import structlog
 
 from keyplane.gateway.replica import Change, Replica, ReplicaStore
 from keyplane.propagation.wire import CHANGES_PATH, GATEWAY_HEADER, SNAPSHOT_PATH
 
 log = structlog.get_logger("keyplane.gateway.sync")
+_decode = msgspec.json.Decoder(dict[str, Any]).decode
 
 POLL_WAIT = 5.0
 MAX_BACKOFF = 2.0
@@ -63,7 +64,13 @@ class FeedFollower:
                     backoff = 0.05
                 except asyncio.CancelledError:
                     raise
-                except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as error:
+                except (
+                    aiohttp.ClientError,
+                    TimeoutError,
+                    ValueError,
+                    KeyError,
+                    msgspec.DecodeError,
+                ) as error:
                     if self.connected:
                         log.warning("feed_lost", url=self._url, error=type(error).__name__)
                     self.connected = False
@@ -78,7 +85,9 @@ class FeedFollower:
 
     async def _poll(self, session: aiohttp.ClientSession) -> bool:
         """One long-poll; returns whether a snapshot is needed."""
-        params = {"after": str(self._replica.revision), "wait": str(self._wait)}
+        # Until the first answer, don't park: a gateway that starts current is synced at once.
+        wait = self._wait if self.connected else 0
+        params = {"after": str(self._replica.revision), "wait": str(wait)}
         async with session.get(self._url + CHANGES_PATH, params=params) as response:
             if response.status != 200:
                 raise aiohttp.ClientResponseError(
@@ -110,7 +119,7 @@ class FeedFollower:
                 line = raw.strip()
                 if not line:
                     continue
-                item = json.loads(line)
+                item = _decode(line)
                 if revision is None:
                     revision = int(item["revision"])
                 else:

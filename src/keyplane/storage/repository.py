@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, delete, exists, func, insert, or_, select, update
+from sqlalchemy import Connection, Row, delete, exists, func, insert, or_, select, tuple_, update
 
 from keyplane.domain.model import ApiKey, AuditEvent, ManagementKey, SecretDigest, Team
 from keyplane.domain.timefmt import from_micros, to_micros
@@ -312,12 +312,9 @@ def list_api_keys(
     k = t.api_keys
     query = select(k).where(k.c.team_id == team_id)
     if after is not None:
-        created, key_id = after
-        query = query.where(
-            or_(
-                k.c.create_time > created, and_(k.c.create_time == created, k.c.api_key_id > key_id)
-            )
-        )
+        # A row-value comparison, so the (team, create_time, id) index serves it as a range:
+        # with OR-ed conditions SQLite scans the team's keys from the start on every page.
+        query = query.where(tuple_(k.c.create_time, k.c.api_key_id) > tuple_(*after))
     for acl in acl_filters:
         query = query.where(
             exists().where(
@@ -389,21 +386,9 @@ def list_audit_events(conn: Connection, q: AuditQuery) -> list[AuditEvent]:
             )
         )
     if q.after is not None:
-        time_us, event_id = q.after
-        if q.descending:
-            query = query.where(
-                or_(
-                    a.c.event_time < time_us,
-                    and_(a.c.event_time == time_us, a.c.event_id < event_id),
-                )
-            )
-        else:
-            query = query.where(
-                or_(
-                    a.c.event_time > time_us,
-                    and_(a.c.event_time == time_us, a.c.event_id > event_id),
-                )
-            )
+        position = tuple_(a.c.event_time, a.c.event_id)
+        after = tuple_(*q.after)
+        query = query.where(position < after if q.descending else position > after)
     if q.descending:
         query = query.order_by(a.c.event_time.desc(), a.c.event_id.desc())
     else:
