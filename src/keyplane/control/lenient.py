@@ -32,13 +32,18 @@ def lenient_json(raw: bytes) -> Any:
     except UnicodeDecodeError:
         raise InvalidArgument("body is not UTF-8") from None
     try:
-        return json.loads(text)
-    except ValueError:
-        pass
-    try:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            pass
         return json.loads(_TRAILING_COMMA.sub(lambda m: m.group(1) or m.group(2), text))
     except json.JSONDecodeError as error:
         raise InvalidArgument(f"body is not valid JSON ({error.msg} at {error.pos})") from None
+    except (ValueError, RecursionError):
+        # A number longer than int() converts (4300 digits), or nesting deeper than the parser goes.
+        raise InvalidArgument(
+            "body is not valid JSON (a number too long or nesting too deep)"
+        ) from None
 
 
 async def read_capped(request: Request, limit: int) -> bytes:
@@ -77,7 +82,10 @@ async def _normalized(request: Request, limit: int) -> Request:
     raw = await read_capped(request, limit)
     body = b""
     if raw.strip():
-        body = json.dumps(lenient_json(raw)).encode()
+        try:
+            body = json.dumps(lenient_json(raw)).encode()
+        except RecursionError:
+            raise InvalidArgument("body is not valid JSON (nesting too deep)") from None
     headers = [
         (k, v) for k, v in request.scope["headers"] if k not in (b"content-type", b"content-length")
     ]

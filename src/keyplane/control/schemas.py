@@ -8,12 +8,27 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+)
 from pydantic.alias_generators import to_camel
 
 
 class Wire(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+# Strict, so values reach keyplane.services as sent: pydantic's lax int would turn ``true`` into 1
+# and its lax bool would turn 1 into true, before the real validation could refuse them.
+Number = StrictInt | StrictFloat | StrictStr | None
+Flag = StrictBool | StrictStr | None
 
 
 class CreateApiKeyRequest(Wire):
@@ -23,9 +38,9 @@ class CreateApiKeyRequest(Wire):
         validation_alias=AliasChoices("acls", "aclStrings", "acl_strings"),
         description="ACL strings, e.g. api-key:model:*, api-key:endpoint:chat.",
     )
-    qps: int | str | None = Field(default=None, description="Queries per second; null = none.")
-    qpm: int | str | None = Field(default=None, description="Queries per minute; null = none.")
-    tpm: int | str | None = Field(
+    qps: Number = Field(default=None, description="Queries per second; null = none.")
+    qpm: Number = Field(default=None, description="Queries per minute; null = none.")
+    tpm: Number = Field(
         default=None, description="Tokens per minute, an integer string; null = none."
     )
     expire_time: str | None = Field(default=None, description="RFC 3339; null = never.")
@@ -39,10 +54,10 @@ class ApiKeyPatch(Wire):
     acl_strings: list[str] | None = Field(
         default=None, validation_alias=AliasChoices("aclStrings", "acls", "acl_strings")
     )
-    qps: int | str | None = None
-    qpm: int | str | None = None
-    tpm: int | str | None = None
-    disabled: bool | str | None = None
+    qps: Number = None
+    qpm: Number = None
+    tpm: Number = None
+    disabled: Flag = None
     expire_time: str | None = None
 
 

@@ -6,6 +6,7 @@ plane renders JSON, storage maps rows).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -15,6 +16,9 @@ from keyplane.domain.errors import InvalidArgument
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
 MAX_NAME_LENGTH = 256
+# ASCII digits only: str.isdigit() also says yes to "²" and "٣", which int() refuses or reads
+# as something the caller did not write. 20 digits hold any int64 and stay far from int()'s limit.
+_INTEGER_STRING = re.compile(r"-?[0-9]{1,20}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +101,7 @@ def validate_int32_limit(value: object, *, field: str) -> int | None:
         return None
     if isinstance(value, bool):
         raise InvalidArgument("must be an integer, not a boolean", field=field)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and _INTEGER_STRING.fullmatch(value.strip()):
         value = int(value.strip())
     if isinstance(value, float) and value.is_integer():
         value = int(value)
@@ -118,7 +122,7 @@ def validate_int64_limit(value: object, *, field: str) -> int | None:
         raise InvalidArgument("must be an integer string, not a boolean", field=field)
     if isinstance(value, str):
         text = value.strip()
-        if not text or not text.lstrip("-").isdigit() or len(text) > 20:
+        if not _INTEGER_STRING.fullmatch(text):
             raise InvalidArgument(f"{value!r} is not an integer string", field=field)
         value = int(text)
     if isinstance(value, float) and value.is_integer():

@@ -31,6 +31,10 @@ def decode_token(secret: bytes, scope: str, token: str, *, field: str) -> list[A
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     except ValueError:
         raise invalid from None
+    # One token per position: b64decode ignores stray characters and the unused low bits of the
+    # last one, so a token that is not exactly what encode_token wrote counts as altered.
+    if base64.urlsafe_b64encode(raw).decode().rstrip("=") != token:
+        raise invalid
     mac, payload = raw[:16], raw[16:]
     expected = hmac.new(secret, scope.encode() + b"\0" + payload, hashlib.sha256).digest()[:16]
     if len(mac) != 16 or not hmac.compare_digest(mac, expected):

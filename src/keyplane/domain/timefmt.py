@@ -16,7 +16,8 @@ _MAX = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 
 def format_ts(value: datetime) -> str:
     """``2026-11-26T14:25:07.123456Z`` — always six fractional digits, always UTC."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat, not strftime: strftime("%Y") drops the leading zeros of years before 1000.
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def parse_ts(text: object, *, field: str) -> datetime:
@@ -34,9 +35,13 @@ def parse_ts(text: object, *, field: str) -> datetime:
         ) from None
     if value.tzinfo is None or "T" not in candidate.upper():
         raise InvalidArgument("timestamp needs a date, a time and a zone (Z)", field=field)
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before the first representable UTC
+        raise InvalidArgument("timestamp is out of range", field=field) from None
     if value > _MAX:
         raise InvalidArgument("timestamp is too far in the future", field=field)
-    return value.astimezone(UTC)
+    return value
 
 
 def to_micros(value: datetime) -> int:
