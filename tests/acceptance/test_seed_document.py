@@ -346,7 +346,6 @@ def with_gateways(deployment: Deployment) -> Team:
     return Team(deployment.control_url, team_id, secret)
 
 
-@pytest.mark.skip(reason="propagation: see tests/e2e/test_propagation*.py")
 def test_check_propagation(with_gateways: Team, deployment: Deployment) -> None:
     team = with_gateways
     created = team.create()

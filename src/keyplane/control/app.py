@@ -116,6 +116,7 @@ def create_app(settings: Settings, ctx: Context, notifier: ChangeNotifier | None
 
     @router.post(
         "/auth/teams/{teamId}/api-keys",
+        responses={409: {"model": s.ErrorOut, "description": "Idempotency-Key reused"}},
         response_model=s.ApiKeyOut,
         response_model_exclude_none=True,
         summary="CreateApiKey",
@@ -335,7 +336,28 @@ def create_app(settings: Settings, ctx: Context, notifier: ChangeNotifier | None
     app.include_router(feed_router(ctx, notifier))
 
     app.add_middleware(AccessLog)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema, less the 422 it lists everywhere: this API answers 400 for bad input."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(
+            title=app.title,
+            version=app.version,
+            description=app.description,
+            routes=app.routes,
+        )
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                operation.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 class AccessLog:
@@ -349,22 +371,41 @@ class AccessLog:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
+        began = time.perf_counter()
         status = 500
+        started = False
 
         async def sending(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
             await send(message)
 
         try:
             await self.app(scope, receive, sending)
+        except Exception as error:
+            # The error handler has answered already; re-raising (as Starlette does) would make
+            # the server drop the client's keep-alive connection and log the trace twice.
+            log.error("unhandled_error", path=scope["path"], exc_info=error)
+            if status == 500 and not started:
+                await sending(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": [(b"content-type", b"application/json")],
+                    }
+                )
+                await sending(
+                    {
+                        "type": "http.response.body",
+                        "body": b'{"code":"internal","error":"Internal error."}',
+                    }
+                )
         finally:
             log.info(
                 "request",
                 method=scope["method"],
                 path=scope["path"],
                 status=status,
-                ms=round((time.perf_counter() - started) * 1000, 2),
+                ms=round((time.perf_counter() - began) * 1000, 2),
             )

@@ -377,12 +377,14 @@ def list_audit_events(conn: Connection, q: AuditQuery) -> list[AuditEvent]:
     if q.user_id is not None:
         query = query.where(a.c.user_id == q.user_id)
     if q.text:
-        pattern = "%" + q.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        text = q.text.lower()
+        pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        # lower() on both sides: LIKE ignores case on SQLite but not on PostgreSQL.
         query = query.where(
             or_(
-                a.c.description.like(pattern, escape="\\"),
-                a.c.operation.like(pattern, escape="\\"),
-                a.c.entity_id.like(pattern, escape="\\"),
+                func.lower(a.c.description).like(pattern, escape="\\"),
+                func.lower(a.c.operation).like(pattern, escape="\\"),
+                func.lower(a.c.entity_id).like(pattern, escape="\\"),
             )
         )
     if q.after is not None:
