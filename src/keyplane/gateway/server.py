@@ -68,7 +68,9 @@ def write_credential(directory: Path, credential: str) -> None:
         f.write(credential + "\n")
 
 
-def make_limiter(settings: Settings, cluster: str) -> Limiter:
+def make_limiter(settings: Settings, cluster: str, replica_index: int = 0) -> Limiter:
+    """The limiter of one gateway. In-memory limits are refused for a second replica of a
+    cluster (each would enforce the full limit) unless ``allow_unshared_replicas``."""
     config = settings.limiter
     if config.backend == "redis":
         return RedisLimiter.from_url(
@@ -78,10 +80,10 @@ def make_limiter(settings: Settings, cluster: str) -> Limiter:
             # Limits count per cluster: clusters sharing one Redis must not share counters.
             prefix=f"keyplane:rl:{cluster}:",
         )
-    if config.replicas > 1 and not config.allow_unshared_replicas:
+    if (config.replicas > 1 or replica_index > 0) and not config.allow_unshared_replicas:
         raise SystemExit(
-            f"{config.replicas} gateway replicas with in-memory limits would each enforce the "
-            "full limit; use limiter.backend = 'redis', or set limiter.allow_unshared_replicas"
+            "several gateway replicas of one cluster with in-memory limits would each enforce "
+            "the full limit; use limiter.backend = 'redis', or set limiter.allow_unshared_replicas"
         )
     return MemoryLimiter()
 
@@ -104,7 +106,7 @@ class GatewayProcess:
             replica=self.replica,
             store=self.store,
         )
-        self.limiter = make_limiter(settings, cluster)
+        self.limiter = make_limiter(settings, cluster, replica_index)
         self.gateway = Gateway(
             GatewayConfig(cluster=cluster, api_key_prefix=settings.api_key_prefix),
             self.replica,
