@@ -177,7 +177,7 @@ class Settings(BaseSettings):
     #: Where the built-in model server listens (the upstream of models with no upstream_url).
     model_server: Endpoint = Field(default_factory=lambda: Endpoint(port=8199))
     limiter: LimiterSettings = Field(default_factory=LimiterSettings)
-    #: Seconds a gateway waits for a model server's whole answer.
+    #: Seconds a gateway waits for a model server's next bytes (a stream may run longer).
     upstream_timeout: float = Field(default=300.0, gt=0)
     api_key_prefix: str = "xai-"
     management_key_prefix: str = "xai-mgmt-"

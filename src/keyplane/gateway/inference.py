@@ -10,9 +10,10 @@ did not ask for usage is asked for it, and the extra usage chunk is stripped on 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +94,7 @@ class _StreamEvent(msgspec.Struct):
     response: _WithUsage | None = None
 
 
+_LIMITS_CACHE_SIZE = 100_000
 _peek = msgspec.json.Decoder(_Peek)
 _with_usage = msgspec.json.Decoder(_WithUsage)
 _event = msgspec.json.Decoder(_StreamEvent)
@@ -170,9 +172,13 @@ class Inference:
         self.catalog = catalog
         self.limiter = limiter
         self.cluster = gateway.config.cluster
-        self._timeout = aiohttp.ClientTimeout(total=upstream_timeout, sock_connect=5.0)
+        # A bound on silence, not on the whole answer: a long stream may run as long as it flows.
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=5.0, sock_read=upstream_timeout
+        )
         self._session: aiohttp.ClientSession | None = None
         self._upstream_auth: dict[str, str] = {}
+        self._limits: dict[tuple[str, int, str], Limits] = {}
         for model in catalog.models:
             env = model.spec.upstream_api_key_env
             if env and os.environ.get(env):
@@ -215,7 +221,13 @@ class Inference:
         return model
 
     async def _admit(self, key: KeyRecord, model: CatalogModel | None) -> tuple[Limits, Decision]:
-        limits = limits_for(key, model)
+        # A key's limits change only with its revision: build them once per (revision, model).
+        cache_key = (key.api_key_id, key.revision, model.name if model else "")
+        limits = self._limits.get(cache_key)
+        if limits is None:
+            if len(self._limits) >= _LIMITS_CACHE_SIZE:
+                self._limits.clear()
+            limits = self._limits[cache_key] = limits_for(key, model)
         if not limits.requests and not limits.tokens:
             return limits, Decision(True, 0.0, None, None, None)
         decision = await self.limiter.acquire(limits.requests, limits.tokens)
@@ -300,6 +312,7 @@ class Inference:
             strip_usage=strip_usage,
             extra_headers=quota_headers(decision),
             prompt_estimate=len(body) // 4,
+            charge=functools.partial(self.limiter.charge, limits.tokens) if limits.tokens else None,
         )
         task = asyncio.ensure_future(
             self._relay(model.upstream_url + path[3:], body, headers, call)
@@ -318,8 +331,7 @@ class Inference:
                 if not call.client_gone:
                     raise
             finally:
-                if limits.tokens:
-                    await self.limiter.charge(limits.tokens, call.tokens())
+                await call.settle()  # a no-op if the answer's end already charged it
 
     async def _relay(self, url: str, body: bytes, headers: Mapping[str, str], call: _Call) -> None:
         assert self._session is not None, "Inference.start() was not awaited"
@@ -368,6 +380,7 @@ class _Call:
         strip_usage: bool,
         extra_headers: Sequence[tuple[bytes, bytes]],
         prompt_estimate: int,
+        charge: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self.send = send
         self.strip_usage = strip_usage
@@ -378,6 +391,9 @@ class _Call:
         self.usage: _Usage | None = None
         self.events_sent = 0
         self._buffer = b""
+        self._charge = charge
+        self._settled = False
+        self._final_usage = False
 
     def tokens(self) -> int:
         if self.usage is not None:
@@ -387,6 +403,19 @@ class _Call:
             # estimated from the body's size.
             return self.prompt_estimate + self.events_sent
         return 0
+
+    async def settle(self) -> None:
+        """Charge the call's tokens, once.
+
+        Called as soon as the final usage is known, before the client can see the end of the
+        answer (a client that got its answer and sends the next request must find it charged),
+        and again when the call ends, for calls cut short before that.
+        """
+        if self._settled:
+            return
+        self._settled = True
+        if self._charge is not None:
+            await self._charge(self.tokens())
 
     async def start(self, response: aiohttp.ClientResponse) -> None:
         headers = [
@@ -398,6 +427,12 @@ class _Call:
         self._headers = headers + list(self.extra_headers)
 
     async def whole(self, data: bytes, *, ok: bool) -> None:
+        if ok and b'"usage"' in data:
+            try:
+                self.usage = _with_usage.decode(data).usage
+            except msgspec.MsgspecError:
+                self.usage = None
+        await self.settle()
         await self.send(
             {
                 "type": "http.response.start",
@@ -407,11 +442,6 @@ class _Call:
         )
         self.started = True
         await self.send({"type": "http.response.body", "body": data})
-        if ok and b'"usage"' in data:
-            try:
-                self.usage = _with_usage.decode(data).usage
-            except msgspec.MsgspecError:
-                self.usage = None
 
     async def stream_chunk(self, chunk: bytes) -> None:
         if not self.started:
@@ -428,6 +458,8 @@ class _Call:
             event, self._buffer = self._buffer[: end + 2], self._buffer[end + 2 :]
             if self._keep(event):
                 out.append(event)
+        if self._final_usage:
+            await self.settle()
         if out:
             self.events_sent += len(out)
             await self.send(
@@ -449,6 +481,9 @@ class _Call:
         usage = parsed.usage or (parsed.response.usage if parsed.response else None)
         if usage is not None:
             self.usage = usage
+            # Usage in an event without choices is the stream's total (a chat or completions
+            # usage chunk, or a Responses API terminal event), not a running count.
+            self._final_usage = self._final_usage or not parsed.choices
             if self.strip_usage and not parsed.choices:
                 return False  # the chunk only we asked for
         return True
