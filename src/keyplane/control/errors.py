@@ -15,43 +15,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from keyplane.control.lenient import UnsupportedMediaType
-from keyplane.domain.errors import (
-    Conflict,
-    InvalidArgument,
-    KeyplaneError,
-    NotFound,
-    PayloadTooLarge,
-    PermissionDenied,
-    RateLimited,
-    Unauthenticated,
-    Unavailable,
-)
+from keyplane.domain.errors import KeyplaneError, Unauthenticated, http_status
 
 log = structlog.get_logger("keyplane.control")
-
-
-def status_of(error: KeyplaneError) -> int:
-    match error:
-        case UnsupportedMediaType():
-            return 415
-        case PayloadTooLarge():
-            return 413
-        case InvalidArgument():
-            return 400
-        case Unauthenticated():
-            return 401
-        case PermissionDenied():
-            return 403
-        case NotFound():
-            return 404
-        case Conflict():
-            return 409
-        case RateLimited():
-            return 429
-        case Unavailable():
-            return error.status
-    return 500
 
 
 def error_response(status: int, code: str, message: str, **headers: str) -> JSONResponse:
@@ -69,7 +35,7 @@ def install(app: FastAPI) -> None:
         headers: dict[str, str] = {}
         if isinstance(error, Unauthenticated):
             headers["www-authenticate"] = "Bearer"
-        return error_response(status_of(error), error.code, error.message, **headers)
+        return error_response(http_status(error), error.code, error.message, **headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, error: RequestValidationError) -> JSONResponse:

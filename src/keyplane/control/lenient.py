@@ -15,15 +15,11 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
-from keyplane.domain.errors import InvalidArgument, PayloadTooLarge
+from keyplane.domain.errors import InvalidArgument, PayloadTooLarge, UnsupportedMediaType
 
 _JSONISH = ("application/json", "application/x-www-form-urlencoded", "text/plain", "")
 # A string literal (kept as is) or a comma that only closes a container (dropped).
 _TRAILING_COMMA = re.compile(r'("(?:\\.|[^"\\])*")|,(\s*[}\]])')
-
-
-class UnsupportedMediaType(InvalidArgument):
-    pass
 
 
 def lenient_json(raw: bytes) -> Any:

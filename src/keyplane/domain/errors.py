@@ -2,7 +2,9 @@
 
     KeyplaneError                 base: a stable ``code`` plus a message fit for a person
     ├── InvalidArgument           400 invalid-argument (the field is named when there is one)
-    │   └── PayloadTooLarge       413 invalid-argument
+    │   ├── PayloadTooLarge       413 invalid-argument
+    │   ├── MethodNotAllowed      405 invalid-argument
+    │   └── UnsupportedMediaType  415 invalid-argument
     ├── Unauthenticated           401 unauthenticated:no-credentials | :bad-credentials
     ├── PermissionDenied          403 permission-denied
     ├── NotFound                  404 not-found
@@ -42,6 +44,15 @@ class PayloadTooLarge(InvalidArgument):
     def __init__(self, limit: int) -> None:
         super().__init__(f"Request body is larger than the limit of {limit} bytes.")
         self.limit = limit
+
+
+class MethodNotAllowed(InvalidArgument):
+    def __init__(self) -> None:
+        super().__init__("Method not allowed on this route.")
+
+
+class UnsupportedMediaType(InvalidArgument):
+    pass
 
 
 class Unauthenticated(KeyplaneError):
@@ -89,3 +100,29 @@ class Unavailable(KeyplaneError):
     def __init__(self, message: str, *, status: int = 503) -> None:
         super().__init__(message)
         self.status = status
+
+
+def http_status(error: KeyplaneError) -> int:
+    """The HTTP status of an error, the same on both planes (each renders the body itself)."""
+    match error:
+        case MethodNotAllowed():
+            return 405
+        case UnsupportedMediaType():
+            return 415
+        case PayloadTooLarge():
+            return 413
+        case InvalidArgument():
+            return 400
+        case Unauthenticated():
+            return 401
+        case PermissionDenied():
+            return 403
+        case NotFound():
+            return 404
+        case Conflict():
+            return 409
+        case RateLimited():
+            return 429
+        case Unavailable():
+            return error.status
+    return 500

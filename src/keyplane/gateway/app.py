@@ -17,12 +17,12 @@ from keyplane.domain import keysecrets
 from keyplane.domain.errors import (
     InvalidArgument,
     KeyplaneError,
+    MethodNotAllowed,
     NotFound,
     PermissionDenied,
     Unauthenticated,
 )
 from keyplane.gateway.http import (
-    MethodNotAllowed,
     Receive,
     Scope,
     Send,

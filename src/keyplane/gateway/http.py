@@ -11,14 +11,11 @@ from typing import Any
 import msgspec
 
 from keyplane.domain.errors import (
-    InvalidArgument,
     KeyplaneError,
-    NotFound,
     PayloadTooLarge,
-    PermissionDenied,
     RateLimited,
     Unauthenticated,
-    Unavailable,
+    http_status,
 )
 
 Scope = MutableMapping[str, Any]
@@ -28,32 +25,6 @@ Send = Callable[[Message], Awaitable[None]]
 
 _encoder = msgspec.json.Encoder()
 JSON_HEADERS = [(b"content-type", b"application/json")]
-
-
-class MethodNotAllowed(InvalidArgument):
-    def __init__(self) -> None:
-        super().__init__("Method not allowed on this route.")
-
-
-def status_of(error: KeyplaneError) -> int:
-    match error:
-        case MethodNotAllowed():
-            return 405
-        case PayloadTooLarge():
-            return 413
-        case InvalidArgument():
-            return 400
-        case Unauthenticated():
-            return 401
-        case PermissionDenied():
-            return 403
-        case NotFound():
-            return 404
-        case RateLimited():
-            return 429
-        case Unavailable():
-            return error.status
-    return 500
 
 
 async def send_json(
@@ -81,7 +52,7 @@ async def send_error(send: Send, error: KeyplaneError) -> None:
         headers.append((b"retry-after", str(max(1, round(error.retry_after + 0.4999))).encode()))
     elif isinstance(error, Unauthenticated):
         headers.append((b"www-authenticate", b"Bearer"))
-    await send_json(send, status_of(error), {"code": error.code, "error": error.message}, headers)
+    await send_json(send, http_status(error), {"code": error.code, "error": error.message}, headers)
 
 
 async def read_body(receive: Receive, limit: int) -> bytes:

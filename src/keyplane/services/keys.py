@@ -11,7 +11,7 @@ import hmac
 import json
 import os
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -337,32 +337,14 @@ def update_key(
     if "expireTime" in paths:
         raw = value("expireTime", "expire_time")
         changes["expire_time"] = None if raw is None else parse_ts(raw, field="apiKey.expireTime")
-    now = ctx.clock.now()
-    with ctx.db.write() as conn:
-        current = repo.get_api_key(conn, api_key_id, team_id=principal.team_id)
-        if current is None:
-            raise _not_found()
-        key = replace(
-            current,
-            **changes,
-            modify_time=now,
-            modified_by=principal.user_id,
-            secrets=_live_secrets(current, now),
-            revision=repo.next_revision(conn),
-        )
-        repo.replace_api_key(conn, key, now=now)
-        _record(
-            conn,
-            ctx,
-            principal=principal,
-            key=key,
-            op="upsert",
-            operation="UpdateApiKey",
-            description=f"Updated API key {key.name!r}: {', '.join(sorted(paths))}",
-            now=now,
-        )
-    ctx.on_commit(key.revision)
-    return key
+    return _mutate(
+        ctx,
+        principal=principal,
+        api_key_id=api_key_id,
+        operation="UpdateApiKey",
+        change=lambda current, now: {**changes, "secrets": _live_secrets(current, now)},
+        describe=lambda key: f"Updated API key {key.name!r}: {', '.join(sorted(paths))}",
+    )
 
 
 def rotate_key(
@@ -381,27 +363,53 @@ def rotate_key(
         if old_expire > now + MAX_GRACE:
             raise InvalidArgument("may be at most 7 days ahead", field="oldSecretExpireTime")
     raw_new = body.get("expireTime", body.get("expire_time"))
+    new_expire = None if raw_new is None else parse_ts(raw_new, field="expireTime")
     secret = keysecrets.generate_secret(ctx.api_key_prefix)
+
+    def change(current: ApiKey, at: datetime) -> dict[str, Any]:
+        # Only the secret being replaced gets a grace period; older ones die now, so at most
+        # two secrets are ever live.
+        newest = next(iter(_live_secrets(current, at)), None)
+        secrets = [SecretDigest(keysecrets.digest(secret))]
+        if newest is not None and old_expire > at:
+            secrets.append(SecretDigest(newest.digest, old_expire))
+        return {
+            "redacted_api_key": keysecrets.redact(secret, ctx.api_key_prefix),
+            "expire_time": current.expire_time if new_expire is None else new_expire,
+            "secrets": tuple(secrets),
+        }
+
+    key = _mutate(
+        ctx,
+        principal=principal,
+        api_key_id=api_key_id,
+        operation="RotateApiKey",
+        change=change,
+        describe=lambda key: f"Rotated API key {key.name!r}, now {key.redacted_api_key}",
+    )
+    return KeyWithSecret(key, secret)
+
+
+def _mutate(
+    ctx: Context,
+    *,
+    principal: Principal,
+    api_key_id: str,
+    operation: str,
+    change: Callable[[ApiKey, datetime], dict[str, Any]],
+    describe: Callable[[ApiKey], str],
+) -> ApiKey:
+    """Read the team's key, apply ``change``, and commit it with its revision and audit event."""
+    now = ctx.clock.now()
     with ctx.db.write() as conn:
         current = repo.get_api_key(conn, api_key_id, team_id=principal.team_id)
         if current is None:
             raise _not_found()
-        expire_time = current.expire_time
-        if raw_new is not None:
-            expire_time = parse_ts(raw_new, field="expireTime")
-        # Only the secret being replaced gets a grace period; older ones die now, so at most
-        # two secrets are ever live.
-        newest = next(iter(_live_secrets(current, now)), None)
-        secrets = [SecretDigest(keysecrets.digest(secret))]
-        if newest is not None and old_expire > now:
-            secrets.append(SecretDigest(newest.digest, old_expire))
         key = replace(
             current,
-            redacted_api_key=keysecrets.redact(secret, ctx.api_key_prefix),
-            expire_time=expire_time,
+            **change(current, now),
             modify_time=now,
             modified_by=principal.user_id,
-            secrets=tuple(secrets),
             revision=repo.next_revision(conn),
         )
         repo.replace_api_key(conn, key, now=now)
@@ -411,12 +419,12 @@ def rotate_key(
             principal=principal,
             key=key,
             op="upsert",
-            operation="RotateApiKey",
-            description=f"Rotated API key {key.name!r}, now {key.redacted_api_key}",
+            operation=operation,
+            description=describe(key),
             now=now,
         )
     ctx.on_commit(key.revision)
-    return KeyWithSecret(key, secret)
+    return key
 
 
 def delete_key(ctx: Context, *, principal: Principal, api_key_id: str) -> None:
