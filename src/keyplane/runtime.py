@@ -13,7 +13,7 @@ from keyplane.storage.db import Database
 def open_context(
     settings: Settings, *, migrate: bool = True, on_commit: Callable[[int], None] | None = None
 ) -> Context:
-    db = Database(settings.resolved_database_url)
+    db = Database(settings.resolved_database_url, sqlite_synchronous=settings.sqlite_synchronous)
     if migrate:
         db.migrate()
     return Context(

@@ -168,6 +168,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".keyplane")
     #: SQLAlchemy URL; empty = SQLite at ``data_dir/keyplane.db``.
     database_url: str = ""
+    #: SQLite only. NORMAL (WAL): commits survive a crash of the process, not a power loss.
+    #: FULL: they survive both, at one fsync per commit.
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     control: ControlSettings = Field(default_factory=ControlSettings)
     #: Where gateways follow the change feed: every control-plane replica, tried in turn when
     #: one fails. Empty = the control plane above.

@@ -33,15 +33,22 @@ def _dt(value: int | None) -> datetime | None:
 # -- revisions and the change log ------------------------------------------------------------
 
 
+# Statements built once: building a Core statement per call costs more than running it.
+_BUMP_REVISION = update(t.revision_counter).values(value=t.revision_counter.c.value + 1)
+_READ_REVISION = select(t.revision_counter.c.value)
+_INSERT_CHANGE = insert(t.change_log)
+_INSERT_AUDIT = insert(t.audit_events)
+_INSERT_KEY = insert(t.api_keys)
+
+
 def next_revision(conn: Connection) -> int:
     """Take the next deployment-wide revision; the row stays locked until this transaction ends."""
-    conn.execute(update(t.revision_counter).values(value=t.revision_counter.c.value + 1))
-    value = conn.execute(select(t.revision_counter.c.value)).scalar_one()
-    return int(value)
+    conn.execute(_BUMP_REVISION)
+    return int(conn.execute(_READ_REVISION).scalar_one())
 
 
 def current_revision(conn: Connection) -> int:
-    return int(conn.execute(select(t.revision_counter.c.value)).scalar_one())
+    return int(conn.execute(_READ_REVISION).scalar_one())
 
 
 def append_change(
@@ -55,14 +62,15 @@ def append_change(
     now: datetime,
 ) -> None:
     conn.execute(
-        insert(t.change_log).values(
-            revision=revision,
-            api_key_id=api_key_id,
-            team_id=team_id,
-            op=op,
-            view=json.dumps(view, separators=(",", ":")),
-            commit_time=to_micros(now),
-        )
+        _INSERT_CHANGE,
+        {
+            "revision": revision,
+            "api_key_id": api_key_id,
+            "team_id": team_id,
+            "op": op,
+            "view": json.dumps(view, separators=(",", ":")),
+            "commit_time": to_micros(now),
+        },
     )
     if conn.dialect.name == "postgresql":
         # Delivered at commit, to every control plane LISTENing: their feed followers wake.
@@ -226,7 +234,7 @@ def get_api_key(conn: Connection, api_key_id: str, *, team_id: str) -> ApiKey | 
 
 
 def insert_api_key(conn: Connection, key: ApiKey, *, now: datetime) -> None:
-    conn.execute(insert(t.api_keys).values(api_key_id=key.api_key_id, **_api_key_values(key)))
+    conn.execute(_INSERT_KEY, {"api_key_id": key.api_key_id, **_api_key_values(key)})
     _write_acls(conn, key)
     _write_secrets(conn, key, now=now)
 
@@ -342,16 +350,17 @@ def count_api_keys(conn: Connection, team_id: str) -> int:
 
 def append_audit(conn: Connection, event: AuditEvent) -> None:
     conn.execute(
-        insert(t.audit_events).values(
-            event_id=event.event_id,
-            team_id=event.team_id,
-            event_time=to_micros(event.event_time),
-            user_id=event.user_id,
-            operation=event.operation,
-            entity_type=event.entity_type,
-            entity_id=event.entity_id,
-            description=event.description,
-        )
+        _INSERT_AUDIT,
+        {
+            "event_id": event.event_id,
+            "team_id": event.team_id,
+            "event_time": to_micros(event.event_time),
+            "user_id": event.user_id,
+            "operation": event.operation,
+            "entity_type": event.entity_type,
+            "entity_id": event.entity_id,
+            "description": event.description,
+        },
     )
 
 
