@@ -49,8 +49,7 @@ def authenticate(ctx: Context, authorization: str | None) -> Principal:
     if not keysecrets.looks_like(token, ctx.management_key_prefix):
         raise Unauthenticated.bad_credentials()
     with ctx.db.read() as conn:
-        key = repo.management_key_by_digest(conn, keysecrets.digest(token))
-        team = repo.get_team(conn, key.team_id) if key is not None else None
-    if key is None or key.revoke_time is not None or team is None or team.blocked:
+        key = repo.live_management_key(conn, keysecrets.digest(token))
+    if key is None:
         raise Unauthenticated.bad_credentials()
     return Principal(key)

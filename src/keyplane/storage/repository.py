@@ -12,7 +12,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, delete, exists, func, insert, or_, select, tuple_, update
+from sqlalchemy import (
+    Connection,
+    Row,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 
 from keyplane.domain.model import ApiKey, AuditEvent, ManagementKey, SecretDigest, Team
 from keyplane.domain.timefmt import from_micros, to_micros
@@ -148,10 +160,20 @@ def _management_key(row: Row[Any]) -> ManagementKey:
     )
 
 
-def management_key_by_digest(conn: Connection, digest: str) -> ManagementKey | None:
-    row = conn.execute(
-        select(t.management_keys).where(t.management_keys.c.digest == digest)
-    ).first()
+_LIVE_MANAGEMENT_KEY = (
+    select(t.management_keys)
+    .join(t.teams, t.teams.c.team_id == t.management_keys.c.team_id)
+    .where(
+        t.management_keys.c.digest == bindparam("digest"),
+        t.management_keys.c.revoke_time.is_(None),
+        t.teams.c.blocked.is_(False),
+    )
+)
+
+
+def live_management_key(conn: Connection, digest: str) -> ManagementKey | None:
+    """The management key with this digest, unless it is revoked or its team blocked."""
+    row = conn.execute(_LIVE_MANAGEMENT_KEY, {"digest": digest}).first()
     return None if row is None else _management_key(row)
 
 
