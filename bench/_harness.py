@@ -1,0 +1,461 @@
+"""Shared bits of the benchmarks: the machine header, percentiles, RSS, Markdown tables, and a fast
+in-process bulk loader that writes API keys exactly as ``services.keys.create_key`` would (key
+row, secret digest, ACL rows, a change-log row with its own revision, an audit event), but in a
+few big transactions instead of one per key.
+
+Run the benches from the repository root (``bench/run`` does) so ``tests.support.procs`` imports.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import random
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+if str(ROOT / "src") not in sys.path:
+    sys.path.insert(1, str(ROOT / "src"))
+
+from tests.support.procs import Deployment, Proc, free_port, mgmt_client, wait_for  # noqa: E402
+
+__all__ = [
+    "Deployment",
+    "Proc",
+    "free_port",
+    "mgmt_client",
+    "wait_for",
+]
+
+
+# -- reporting ------------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def loadavg() -> str:
+    """The 1/5/15-minute load averages: other work on the machine skews every number here."""
+    try:
+        return " / ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def header(title: str) -> str:
+    now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        f"### {title}\n\n"
+        f"{now} · nproc {os.cpu_count()} · CPU {cpu_model()} · "
+        f"Python {platform.python_version()} · load avg at start {loadavg()}\n"
+    )
+
+
+def footer() -> str:
+    return f"\nLoad average at end (1/5/15 min): {loadavg()}.\n"
+
+
+def table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    out = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100) of ``values``."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(p / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+def mib(kib: int | None) -> str:
+    return "n/a" if kib is None else f"{kib / 1024:.0f} MiB"
+
+
+def rss_kib(pid: int) -> int | None:
+    """VmRSS of ``pid`` in KiB, from /proc/<pid>/status."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def pid_of(proc: Proc) -> int:
+    assert proc.popen is not None
+    return proc.popen.pid
+
+
+# -- bulk population ------------------------------------------------------------------------------
+
+BULK_ACLS = ("api-key:endpoint:chat", "api-key:model:grok-4")
+
+
+@dataclass
+class Populated:
+    team_id: str
+    count: int
+    seconds: float
+    first_revision: int
+    last_revision: int
+    #: A few (api_key_id, secret) pairs of the loaded keys, for spot checks.
+    samples: list[tuple[str, str]]
+
+
+def populate(
+    deployment: Deployment,
+    team_id: str,
+    count: int,
+    *,
+    batch: int = 10_000,
+    progress: Callable[[str], None] | None = None,
+) -> Populated:
+    """Insert ``count`` API keys for ``team_id`` straight into the control plane's store.
+
+    Mirrors what ``create_key`` writes per key, row for row; only the transactions are bigger
+    (``batch`` keys each) and the secrets come from a fast non-cryptographic generator (80 hex
+    digits: valid secrets, bench data only).
+    Run it while the control plane is stopped (or accept that it holds the write lock meanwhile).
+    """
+    from sqlalchemy import select, update
+
+    from keyplane.domain import keysecrets
+    from keyplane.domain.model import ApiKey, SecretDigest, enforcement_view
+    from keyplane.runtime import open_context
+    from keyplane.storage import tables as t
+    from keyplane.storage.repository import _api_key_values, current_revision
+
+    rng = random.Random(0xB0B)
+    ctx = open_context(deployment.settings())
+    started = time.perf_counter()
+    samples: list[tuple[str, str]] = []
+    try:
+        with ctx.db.read() as conn:
+            user_id = conn.execute(
+                select(t.management_keys.c.owner_user_id).where(
+                    t.management_keys.c.team_id == team_id
+                )
+            ).scalar_one()
+        prefix = ctx.api_key_prefix
+        base = ctx.clock.now()
+        first_revision = last_revision = 0
+        done = 0
+        while done < count:
+            n = min(batch, count - done)
+            with ctx.db.write() as conn:
+                start_rev = current_revision(conn) + 1
+                conn.execute(update(t.revision_counter).values(value=start_rev + n - 1))
+                keys_rows, secret_rows, acl_rows, change_rows, audit_rows = [], [], [], [], []
+                for i in range(n):
+                    seq = done + i
+                    secret = prefix + f"{rng.getrandbits(4 * keysecrets.SECRET_LENGTH):080x}"
+                    now = base + _dt.timedelta(microseconds=seq)
+                    now_us = int(now.timestamp() * 1_000_000)
+                    key = ApiKey(
+                        api_key_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                        team_id=team_id,
+                        user_id=user_id,
+                        name=f"bulk key {seq}",
+                        redacted_api_key=keysecrets.redact(secret, prefix),
+                        create_time=now,
+                        modify_time=now,
+                        modified_by=user_id,
+                        expire_time=None,
+                        qps=10,
+                        qpm=600,
+                        tpm=None,
+                        acl_strings=BULK_ACLS,
+                        revision=start_rev + i,
+                        secrets=(SecretDigest(keysecrets.digest(secret)),),
+                    )
+                    if seq < 4:
+                        samples.append((key.api_key_id, secret))
+                    keys_rows.append({"api_key_id": key.api_key_id, **_api_key_values(key)})
+                    secret_rows.append(
+                        {
+                            "digest": key.secrets[0].digest,
+                            "api_key_id": key.api_key_id,
+                            "create_time": now_us,
+                            "expire_time": None,
+                        }
+                    )
+                    acl_rows += [{"api_key_id": key.api_key_id, "acl": a} for a in BULK_ACLS]
+                    change_rows.append(
+                        {
+                            "revision": key.revision,
+                            "api_key_id": key.api_key_id,
+                            "team_id": team_id,
+                            "op": "upsert",
+                            "view": _json(enforcement_view(key)),
+                            "commit_time": now_us,
+                        }
+                    )
+                    audit_rows.append(
+                        {
+                            "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                            "team_id": team_id,
+                            "event_time": now_us,
+                            "user_id": user_id,
+                            "operation": "CreateApiKey",
+                            "entity_type": "API_KEY",
+                            "entity_id": key.api_key_id,
+                            "description": f"Created API key {key.name!r} ({key.redacted_api_key})",
+                        }
+                    )
+                for table, rows in (
+                    (t.api_keys, keys_rows),
+                    (t.api_key_secrets, secret_rows),
+                    (t.api_key_acls, acl_rows),
+                    (t.change_log, change_rows),
+                    (t.audit_events, audit_rows),
+                ):
+                    _insert_many(conn, table, rows)
+            if not first_revision:
+                first_revision = start_rev
+            last_revision = start_rev + n - 1
+            done += n
+            if progress:
+                progress(f"populated {done}/{count}")
+    finally:
+        ctx.db.dispose()
+    return Populated(
+        team_id=team_id,
+        count=count,
+        seconds=time.perf_counter() - started,
+        first_revision=first_revision,
+        last_revision=last_revision,
+        samples=samples,
+    )
+
+
+def _insert_many(conn: Any, table: Any, rows: list[dict[str, Any]]) -> None:
+    """One executemany of the table's own INSERT (every column, in order), skipping SQLAlchemy's
+    per-row parameter processing: the rows already hold storage values (ints, str, bool)."""
+    from sqlalchemy import insert
+
+    columns = [c.name for c in table.columns]
+    missing = set(rows[0]) ^ set(columns)
+    assert not missing, f"{table.name}: columns differ: {missing}"
+    if conn.dialect.name == "postgresql":
+        # psycopg compiles named placeholders (which positional tuples cannot fill); COPY on the
+        # transaction's own connection is the bulk path there, and by far the fastest.
+        names = ", ".join(f'"{c}"' for c in columns)
+        with (
+            conn.connection.dbapi_connection.cursor() as cursor,
+            cursor.copy(f'COPY "{table.name}" ({names}) FROM STDIN') as copy,
+        ):
+            for r in rows:
+                copy.write_row(tuple(r[c] for c in columns))
+        return
+    sql = str(insert(table).compile(dialect=conn.dialect))
+    conn.exec_driver_sql(sql, [tuple(r[c] for c in columns) for r in rows])
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value, separators=(",", ":"))
+
+
+def current_revision(deployment: Deployment) -> int:
+    from keyplane.runtime import open_context
+    from keyplane.storage.repository import current_revision as read
+
+    ctx = open_context(deployment.settings(), migrate=False)
+    try:
+        with ctx.db.read() as conn:
+            return read(conn)
+    finally:
+        ctx.db.dispose()
+
+
+def stop_servers_on_sigterm() -> None:
+    """Turn SIGTERM (and SIGHUP) into SystemExit, so ``finally`` blocks stop the servers."""
+    import signal
+
+    def bail(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, bail)
+    signal.signal(signal.SIGHUP, bail)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# -- backends: SQLite, and a throwaway PostgreSQL -------------------------------------------------
+
+BACKENDS = ("sqlite", "postgresql")
+BACKEND_NAMES = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
+
+
+def backends_option(description: str) -> list[str]:
+    """The stores to run on, from ``--backend sqlite|postgresql|both`` (else BENCH_BACKENDS, else
+    both). With "both" and no PostgreSQL installed, SQLite alone (said on stderr)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--backend",
+        choices=("sqlite", "postgresql", "both"),
+        default=os.environ.get("BENCH_BACKENDS", "both"),
+        help="control-plane store(s) to measure (default: both, or $BENCH_BACKENDS)",
+    )
+    choice = parser.parse_args().backend
+    if choice not in ("sqlite", "postgresql", "both"):
+        parser.error(f"BENCH_BACKENDS={choice!r}: expected sqlite, postgresql or both")
+    if choice != "both":
+        return [choice]
+    if postgres_bindir() is None:
+        log("PostgreSQL (initdb) not installed: measuring SQLite only")
+        return ["sqlite"]
+    return list(BACKENDS)
+
+
+def postgres_bindir() -> Path | None:
+    import shutil
+
+    installed = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    for found in (shutil.which("initdb"), *installed):
+        if found:
+            return Path(found).resolve().parent
+    return None
+
+
+class ThrowawayPostgres:
+    """``tests.support.postgres.PostgresServer`` (initdb in a temp dir, 127.0.0.1 only), with
+    fsync turned back on so its commits are as durable as SQLite's synchronous=FULL
+    (BENCH_PG_FSYNC=off keeps the test helper's fsync=off). Stopped and deleted on exit."""
+
+    def __enter__(self) -> Any:
+        bindir = postgres_bindir()
+        if bindir is None:
+            raise SystemExit("PostgreSQL's initdb was not found (apt-get install -y postgresql)")
+        self.fsync = os.environ.get("BENCH_PG_FSYNC", "on") != "off"
+        self.server = _postgres_server(bindir, fsync=self.fsync)
+        try:
+            self.server.start()
+            got = self.execute("SHOW fsync")
+            assert got == ("on" if self.fsync else "off"), f"PostgreSQL fsync is {got}"
+            self.version = str(self.execute("SHOW server_version")).split()[0]
+        except BaseException:
+            self.server.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop()
+
+    def execute(self, sql: str, database: str = "postgres") -> Any:
+        """Run one statement in autocommit; the first column of its first row, if any."""
+        import psycopg
+
+        with psycopg.connect(self.server.dsn(database), autocommit=True) as conn:
+            cur = conn.execute(sql)
+            row = cur.fetchone() if cur.description else None
+            return row[0] if row else None
+
+    def database(self, name: str) -> str:
+        """A new database: its SQLAlchemy URL, for ``Deployment(top_config=database_url = ...)``."""
+        return self.server.create_database(name)
+
+    def label(self) -> str:
+        return f"PostgreSQL {self.version}, fsync {'on' if self.fsync else 'off'}"
+
+    def cpu_seconds(self) -> float:
+        """CPU time so far of the whole server: postmaster, backends, background workers (and the
+        ones that exited, counted in their parent's cutime/cstime)."""
+        assert self.server._proc is not None
+        return tree_cpu_seconds(self.server._proc.pid)
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid``, its waited-for children, and its live descendants."""
+    total = 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    pending = [pid]
+    while pending:
+        p = pending.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(f) for f in fields[11:15]) / ticks
+            for task in Path(f"/proc/{p}/task").iterdir():
+                pending += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def _postgres_server(bindir: Path, *, fsync: bool) -> Any:
+    """The test helper's server; with ``fsync``, started as it starts it but without
+    ``-c fsync=off`` (a command-line setting: neither ALTER SYSTEM nor a reload overrides it)."""
+    import subprocess
+
+    import psycopg
+
+    from tests.support.postgres import PostgresServer
+
+    class Server(PostgresServer):
+        def start(self, timeout: float = 30.0) -> PostgresServer:
+            if not fsync:
+                return super().start(timeout)
+            subprocess.run(
+                [*self._as, str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres",
+                 "-A", "trust", "-E", "UTF8", "--no-sync"],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )  # fmt: skip
+            with (self.root / "server.log").open("ab") as log:
+                self._proc = subprocess.Popen(
+                    [*self._as, str(self.bindir / "postgres"), "-D", str(self.data),
+                     "-p", str(self.port), "-k", str(self.root),
+                     "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200"],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )  # fmt: skip
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    with psycopg.connect(self.dsn("postgres"), connect_timeout=1):
+                        return self
+                except psycopg.OperationalError:
+                    if self._proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(
+                            "PostgreSQL did not start:\n" + (self.root / "server.log").read_text()
+                        ) from None
+                    time.sleep(0.05)
+
+    return Server(bindir)

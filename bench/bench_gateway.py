@@ -1,0 +1,489 @@
+"""What the gateway costs: admission decisions in process, and the same HTTP load sent straight to
+the built-in model server and through a gateway, side by side in one run — with the gateway's
+rate limits in memory and in Redis (a throwaway ``redis-server`` the bench starts on a free
+loopback port and stops at the end).
+
+    .venv/bin/python bench/bench_gateway.py
+
+Prints Markdown: (a) admission decisions/s in process (auth + ACL + qps/qpm/tpm limiters): the
+synchronous in-memory fast path, then ``await limiter.acquire`` with a MemoryLimiter and with a
+RedisLimiter, one decision at a time and from 32 concurrent tasks; (b) p50/p99 latency,
+requests/s and CPU per request, direct vs through a gateway with in-memory limits vs through a
+gateway with Redis limits, plain and streaming; (c) if py-spy is on PATH, each gateway's hottest
+functions during the plain load. Without redis-server on PATH the Redis parts are left out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+from _harness import (
+    Deployment,
+    cpu_seconds,
+    footer,
+    header,
+    log,
+    mgmt_client,
+    percentile,
+    pid_of,
+    table,
+    wait_for,
+)
+
+CONCURRENCY = 16
+SECONDS = 5.0
+MAX_REQUESTS = 40_000
+PLAIN = {
+    "model": "grok-3-mini",
+    "messages": [{"role": "user", "content": "hello"}],
+    "max_tokens": 8,
+}
+STREAM = {**PLAIN, "stream": True}
+#: Bounds of each async admission scenario (decisions, seconds), whichever comes first.
+ASYNC_OPS = 200_000
+ASYNC_SECONDS = 3.0
+ASYNC_TASKS = (1, 32)
+CLUSTER = "us-east-1"
+
+
+def _admission_setup() -> tuple[Any, Any, dict[str, Any]]:
+    """A gateway holding one key with huge limits, the catalog, and a request scope bearing it."""
+    from keyplane.catalog import Catalog
+    from keyplane.domain import keysecrets
+    from keyplane.gateway.app import Gateway, GatewayConfig
+    from keyplane.gateway.replica import Change, Replica
+    from keyplane.settings import Settings
+
+    secret = keysecrets.generate_secret("xai-")
+    replica = Replica()
+    view = {
+        "apiKeyId": "k1",
+        "teamId": "t1",
+        "redactedApiKey": "xai-...abcd",
+        "acls": ["api-key:endpoint:chat", "api-key:model:grok-3-mini"],
+        "qps": 10**9,
+        "qpm": 10**9,
+        "tpm": 10**12,
+        "secrets": [{"digest": keysecrets.digest(secret), "expireTime": None}],
+        "revision": 1,
+    }
+    replica.apply([Change(1, "upsert", view)])
+    gateway = Gateway(GatewayConfig(cluster=CLUSTER), replica)
+    catalog = Catalog(Settings())
+    scope = {"headers": [(b"authorization", f"Bearer {secret}".encode())]}
+    return gateway, catalog, scope
+
+
+def admission_rate(iterations: int = 200_000) -> tuple[float, float]:
+    """Decisions per second through the gateway's own code: authenticate the bearer key,
+    check state, endpoint and model ACLs, build the limits and acquire them in memory."""
+    from keyplane.gateway.inference import limits_for
+    from keyplane.ratelimit import MemoryLimiter
+
+    gateway, catalog, scope = _admission_setup()
+    limiter = MemoryLimiter()
+    started = time.perf_counter()
+    for _ in range(iterations):
+        key = gateway.authenticate(scope)
+        gateway.check_state(key)
+        assert key.acls.allows_endpoint("chat")
+        model = catalog.resolve("grok-3-mini", CLUSTER)
+        assert model is not None
+        assert key.acls.allows_model("grok-3-mini", model.name)
+        limits = limits_for(key, model)
+        limiter.acquire_now(limits.requests, limits.tokens)
+    elapsed = time.perf_counter() - started
+    return iterations / elapsed, elapsed / iterations * 1e6
+
+
+async def admission_async(make_limiter: Callable[[], Any], tasks: int) -> dict[str, Any]:
+    """The same decision as :func:`admission_rate`, but ``await limiter.acquire(...)`` as the
+    gateway does, from ``tasks`` concurrent tasks, for ASYNC_OPS decisions or ASYNC_SECONDS."""
+    from keyplane.gateway.inference import limits_for
+
+    gateway, catalog, scope = _admission_setup()
+    limiter = make_limiter()
+    latencies: list[int] = []
+    admitted = 0
+    issued = 0
+    clock = time.perf_counter_ns
+
+    async def worker() -> None:
+        nonlocal admitted, issued
+        while issued < ASYNC_OPS and time.perf_counter() < stop_at:
+            issued += 1
+            t0 = clock()
+            key = gateway.authenticate(scope)
+            gateway.check_state(key)
+            assert key.acls.allows_endpoint("chat")
+            model = catalog.resolve("grok-3-mini", CLUSTER)
+            assert model is not None
+            assert key.acls.allows_model("grok-3-mini", model.name)
+            limits = limits_for(key, model)
+            decision = await limiter.acquire(limits.requests, limits.tokens)
+            latencies.append(clock() - t0)
+            admitted += decision.allowed
+
+    try:
+        await limiter.acquire([], [])  # connect outside the timed window
+        cpu0 = time.process_time()
+        started = time.perf_counter()
+        stop_at = started + ASYNC_SECONDS
+        await asyncio.gather(*(worker() for _ in range(tasks)))
+        elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu0
+        failures = int(getattr(limiter, "failures", 0))
+    finally:
+        await limiter.aclose()
+    if failures:
+        raise RuntimeError(f"{failures} decisions fell back to the failure policy: Redis unused")
+    n = len(latencies)
+    return {
+        "n": n,
+        "rate": n / elapsed,
+        "cpu_us": cpu / n * 1e6,
+        "p50_us": percentile(latencies, 50) / 1000,
+        "p99_us": percentile(latencies, 99) / 1000,
+        "admitted": admitted,
+    }
+
+
+def admission_table(redis_url: str | None) -> str:
+    from keyplane.ratelimit import MemoryLimiter, RedisLimiter
+
+    backends: list[tuple[str, Callable[[], Any]]] = [("memory", MemoryLimiter)]
+    if redis_url is not None:
+        backends.append(("Redis", lambda: RedisLimiter.from_url(redis_url, prefix="bench:adm:")))
+    results: dict[tuple[str, int], dict[str, Any]] = {}
+    for name, make in backends:
+        for tasks in ASYNC_TASKS:
+            log(f"admission, {name}, {tasks} task(s) ...")
+            results[name, tasks] = asyncio.run(admission_async(make, tasks))
+    names = [name for name, _ in backends]
+    columns = ["await limiter.acquire (auth + ACL + limits)", *names]
+    if len(names) == 2:
+        columns.append("Redis ÷ memory")
+    rows = []
+    for tasks in ASYNC_TASKS:
+        label = "sequential (1 task)" if tasks == 1 else f"{tasks} concurrent tasks"
+        for measure, key, fmt in (
+            ("decisions/s", "rate", "{:,.0f}"),
+            ("bench CPU µs per decision", "cpu_us", "{:.1f}"),
+            ("p50 µs per decision", "p50_us", "{:.1f}"),
+            ("p99 µs per decision", "p99_us", "{:.1f}"),
+        ):
+            values = [results[name, tasks][key] for name in names]
+            row = [f"{label}: {measure}", *(fmt.format(v) for v in values)]
+            if len(values) == 2:
+                row.append(f"×{values[1] / values[0]:.3f}")
+            rows.append(row)
+    ops = ", ".join(f"{name} {tasks}: {results[name, tasks]['n']:,}" for name, tasks in results)
+    return (
+        table(columns, rows)
+        + f"\n\nEach scenario: up to {ASYNC_OPS:,} decisions or {ASYNC_SECONDS:.0f} s (done: "
+        f"{ops}). Latency with 32 tasks includes waiting for the event loop. Redis CPU is not "
+        "in the bench CPU column."
+    )
+
+
+async def drive(url: str, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+    latencies: list[float] = []
+    statuses: Counter[int] = Counter()
+    deadline = time.monotonic() + SECONDS
+    budget = [MAX_REQUESTS]
+    connector = aiohttp.TCPConnector(limit=CONCURRENCY)
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+
+        async def worker() -> None:
+            while time.monotonic() < deadline and budget[0] > 0:
+                budget[0] -= 1
+                started = time.perf_counter()
+                async with session.post(url, json=body) as response:
+                    await response.read()
+                    statuses[response.status] += 1
+                latencies.append(time.perf_counter() - started)
+
+        started = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+        elapsed = time.monotonic() - started
+    return {"latencies": latencies, "statuses": statuses, "elapsed": elapsed}
+
+
+def profile(pid: int, seconds: int, out: Path) -> subprocess.Popen[bytes] | None:
+    spy = shutil.which("py-spy") or (
+        str(Path(".venv/bin/py-spy")) if Path(".venv/bin/py-spy").exists() else None
+    )
+    if spy is None:
+        return None
+    return subprocess.Popen(
+        [spy, "record", "--pid", str(pid), "--duration", str(seconds), "--format", "raw",
+         "--output", str(out), "--nonblocking"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def hottest(raw: Path, top: int = 12) -> list[tuple[str, str]]:
+    """Self time by function from py-spy's collapsed stacks (the leaf of each stack)."""
+    if not raw.exists():
+        return []
+    leaves: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        leaves[frames[-1]] += n
+        for frame in set(frames):
+            if "keyplane" in frame:
+                inclusive[frame] += n
+    rows = [(f"{n / total:.1%}", name[:110]) for name, n in leaves.most_common(top)]
+    rows += [("", "— inclusive, keyplane frames —")]
+    rows += [(f"{n / total:.1%}", name[:110]) for name, n in inclusive.most_common(8)]
+    return rows
+
+
+class Redis:
+    """The throwaway redis-server of tests.contract.ratelimit_fixtures, or nothing if none is
+    installed."""
+
+    def __init__(self) -> None:
+        self.server: Any = None
+        self.url: str | None = None
+
+    def __enter__(self) -> Redis:
+        executable = shutil.which("redis-server")
+        if executable is None:
+            log("redis-server not on PATH: the Redis rows are left out")
+            return self
+        from tests.contract.ratelimit_fixtures import RedisServer
+
+        self.server = RedisServer(executable)
+        self.server.start()
+        self.url = self.server.url
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    def pid(self) -> int | None:
+        proc = getattr(self.server, "_proc", None)  # the fixture keeps its Popen private
+        return None if proc is None else int(proc.pid)
+
+    def count_keys(self, pattern: str) -> int:
+        import redis
+
+        assert self.url is not None
+        client = redis.Redis.from_url(self.url)
+        try:
+            return sum(1 for _ in client.scan_iter(match=pattern, count=1000))
+        finally:
+            client.close()
+
+
+def failures_metric(url: str) -> float:
+    """keyplane_ratelimit_failures_total summed over policies, from a gateway's /metrics."""
+    total = 0.0
+    for line in httpx.get(url + "/metrics", timeout=5.0).text.splitlines():
+        if line.startswith("keyplane_ratelimit_failures_total"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def http_section(tmp: Path, redis: Redis) -> list[str]:
+    out: list[str] = []
+    dep = Deployment(tmp, clusters=[CLUSTER])
+    try:
+        dep.start_control()
+        models = dep.start_models()
+        memory_gw = dep.start_gateway(CLUSTER)
+        gateways = [("gateway", "gateway (memory limiter)", memory_gw)]
+        if redis.url is not None:
+            # A second gateway of the same cluster, same control plane, model server and key:
+            # only [limiter] differs (backend = "redis", replicas = 1, given by environment).
+            redis_gw = dep.start_gateway(
+                CLUSTER,
+                replica=1,
+                env={
+                    "KEYPLANE_LIMITER__BACKEND": "redis",
+                    "KEYPLANE_LIMITER__REDIS_URL": redis.url,
+                    "KEYPLANE_LIMITER__REPLICAS": "1",
+                },
+            )
+            gateways.append(("gateway-redis", "gateway (Redis limiter)", redis_gw))
+        team, mgmt = dep.create_team("bench")
+        with mgmt_client(dep.control_url, mgmt) as c:
+            key = c.post(
+                f"/auth/teams/{team}/api-keys",
+                json={"name": "bench", "acls": ["api-key:endpoint:*", "api-key:model:*"],
+                      "qps": 1_000_000, "qpm": 100_000_000, "tpm": "100000000000"},
+            ).json()  # fmt: skip
+        auth = {"Authorization": f"Bearer {key['apiKey']}"}
+        for _, _, gw in gateways:
+            wait_for(
+                lambda gw=gw: aiohttp_get_status(gw.url + "/v1/api-key", auth) == 200,
+                what=f"key on {gw.name}",
+            )
+        redis_pid = redis.pid()
+        rows = []
+        summary: dict[tuple[str, str], dict[str, Any]] = {}
+        profiles: dict[str, list[tuple[str, str]]] = {}
+        for label, body in (("plain", PLAIN), ("stream", STREAM)):
+            targets = [("direct", "direct", models.url, {}, None)] + [
+                (tag, name, gw.url, auth, gw) for tag, name, gw in gateways
+            ]
+            for tag, name, url, headers, gw in targets:
+                log(f"{label} via {name}")
+                asyncio.run(drive(url + "/v1/chat/completions", body, headers))  # warm-up
+                g0 = cpu_seconds(pid_of(gw)) if gw is not None else 0.0
+                m0 = cpu_seconds(pid_of(models))
+                r0 = cpu_seconds(redis_pid) if redis_pid is not None else 0.0
+                spy = None
+                raw = tmp / f"profile-{label}-{tag}.txt"
+                if gw is not None:
+                    spy = profile(pid_of(gw), int(SECONDS) - 1, raw)
+                result = asyncio.run(drive(url + "/v1/chat/completions", body, headers))
+                if spy is not None:
+                    spy.wait(timeout=30)
+                    if label == "plain":
+                        profiles[name] = hottest(raw)
+                n = len(result["latencies"])
+                g_cpu = cpu_seconds(pid_of(gw)) - g0 if gw is not None else None
+                m_cpu = cpu_seconds(pid_of(models)) - m0
+                r_cpu = cpu_seconds(redis_pid) - r0 if redis_pid is not None else None
+                stats = {
+                    "n": n,
+                    "rate": n / result["elapsed"],
+                    "p50": percentile(result["latencies"], 50) * 1000,
+                    "p99": percentile(result["latencies"], 99) * 1000,
+                    "gw_us": g_cpu / n * 1e6 if g_cpu is not None else None,
+                    "model_us": m_cpu / n * 1e6,
+                    "redis_us": r_cpu / n * 1e6 if r_cpu is not None else None,
+                }
+                summary[label, tag] = stats
+                rows.append([
+                    label,
+                    name,
+                    n,
+                    f"{stats['rate']:,.0f}",
+                    f"{stats['p50']:.2f}",
+                    f"{stats['p99']:.2f}",
+                    f"{stats['gw_us']:.0f}" if gw is not None else "—",
+                    f"{stats['model_us']:.0f}",
+                    f"{stats['redis_us']:.0f}" if tag == "gateway-redis" else "—",
+                    dict(result["statuses"]),
+                ])  # fmt: skip
+        check = ""
+        if redis.url is not None:
+            fell_back = failures_metric(redis_gw.url)
+            health = httpx.get(redis_gw.url + "/healthz", timeout=5.0).json().get("limiter")
+            counters = redis.count_keys(f"keyplane:rl:{CLUSTER}:*")
+            check = (
+                f" Redis gateway after the load: limiter {health!r}, {fell_back:.0f} decisions "
+                f"by the failure policy, {counters} of its counters in Redis."
+            )
+            if fell_back:
+                check += " **The Redis rows are not all Redis decisions.**"
+        out.append("")
+        out.append(f"{CONCURRENCY} concurrent connections, {SECONDS:.0f} s per row (after a "
+                   f"{SECONDS:.0f} s warm-up), chat completions of 8 tokens (stream: 8 SSE "
+                   f"chunks + usage), load from this process.{check}\n")  # fmt: skip
+        out.append(table(
+            ["body", "path", "requests", "req/s", "p50 ms", "p99 ms", "gateway CPU µs/req",
+             "model server CPU µs/req", "redis-server CPU µs/req", "statuses"],
+            rows,
+        ))  # fmt: skip
+        if redis.url is not None:
+            out.append("")
+            out.append(side_by_side(summary))
+        for name, profile_rows in profiles.items():
+            if profile_rows:
+                out.append("")
+                out.append(
+                    table(
+                        [f"share of {name} samples (plain)", "function (self time)"], profile_rows
+                    )
+                )
+    finally:
+        dep.stop_all()
+    return out
+
+
+def side_by_side(summary: dict[tuple[str, str], dict[str, Any]]) -> str:
+    """Per body: direct, gateway with memory limits, gateway with Redis limits, Redis ÷ memory."""
+    rows = []
+    for label in ("plain", "stream"):
+        d, m, r = (summary[label, tag] for tag in ("direct", "gateway", "gateway-redis"))
+        for measure, key, fmt in (
+            ("req/s", "rate", "{:,.0f}"),
+            ("p50 ms", "p50", "{:.2f}"),
+            ("p99 ms", "p99", "{:.2f}"),
+        ):
+            rows.append([
+                f"{label}: {measure}", fmt.format(d[key]), fmt.format(m[key]),
+                fmt.format(r[key]), f"×{r[key] / m[key]:.2f}",
+            ])  # fmt: skip
+        for measure, key in (("p50", "p50"), ("p99", "p99")):
+            added_m, added_r = m[key] - d[key], r[key] - d[key]
+            rows.append([
+                f"{label}: added {measure} ms (gateway − direct)", "—", f"{added_m:+.2f}",
+                f"{added_r:+.2f}", f"×{added_r / added_m:.2f}" if added_m > 0 else "—",
+            ])  # fmt: skip
+        rows.append([
+            f"{label}: gateway CPU µs/req", "—", f"{m['gw_us']:.0f}", f"{r['gw_us']:.0f}",
+            f"×{r['gw_us'] / m['gw_us']:.2f}",
+        ])  # fmt: skip
+        rows.append([
+            f"{label}: gateway + redis-server CPU µs/req", "—", f"{m['gw_us']:.0f}",
+            f"{r['gw_us'] + r['redis_us']:.0f}",
+            f"×{(r['gw_us'] + r['redis_us']) / m['gw_us']:.2f}",
+        ])  # fmt: skip
+    return table(
+        ["same load", "direct", "gateway, memory limiter", "gateway, Redis limiter",
+         "Redis ÷ memory"],
+        rows,
+    )  # fmt: skip
+
+
+def main() -> None:
+    print(header("Gateway: admission cost, and added latency and CPU per request"))
+    rate, micros = admission_rate()
+    print(table(["in-process admission (auth + ACL + qps/qpm/tpm)", "value"], [
+        ["decisions per second (one core)", f"{rate:,.0f}"],
+        ["µs per decision", f"{micros:.1f}"],
+    ]))  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp, Redis() as redis:
+        print()
+        print(admission_table(redis.url))
+        for line in http_section(Path(tmp), redis):
+            print(line)
+    print(footer())
+
+
+def aiohttp_get_status(url: str, headers: dict[str, str]) -> int:
+    async def get() -> int:
+        async with aiohttp.ClientSession() as s, s.get(url, headers=headers) as r:
+            return r.status
+
+    return asyncio.run(get())
+
+
+if __name__ == "__main__":
+    from _harness import stop_servers_on_sigterm
+
+    stop_servers_on_sigterm()
+    sys.exit(main())
