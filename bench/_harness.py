@@ -356,7 +356,7 @@ def postgres_bindir() -> Path | None:
 
 class ThrowawayPostgres:
     """``tests.support.postgres.PostgresServer`` (initdb in a temp dir, 127.0.0.1 only), with
-    fsync turned back on so its commits are as durable as SQLite's synchronous=FULL
+    fsync turned back on, as a production PostgreSQL runs
     (BENCH_PG_FSYNC=off keeps the test helper's fsync=off). Stopped and deleted on exit."""
 
     def __enter__(self) -> Any:

@@ -8,9 +8,10 @@ stops at the end), with the same measurements on each:
     the server starts): the first page again and again, and a walk with paginationToken;
 (c) the server's RSS (VmRSS) idle after start, after the list runs, and after the creates.
 
-Both stores commit durably: SQLite runs with synchronous=FULL (keyplane's setting) and the bench
-turns PostgreSQL's fsync back on (the test helper starts it with fsync=off; BENCH_PG_FSYNC=off
-keeps it off). After the bulk load PostgreSQL gets a VACUUM ANALYZE, as autovacuum would.
+Stores: SQLite runs with keyplane's default synchronous=NORMAL (WAL: commits survive a crash of
+the process), and the bench turns PostgreSQL's fsync back on (the test helper starts it with
+fsync=off; BENCH_PG_FSYNC=off keeps it off). After the bulk load PostgreSQL gets a VACUUM
+ANALYZE, as autovacuum would.
 
 Prints a Markdown report on stdout (first a side-by-side table, then each backend's details);
 progress on stderr. Run from the repository root:
@@ -187,7 +188,7 @@ def run_backend(backend: str, tmp: Path, pg: Any) -> dict[str, Any]:
         out["store"] = pg.label()
     else:
         dep = h.Deployment(tmp / backend)
-        out["store"] = "SQLite (WAL, synchronous=FULL)"
+        out["store"] = "SQLite (WAL, synchronous=NORMAL, the default)"
     try:
         big_team, big_secret = dep.create_team("bench-100k")
         create_team, create_secret = dep.create_team("bench-creates")

@@ -266,7 +266,7 @@ def latency_phase(tmp: Path, backend: str = "sqlite", pg: Any = None) -> dict[st
         out["store"] = pg.label()
     else:
         dep = h.Deployment(tmp / f"latency-{backend}", clusters=list(CLUSTERS))
-        out["store"] = "SQLite (WAL, synchronous=FULL)"
+        out["store"] = "SQLite (WAL, synchronous=NORMAL, the default)"
     stop = results = proc = None
     try:
         team, secret = dep.create_team("probe")
