@@ -419,43 +419,7 @@ def tree_cpu_seconds(pid: int) -> float:
 
 
 def _postgres_server(bindir: Path, *, fsync: bool) -> Any:
-    """The test helper's server; with ``fsync``, started as it starts it but without
-    ``-c fsync=off`` (a command-line setting: neither ALTER SYSTEM nor a reload overrides it)."""
-    import subprocess
-
-    import psycopg
-
+    """The test helper's throwaway server, with fsync as asked."""
     from tests.support.postgres import PostgresServer
 
-    class Server(PostgresServer):
-        def start(self, timeout: float = 30.0) -> PostgresServer:
-            if not fsync:
-                return super().start(timeout)
-            subprocess.run(
-                [*self._as, str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres",
-                 "-A", "trust", "-E", "UTF8", "--no-sync"],
-                check=True,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-            )  # fmt: skip
-            with (self.root / "server.log").open("ab") as log:
-                self._proc = subprocess.Popen(
-                    [*self._as, str(self.bindir / "postgres"), "-D", str(self.data),
-                     "-p", str(self.port), "-k", str(self.root),
-                     "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200"],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )  # fmt: skip
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    with psycopg.connect(self.dsn("postgres"), connect_timeout=1):
-                        return self
-                except psycopg.OperationalError:
-                    if self._proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(
-                            "PostgreSQL did not start:\n" + (self.root / "server.log").read_text()
-                        ) from None
-                    time.sleep(0.05)
-
-    return Server(bindir)
+    return PostgresServer(bindir, fsync=fsync)

@@ -44,8 +44,10 @@ def require_postgres() -> Path:
 
 
 class PostgresServer:
-    def __init__(self, bindir: Path) -> None:
+    def __init__(self, bindir: Path, *, fsync: bool = False) -> None:
+        """``fsync``: off for tests (nothing to keep), on for benchmarks that measure commits."""
         self.bindir = bindir
+        self.fsync = fsync
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="keyplane-pg-"))
         self.data = self.root / "data"
@@ -66,8 +68,8 @@ class PostgresServer:
         log = (self.root / "server.log").open("ab")
         self._proc = subprocess.Popen(
             [*self._as, str(self.bindir / "postgres"), "-D", str(self.data), "-p", str(self.port),
-             "-k", str(self.root), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
-             "-c", "max_connections=200"],
+             "-k", str(self.root), "-c", "listen_addresses=127.0.0.1",
+             "-c", f"fsync={'on' if self.fsync else 'off'}", "-c", "max_connections=200"],
             stdout=log,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
