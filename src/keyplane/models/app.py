@@ -570,18 +570,7 @@ class ModelServerApp:
         usage: dict[str, int],
         include_usage: bool,
     ) -> Iterator[tuple[bytes, bool]]:
-        # Chunks are spliced from pre-encoded fragments: per token only the token is encoded.
-        head = (
-            b'data: {"id":"'
-            + ident.encode()
-            + b'","object":"chat.completion.chunk","created":'
-            + str(created).encode()
-            + b',"model":'
-            + _encode(model)
-            + b',"choices":['
-        )
-        # With include_usage OpenAI sends "usage": null on every chunk but the last.
-        tail = b'],"usage":null}\n\n' if include_usage else b"]}\n\n"
+        head, tail = _chunk_frame(ident, "chat.completion.chunk", created, model, include_usage)
         yield (
             (
                 head + b'{"index":0,"delta":{"role":"assistant","content":""},'
@@ -663,16 +652,7 @@ class ModelServerApp:
         usage: dict[str, int],
         include_usage: bool,
     ) -> Iterator[tuple[bytes, bool]]:
-        head = (
-            b'data: {"id":"'
-            + ident.encode()
-            + b'","object":"text_completion","created":'
-            + str(created).encode()
-            + b',"model":'
-            + _encode(model)
-            + b',"choices":['
-        )
-        tail = b'],"usage":null}\n\n' if include_usage else b"]}\n\n"
+        head, tail = _chunk_frame(ident, "text_completion", created, model, include_usage)
         for index, tokens in enumerate(outputs):
             at = b',"index":' + str(index).encode() + b',"logprobs":null,"finish_reason":'
             for token in tokens:
@@ -914,3 +894,24 @@ def _milliseconds(name: bytes, value: bytes) -> float:
 def create_app(config: ModelServerConfig | None = None) -> ModelServerApp:
     """The model server's ASGI application for ``config`` (defaults if omitted)."""
     return ModelServerApp(config or ModelServerConfig())
+
+
+def _chunk_frame(
+    ident: str, kind: str, created: int, model: str, include_usage: bool
+) -> tuple[bytes, bytes]:
+    """The bytes around a stream chunk's choices. Chunks are spliced from pre-encoded fragments:
+    per token only the token is encoded."""
+    head = (
+        b'data: {"id":"'
+        + ident.encode()
+        + b'","object":"'
+        + kind.encode()
+        + b'","created":'
+        + str(created).encode()
+        + b',"model":'
+        + _encode(model)
+        + b',"choices":['
+    )
+    # With include_usage OpenAI sends "usage": null on every chunk but the last.
+    tail = b'],"usage":null}\n\n' if include_usage else b"]}\n\n"
+    return head, tail
