@@ -503,14 +503,7 @@ class ModelServerApp:
         """How many tokens to generate, and the finish reason that goes with it."""
         if limit is None:
             return self.config.default_max_tokens, "stop"
-        if not 1 <= limit <= self.config.max_output_tokens:
-            raise HTTPError(
-                400,
-                f"Invalid '{param}': must be between 1 and {self.config.max_output_tokens}.",
-                param=param,
-                code="invalid_value",
-            )
-        return limit, "length"
+        return _within(limit, self.config.max_output_tokens, param), "length"
 
     @staticmethod
     def _require_model(model: str) -> None:
@@ -730,21 +723,8 @@ class ModelServerApp:
                 400, f"'$.input' must have at most {MAX_EMBEDDING_INPUTS} items.", param="input"
             )
         dims = self.config.embedding_dims if req.dimensions is None else req.dimensions
-        if not 1 <= dims <= MAX_DIMENSIONS:
-            raise HTTPError(
-                400,
-                f"Invalid 'dimensions': must be between 1 and {MAX_DIMENSIONS}.",
-                param="dimensions",
-                code="invalid_value",
-            )
-        fmt = req.encoding_format or "float"
-        if fmt not in ("float", "base64"):
-            raise HTTPError(
-                400,
-                "Invalid 'encoding_format': expected 'float' or 'base64'.",
-                param="encoding_format",
-                code="invalid_value",
-            )
+        _within(dims, MAX_DIMENSIONS, "dimensions")
+        fmt = _one_of(req.encoding_format or "float", ("float", "base64"), "encoding_format")
         data: list[dict[str, Any]] = []
         prompt_tokens = 0
         for index, item in enumerate(inputs):
@@ -776,22 +756,8 @@ class ModelServerApp:
         req = _decode(body, self._image_decoder)
         if not req.prompt:
             raise HTTPError(400, "Invalid 'prompt': must not be empty.", param="prompt")
-        n = 1 if req.n is None else req.n
-        if not 1 <= n <= MAX_IMAGES:
-            raise HTTPError(
-                400,
-                f"Invalid 'n': must be between 1 and {MAX_IMAGES}.",
-                param="n",
-                code="invalid_value",
-            )
-        fmt = req.response_format or "b64_json"
-        if fmt not in ("b64_json", "url"):
-            raise HTTPError(
-                400,
-                "Invalid 'response_format': expected 'b64_json' or 'url'.",
-                param="response_format",
-                code="invalid_value",
-            )
+        n = _within(1 if req.n is None else req.n, MAX_IMAGES, "n")
+        fmt = _one_of(req.response_format or "b64_json", ("b64_json", "url"), "response_format")
         data: list[dict[str, str]] = []
         for index in range(n):
             encoded = base64.b64encode(image_for_prompt(req.prompt, index)).decode("ascii")
@@ -915,3 +881,24 @@ def _chunk_frame(
     # With include_usage OpenAI sends "usage": null on every chunk but the last.
     tail = b'],"usage":null}\n\n' if include_usage else b"]}\n\n"
     return head, tail
+
+
+def _within(value: int, top: int, param: str) -> int:
+    """``value`` if it lies in 1..``top``, else OpenAI's 400 for that parameter."""
+    if not 1 <= value <= top:
+        raise HTTPError(
+            400,
+            f"Invalid '{param}': must be between 1 and {top}.",
+            param=param,
+            code="invalid_value",
+        )
+    return value
+
+
+def _one_of(value: str, allowed: tuple[str, ...], param: str) -> str:
+    if value not in allowed:
+        expected = " or ".join(f"'{a}'" for a in allowed)
+        raise HTTPError(
+            400, f"Invalid '{param}': expected {expected}.", param=param, code="invalid_value"
+        )
+    return value
