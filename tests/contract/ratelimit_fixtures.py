@@ -6,7 +6,6 @@ The server listens on 127.0.0.1 only, persists nothing and lives in a temporary 
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -14,9 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import pytest
-
-from tests.support.procs import free_port
+from tests.support.procs import free_port, missing_server
 
 ALLOW_MISSING_ENV = "KEYPLANE_TEST_ALLOW_MISSING_REDIS"
 
@@ -24,14 +21,9 @@ ALLOW_MISSING_ENV = "KEYPLANE_TEST_ALLOW_MISSING_REDIS"
 def require_redis_server() -> str:
     """The path of ``redis-server``; fail (or skip, if allowed by env) when it is missing."""
     path = shutil.which("redis-server")
-    if path is not None:
-        return path
-    if os.environ.get(ALLOW_MISSING_ENV) == "1":
-        pytest.skip("redis-server is not installed")
-    pytest.fail(
-        "redis-server is not on PATH: install it (e.g. `apt-get install -y redis-server`) "
-        f"or set {ALLOW_MISSING_ENV}=1 to skip the Redis rate-limit tests"
-    )
+    if path is None:
+        missing_server("redis-server", "redis-server", ALLOW_MISSING_ENV)
+    return path
 
 
 def _answers_ping(port: int) -> bool:

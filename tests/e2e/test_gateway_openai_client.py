@@ -15,9 +15,7 @@ import httpx
 import openai
 import pytest
 
-from tests.support.gateway import HELLO, Key, Stack, Team, start_stack, stop_stack
-
-WILDCARD = ["api-key:endpoint:*", "api-key:model:*"]
+from tests.support.gateway import HELLO, WILDCARD, Key, Stack, Team, start_stack, stop_stack
 
 
 @pytest.fixture(scope="module")

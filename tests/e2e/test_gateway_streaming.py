@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from tests.support.gateway import (
+    WILDCARD,
     Key,
     Stack,
     Team,
@@ -27,8 +28,6 @@ from tests.support.gateway import (
     stream_chat,
 )
 from tests.support.procs import wait_for
-
-WILDCARD = ["api-key:endpoint:*", "api-key:model:*"]
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,8 @@ from tests.support.procs import Deployment, Proc, mgmt_client, wait_for
 
 #: A request to the built-in model server that is cheap and deterministic.
 HELLO = [{"role": "user", "content": "Say hello"}]
+#: Every endpoint and every model.
+WILDCARD = ["api-key:endpoint:*", "api-key:model:*"]
 
 
 def rfc3339(moment: datetime) -> str:

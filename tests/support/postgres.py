@@ -14,9 +14,8 @@ import time
 from pathlib import Path
 
 import psycopg
-import pytest
 
-from tests.support.procs import free_port
+from tests.support.procs import free_port, missing_server
 
 ALLOW_MISSING_ENV = "KEYPLANE_TEST_ALLOW_MISSING_POSTGRES"
 
@@ -33,14 +32,9 @@ def _bindir() -> Path | None:
 
 def require_postgres() -> Path:
     found = _bindir()
-    if found is not None:
-        return found
-    if os.environ.get(ALLOW_MISSING_ENV) == "1":
-        pytest.skip("PostgreSQL is not installed")
-    pytest.fail(
-        "PostgreSQL's initdb was not found: install it (apt-get install -y postgresql) "
-        f"or set {ALLOW_MISSING_ENV}=1 to skip the PostgreSQL tests"
-    )
+    if found is None:
+        missing_server("PostgreSQL", "postgresql", ALLOW_MISSING_ENV)
+    return found
 
 
 class PostgresServer:

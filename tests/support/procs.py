@@ -18,11 +18,22 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
+import pytest
 
 PYTHON = sys.executable
+
+
+def missing_server(what: str, package: str, allow_env: str) -> NoReturn:
+    """A server the suite starts is not installed: fail, or skip when ``allow_env`` is 1."""
+    if os.environ.get(allow_env) == "1":
+        pytest.skip(f"{what} is not installed")
+    pytest.fail(
+        f"{what} is not installed: apt-get install -y {package} (scripts/test does), "
+        f"or set {allow_env}=1 to skip the tests that need it"
+    )
 
 
 def free_port() -> int:
@@ -62,9 +73,7 @@ class Proc:
 
     def start(self, *, ready_path: str = "/healthz", timeout: float = 20.0) -> Proc:
         log = self.log_path.open("ab")
-        self.popen = subprocess.Popen(
-            self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT
-        )
+        self.popen = subprocess.Popen(self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
 
         def ready() -> bool:
