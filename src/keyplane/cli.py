@@ -149,12 +149,13 @@ def serve_gateway(
 def up(config: Path | None) -> None:
     """Set up on first start, then run the whole system in the foreground (Ctrl-C stops it)."""
     from keyplane import bootstrap
-    from keyplane.supervisor import run_all
+    from keyplane.supervisor import ensure_credentials, run_all
 
     settings = _settings(config)
     logs.configure(settings.log_level)
     ctx = open_context(settings)
     boot = bootstrap.ensure(ctx, settings.data_dir)
+    ensure_credentials(ctx, settings)
     ctx.db.dispose()
     click.echo(f"keyplane data directory: {settings.data_dir.resolve()}")
     click.echo(f"team: {boot.team_name} ({boot.team_id})")

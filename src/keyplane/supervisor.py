@@ -17,6 +17,7 @@ from pathlib import Path
 
 import click
 
+from keyplane.services.context import Context
 from keyplane.settings import Settings
 
 
@@ -75,26 +76,22 @@ def _children(settings: Settings, config: Path | None) -> list[Child]:
     return children
 
 
-def ensure_credentials(settings: Settings) -> None:
-    """Each local gateway gets a feed credential of its cluster, issued once and kept on disk."""
+def ensure_credentials(ctx: Context, settings: Settings, *, replicas: int = 1) -> None:
+    """Each local gateway gets its cluster's feed credential, issued once and kept on disk; the
+    replicas of one cluster share it."""
     from keyplane.gateway.server import CREDENTIAL_FILE, gateway_dir, write_credential
     from keyplane.propagation import feed
-    from keyplane.runtime import open_context
 
-    ctx = open_context(settings)
-    try:
-        for cluster in settings.clusters:
-            directory = gateway_dir(settings, cluster.name, 0)
-            path = directory / CREDENTIAL_FILE
-            if path.exists() and feed.credential_is_valid(ctx, path.read_text().strip()):
-                continue
-            write_credential(directory, feed.issue_credential(ctx, cluster=cluster.name))
-    finally:
-        ctx.db.dispose()
+    for cluster in settings.clusters:
+        first = gateway_dir(settings, cluster.name, 0) / CREDENTIAL_FILE
+        credential = first.read_text().strip() if first.exists() else ""
+        if not credential or not feed.credential_is_valid(ctx, credential):
+            credential = feed.issue_credential(ctx, cluster=cluster.name)
+        for replica in range(replicas):
+            write_credential(gateway_dir(settings, cluster.name, replica), credential)
 
 
 def run_all(settings: Settings, config: Path | None) -> int:
-    ensure_credentials(settings)
     lines = [f"control plane (Management API): {settings.control.url}"]
     lines += [f"gateway {c.name} ({c.host}): {c.gateway.url}/v1" for c in settings.clusters]
     if any(m.upstream_url is None for m in settings.models):

@@ -165,13 +165,8 @@ def run_trial(data_dir: Path, pg_port: int, redis_port: int) -> int:
         settings = load_settings(config)
         ctx = open_context(settings)
         boot = bootstrap.ensure(ctx, settings.data_dir)
+        ensure_credentials(ctx, settings, replicas=2)
         ctx.db.dispose()
-        ensure_credentials(settings)
-        for cluster in settings.clusters:
-            src = data_dir / "gateways" / cluster.name / "feed-credential"
-            replica_dir = data_dir / "gateways" / f"{cluster.name}-1"
-            replica_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copy(src, replica_dir / "feed-credential")
         base = [sys.executable, "-m", "keyplane.cli"]
         cfg = ["--config", str(config)]
         children = [
