@@ -303,18 +303,15 @@ def test_model_existence_is_checked_before_the_model_acl(team: Team, us: httpx.C
 
 
 def test_rejected_requests_consume_no_quota(team: Team, us: httpx.Client) -> None:
-    key = team.create_key(["api-key:endpoint:chat", "api-key:model:grok-3"], qps=1)
-    started = time.monotonic()
+    # qpm, not qps: all of this surely happens inside one 60 s window, however slow the machine.
+    key = team.create_key(["api-key:endpoint:chat", "api-key:model:grok-3"], qpm=1)
     for _ in range(5):
         assert_denied(chat(us, key, "grok-4"), "against grok-4")
     allowed = chat(us, key, "grok-3")
     after_allowed = chat(us, key, "grok-3")
-    elapsed = time.monotonic() - started
     assert allowed.status_code == 200, allowed.text
-    # The limit is live: the next one within the second is refused ...
+    # The limit is live: the next one within the minute is refused.
     assert after_allowed.status_code == 429, after_allowed.text
-    # ... and all of this happened inside one qps window, so the denials would have counted.
-    assert elapsed < 1.0, f"the requests took {elapsed:.2f}s; the check needs them within 1 s"
 
 
 def test_denied_requests_never_reach_the_model_server(stack: Stack, team: Team) -> None:

@@ -394,8 +394,13 @@ def test_limit_changes_apply_with_the_revision_and_deletion_ends_access(
         started = time.monotonic()
         burst = [client.post("/v1/chat/completions", json=small()) for _ in range(10)]
         elapsed = time.monotonic() - started
-        assert elapsed < 1.0, f"the burst took {elapsed:.2f}s, longer than the window"
-        assert [r.status_code for r in burst] == [200] * 2 + [429] * 8
+        statuses = [r.status_code for r in burst]
+        # The first two fit the new limit; beyond them, at most 2 more per second the burst took
+        # (on a fast machine the whole burst fits in one window: exactly 2 admitted).
+        assert statuses[:2] == [200, 200]
+        assert set(statuses) <= {200, 429}
+        assert statuses.count(200) <= 2 * (int(elapsed) + 1), (statuses, elapsed)
+        assert 429 in statuses
         assert burst[0].headers["x-ratelimit-limit-requests"] == "2"
         assert_429(burst[2], "qps limit exceeded: 2/2")
 
