@@ -56,13 +56,7 @@ def create_app(settings: Settings, ctx: Context, notifier: ChangeNotifier | None
                 await task
 
     async def _current_revision() -> int:
-        def read() -> int:
-            with ctx.db.read() as conn:
-                from keyplane.storage.repository import current_revision
-
-                return current_revision(conn)
-
-        return await asyncio.to_thread(read)
+        return await asyncio.to_thread(feed.current_revision, ctx)
 
     async def _housekeeping() -> None:
         # Commits from other processes (a second replica, the admin CLI) wake followers within

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -335,7 +334,6 @@ class Inference:
 
     async def _relay(self, url: str, body: bytes, headers: Mapping[str, str], call: _Call) -> None:
         assert self._session is not None, "Inference.start() was not awaited"
-        started = time.perf_counter()
         try:
             async with self._session.post(url, data=body, headers=headers) as response:
                 await call.start(response)
@@ -355,8 +353,6 @@ class Inference:
                 return  # mid-response failure: the client sees a truncated stream
             log.warning("upstream_error", url=url, error=type(error).__name__)
             raise Unavailable("The model server is unavailable.", status=502) from None
-        finally:
-            log.debug("upstream", url=url, ms=round((time.perf_counter() - started) * 1000, 2))
 
 
 def _model_object(name: str) -> dict[str, Any]:

@@ -59,6 +59,11 @@ def authenticate_gateway(ctx: Context, authorization: str | None) -> str:
     return cluster
 
 
+def current_revision(ctx: Context) -> int:
+    with ctx.db.read() as conn:
+        return repo.current_revision(conn)
+
+
 def snapshot_lines(ctx: Context) -> Iterator[dict[str, object]]:
     """A consistent snapshot: the revision, then every key's view, all from one read transaction."""
     with ctx.db.read() as conn:
