@@ -149,7 +149,7 @@ def create_key(
     team_id: str,
     spec: NewKeySpec,
     idempotency_key: str | None = None,
-    render: Any = None,
+    render: Callable[[KeyWithSecret], bytes] | None = None,
 ) -> tuple[KeyWithSecret | None, bytes | None]:
     """Create a key. With an ``idempotency_key``, a repeat of the same request within 24 h answers
     the first answer again (returned as bytes, secret included) and creates nothing.
