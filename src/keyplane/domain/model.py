@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from keyplane.domain.errors import InvalidArgument
+from keyplane.domain.timefmt import format_ts
 
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
@@ -149,7 +150,6 @@ def enforcement_view(key: ApiKey) -> dict[str, Any]:
 
     Digests only (two during a rotation's grace period), never a secret.
     """
-    from keyplane.domain.timefmt import format_ts
 
     def ts(value: datetime | None) -> str | None:
         return None if value is None else format_ts(value)
