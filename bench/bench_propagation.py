@@ -50,7 +50,7 @@ BACKGROUND_THREADS = 6
 SNAPSHOT_KEYS = int(os.environ.get("BENCH_KEYS", "100000"))
 CHANGE_TIMEOUT = 5.0  # a change not enforced on both gateways by then counts as timed out
 # bound on one measured phase (the run stops short of CHANGES then)
-PHASE_SECONDS = float(os.environ.get("BENCH_PHASE_SECONDS", "60"))
+PHASE_SECONDS = float(os.environ.get("BENCH_PHASE_SECONDS", "180"))
 
 
 # -- background load (a separate process, so it does not share the poller's GIL) ----------------
