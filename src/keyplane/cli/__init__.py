@@ -1,0 +1,26 @@
+"""The ``keyplane`` command, one module per family of subcommands:
+
+- ``serve`` / ``up`` / ``trial`` (:mod:`keyplane.cli.serve`): run the system;
+- ``admin`` (:mod:`keyplane.cli.admin`): operators, straight on the database;
+- ``keys`` / ``models`` / ``endpoints`` / ``audit`` (:mod:`keyplane.cli.team`): management-key
+  holders, over HTTP through :mod:`keyplane.client`.
+"""
+
+from __future__ import annotations
+
+import click
+
+from keyplane.cli import admin, serve
+
+
+@click.group()
+def main() -> None:
+    """keyplane: Management API for inference API keys, and the gateways that enforce them."""
+
+
+main.add_command(serve.serve)
+main.add_command(serve.up)
+main.add_command(serve.trial)
+main.add_command(admin.admin)
+
+__all__ = ["main"]
