@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import structlog
-from fastapi import APIRouter, Depends, FastAPI, Header, Query, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keyplane import __version__
@@ -83,12 +83,23 @@ def create_app(settings: Settings, ctx: Context, notifier: ChangeNotifier | None
     app.state.ctx = ctx
     app.state.settings = settings
     errors.install(app)
-    router = APIRouter(route_class=make_route_class(settings.max_body_bytes))
+    async def authenticate_first(request: Request) -> None:
+        # Before the body is read: an unauthenticated caller costs no parsing work.
+        found = await asyncio.to_thread(
+            authenticate, ctx, request.headers.get("authorization")
+        )
+        request.state.principal = found
+
+    router = APIRouter(
+        route_class=make_route_class(settings.max_body_bytes, authenticate_first)
+    )
 
     def principal(
+        request: Request,
         authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
     ) -> Principal:
-        return authenticate(ctx, authorization)
+        known: Principal | None = getattr(request.state, "principal", None)
+        return known if known is not None else authenticate(ctx, authorization)
 
     # The checks do no I/O: async, so they cost no thread-pool hop.
     def rpc(name: str) -> Any:

@@ -1,0 +1,1 @@
+"""Fixtures of the hostile-input suite: real processes on loopback, attacked from outside."""
