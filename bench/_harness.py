@@ -153,7 +153,7 @@ def populate(
     from keyplane.domain import keysecrets
     from keyplane.domain.model import ApiKey, SecretDigest, enforcement_view
     from keyplane.runtime import open_context
-    from keyplane.storage import tables as t
+    from keyplane.storage import tables
     from keyplane.storage.repository import _api_key_values, current_revision
 
     rng = random.Random(0xB0B)
@@ -163,8 +163,8 @@ def populate(
     try:
         with ctx.db.read() as conn:
             user_id = conn.execute(
-                select(t.management_keys.c.owner_user_id).where(
-                    t.management_keys.c.team_id == team_id
+                select(tables.management_keys.c.owner_user_id).where(
+                    tables.management_keys.c.team_id == team_id
                 )
             ).scalar_one()
         prefix = ctx.api_key_prefix
@@ -175,7 +175,7 @@ def populate(
             n = min(batch, count - done)
             with ctx.db.write() as conn:
                 start_rev = current_revision(conn) + 1
-                conn.execute(update(t.revision_counter).values(value=start_rev + n - 1))
+                conn.execute(update(tables.revision_counter).values(value=start_rev + n - 1))
                 keys_rows, secret_rows, acl_rows, change_rows, audit_rows = [], [], [], [], []
                 for i in range(n):
                     seq = done + i
@@ -187,7 +187,7 @@ def populate(
                         team_id=team_id,
                         user_id=user_id,
                         name=f"bulk key {seq}",
-                        redacted_api_key=keysecrets.redact(secret, prefix),
+                        redacted=keysecrets.redact(secret, prefix),
                         create_time=now,
                         modify_time=now,
                         modified_by=user_id,
@@ -230,15 +230,15 @@ def populate(
                             "operation": "CreateApiKey",
                             "entity_type": "API_KEY",
                             "entity_id": key.api_key_id,
-                            "description": f"Created API key {key.name!r} ({key.redacted_api_key})",
+                            "description": f"Created API key {key.name!r} ({key.redacted})",
                         }
                     )
                 for table, rows in (
-                    (t.api_keys, keys_rows),
-                    (t.api_key_secrets, secret_rows),
-                    (t.api_key_acls, acl_rows),
-                    (t.change_log, change_rows),
-                    (t.audit_events, audit_rows),
+                    (tables.api_keys, keys_rows),
+                    (tables.api_key_secrets, secret_rows),
+                    (tables.api_key_acls, acl_rows),
+                    (tables.change_log, change_rows),
+                    (tables.audit_events, audit_rows),
                 ):
                     _insert_many(conn, table, rows)
             if not first_revision:

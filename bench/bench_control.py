@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _harness as h
+import _harness as harness
 import httpx
 
 KEYS = int(os.environ.get("BENCH_KEYS", "100000"))
@@ -53,7 +53,7 @@ def bench_creates(url: str, team_id: str, secret: str, server_pid: int) -> dict[
 
     def worker() -> None:
         nonlocal issued
-        with h.mgmt_client(url, secret) as client:
+        with harness.mgmt_client(url, secret) as client:
             while True:
                 with lock:
                     if issued >= CREATES or time.perf_counter() >= deadline:
@@ -80,11 +80,11 @@ def bench_creates(url: str, team_id: str, secret: str, server_pid: int) -> dict[
                         errors[status] = errors.get(status, 0) + 1
 
     # warm-up: connection setup, first-request imports, SQLite page cache
-    with h.mgmt_client(url, secret) as client:
+    with harness.mgmt_client(url, secret) as client:
         for i in range(20):
             client.post(f"/auth/teams/{team_id}/api-keys", json={"name": f"warm {i}"})
 
-    server_cpu0 = h.cpu_seconds(server_pid)
+    server_cpu0 = harness.cpu_seconds(server_pid)
     client_cpu0 = sum(os.times()[:2])
     threads = [threading.Thread(target=worker) for _ in range(CLIENTS)]
     start = time.perf_counter()
@@ -99,10 +99,10 @@ def bench_creates(url: str, team_id: str, secret: str, server_pid: int) -> dict[
         "errors": errors,
         "elapsed": elapsed,
         "rate": len(latencies) / elapsed,
-        "p50": h.percentile(latencies, 50),
-        "p99": h.percentile(latencies, 99),
+        "p50": harness.percentile(latencies, 50),
+        "p99": harness.percentile(latencies, 99),
         "max": max(latencies) if latencies else float("nan"),
-        "server_cpu": h.cpu_seconds(server_pid) - server_cpu0,
+        "server_cpu": harness.cpu_seconds(server_pid) - server_cpu0,
         "client_cpu": sum(os.times()[:2]) - client_cpu0,
     }
 
@@ -112,7 +112,7 @@ def bench_list(url: str, team_id: str, secret: str) -> dict[str, Any]:
     first: list[float] = []
     walk: list[float] = []
     walked_keys = 0
-    with h.mgmt_client(url, secret) as client:
+    with harness.mgmt_client(url, secret) as client:
         for _ in range(10):  # warm-up
             client.get(path, params={"pageSize": PAGE_SIZE}).raise_for_status()
         for _ in range(FIRST_PAGE_REQUESTS):
@@ -184,17 +184,17 @@ def run_backend(backend: str, tmp: Path, pg: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"backend": backend}
     if backend == "postgresql":
         url = pg.database("bench_control")
-        dep = h.Deployment(tmp / backend, top_config=f'database_url = "{url}"')
+        dep = harness.Deployment(tmp / backend, top_config=f'database_url = "{url}"')
         out["store"] = pg.label()
     else:
-        dep = h.Deployment(tmp / backend)
+        dep = harness.Deployment(tmp / backend)
         out["store"] = "SQLite (WAL, synchronous=NORMAL, the default)"
     try:
         big_team, big_secret = dep.create_team("bench-100k")
         create_team, create_secret = dep.create_team("bench-creates")
-        h.log(f"{backend}: populating {KEYS} keys in-process ...")
-        out["loaded"] = h.populate(dep, big_team, KEYS, progress=h.log)
-        h.log(f"{backend}: populated in {out['loaded'].seconds:.1f}s")
+        harness.log(f"{backend}: populating {KEYS} keys in-process ...")
+        out["loaded"] = harness.populate(dep, big_team, KEYS, progress=harness.log)
+        harness.log(f"{backend}: populated in {out['loaded'].seconds:.1f}s")
         if backend == "postgresql":
             t0 = time.perf_counter()
             pg.execute("VACUUM ANALYZE", "bench_control")
@@ -203,24 +203,26 @@ def run_backend(backend: str, tmp: Path, pg: Any) -> dict[str, Any]:
         t0 = time.perf_counter()
         control = dep.start_control()
         out["ready_s"] = time.perf_counter() - t0
-        pid = h.pid_of(control)
+        pid = harness.pid_of(control)
         time.sleep(1.0)
-        out["rss_idle"] = h.rss_kib(pid)
+        out["rss_idle"] = harness.rss_kib(pid)
 
-        h.log(f"{backend}: list: first page and page walk ...")
+        harness.log(f"{backend}: list: first page and page walk ...")
         out["list"] = bench_list(dep.control_url, big_team, big_secret)
-        out["rss_after_list"] = h.rss_kib(pid)
+        out["rss_after_list"] = harness.rss_kib(pid)
 
-        h.log(f"{backend}: list: everything in one answer (no pageSize) ...")
+        harness.log(f"{backend}: list: everything in one answer (no pageSize) ...")
         out["all"] = bench_list_all(dep.control_url, big_team, big_secret)
-        out["rss_after_all"] = h.rss_kib(pid)
+        out["rss_after_all"] = harness.rss_kib(pid)
 
-        h.log(f"{backend}: creates: {CLIENTS} clients, up to {CREATES} or {CREATE_SECONDS:.0f}s")
+        harness.log(
+            f"{backend}: creates: {CLIENTS} clients, up to {CREATES} or {CREATE_SECONDS:.0f}s"
+        )
         pg_cpu0 = pg.cpu_seconds() if pg is not None else 0.0
         out["creates"] = bench_creates(dep.control_url, create_team, create_secret, pid)
         if pg is not None:
             out["store_cpu"] = pg.cpu_seconds() - pg_cpu0
-        out["rss_after_creates"] = h.rss_kib(pid)
+        out["rss_after_creates"] = harness.rss_kib(pid)
         if backend == "postgresql":
             size = pg.execute("SELECT pg_database_size('bench_control')")
             out["db_mib"] = int(size) / (1 << 20)
@@ -244,7 +246,7 @@ def _ratio(a: float, b: float) -> str:
 def side_by_side(results: dict[str, dict[str, Any]]) -> str:
     """One row per measure, one column per store, and PostgreSQL ÷ SQLite when both ran."""
     names = list(results)
-    both = names == list(h.BACKENDS)
+    both = names == list(harness.BACKENDS)
 
     def row(label: str, get: Any, fmt: Any) -> list[str]:
         values = [get(results[n]) for n in names]
@@ -254,7 +256,7 @@ def side_by_side(results: dict[str, dict[str, Any]]) -> str:
         return cells
 
     def pct(name: str, p: float) -> Any:
-        return lambda r: h.percentile(r["list"][name], p)
+        return lambda r: harness.percentile(r["list"][name], p)
 
     def deepest(r: dict[str, Any]) -> list[float]:
         by_depth = r["list"]["by_depth"]
@@ -275,34 +277,34 @@ def side_by_side(results: dict[str, dict[str, Any]]) -> str:
     secs = "{:.1f} s".format
     rows = [
         row("(a) creates/s, 8 concurrent clients", lambda r: r["creates"]["rate"], rate),
-        row("(a) create latency p50", lambda r: r["creates"]["p50"], h.ms),
-        row("(a) create latency p99", lambda r: r["creates"]["p99"], h.ms),
-        row("(a) control-plane CPU per create", per_create_ms, h.ms),
-        row("(a) PostgreSQL server CPU per create", store_per_create, h.ms),
-        row(f"(b) list first page p50 ({KEYS:,} keys)", pct("first", 50), h.ms),
-        row(f"(b) list first page p99 ({KEYS:,} keys)", pct("first", 99), h.ms),
-        row("(b) list page walk p50", pct("walk", 50), h.ms),
-        row("(b) list page walk p99", pct("walk", 99), h.ms),
-        row("(b) deepest page p50", lambda r: h.percentile(deepest(r), 50), h.ms),
-        row("(b) deepest page p99", lambda r: h.percentile(deepest(r), 99), h.ms),
-        row("(b) unpaged list of every key", lambda r: r["all"][0], h.ms),
-        row("(c) RSS idle, 1 s after start", rss("rss_idle"), h.mib),
-        row("(c) RSS after the paged list", rss("rss_after_list"), h.mib),
-        row("(c) RSS after the unpaged list", rss("rss_after_all"), h.mib),
-        row("(c) RSS after the creates", rss("rss_after_creates"), h.mib),
+        row("(a) create latency p50", lambda r: r["creates"]["p50"], harness.ms),
+        row("(a) create latency p99", lambda r: r["creates"]["p99"], harness.ms),
+        row("(a) control-plane CPU per create", per_create_ms, harness.ms),
+        row("(a) PostgreSQL server CPU per create", store_per_create, harness.ms),
+        row(f"(b) list first page p50 ({KEYS:,} keys)", pct("first", 50), harness.ms),
+        row(f"(b) list first page p99 ({KEYS:,} keys)", pct("first", 99), harness.ms),
+        row("(b) list page walk p50", pct("walk", 50), harness.ms),
+        row("(b) list page walk p99", pct("walk", 99), harness.ms),
+        row("(b) deepest page p50", lambda r: harness.percentile(deepest(r), 50), harness.ms),
+        row("(b) deepest page p99", lambda r: harness.percentile(deepest(r), 99), harness.ms),
+        row("(b) unpaged list of every key", lambda r: r["all"][0], harness.ms),
+        row("(c) RSS idle, 1 s after start", rss("rss_idle"), harness.mib),
+        row("(c) RSS after the paged list", rss("rss_after_list"), harness.mib),
+        row("(c) RSS after the unpaged list", rss("rss_after_all"), harness.mib),
+        row("(c) RSS after the creates", rss("rss_after_creates"), harness.mib),
         row("server ready after spawn", lambda r: r["ready_s"], "{:.2f} s".format),
         row("store size on disk after the run", lambda r: r["db_mib"], "{:.0f} MiB".format),
         row("(setup) in-process load of the keys", lambda r: r["loaded"].seconds, secs),
     ]
-    columns = ["measure", *(h.BACKEND_NAMES[n] for n in names)]
+    columns = ["measure", *(harness.BACKEND_NAMES[n] for n in names)]
     if both:
         columns.append("PostgreSQL ÷ SQLite")
-    return h.table(columns, rows)
+    return harness.table(columns, rows)
 
 
 def details(res: dict[str, Any]) -> list[str]:
     """The full tables of one store (the report this bench printed before it had backends)."""
-    report: list[str] = [f"#### {h.BACKEND_NAMES[res['backend']]}: {res['store']}\n"]
+    report: list[str] = [f"#### {harness.BACKEND_NAMES[res['backend']]}: {res['store']}\n"]
     loaded, cr, lst = res["loaded"], res["creates"], res["list"]
     all_s, all_keys, all_bytes = res["all"]
     vacuum = f", VACUUM ANALYZE {res['vacuum_s']:.1f} s" if "vacuum_s" in res else ""
@@ -314,7 +316,7 @@ def details(res: dict[str, Any]) -> list[str]:
     errors = cr["errors"] or {}
     report.append("**(a) CreateApiKey, sustained, 8 concurrent HTTP clients**\n")
     report.append(
-        h.table(
+        harness.table(
             [
                 "creates",
                 "errors",
@@ -332,9 +334,9 @@ def details(res: dict[str, Any]) -> list[str]:
                     sum(errors.values()) if errors else 0,
                     f"{cr['elapsed']:.1f} s",
                     f"{cr['rate']:.0f}",
-                    h.ms(cr["p50"]),
-                    h.ms(cr["p99"]),
-                    h.ms(cr["max"]),
+                    harness.ms(cr["p50"]),
+                    harness.ms(cr["p99"]),
+                    harness.ms(cr["max"]),
                     f"{cr['server_cpu']:.1f} s ({cr['server_cpu'] / cr['elapsed'] * 100:.0f} %)",
                     f"{cr['client_cpu']:.1f} s",
                 ]
@@ -354,60 +356,60 @@ def details(res: dict[str, Any]) -> list[str]:
         [
             "first page (no token)",
             len(first),
-            h.ms(h.percentile(first, 50)),
-            h.ms(h.percentile(first, 99)),
-            h.ms(max(first)),
+            harness.ms(harness.percentile(first, 50)),
+            harness.ms(harness.percentile(first, 99)),
+            harness.ms(max(first)),
         ],
         [
             "walk with paginationToken"
             + (" (complete)" if lst["complete"] else f" ({lst['walked_keys']:,} keys, cut)"),
             len(walk),
-            h.ms(h.percentile(walk, 50)),
-            h.ms(h.percentile(walk, 99)),
-            h.ms(max(walk)),
+            harness.ms(harness.percentile(walk, 50)),
+            harness.ms(harness.percentile(walk, 99)),
+            harness.ms(max(walk)),
         ],
         [
             "  walk, first 10 % of pages",
             len(lst["walk_head"]),
-            h.ms(h.percentile(lst["walk_head"], 50)),
-            h.ms(h.percentile(lst["walk_head"], 99)),
-            h.ms(max(lst["walk_head"])),
+            harness.ms(harness.percentile(lst["walk_head"], 50)),
+            harness.ms(harness.percentile(lst["walk_head"], 99)),
+            harness.ms(max(lst["walk_head"])),
         ],
         [
             "  walk, last 10 % of pages",
             len(lst["walk_tail"]),
-            h.ms(h.percentile(lst["walk_tail"], 50)),
-            h.ms(h.percentile(lst["walk_tail"], 99)),
-            h.ms(max(lst["walk_tail"])),
+            harness.ms(harness.percentile(lst["walk_tail"], 50)),
+            harness.ms(harness.percentile(lst["walk_tail"], 99)),
+            harness.ms(max(lst["walk_tail"])),
         ],
         *[
             [
                 f"page after {depth:,} keys (interleaved A/B)",
                 len(values),
-                h.ms(h.percentile(values, 50)),
-                h.ms(h.percentile(values, 99)),
-                h.ms(max(values)),
+                harness.ms(harness.percentile(values, 50)),
+                harness.ms(harness.percentile(values, 99)),
+                harness.ms(max(values)),
             ]
             for depth, values in lst["by_depth"].items()
         ],
         [
             f"no pageSize (all {all_keys:,} keys, {all_bytes / (1 << 20):.0f} MiB)",
             1,
-            h.ms(all_s),
+            harness.ms(all_s),
             "",
             "",
         ],
     ]
-    report.append(h.table(["request", "n", "p50", "p99", "max"], rows))
+    report.append(harness.table(["request", "n", "p50", "p99", "max"], rows))
     report.append("\n**(c) Control-plane RSS (VmRSS)**\n")
     report.append(
-        h.table(
+        harness.table(
             ["moment", "RSS"],
             [
-                [f"idle, 1 s after start ({KEYS:,} keys in store)", h.mib(res["rss_idle"])],
-                ["after the paged list runs", h.mib(res["rss_after_list"])],
-                ["after one unpaged list of all keys", h.mib(res["rss_after_all"])],
-                [f"after {cr['ok']} creates", h.mib(res["rss_after_creates"])],
+                [f"idle, 1 s after start ({KEYS:,} keys in store)", harness.mib(res["rss_idle"])],
+                ["after the paged list runs", harness.mib(res["rss_after_list"])],
+                ["after one unpaged list of all keys", harness.mib(res["rss_after_all"])],
+                [f"after {cr['ok']} creates", harness.mib(res["rss_after_creates"])],
             ],
         )
     )
@@ -415,15 +417,15 @@ def details(res: dict[str, Any]) -> list[str]:
 
 
 def main() -> None:
-    backends = h.backends_option("Control-plane benchmark: SQLite and/or PostgreSQL")
-    title = " vs ".join(h.BACKEND_NAMES[b] for b in backends)
-    report: list[str] = [h.header(f"Control plane (keyplane serve control, {title})")]
+    backends = harness.backends_option("Control-plane benchmark: SQLite and/or PostgreSQL")
+    title = " vs ".join(harness.BACKEND_NAMES[b] for b in backends)
+    report: list[str] = [harness.header(f"Control plane (keyplane serve control, {title})")]
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="keyplane-bench-control-") as tmp:
         for backend in backends:
             if backend == "postgresql":
-                h.log("postgresql: starting a throwaway server ...")
-                with h.ThrowawayPostgres() as pg:
+                harness.log("postgresql: starting a throwaway server ...")
+                with harness.ThrowawayPostgres() as pg:
                     results[backend] = run_backend(backend, Path(tmp), pg)
             else:
                 results[backend] = run_backend(backend, Path(tmp), None)
@@ -434,7 +436,7 @@ def main() -> None:
         f"walk of up to {WALK_MAX_PAGES} pages, {DEPTH_ROUNDS} interleaved rounds at 3 depths), "
         f"then (a) creates from {CLIENTS} clients (up to {CREATES:,} or "
         f"{CREATE_SECONDS:.0f} s). Stores: "
-        + "; ".join(f"{h.BACKEND_NAMES[n]}: {r['store']}" for n, r in results.items())
+        + "; ".join(f"{harness.BACKEND_NAMES[n]}: {r['store']}" for n, r in results.items())
         + ". The control plane and the store share this machine's cores with the load "
         "generator.\n"
     )
@@ -442,10 +444,10 @@ def main() -> None:
     for res in results.values():
         report.append("")
         report += details(res)
-    report.append(h.footer())
+    report.append(harness.footer())
     print("\n".join(report), flush=True)
 
 
 if __name__ == "__main__":
-    h.stop_servers_on_sigterm()
+    harness.stop_servers_on_sigterm()
     main()

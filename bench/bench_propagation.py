@@ -39,7 +39,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _harness as h
+import _harness as harness
 import httpx
 
 CLUSTERS = ("us-east-1", "eu-west-1")
@@ -74,7 +74,7 @@ def background(
 
     def worker() -> None:
         nonlocal issued
-        with h.mgmt_client(url, secret) as client:
+        with harness.mgmt_client(url, secret) as client:
             while not stop.is_set():
                 with lock:
                     n = issued
@@ -154,7 +154,7 @@ def measure(
     started = time.perf_counter()
     n = 0
     try:
-        with h.mgmt_client(control_url, secret) as client:
+        with harness.mgmt_client(control_url, secret) as client:
             while n < changes and time.perf_counter() - started < PHASE_SECONDS:
                 # create
                 m0 = time.perf_counter()
@@ -234,10 +234,10 @@ def latency_rows(label: str, result: dict[str, Any]) -> list[list[Any]]:
                 op,
                 len(values),
                 tmo,
-                h.ms(h.percentile(values, 50)),
-                h.ms(h.percentile(values, 90)),
-                h.ms(h.percentile(values, 99)),
-                h.ms(max(values)) if values else "n/a",
+                harness.ms(harness.percentile(values, 50)),
+                harness.ms(harness.percentile(values, 90)),
+                harness.ms(harness.percentile(values, 99)),
+                harness.ms(max(values)) if values else "n/a",
             ]
         )
     return rows
@@ -250,7 +250,7 @@ def wait_synced(url: str, revision: int | None = None, timeout: float = 30.0) ->
             return body
         return None
 
-    found: dict[str, Any] = h.wait_for(ok, timeout=timeout, what=f"gateway {url} synced")
+    found: dict[str, Any] = harness.wait_for(ok, timeout=timeout, what=f"gateway {url} synced")
     return found
 
 
@@ -262,10 +262,12 @@ def latency_phase(tmp: Path, backend: str = "sqlite", pg: Any = None) -> dict[st
     if pg is not None:
         url = pg.database("bench_propagation")
         top = f'database_url = "{url}"'
-        dep = h.Deployment(tmp / f"latency-{backend}", clusters=list(CLUSTERS), top_config=top)
+        dep = harness.Deployment(
+            tmp / f"latency-{backend}", clusters=list(CLUSTERS), top_config=top
+        )
         out["store"] = pg.label()
     else:
-        dep = h.Deployment(tmp / f"latency-{backend}", clusters=list(CLUSTERS))
+        dep = harness.Deployment(tmp / f"latency-{backend}", clusters=list(CLUSTERS))
         out["store"] = "SQLite (WAL, synchronous=NORMAL, the default)"
     stop = results = proc = None
     try:
@@ -279,10 +281,10 @@ def latency_phase(tmp: Path, backend: str = "sqlite", pg: Any = None) -> dict[st
         # warm-up: a few changes, not counted
         measure(dep.control_url, urls, team, secret, 9)
 
-        h.log(f"{backend}: latency, idle: {IDLE_CHANGES} changes ...")
+        harness.log(f"{backend}: latency, idle: {IDLE_CHANGES} changes ...")
         out["idle"] = measure(dep.control_url, urls, team, secret, IDLE_CHANGES)
 
-        h.log(
+        harness.log(
             f"{backend}: latency under load: background {BACKGROUND_RATE:.0f} changes/s, "
             f"up to {CHANGES} changes or {PHASE_SECONDS:.0f} s"
         )
@@ -295,12 +297,12 @@ def latency_phase(tmp: Path, backend: str = "sqlite", pg: Any = None) -> dict[st
         )
         proc.start()
         time.sleep(3.0)  # let the background settle into its rate
-        cpu0 = {p.name: h.cpu_seconds(h.pid_of(p)) for p in dep.procs}
+        cpu0 = {p.name: harness.cpu_seconds(harness.pid_of(p)) for p in dep.procs}
         pg_cpu0 = pg.cpu_seconds() if pg is not None else 0.0
         window = (time.time(), 0.0)
         loaded = measure(dep.control_url, urls, team, secret, CHANGES)
         window = (window[0], time.time())
-        cpu = {p.name: h.cpu_seconds(h.pid_of(p)) - cpu0[p.name] for p in dep.procs}
+        cpu = {p.name: harness.cpu_seconds(harness.pid_of(p)) - cpu0[p.name] for p in dep.procs}
         if pg is not None:
             cpu["postgresql (all its processes)"] = pg.cpu_seconds() - pg_cpu0
         stop.set()
@@ -312,7 +314,7 @@ def latency_phase(tmp: Path, backend: str = "sqlite", pg: Any = None) -> dict[st
         out["bg_errors"] = bg["errors"]
         out["cpu"] = {k: v / (window[1] - window[0]) for k, v in cpu.items()}
         out["gateway_revision"] = [httpx.get(u + "/healthz").json()["revision"] for u in urls]
-        out["rss"] = {p.name: h.rss_kib(h.pid_of(p)) for p in dep.procs}
+        out["rss"] = {p.name: harness.rss_kib(harness.pid_of(p)) for p in dep.procs}
     finally:
         if stop is not None:
             stop.set()
@@ -324,19 +326,19 @@ def latency_phase(tmp: Path, backend: str = "sqlite", pg: Any = None) -> dict[st
 
 
 def snapshot_phase(tmp: Path) -> dict[str, Any]:
-    dep = h.Deployment(tmp / "snapshot", clusters=list(CLUSTERS))
+    dep = harness.Deployment(tmp / "snapshot", clusters=list(CLUSTERS))
     out: dict[str, Any] = {}
     try:
         team, _secret = dep.create_team("snapshot")
-        h.log(f"snapshot: populating {SNAPSHOT_KEYS} keys in-process ...")
-        loaded = h.populate(dep, team, SNAPSHOT_KEYS)
-        h.log(f"populated in {loaded.seconds:.1f}s")
+        harness.log(f"snapshot: populating {SNAPSHOT_KEYS} keys in-process ...")
+        loaded = harness.populate(dep, team, SNAPSHOT_KEYS)
+        harness.log(f"populated in {loaded.seconds:.1f}s")
         out["populate_s"] = loaded.seconds
-        current = h.current_revision(dep)
+        current = harness.current_revision(dep)
         out["revision"] = current
         control = dep.start_control()
-        control_pid = h.pid_of(control)
-        out["control_rss_before"] = h.rss_kib(control_pid)
+        control_pid = harness.pid_of(control)
+        out["control_rss_before"] = harness.rss_kib(control_pid)
         sample_id, sample_secret = loaded.samples[0]
 
         cluster = CLUSTERS[0]
@@ -344,10 +346,10 @@ def snapshot_phase(tmp: Path) -> dict[str, Any]:
 
         def sample_peak(pid: int, until: threading.Event) -> None:
             while not until.is_set():
-                peak[0] = max(peak[0], h.rss_kib(pid) or 0)
+                peak[0] = max(peak[0], harness.rss_kib(pid) or 0)
                 until.wait(0.05)
 
-        h.log("snapshot: fresh gateway ...")
+        harness.log("snapshot: fresh gateway ...")
         gw = dep.gateway(cluster)
         done = threading.Event()
         watcher = threading.Thread(target=sample_peak, args=(control_pid, done), daemon=True)
@@ -363,17 +365,17 @@ def snapshot_phase(tmp: Path) -> dict[str, Any]:
         r = httpx.get(gw.url + "/v1/api-key", headers={"Authorization": f"Bearer {sample_secret}"})
         assert r.status_code == 200, r.text
         assert r.json()["api_key_id"] == sample_id, r.text
-        gpid = h.pid_of(gw)
-        out["fresh_rss"] = h.rss_kib(gpid)
+        gpid = harness.pid_of(gw)
+        out["fresh_rss"] = harness.rss_kib(gpid)
         time.sleep(2.0)
-        out["fresh_rss_2s"] = h.rss_kib(gpid)
-        out["control_rss_after"] = h.rss_kib(control_pid)
+        out["fresh_rss_2s"] = harness.rss_kib(gpid)
+        out["control_rss_after"] = harness.rss_kib(control_pid)
         replica_db = dep.data_dir / "gateways" / cluster / "replica.db"
         out["replica_mib"] = sum(
             p.stat().st_size for p in replica_db.parent.glob("replica.db*")
         ) / (1 << 20)
 
-        h.log("snapshot: restart on the local replica ...")
+        harness.log("snapshot: restart on the local replica ...")
         gw.stop()
         again = dep.gateway(cluster)
         t0 = time.perf_counter()
@@ -386,7 +388,7 @@ def snapshot_phase(tmp: Path) -> dict[str, Any]:
         assert r.status_code == 200, r.text
         wait_synced(again.url, current, timeout=60)
         out["restart_synced_s"] = time.perf_counter() - t0
-        out["restart_rss"] = h.rss_kib(h.pid_of(again))
+        out["restart_rss"] = harness.rss_kib(harness.pid_of(again))
     finally:
         dep.stop_all()
     return out
@@ -399,9 +401,9 @@ def _every(result: dict[str, Any]) -> list[float]:
 def side_by_side(lats: dict[str, dict[str, Any]]) -> str:
     """One row per measure, one column per store, and PostgreSQL ÷ SQLite when both ran."""
     names = list(lats)
-    both = names == list(h.BACKENDS)
+    both = names == list(harness.BACKENDS)
 
-    def row(label: str, get: Any, fmt: Any = h.ms) -> list[str]:
+    def row(label: str, get: Any, fmt: Any = harness.ms) -> list[str]:
         values = [get(lats[n]) for n in names]
         cells = [label, *(fmt(v) if v is not None else "—" for v in values)]
         if both:
@@ -412,7 +414,7 @@ def side_by_side(lats: dict[str, dict[str, Any]]) -> str:
     def pct(phase: str, p: float, op: str | None = None) -> Any:
         def get(lat: dict[str, Any]) -> float:
             res = lat[phase]
-            return h.percentile(res["lat"][op] if op else _every(res), p)
+            return harness.percentile(res["lat"][op] if op else _every(res), p)
 
         return get
 
@@ -423,7 +425,7 @@ def side_by_side(lats: dict[str, dict[str, Any]]) -> str:
         return lambda lat: sum(lat[phase]["timeouts"].values())
 
     def mutation(phase: str, p: float) -> Any:
-        return lambda lat: h.percentile(lat[phase]["mutation"], p)
+        return lambda lat: harness.percentile(lat[phase]["mutation"], p)
 
     def cpu(name: str) -> Any:
         return lambda lat: lat["cpu"].get(name)
@@ -451,15 +453,15 @@ def side_by_side(lats: dict[str, dict[str, Any]]) -> str:
         row("loaded: PostgreSQL server CPU", cpu("postgresql (all its processes)"), share),
         *(row(f"loaded: gateway {c} CPU", cpu(f"gateway-{c}-0"), share) for c in CLUSTERS),
     ]
-    columns = ["measure", *(h.BACKEND_NAMES[n] for n in names)]
+    columns = ["measure", *(harness.BACKEND_NAMES[n] for n in names)]
     if both:
         columns.append("PostgreSQL ÷ SQLite")
-    return h.table(columns, rows)
+    return harness.table(columns, rows)
 
 
 def latency_details(lat: dict[str, Any]) -> list[str]:
     """The full latency tables of one store (this bench's report before it had backends)."""
-    report = [f"#### {h.BACKEND_NAMES[lat['backend']]}: {lat['store']}\n"]
+    report = [f"#### {harness.BACKEND_NAMES[lat['backend']]}: {lat['store']}\n"]
     idle, loaded = lat["idle"], lat["loaded"]
     report.append(
         "Latency = from the HTTP answer of the mutation until BOTH gateways enforce it "
@@ -471,7 +473,9 @@ def latency_details(lat: dict[str, Any]) -> list[str]:
         f"window" + (f", errors {lat['bg_errors']}" if lat["bg_errors"] else "") + ".\n"
     )
     rows = latency_rows("idle", idle) + latency_rows("under background load", loaded)
-    report.append(h.table(["phase", "change", "n", "timeouts", "p50", "p90", "p99", "max"], rows))
+    report.append(
+        harness.table(["phase", "change", "n", "timeouts", "p50", "p90", "p99", "max"], rows)
+    )
     for label, res, want in (("idle", idle, IDLE_CHANGES), ("loaded", loaded, CHANGES)):
         if res["changes"] < want:
             report.append(
@@ -481,16 +485,17 @@ def latency_details(lat: dict[str, Any]) -> list[str]:
     mut = loaded["mutation"]
     report.append(
         f"\nMutation round trip itself (request → answer) under load: "
-        f"p50 {h.ms(h.percentile(mut, 50))}, p99 {h.ms(h.percentile(mut, 99))}; idle: "
-        f"p50 {h.ms(h.percentile(idle['mutation'], 50))}, "
-        f"p99 {h.ms(h.percentile(idle['mutation'], 99))}.\n"
+        f"p50 {harness.ms(harness.percentile(mut, 50))}, "
+        f"p99 {harness.ms(harness.percentile(mut, 99))}; idle: "
+        f"p50 {harness.ms(harness.percentile(idle['mutation'], 50))}, "
+        f"p99 {harness.ms(harness.percentile(idle['mutation'], 99))}.\n"
     )
     report.append("CPU share per process during the loaded window (100 % = one core):\n")
     report.append(
-        h.table(
+        harness.table(
             ["process", "CPU", "RSS at end"],
             [
-                [name, f"{share * 100:.0f} %", h.mib(lat["rss"].get(name))]
+                [name, f"{share * 100:.0f} %", harness.mib(lat["rss"].get(name))]
                 for name, share in lat["cpu"].items()
             ],
         )
@@ -499,17 +504,19 @@ def latency_details(lat: dict[str, Any]) -> list[str]:
 
 
 def main() -> None:
-    backends = h.backends_option("Propagation benchmark: SQLite and/or PostgreSQL")
-    title = " vs ".join(h.BACKEND_NAMES[b] for b in backends)
-    report = [h.header(f"Propagation (control plane + gateways us-east-1, eu-west-1; {title})")]
+    backends = harness.backends_option("Propagation benchmark: SQLite and/or PostgreSQL")
+    title = " vs ".join(harness.BACKEND_NAMES[b] for b in backends)
+    report = [
+        harness.header(f"Propagation (control plane + gateways us-east-1, eu-west-1; {title})")
+    ]
     lats: dict[str, dict[str, Any]] = {}
     snap: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="keyplane-bench-propagation-") as d:
         tmp = Path(d)
         for backend in backends:
             if backend == "postgresql":
-                h.log("postgresql: starting a throwaway server ...")
-                with h.ThrowawayPostgres() as pg:
+                harness.log("postgresql: starting a throwaway server ...")
+                with harness.ThrowawayPostgres() as pg:
                     lats[backend] = latency_phase(tmp, backend, pg)
             else:
                 lats[backend] = latency_phase(tmp, backend)
@@ -521,7 +528,7 @@ def main() -> None:
         f"Per store: up to {IDLE_CHANGES} changes idle, then up to {CHANGES} changes while a "
         f"separate process drives {BACKGROUND_RATE:.0f} other changes/s; each phase bounded at "
         f"{PHASE_SECONDS:.0f} s. Stores: "
-        + "; ".join(f"{h.BACKEND_NAMES[n]}: {lat['store']}" for n, lat in lats.items())
+        + "; ".join(f"{harness.BACKEND_NAMES[n]}: {lat['store']}" for n, lat in lats.items())
         + ".\n"
     )
     report.append(side_by_side(lats))
@@ -537,7 +544,7 @@ def main() -> None:
         report.append("")
         report += latency_details(lat)
     if snap is None:
-        report.append(h.footer())
+        report.append(harness.footer())
         print("\n".join(report), flush=True)
         return
     report.append(
@@ -545,7 +552,7 @@ def main() -> None:
         "control plane on SQLite)\n"
     )
     report.append(
-        h.table(
+        harness.table(
             ["measure", "value"],
             [
                 ["fresh gateway: spawn → port answers /healthz", f"{snap['fresh_port_s']:.2f} s"],
@@ -553,8 +560,8 @@ def main() -> None:
                     "fresh gateway: spawn → /healthz revision == current",
                     f"**{snap['fresh_synced_s']:.2f} s**",
                 ],
-                ["fresh gateway RSS, right after sync", h.mib(snap["fresh_rss"])],
-                ["fresh gateway RSS, 2 s later", h.mib(snap["fresh_rss_2s"])],
+                ["fresh gateway RSS, right after sync", harness.mib(snap["fresh_rss"])],
+                ["fresh gateway RSS, 2 s later", harness.mib(snap["fresh_rss_2s"])],
                 ["gateway replica on disk (replica.db + WAL)", f"{snap['replica_mib']:.0f} MiB"],
                 [
                     "restart on local replica: spawn → /healthz answers",
@@ -568,18 +575,18 @@ def main() -> None:
                     "restart: spawn → synced at current revision",
                     f"{snap['restart_synced_s']:.2f} s",
                 ],
-                ["restarted gateway RSS", h.mib(snap["restart_rss"])],
-                ["control plane RSS before the snapshot", h.mib(snap["control_rss_before"])],
-                ["control plane RSS peak while serving it", h.mib(snap["control_rss_peak"])],
-                ["control plane RSS after", h.mib(snap["control_rss_after"])],
+                ["restarted gateway RSS", harness.mib(snap["restart_rss"])],
+                ["control plane RSS before the snapshot", harness.mib(snap["control_rss_before"])],
+                ["control plane RSS peak while serving it", harness.mib(snap["control_rss_peak"])],
+                ["control plane RSS after", harness.mib(snap["control_rss_after"])],
                 ["(in-process load of the keys, bench setup)", f"{snap['populate_s']:.1f} s"],
             ],
         )
     )
-    report.append(h.footer())
+    report.append(harness.footer())
     print("\n".join(report), flush=True)
 
 
 if __name__ == "__main__":
-    h.stop_servers_on_sigterm()
+    harness.stop_servers_on_sigterm()
     main()

@@ -64,7 +64,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with log.open("w") as stderr:
         proc = subprocess.Popen(
             [
-                sys.executable, "-m", "keyplane.models", "--host", "127.0.0.1", "--port", "0",
+                sys.executable, "-m", "keyplane.modelserver", "--host", "127.0.0.1", "--port", "0",
                 "--latency-ms", "0", "--token-latency-ms", "0", "--models", ",".join(MODELS),
             ],
             stdout=subprocess.PIPE,

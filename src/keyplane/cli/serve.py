@@ -62,8 +62,8 @@ def serve_models(
     token_latency_ms: float,
 ) -> None:
     """The built-in OpenAI-compatible model server (deterministic, no weights)."""
-    from keyplane.models.config import ModelServerConfig
-    from keyplane.models.server import serve as serve_model_server
+    from keyplane.modelserver.config import ModelServerConfig
+    from keyplane.modelserver.server import serve as serve_model_server
 
     settings = load(config)
     logs.configure(settings.log_level)

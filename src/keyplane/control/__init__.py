@@ -1,1 +1,10 @@
-"""keyplane.control."""
+"""The control room: the Management API over HTTP (FastAPI).
+
+Owns the routes, the request and response schemas (``schemas``), rendering domain objects as JSON
+(``render``), lenient body reading (``lenient``) and the control plane's one error map
+(``errors``: domain errors to HTTP status codes and bodies). Routes parse, call a use case in
+``keyplane.services`` and render; no SQL and no rules here.
+
+May import: ``keyplane.domain``, ``keyplane.services``, ``keyplane.storage`` (for wiring only),
+``keyplane.propagation`` (to mount the feed), ``keyplane.catalog`` and ``keyplane.settings``.
+"""

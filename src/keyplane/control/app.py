@@ -10,13 +10,12 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import structlog
-from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keyplane import __version__
 from keyplane.catalog import Catalog
-from keyplane.control import errors, render
-from keyplane.control import schemas as s
+from keyplane.control import errors, render, schemas
 from keyplane.control.lenient import make_route_class
 from keyplane.domain.errors import InvalidArgument
 from keyplane.domain.timefmt import parse_ts
@@ -31,8 +30,11 @@ from keyplane.settings import Settings
 log = structlog.get_logger("keyplane.control")
 
 JSON = "application/json"
+#: Path parameters: snake_case in Python, the contract's camelCase on the wire.
+TeamId = Annotated[str, Path(alias="teamId")]
+ApiKeyId = Annotated[str, Path(alias="apiKeyId")]
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": s.ErrorOut} for code in (400, 401, 403, 404, 413, 415)
+    code: {"model": schemas.ErrorOut} for code in (400, 401, 403, 404, 413, 415)
 }
 
 
@@ -83,18 +85,15 @@ def create_app(settings: Settings, ctx: Context, notifier: ChangeNotifier | None
     app.state.ctx = ctx
     app.state.settings = settings
     errors.install(app)
+
     async def authenticate_first(request: Request) -> None:
         # Before the body is read: an unauthenticated caller costs no parsing work.
-        found = await asyncio.to_thread(
-            authenticate, ctx, request.headers.get("authorization")
-        )
+        found = await asyncio.to_thread(authenticate, ctx, request.headers.get("authorization"))
         request.state.principal = found
 
-    router = APIRouter(
-        route_class=make_route_class(settings.max_body_bytes, authenticate_first)
-    )
+    router = APIRouter(route_class=make_route_class(settings.max_body_bytes, authenticate_first))
 
-    def principal(
+    def current_principal(
         request: Request,
         authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
     ) -> Principal:
@@ -103,41 +102,43 @@ def create_app(settings: Settings, ctx: Context, notifier: ChangeNotifier | None
 
     # The checks do no I/O: async, so they cost no thread-pool hop.
     def rpc(name: str) -> Any:
-        async def check(p: Annotated[Principal, Depends(principal)]) -> Principal:
-            p.require(name)
-            return p
+        async def check(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+            principal.require(name)
+            return principal
 
         return Depends(check)
 
     def team_check(name: str) -> Any:
         """The RPC's ACL, then the team in the path must be the key's own."""
 
-        async def check(teamId: str, p: Annotated[Principal, Depends(principal)]) -> Principal:
-            p.require(name)
-            p.require_team(teamId)
-            return p
+        async def check(
+            team_id: TeamId, principal: Annotated[Principal, Depends(current_principal)]
+        ) -> Principal:
+            principal.require(name)
+            principal.require_team(team_id)
+            return principal
 
         return Depends(check)
 
     @router.post(
         "/auth/teams/{teamId}/api-keys",
-        responses={409: {"model": s.ErrorOut, "description": "Idempotency-Key reused"}},
-        response_model=s.ApiKeyOut,
+        responses={409: {"model": schemas.ErrorOut, "description": "Idempotency-Key reused"}},
+        response_model=schemas.ApiKeyOut,
         response_model_exclude_none=True,
         summary="CreateApiKey",
         tags=["api-keys"],
     )
     def create_api_key(
-        teamId: str,
-        body: s.CreateApiKeyRequest,
-        p: Annotated[Principal, team_check("CreateApiKey")],
+        team_id: TeamId,
+        body: schemas.CreateApiKeyRequest,
+        principal: Annotated[Principal, team_check("CreateApiKey")],
         idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
     ) -> Response:
         spec = keys.parse_new_key(body.model_dump(by_alias=True, exclude_unset=True))
         created, replay = keys.create_key(
             ctx,
-            principal=p,
-            team_id=teamId,
+            principal=principal,
+            team_id=team_id,
             spec=spec,
             idempotency_key=idempotency_key,
             render=lambda r: render.dump(render.api_key(r.key, r.secret)),
@@ -149,39 +150,39 @@ def create_app(settings: Settings, ctx: Context, notifier: ChangeNotifier | None
 
     @router.get(
         "/auth/teams/{teamId}/api-keys",
-        response_model=s.ListApiKeysResponse,
+        response_model=schemas.ListApiKeysResponse,
         response_model_exclude_none=True,
         summary="ListApiKeys",
         tags=["api-keys"],
     )
     def list_api_keys(
-        teamId: str,
-        p: Annotated[Principal, team_check("ListApiKeys")],
+        team_id: TeamId,
+        principal: Annotated[Principal, team_check("ListApiKeys")],
         page_size: Annotated[int | None, Query(alias="pageSize")] = None,
         pagination_token: Annotated[str | None, Query(alias="paginationToken")] = None,
         acl_filters: Annotated[list[str] | None, Query(alias="aclFilters")] = None,
         active_only: Annotated[bool, Query(alias="activeOnly")] = False,
-    ) -> s.ListApiKeysResponse:
+    ) -> schemas.ListApiKeysResponse:
         page = keys.list_keys(
             ctx,
-            principal=p,
-            team_id=teamId,
+            principal=principal,
+            team_id=team_id,
             page_size=page_size,
             page_token=pagination_token,
             acl_filters=acl_filters or (),
             active_only=active_only,
         )
-        return s.ListApiKeysResponse(
+        return schemas.ListApiKeysResponse(
             api_keys=[render.api_key(k) for k in page.keys], pagination_token=page.next_token
         )
 
     def _update(
-        p: Principal, api_key_id: str, body: s.UpdateApiKeyRequest, team: str | None
-    ) -> s.ApiKeyOut:
+        principal: Principal, api_key_id: str, body: schemas.UpdateApiKeyRequest, team: str | None
+    ) -> schemas.ApiKeyOut:
         patch = body.api_key.model_dump(by_alias=True, exclude_unset=True)
         key = keys.update_key(
             ctx,
-            principal=p,
+            principal=principal,
             api_key_id=api_key_id,
             patch=patch,
             field_mask=body.field_mask,
@@ -191,109 +192,109 @@ def create_app(settings: Settings, ctx: Context, notifier: ChangeNotifier | None
 
     @router.put(
         "/auth/api-keys/{apiKeyId}",
-        response_model=s.ApiKeyOut,
+        response_model=schemas.ApiKeyOut,
         response_model_exclude_none=True,
         summary="UpdateApiKey",
         tags=["api-keys"],
     )
     def update_api_key(
-        apiKeyId: str,
-        body: s.UpdateApiKeyRequest,
-        p: Annotated[Principal, rpc("UpdateApiKey")],
-    ) -> s.ApiKeyOut:
-        return _update(p, apiKeyId, body, None)
+        api_key_id: ApiKeyId,
+        body: schemas.UpdateApiKeyRequest,
+        principal: Annotated[Principal, rpc("UpdateApiKey")],
+    ) -> schemas.ApiKeyOut:
+        return _update(principal, api_key_id, body, None)
 
     @router.put(
         "/auth/teams/{teamId}/api-keys",
-        response_model=s.ApiKeyOut,
+        response_model=schemas.ApiKeyOut,
         response_model_exclude_none=True,
         summary="UpdateApiKey (team path; the key is apiKey.apiKeyId)",
         tags=["api-keys"],
     )
     def update_api_key_in_team(
-        teamId: str,
-        body: s.UpdateApiKeyRequest,
-        p: Annotated[Principal, team_check("UpdateApiKey")],
-    ) -> s.ApiKeyOut:
+        team_id: TeamId,
+        body: schemas.UpdateApiKeyRequest,
+        principal: Annotated[Principal, team_check("UpdateApiKey")],
+    ) -> schemas.ApiKeyOut:
         if not body.api_key.api_key_id:
             raise InvalidArgument("is required on this route", field="apiKey.apiKeyId")
-        return _update(p, body.api_key.api_key_id, body, teamId)
+        return _update(principal, body.api_key.api_key_id, body, team_id)
 
     @router.post(
         "/auth/api-keys/{apiKeyId}/rotate",
-        response_model=s.ApiKeyOut,
+        response_model=schemas.ApiKeyOut,
         response_model_exclude_none=True,
         summary="RotateApiKey",
         tags=["api-keys"],
     )
     def rotate_api_key(
-        apiKeyId: str,
-        p: Annotated[Principal, rpc("RotateApiKey")],
-        body: s.RotateApiKeyRequest | None = None,
+        api_key_id: ApiKeyId,
+        principal: Annotated[Principal, rpc("RotateApiKey")],
+        body: schemas.RotateApiKeyRequest | None = None,
     ) -> Response:
         fields = body.model_dump(by_alias=True, exclude_none=True) if body else {}
-        rotated = keys.rotate_key(ctx, principal=p, api_key_id=apiKeyId, body=fields)
+        rotated = keys.rotate_key(ctx, principal=principal, api_key_id=api_key_id, body=fields)
         return Response(render.dump(render.api_key(rotated.key, rotated.secret)), media_type=JSON)
 
     @router.delete(
         "/auth/api-keys/{apiKeyId}",
-        response_model=s.Empty,
+        response_model=schemas.Empty,
         summary="DeleteApiKey",
         tags=["api-keys"],
     )
     def delete_api_key(
-        apiKeyId: str,
-        p: Annotated[Principal, rpc("DeleteApiKey")],
+        api_key_id: ApiKeyId,
+        principal: Annotated[Principal, rpc("DeleteApiKey")],
     ) -> dict[str, Any]:
-        keys.delete_key(ctx, principal=p, api_key_id=apiKeyId)
+        keys.delete_key(ctx, principal=principal, api_key_id=api_key_id)
         return {}
 
     @router.get(
         "/auth/teams/{teamId}/models",
-        response_model=s.ListModelsResponse,
+        response_model=schemas.ListModelsResponse,
         response_model_exclude_none=True,
         summary="ListModels",
         tags=["catalog"],
     )
     def list_models(
-        teamId: str,
-        p: Annotated[Principal, team_check("ListModels")],
-    ) -> s.ListModelsResponse:
+        team_id: TeamId,
+        principal: Annotated[Principal, team_check("ListModels")],
+    ) -> schemas.ListModelsResponse:
         return render.models(catalog)
 
     @router.get(
         "/auth/teams/{teamId}/endpoints",
-        response_model=s.ListEndpointAclsResponse,
+        response_model=schemas.ListEndpointAclsResponse,
         summary="ListPossibleEndpointAcls",
         tags=["catalog"],
     )
     def list_endpoints(
-        teamId: str,
-        p: Annotated[Principal, team_check("ListPossibleEndpointAcls")],
-    ) -> s.ListEndpointAclsResponse:
+        team_id: TeamId,
+        principal: Annotated[Principal, team_check("ListPossibleEndpointAcls")],
+    ) -> schemas.ListEndpointAclsResponse:
         return render.endpoint_acls()
 
     @router.get(
         "/auth/management-keys/validation",
-        response_model=s.ManagementKeyOut,
+        response_model=schemas.ManagementKeyOut,
         summary="ValidateManagementKey",
         tags=["management-keys"],
     )
     def validate_management_key(
-        p: Annotated[Principal, Depends(principal)],
-    ) -> s.ManagementKeyOut:
-        return render.management_key(p.key)
+        principal: Annotated[Principal, Depends(current_principal)],
+    ) -> schemas.ManagementKeyOut:
+        return render.management_key(principal.key)
 
     @router.get(
         "/audit/teams/{teamId}/events",
-        response_model=s.ListAuditEventsResponse,
+        response_model=schemas.ListAuditEventsResponse,
         response_model_exclude_none=True,
         summary="ListAuditEvents",
         tags=["audit"],
     )
     def list_audit_events(
-        teamId: str,
-        p: Annotated[Principal, team_check("ListAuditEvents")],
+        team_id: TeamId,
+        principal: Annotated[Principal, team_check("ListAuditEvents")],
         page_size: Annotated[int | None, Query(alias="pageSize")] = None,
         page_token: Annotated[str | None, Query(alias="pageToken")] = None,
         event_time_from: Annotated[str | None, Query(alias="eventTimeFrom")] = None,
@@ -301,13 +302,13 @@ def create_app(settings: Settings, ctx: Context, notifier: ChangeNotifier | None
         query: Annotated[str | None, Query(alias="eventFilter.query")] = None,
         user_id: Annotated[str | None, Query(alias="eventFilter.userId")] = None,
         order_by: Annotated[str | None, Query(alias="orderBy")] = None,
-    ) -> s.ListAuditEventsResponse:
+    ) -> schemas.ListAuditEventsResponse:
         if order_by not in (None, "", "TIME_ASCENDING", "TIME_DESCENDING"):
             raise InvalidArgument("must be TIME_ASCENDING or TIME_DESCENDING", field="orderBy")
         page = audit.list_events(
             ctx,
-            principal=p,
-            team_id=teamId,
+            principal=principal,
+            team_id=team_id,
             page_size=page_size,
             page_token=page_token,
             time_from=parse_ts(event_time_from, field="eventTimeFrom") if event_time_from else None,
@@ -316,22 +317,22 @@ def create_app(settings: Settings, ctx: Context, notifier: ChangeNotifier | None
             user_id=user_id or None,
             descending=order_by == "TIME_DESCENDING",
         )
-        return s.ListAuditEventsResponse(
+        return schemas.ListAuditEventsResponse(
             events=[render.audit_event(e) for e in page.events], next_page_token=page.next_token
         )
 
     @router.get(
         "/auth/api-keys/{apiKeyId}/propagation",
-        response_model=s.PropagationResponse,
+        response_model=schemas.PropagationResponse,
         summary="CheckApiKeyPropagation",
         tags=["api-keys"],
     )
     def check_propagation(
-        apiKeyId: str,
-        p: Annotated[Principal, rpc("CheckApiKeyPropagation")],
-    ) -> s.PropagationResponse:
-        status = feed.propagation_status(ctx, settings, principal=p, api_key_id=apiKeyId)
-        return s.PropagationResponse(ic_propagation=status)
+        api_key_id: ApiKeyId,
+        principal: Annotated[Principal, rpc("CheckApiKeyPropagation")],
+    ) -> schemas.PropagationResponse:
+        status = feed.propagation_status(ctx, settings, principal=principal, api_key_id=api_key_id)
+        return schemas.PropagationResponse(ic_propagation=status)
 
     @router.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

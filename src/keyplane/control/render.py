@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from keyplane.catalog import Catalog, CatalogModel
-from keyplane.control import schemas as s
+from keyplane.control import schemas
 from keyplane.domain.acl import API_KEY_NAMESPACE, ENDPOINTS
 from keyplane.domain.model import ApiKey, AuditEvent, ManagementKey
 from keyplane.domain.timefmt import format_ts
 
 
-def api_key(key: ApiKey, secret: str | None = None) -> s.ApiKeyOut:
-    return s.ApiKeyOut(
+def api_key(key: ApiKey, secret: str | None = None) -> schemas.ApiKeyOut:
+    return schemas.ApiKeyOut(
         api_key_id=key.api_key_id,
         team_id=key.team_id,
         user_id=key.user_id,
         name=key.name,
-        redacted_api_key=key.redacted_api_key,
+        redacted_api_key=key.redacted,
         api_key=secret,
         create_time=format_ts(key.create_time),
         modify_time=format_ts(key.modify_time),
@@ -29,12 +29,12 @@ def api_key(key: ApiKey, secret: str | None = None) -> s.ApiKeyOut:
     )
 
 
-def dump(model: s.Wire) -> bytes:
+def dump(model: schemas.Wire) -> bytes:
     return model.model_dump_json(by_alias=True, exclude_none=True).encode()
 
 
-def management_key(key: ManagementKey) -> s.ManagementKeyOut:
-    return s.ManagementKeyOut(
+def management_key(key: ManagementKey) -> schemas.ManagementKeyOut:
+    return schemas.ManagementKeyOut(
         api_key_id=key.key_id,
         team_id=key.team_id,
         scope_id=key.team_id,
@@ -47,9 +47,9 @@ def management_key(key: ManagementKey) -> s.ManagementKeyOut:
     )
 
 
-def _model(model: CatalogModel) -> s.ModelOut:
+def _model(model: CatalogModel) -> schemas.ModelOut:
     spec = model.spec
-    return s.ModelOut(
+    return schemas.ModelOut(
         name=spec.name,
         version=spec.version,
         aliases=list(spec.aliases),
@@ -64,25 +64,25 @@ def _model(model: CatalogModel) -> s.ModelOut:
     )
 
 
-def models(catalog: Catalog) -> s.ListModelsResponse:
+def models(catalog: Catalog) -> schemas.ListModelsResponse:
     configs = []
     for cluster in catalog.clusters:
         present = catalog.in_cluster(cluster)
         configs.append(
-            s.ClusterConfigOut(
+            schemas.ClusterConfigOut(
                 cluster_name=cluster,
                 language_models=[_model(m) for m in present if m.spec.kind == "language"],
                 image_generation_models=[_model(m) for m in present if m.spec.kind == "image"],
                 embedding_models=[_model(m) for m in present if m.spec.kind == "embedding"],
             )
         )
-    return s.ListModelsResponse(cluster_configs=configs)
+    return schemas.ListModelsResponse(cluster_configs=configs)
 
 
-def endpoint_acls() -> s.ListEndpointAclsResponse:
-    return s.ListEndpointAclsResponse(
+def endpoint_acls() -> schemas.ListEndpointAclsResponse:
+    return schemas.ListEndpointAclsResponse(
         acls=[
-            s.EndpointAclOut(
+            schemas.EndpointAclOut(
                 acl=f"{API_KEY_NAMESPACE}:endpoint:{name}",
                 description=description,
                 namespace=API_KEY_NAMESPACE,
@@ -94,8 +94,8 @@ def endpoint_acls() -> s.ListEndpointAclsResponse:
     )
 
 
-def audit_event(event: AuditEvent) -> s.AuditEventOut:
-    return s.AuditEventOut(
+def audit_event(event: AuditEvent) -> schemas.AuditEventOut:
+    return schemas.AuditEventOut(
         event_time=format_ts(event.event_time),
         event_id=event.event_id,
         description=event.description,

@@ -1,1 +1,8 @@
-"""keyplane.domain."""
+"""The domain room: keyplane's objects and rules, with no I/O.
+
+Owns teams, management keys, API keys and their secrets, audit events (``model``), ACL strings
+(``acl``), field masks, page tokens, timestamps, key secrets and digests, and the error kinds every
+plane maps to its own status codes (``errors``).
+
+May import: the standard library and ``keyplane.domain`` only. Everything else imports it.
+"""

@@ -1,7 +1,9 @@
 """The objects of the problem: teams, management keys, API keys and their secrets, audit events.
 
-Plain frozen dataclasses with aware UTC datetimes; no I/O and no wire format here (the control
-plane renders JSON, storage maps rows).
+Plain frozen dataclasses with aware UTC datetimes; no I/O. One wire shape lives here on purpose:
+:func:`enforcement_view`, the JSON a key's change-log row carries to the gateways, since the
+services write it in the same transaction as the key. The Management API's JSON is rendered by
+``keyplane.control.render``; storage maps rows.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ class ApiKey:
     team_id: str
     user_id: str
     name: str
-    redacted_api_key: str
+    redacted: str
     create_time: datetime
     modify_time: datetime
     modified_by: str
@@ -159,7 +161,7 @@ def enforcement_view(key: ApiKey) -> dict[str, Any]:
         "teamId": key.team_id,
         "userId": key.user_id,
         "name": key.name,
-        "redactedApiKey": key.redacted_api_key,
+        "redactedApiKey": key.redacted,
         "createTime": ts(key.create_time),
         "modifyTime": ts(key.modify_time),
         "modifiedBy": key.modified_by,

@@ -1,1 +1,11 @@
-"""keyplane.gateway."""
+"""The gateway room: a cluster's plain-ASGI inference proxy that enforces API keys.
+
+Owns the in-memory and on-disk replica of what enforcement needs (``replica``), following the
+control plane's feed (``sync``), authenticating keys and checking ACLs (``app``), rate limits,
+relaying requests and streams to the upstream and counting tokens (``inference``), and its own
+error map (``http``). It holds digests only, never a secret.
+
+May import: ``keyplane.domain``, ``keyplane.ratelimit``, ``keyplane.propagation.wire``,
+``keyplane.catalog`` and ``keyplane.settings``. Never storage or services: it reaches the control
+plane over HTTP only.
+"""

@@ -1,1 +1,9 @@
-"""keyplane.services."""
+"""The services room: the Management API's use cases, one function per RPC.
+
+Owns authentication and ACL checks of management keys (``auth``), key creation, listing, update,
+rotation and deletion (``keys``), the audit log (``audit``), admin commands (``admin``) and the
+per-process wiring they run with (``context``). Each use case is one transaction.
+
+May import: ``keyplane.domain`` and ``keyplane.storage``. Never control, propagation or gateway,
+which call it.
+"""

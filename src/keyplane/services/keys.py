@@ -190,7 +190,7 @@ def create_key(
             team_id=team_id,
             user_id=principal.user_id,
             name=spec.name,
-            redacted_api_key=keysecrets.redact(secret, ctx.api_key_prefix),
+            redacted=keysecrets.redact(secret, ctx.api_key_prefix),
             create_time=now,
             modify_time=now,
             modified_by=principal.user_id,
@@ -210,7 +210,7 @@ def create_key(
             key=key,
             op="upsert",
             operation="CreateApiKey",
-            description=f"Created API key {key.name!r} ({key.redacted_api_key})",
+            description=f"Created API key {key.name!r} ({key.redacted})",
             now=now,
         )
         result = KeyWithSecret(key, secret)
@@ -374,7 +374,7 @@ def rotate_key(
         if newest is not None and old_expire > at:
             secrets.append(SecretDigest(newest.digest, old_expire))
         return {
-            "redacted_api_key": keysecrets.redact(secret, ctx.api_key_prefix),
+            "redacted": keysecrets.redact(secret, ctx.api_key_prefix),
             "expire_time": current.expire_time if new_expire is None else new_expire,
             "secrets": tuple(secrets),
         }
@@ -385,7 +385,7 @@ def rotate_key(
         api_key_id=api_key_id,
         operation="RotateApiKey",
         change=change,
-        describe=lambda key: f"Rotated API key {key.name!r}, now {key.redacted_api_key}",
+        describe=lambda key: f"Rotated API key {key.name!r}, now {key.redacted}",
     )
     return KeyWithSecret(key, secret)
 
@@ -444,7 +444,7 @@ def delete_key(ctx: Context, *, principal: Principal, api_key_id: str) -> None:
             key=key,
             op="delete",
             operation="DeleteApiKey",
-            description=f"Deleted API key {key.name!r} ({key.redacted_api_key})",
+            description=f"Deleted API key {key.name!r} ({key.redacted})",
             now=now,
         )
     ctx.on_commit(key.revision)

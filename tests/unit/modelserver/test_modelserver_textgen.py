@@ -7,8 +7,8 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from keyplane.models.textgen import generate_text, generate_tokens, seed_for
-from keyplane.models.tokenizer import tokenize
+from keyplane.modelserver.textgen import generate_text, generate_tokens, seed_for
+from keyplane.modelserver.tokenizer import tokenize
 
 seeds = st.integers(min_value=0, max_value=2**64 - 1)
 counts = st.integers(min_value=1, max_value=200)

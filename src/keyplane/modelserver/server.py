@@ -16,8 +16,8 @@ from typing import Final, Self
 
 import uvicorn
 
-from keyplane.models.app import ModelServerApp, create_app
-from keyplane.models.config import ModelServerConfig
+from keyplane.modelserver.app import ModelServerApp, create_app
+from keyplane.modelserver.config import ModelServerConfig
 
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8300

@@ -22,7 +22,7 @@ Test knobs, as request headers (a gateway in front must pass them through untouc
 ``max_tokens`` (``max_completion_tokens``, ``max_output_tokens``) makes the output exactly that many
 tokens with finish reason ``"length"``; without it the output is ``default_max_tokens`` tokens
 ending in a full stop, finish reason ``"stop"``. All token counts come from
-:mod:`keyplane.models.tokenizer`: prompt tokens are the sum over the text of each message (or
+:mod:`keyplane.modelserver.tokenizer`: prompt tokens are the sum over the text of each message (or
 prompt, or input item), with no per-message overhead.
 
 ``/_stats`` counts inference requests (the POST routes): ``in_flight`` now being answered,
@@ -44,12 +44,12 @@ from typing import Any, Final, TypeVar
 
 import msgspec
 
-from keyplane.models import protocol as p
-from keyplane.models.config import ModelServerConfig
-from keyplane.models.embeddings import MAX_DIMENSIONS, embed, embed_token_ids, to_base64
-from keyplane.models.png import IMAGE_SIZE, image_for_prompt
-from keyplane.models.textgen import generate_tokens, seed_for
-from keyplane.models.tokenizer import count_tokens, token_id, tokenize
+from keyplane.modelserver import protocol
+from keyplane.modelserver.config import ModelServerConfig
+from keyplane.modelserver.embeddings import MAX_DIMENSIONS, embed, embed_token_ids, to_base64
+from keyplane.modelserver.png import IMAGE_SIZE, image_for_prompt
+from keyplane.modelserver.textgen import generate_tokens, seed_for
+from keyplane.modelserver.tokenizer import count_tokens, token_id, tokenize
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -216,7 +216,7 @@ def _usage_chat(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
-def _message_texts(content: str | list[p.ContentPart] | None) -> list[str]:
+def _message_texts(content: str | list[protocol.ContentPart] | None) -> list[str]:
     if content is None:
         return []
     if isinstance(content, str):
@@ -294,12 +294,12 @@ class ModelServerApp:
             "/v1/models": self._list_models,
             "/health": lambda: b'{"status":"ok"}',
         }
-        self._chat_decoder = msgspec.json.Decoder(p.ChatCompletionRequest)
-        self._completion_decoder = msgspec.json.Decoder(p.CompletionRequest)
-        self._responses_decoder = msgspec.json.Decoder(p.ResponsesRequest)
-        self._embedding_decoder = msgspec.json.Decoder(p.EmbeddingRequest)
-        self._image_decoder = msgspec.json.Decoder(p.ImageGenerationRequest)
-        self._tokenize_decoder = msgspec.json.Decoder(p.TokenizeTextRequest)
+        self._chat_decoder = msgspec.json.Decoder(protocol.ChatCompletionRequest)
+        self._completion_decoder = msgspec.json.Decoder(protocol.CompletionRequest)
+        self._responses_decoder = msgspec.json.Decoder(protocol.ResponsesRequest)
+        self._embedding_decoder = msgspec.json.Decoder(protocol.EmbeddingRequest)
+        self._image_decoder = msgspec.json.Decoder(protocol.ImageGenerationRequest)
+        self._tokenize_decoder = msgspec.json.Decoder(protocol.TokenizeTextRequest)
 
     # -- ASGI plumbing -------------------------------------------------------------------------
 

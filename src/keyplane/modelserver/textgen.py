@@ -1,10 +1,10 @@
 """Deterministic pseudo-text: the "model output" of the built-in model server.
 
 Output is a function of ``(model, prompt)`` only, so the same request always gets the same text,
-streamed or not. It is produced token by token, and every piece produced is exactly one token under
-:mod:`keyplane.models.tokenizer` (a capitalised or lower-case word with at most one leading space,
-or a single punctuation mark), so re-tokenizing the text gives back the very same pieces and
-``completion_tokens`` is exact.
+streamed or not. It is produced token by token, and every piece produced is exactly one token
+under :mod:`keyplane.modelserver.tokenizer` (a capitalised or lower-case word with at most one
+leading space, or a single punctuation mark), so re-tokenizing the text gives back the very same
+pieces and ``completion_tokens`` is exact.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final
 
-from keyplane.models.embeddings import MAX_DIMENSIONS
+from keyplane.modelserver.embeddings import MAX_DIMENSIONS
 
 DEFAULT_MODELS: Final = ("keyplane-mini", "keyplane-large", "keyplane-embed", "keyplane-image")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from keyplane.models.tokenizer import VOCAB_SIZE, count_tokens, token_id, token_ids, tokenize
+from keyplane.modelserver.tokenizer import VOCAB_SIZE, count_tokens, token_id, token_ids, tokenize
 
 
 def test_splits_words_punctuation_and_whitespace_gpt_style() -> None:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from keyplane.models.embeddings import (
+from keyplane.modelserver.embeddings import (
     MAX_DIMENSIONS,
     embed,
     embed_token_ids,

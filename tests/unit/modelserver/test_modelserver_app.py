@@ -11,11 +11,11 @@ from typing import Any
 import httpx
 import pytest
 
-from keyplane.models import BackgroundModelServer, ModelServerConfig, create_app
-from keyplane.models.app import IMAGE_OUTPUT_TOKENS, ModelServerApp
-from keyplane.models.embeddings import from_base64
-from keyplane.models.png import PNG_SIGNATURE
-from keyplane.models.tokenizer import count_tokens, tokenize
+from keyplane.modelserver import BackgroundModelServer, ModelServerConfig, create_app
+from keyplane.modelserver.app import IMAGE_OUTPUT_TOKENS, ModelServerApp
+from keyplane.modelserver.embeddings import from_base64
+from keyplane.modelserver.png import PNG_SIGNATURE
+from keyplane.modelserver.tokenizer import count_tokens, tokenize
 
 MESSAGES = [
     {"role": "system", "content": "You are terse."},

@@ -7,7 +7,7 @@ import zlib
 
 import pytest
 
-from keyplane.models.png import (
+from keyplane.modelserver.png import (
     IMAGE_SIZE,
     PNG_SIGNATURE,
     colours_for,

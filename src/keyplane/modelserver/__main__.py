@@ -1,6 +1,6 @@
-"""``python -m keyplane.models``: run the built-in model server from the command line.
+"""``python -m keyplane.modelserver``: run the built-in model server from the command line.
 
-    python -m keyplane.models --host 127.0.0.1 --port 0 --latency-ms 20 --token-latency-ms 5
+    python -m keyplane.modelserver --host 127.0.0.1 --port 0 --latency-ms 20 --token-latency-ms 5
 
 Port 0 picks a free port; the line ``keyplane models listening on http://HOST:PORT`` on stdout says
 which.
@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from keyplane.models.config import DEFAULT_MODELS, ModelServerConfig
-from keyplane.models.server import DEFAULT_HOST, DEFAULT_PORT, serve
+from keyplane.modelserver.config import DEFAULT_MODELS, ModelServerConfig
+from keyplane.modelserver.server import DEFAULT_HOST, DEFAULT_PORT, serve
 
 
 def _non_negative(value: str) -> float:
@@ -24,7 +24,7 @@ def _non_negative(value: str) -> float:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m keyplane.models",
+        prog="python -m keyplane.modelserver",
         description="keyplane's built-in OpenAI-compatible model server (deterministic output).",
         epilog="Per-request test headers: x-keyplane-latency-ms (delay before the first byte), "
         "x-keyplane-token-latency-ms (delay before each streamed token), x-keyplane-fail-status "
