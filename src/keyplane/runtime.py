@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 
 from keyplane.domain.clock import SystemClock
 from keyplane.services.context import Context
@@ -22,5 +23,6 @@ def open_context(
         clock=SystemClock(),
         api_key_prefix=settings.api_key_prefix,
         management_key_prefix=settings.management_key_prefix,
+        gateway_liveness=timedelta(seconds=settings.gateway_liveness_seconds),
         on_commit=on_commit or (lambda _revision: None),
     )

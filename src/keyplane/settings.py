@@ -188,6 +188,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     #: Changes kept in the log for gateways to catch up from; one further behind takes a snapshot.
     change_log_retention: int = Field(default=1_000_000, ge=0)
+    #: Longest a gateway's feed long-poll waits for news: it polls at least this often.
+    feed_poll_seconds: float = Field(default=5.0, gt=0, le=30)
+    #: A gateway silent for longer is not live: its cluster's propagation reads false until a live
+    #: gateway has applied the change. At least twice ``feed_poll_seconds``.
+    gateway_liveness_seconds: float = Field(default=15.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("api_key_prefix", "management_key_prefix")
@@ -204,6 +209,8 @@ class Settings(BaseSettings):
             and self.management_key_prefix[len(self.api_key_prefix) :].isalnum()
         ):
             raise ValueError("API keys and management keys must not be able to pass for each other")
+        if self.gateway_liveness_seconds < 2 * self.feed_poll_seconds:
+            raise ValueError("gateway_liveness_seconds must be at least twice feed_poll_seconds")
         names = [c.name for c in self.clusters]
         if len(set(names)) != len(names):
             raise ValueError("cluster names must be unique")

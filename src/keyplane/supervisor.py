@@ -1,50 +1,217 @@
-"""``keyplane up``: start every process of the embedded deployment, watch them, stop them all.
+"""``keyplane up``: start every process of the embedded deployment, keep them up, stop them all.
 
-Each piece is its own OS process talking HTTP over loopback, as in production; Ctrl-C (SIGINT) or
-SIGTERM stops them all, children first.
+The supervisor behaves like a small init system. Each piece is its own OS process talking HTTP
+over loopback, as in production. A child that exits is started again after a backoff (0.5 s,
+doubling to 10 s, back to 0.5 s once it has stayed up for a minute), and the console says so; the
+others keep running, so the gateways go on answering from their replicas while a control plane is
+down. Only Ctrl-C (SIGINT) or SIGTERM stops everything: gateways first, then the control planes and
+the model server, then the stores; the exit status is 0.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import click
 
 from keyplane.services.context import Context
 from keyplane.settings import Settings
 
+#: First restart delay, its cap, and how long a child must stay up for the delay to reset.
+BACKOFF_START = 0.5
+BACKOFF_MAX = 10.0
+STABLE_AFTER = 60.0
+#: How often the supervisor looks at its children.
+TICK = 0.1
+
+
+def http_ready(url: str) -> Callable[[], bool]:
+    """Ready when ``url`` answers at all (any HTTP status below 500)."""
+
+    def check() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=1):  # noqa: S310 - our own loopback URL
+                return True
+        except OSError:
+            return False
+
+    return check
+
+
+def port_ready(port: int) -> Callable[[], bool]:
+    """Ready when something accepts TCP connections on 127.0.0.1:``port``."""
+
+    def check() -> bool:
+        with socket.socket() as s:
+            s.settimeout(1)
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    return check
+
 
 @dataclass
 class Child:
     name: str
     args: list[str]
-    #: Polled until it answers before the banner says the system is up.
-    ready_url: str | None = None
+    #: Polled until true before the banner says the system is up (and after each restart).
+    ready: Callable[[], bool] | None = None
+    #: Where the child's output goes; None = the supervisor's own stdout/stderr.
+    output: Path | None = None
+    #: Children stop in descending ``tier`` order: gateways (2), servers (1), stores (0).
+    tier: int = 1
+    #: Run as this OS user (PostgreSQL refuses root); the child is still our direct child, so a
+    #: signal to its pid reaches the server itself.
+    user: str | None = None
     process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    backoff: float = BACKOFF_START
+    restart_at: float | None = None
+    restarts: int = 0
 
 
-def _wait_ready(children: list[Child], timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    for child in children:
-        while child.ready_url is not None:
-            assert child.process is not None
-            if child.process.poll() is not None:
-                return False
-            try:
-                with urllib.request.urlopen(child.ready_url, timeout=1):  # noqa: S310 - our URL
-                    break
-            except OSError:
+def _exit_text(code: int) -> str:
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"status {code}"
+
+
+class Supervisor:
+    """Starts children, restarts the ones that exit, and stops them all on SIGINT/SIGTERM."""
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        self.env = env or dict(os.environ)
+        self.children: list[Child] = []
+        self.stopping = False
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+
+    def _on_signal(self, _signum: int, _frame: object) -> None:
+        self.stopping = True
+
+    def _spawn(self, child: Child) -> None:
+        log: IO[bytes] | None = child.output.open("ab") if child.output else None
+        try:
+            child.process = subprocess.Popen(  # noqa: S603 - our own argv
+                child.args,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT if log else None,
+                user=child.user,
+                group=child.user,
+                extra_groups=[] if child.user else None,
+            )
+        finally:
+            if log is not None:
+                log.close()
+        child.started_at = time.monotonic()
+        child.restart_at = None
+
+    def start(self, children: list[Child], *, timeout: float = 60.0) -> bool:
+        """Start ``children`` and wait until each is ready; False if one exits or times out first
+        (or a stop was asked for)."""
+        for child in children:
+            self._spawn(child)
+            self.children.append(child)
+            click.echo(f"keyplane: started {child.name} (pid {self._pid(child)})")
+        deadline = time.monotonic() + timeout
+        for child in children:
+            while child.ready is not None and not child.ready():
+                assert child.process is not None
+                if self.stopping or child.process.poll() is not None:
+                    return False
                 if time.monotonic() > deadline:
                     return False
-                time.sleep(0.1)
-    return True
+                time.sleep(TICK)
+        return not self.stopping
+
+    @staticmethod
+    def _pid(child: Child) -> int:
+        assert child.process is not None
+        return child.process.pid
+
+    def _tend(self, child: Child) -> None:
+        """Notice an exit and schedule a restart; perform a restart that is due."""
+        assert child.process is not None
+        now = time.monotonic()
+        if child.restart_at is not None:
+            if now >= child.restart_at:
+                self._spawn(child)
+                child.restarts += 1
+                click.echo(f"keyplane: restarted {child.name} (pid {self._pid(child)})", err=True)
+            return
+        code = child.process.poll()
+        if code is None:
+            if now - child.started_at >= STABLE_AFTER:
+                child.backoff = BACKOFF_START
+            return
+        if now - child.started_at >= STABLE_AFTER:
+            child.backoff = BACKOFF_START
+        delay = child.backoff
+        child.backoff = min(child.backoff * 2, BACKOFF_MAX)
+        child.restart_at = now + delay
+        click.echo(
+            f"keyplane: {child.name} exited with {_exit_text(code)}; "
+            f"restarting in {delay:.1f}s (the others keep running)",
+            err=True,
+        )
+
+    def run(self, banner: list[str]) -> int:
+        """Print ``banner``, then keep the children running until SIGINT/SIGTERM."""
+        for line in banner:
+            click.echo(line)
+        click.echo("ready; press Ctrl-C to stop")
+        while not self.stopping:
+            for child in self.children:
+                self._tend(child)
+            time.sleep(TICK)
+        return 0
+
+    def stop(self) -> None:
+        """Stop every child, highest tier first, each tier given up to 10 s before SIGKILL."""
+        for tier in sorted({c.tier for c in self.children}, reverse=True):
+            group = [c for c in self.children if c.tier == tier and c.process is not None]
+            for child in group:
+                assert child.process is not None
+                if child.process.poll() is None:
+                    child.process.terminate()
+            deadline = time.monotonic() + 10
+            for child in group:
+                assert child.process is not None
+                try:
+                    child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    child.process.kill()
+                    child.process.wait()
+        click.echo("keyplane stopped")
+
+
+def supervise(children: list[Child], banner: list[str], env: dict[str, str] | None = None) -> int:
+    """Start ``children``, print ``banner``, keep them running until a signal; then stop them.
+
+    Exit status 0 after Ctrl-C/SIGTERM; 1 when a child does not come up in the first place."""
+    supervisor = Supervisor(env)
+    try:
+        if not supervisor.start(children):
+            if supervisor.stopping:
+                return 0
+            click.echo("keyplane: a process did not come up; stopping", err=True)
+            return 1
+        return supervisor.run(banner)
+    finally:
+        supervisor.stop()
 
 
 def _children(settings: Settings, config: Path | None) -> list[Child]:
@@ -54,7 +221,7 @@ def _children(settings: Settings, config: Path | None) -> list[Child]:
         Child(
             "control plane",
             [*base, "serve", "control", *cfg],
-            f"{settings.control.url}/healthz",
+            http_ready(f"{settings.control.url}/healthz"),
         )
     ]
     if any(m.upstream_url is None for m in settings.models):
@@ -62,14 +229,15 @@ def _children(settings: Settings, config: Path | None) -> list[Child]:
             Child(
                 "model server",
                 [*base, "serve", "models", *cfg],
-                f"{settings.model_server.url}/v1/models",
+                http_ready(f"{settings.model_server.url}/v1/models"),
             )
         )
     children += [
         Child(
             f"gateway {c.name}",
             [*base, "serve", "gateway", "--cluster", c.name, *cfg],
-            f"{c.gateway.url}/healthz",
+            http_ready(f"{c.gateway.url}/healthz"),
+            tier=2,
         )
         for c in settings.clusters
     ]
@@ -97,48 +265,3 @@ def run_all(settings: Settings, config: Path | None) -> int:
     if any(m.upstream_url is None for m in settings.models):
         lines.append(f"built-in model server: {settings.model_server.url}/v1")
     return supervise(_children(settings, config), lines)
-
-
-def supervise(children: list[Child], banner: list[str], env: dict[str, str] | None = None) -> int:
-    """Start ``children``, print ``banner``, and stop them all when one dies or on a signal."""
-    stopping = False
-
-    def stop(_signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    for child in children:
-        child.process = subprocess.Popen(child.args, env=env or dict(os.environ))  # noqa: S603
-    if not _wait_ready(children):
-        click.echo("keyplane: a process did not come up; stopping", err=True)
-        stopping = True
-    for line in banner:
-        click.echo(line)
-    click.echo("ready; press Ctrl-C to stop")
-    code = 0
-    while not stopping:
-        for child in children:
-            assert child.process is not None
-            if child.process.poll() is not None:
-                click.echo(
-                    f"{child.name} exited with {child.process.returncode}; stopping", err=True
-                )
-                code = child.process.returncode or 1
-                stopping = True
-        time.sleep(0.2)
-    # Gateways first (they hold long-polls to the control plane), then the rest.
-    for child in sorted(children, key=lambda c: not c.name.startswith("gateway")):
-        if child.process is not None and child.process.poll() is None:
-            child.process.terminate()
-    deadline = time.monotonic() + 10
-    for child in children:
-        if child.process is None:
-            continue
-        try:
-            child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            child.process.kill()
-    click.echo("keyplane stopped")
-    return code

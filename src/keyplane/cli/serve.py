@@ -151,10 +151,17 @@ def up(config: Path | None) -> None:
 )
 @click.option("--pg-port", type=int, default=5433, show_default=True)
 @click.option("--redis-port", type=int, default=6380, show_default=True)
-def trial(data_dir: Path, pg_port: int, redis_port: int) -> None:
+@click.option(
+    "--port-base",
+    type=click.IntRange(1024, 65000),
+    default=8100,
+    show_default=True,
+    help="Control planes on +0 and +10, gateways on +1/+11 and +2/+12, model server on +99.",
+)
+def trial(data_dir: Path, pg_port: int, redis_port: int, port_base: int) -> None:
     """The production layout on one machine: PostgreSQL, Redis, two control-plane replicas,
     two clusters of two gateway replicas each."""
-    from keyplane.trial import run_trial
+    from keyplane.trial import Ports, run_trial
 
     logs.configure("info")
-    sys.exit(run_trial(data_dir, pg_port, redis_port))
+    sys.exit(run_trial(data_dir, pg_port, redis_port, Ports(port_base)))

@@ -105,6 +105,7 @@ class GatewayProcess:
             gateway_id=self.identity,
             replica=self.replica,
             store=self.store,
+            poll_wait=settings.feed_poll_seconds,
         )
         self.limiter = make_limiter(settings, cluster, replica_index)
         self.gateway = Gateway(

@@ -1,7 +1,8 @@
 """Control-plane side of propagation: snapshots, changes after a revision, acks, and status.
 
 A cluster has received a key's change when every *live* gateway of it (seen within
-``LIVENESS``) has acknowledged the key's latest revision; a cluster with no live gateway has not.
+``ctx.gateway_liveness``, the ``gateway_liveness_seconds`` setting) has acknowledged — by polling
+for what comes after — the key's latest revision; a cluster with no live gateway has not.
 """
 
 from __future__ import annotations
@@ -20,11 +21,10 @@ from keyplane.services.keys import TOMBSTONE_WINDOW
 from keyplane.settings import Settings
 from keyplane.storage import repository as repo
 
-#: A gateway that has not polled for this long is not live. Gateways poll at least every
-#: ``POLL_WAIT`` seconds, so three missed polls mark it down.
+#: The feed's default long-poll wait (gateways pass the ``feed_poll_seconds`` setting).
 POLL_WAIT = 5.0
-LIVENESS = timedelta(seconds=3 * POLL_WAIT)
-#: How often an ack that only refreshes "last seen" (same revision) is written.
+#: How often an ack that only refreshes "last seen" (same revision) is written, at most; never
+#: less often than a quarter of the liveness window, so a live gateway never looks silent.
 ACK_REFRESH = timedelta(seconds=2)
 FORGET_AFTER = timedelta(days=1)
 
@@ -103,7 +103,8 @@ class AckBook:
     def ack(self, ctx: Context, *, gateway_id: str, cluster: str, revision: int) -> None:
         now = ctx.clock.now()
         last = self._written.get(gateway_id)
-        if last is not None and last[0] == revision and now - last[1] < ACK_REFRESH:
+        refresh = min(ACK_REFRESH, ctx.gateway_liveness / 4)
+        if last is not None and last[0] == revision and now - last[1] < refresh:
             return
         with ctx.db.write() as conn:
             repo.record_ack(
@@ -125,7 +126,11 @@ def propagation_status(
         gateways = repo.list_gateways(conn)
     status: dict[str, bool] = {}
     for cluster in settings.clusters:
-        live = [g for g in gateways if g.cluster == cluster.name and now - g.last_seen < LIVENESS]
+        live = [
+            g
+            for g in gateways
+            if g.cluster == cluster.name and now - g.last_seen < ctx.gateway_liveness
+        ]
         status[cluster.host] = bool(live) and all(g.applied_revision >= revision for g in live)
     return status
 
@@ -152,7 +157,7 @@ def cluster_view(ctx: Context) -> tuple[int, list[GatewayRow]]:
             applied_revision=g.applied_revision,
             lag=current - g.applied_revision,
             last_seen=g.last_seen,
-            live=now - g.last_seen < LIVENESS,
+            live=now - g.last_seen < ctx.gateway_liveness,
         )
         for g in gateways
     ]

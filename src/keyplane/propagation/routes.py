@@ -6,11 +6,12 @@ cluster credential may call it.
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -27,6 +28,24 @@ from keyplane.propagation.wire import (
 from keyplane.services.context import Context
 
 _LINES_PER_CHUNK = 500
+
+
+async def _unless_gone(request: Request, waiting: Awaitable[int], fallback: int) -> int:
+    """``waiting``'s answer, or ``fallback`` as soon as the gateway hangs up: a long-poll must not
+    outlive its gateway (a shutdown would wait for it, then cancel it with a traceback)."""
+
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    wait_task = asyncio.ensure_future(waiting)
+    gone_task = asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait({wait_task, gone_task}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone_task.cancel()
+        wait_task.cancel()
+    return wait_task.result() if wait_task.done() and not wait_task.cancelled() else fallback
 
 
 def feed_router(ctx: Context, notifier: ChangeNotifier) -> APIRouter:
@@ -60,6 +79,7 @@ def feed_router(ctx: Context, notifier: ChangeNotifier) -> APIRouter:
 
     @router.get(CHANGES_PATH)
     async def changes(
+        request: Request,
         after: Annotated[int, Query(ge=0)],
         wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS)] = feed.POLL_WAIT,
         limit: Annotated[int, Query(ge=1, le=MAX_BATCH)] = MAX_BATCH,
@@ -72,7 +92,7 @@ def feed_router(ctx: Context, notifier: ChangeNotifier) -> APIRouter:
         await run_in_threadpool(acks.ack, ctx, gateway_id=gid, cluster=cluster, revision=after)
         answer = await run_in_threadpool(feed.read_changes, ctx, after=after, limit=limit)
         if not answer.changes and not answer.snapshot_required and wait > 0:
-            newest = await notifier.wait_beyond(after, wait)
+            newest = await _unless_gone(request, notifier.wait_beyond(after, wait), after)
             if newest > after:
                 answer = await run_in_threadpool(feed.read_changes, ctx, after=after, limit=limit)
         return {
