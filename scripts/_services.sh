@@ -1,10 +1,12 @@
 # Sourced by scripts/test: make sure the servers the tests start themselves (PostgreSQL, Redis)
-# are installed, from the OS packages. The tests run them on loopback with throwaway data dirs.
+# and the browser the console tests drive (Debian's chromium, through Playwright) are installed,
+# from the OS packages. The tests run them on loopback with throwaway data dirs.
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   missing+=(postgresql)
 fi
+command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "keyplane: installing ${missing[*]} from the OS packages (the tests start them)" >&2
   sudo=()

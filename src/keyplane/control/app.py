@@ -13,7 +13,7 @@ import structlog
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from keyplane import __version__
+from keyplane import __version__, console
 from keyplane.catalog import Catalog
 from keyplane.control import errors, render, schemas
 from keyplane.control.lenient import make_route_class
@@ -81,6 +81,9 @@ def create_app(settings: Settings, ctx: Context, notifier: ChangeNotifier | None
         description="Create, list, update, rotate and delete inference API keys; "
         "see their propagation to every cluster.",
         responses=ERRORS,
+        # /docs comes from the console, with its assets packaged here instead of a CDN's.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.ctx = ctx
     app.state.settings = settings
@@ -340,6 +343,7 @@ def create_app(settings: Settings, ctx: Context, notifier: ChangeNotifier | None
 
     app.include_router(router)
     app.include_router(feed_router(ctx, notifier))
+    console.install(app)
 
     app.add_middleware(AccessLog)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

@@ -242,8 +242,13 @@ def list_keys(
     page_token: str | None,
     acl_filters: Sequence[str] = (),
     active_only: bool = False,
+    name_contains: str | None = None,
 ) -> Page:
+    """``name_contains`` (the console's search; not a Management API parameter) keeps keys whose
+    name holds that text, ignoring case."""
     principal.require_team(team_id)
+    if name_contains is not None and len(name_contains) > 256:
+        raise InvalidArgument("at most 256 characters", field="name")
     if page_size is not None and not 1 <= page_size <= MAX_PAGE_SIZE:
         raise InvalidArgument(f"must be between 1 and {MAX_PAGE_SIZE}", field="pageSize")
     if len(acl_filters) > MAX_ACL_FILTERS:
@@ -255,7 +260,7 @@ def list_keys(
             )
     filters = sorted(set(acl_filters))
     # The token is bound to the team and the query, so it only continues the list it came from.
-    scope = json.dumps(["api-keys", team_id, filters, active_only])
+    scope = json.dumps(["api-keys", team_id, filters, active_only, name_contains or ""])
     after: tuple[int, str] | None = None
     if page_token:
         position = decode_token(ctx.server_secret, scope, page_token, field="paginationToken")
@@ -275,6 +280,7 @@ def list_keys(
             limit=None if page_size is None else page_size + 1,
             acl_filters=filters,
             active_at=now if active_only else None,
+            name_contains=name_contains or None,
         )
     next_token = None
     if page_size is not None and len(keys) > page_size:

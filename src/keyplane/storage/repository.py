@@ -337,10 +337,13 @@ def list_api_keys(
     limit: int | None,
     acl_filters: Iterable[str] = (),
     active_at: datetime | None = None,
+    name_contains: str | None = None,
 ) -> list[ApiKey]:
     """A team's keys in (createTime, apiKeyId) order, from just after ``after``."""
     k = t.api_keys
     query = select(k).where(k.c.team_id == team_id)
+    if name_contains:
+        query = query.where(k.c.name.icontains(name_contains, autoescape=True))
     if after is not None:
         # A row-value comparison, so the (team, create_time, id) index serves it as a range:
         # with OR-ed conditions SQLite scans the team's keys from the start on every page.

@@ -1,0 +1,50 @@
+"""The web console: server-rendered pages for teams (a management key) and operators, and the
+API's ``/docs``, all with assets packaged in the wheel (nothing from a CDN).
+
+The control app mounts it with ``console.install(app)``; it reads ``app.state.settings`` and
+``app.state.ctx`` and acts only through ``keyplane.services``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from keyplane.console import docs, session, team, web
+
+STATIC = Path(__file__).parent / "static"
+
+
+def install(app: FastAPI) -> None:
+    """Mount the console under ``/console`` and the API docs under ``/docs``."""
+    app.include_router(team.router)
+    app.include_router(docs.router)
+    app.mount(f"{web.PREFIX}/static", StaticFiles(directory=STATIC), name="console-static")
+
+    @app.exception_handler(web.SignInRequired)
+    async def _sign_in(request: Request, error: web.SignInRequired) -> Response:
+        path = "/sign-in" if error.kind == session.TEAM else "/operator/sign-in"
+        target = web.PREFIX + path
+        if web.is_htmx(request):
+            response: Response = Response(status_code=204, headers={"hx-redirect": target})
+        else:
+            response = web.redirect(target)
+        web.clear_cookie(request, response, error.kind)
+        return response
+
+    @app.exception_handler(web.BadForm)
+    async def _bad_form(request: Request, error: web.BadForm) -> Response:
+        return HTMLResponse(
+            web.templates.get_template("message.html").render(
+                request=request,
+                prefix=web.PREFIX,
+                user=None,
+                title="Refused",
+                message=error.message,
+            ),
+            status_code=error.status,
+            headers=web.HEADERS,
+        )
