@@ -1,8 +1,14 @@
-"""The web console: server-rendered pages for teams (a management key) and operators, and the
-API's ``/docs``, all with assets packaged in the wheel (nothing from a CDN).
+"""The console room: the web console of the control plane, and the API's ``/docs``.
 
-The control app mounts it with ``console.install(app)``; it reads ``app.state.settings`` and
-``app.state.ctx`` and acts only through ``keyplane.services``.
+Owns server-rendered pages (Jinja2 ``templates``, htmx) for teams signed in with a management key
+(``team``) and for operators (``operator``), their sealed, revocable sessions and CSRF tokens
+(``session``, ``web``), Swagger UI (``docs``), and the browser assets vendored into ``static``
+(nothing is fetched from a CDN). It acts only through ``keyplane.services``, as the signed-in key,
+with the same ACL checks as the Management API: it holds no powers of its own.
+
+May import: ``keyplane.domain``, ``keyplane.services``, ``keyplane.propagation`` (propagation
+status), ``keyplane.control.render`` (the API's view of the catalog), ``keyplane.catalog`` and
+``keyplane.settings``. Never storage: the control app mounts it with ``console.install(app)``.
 """
 
 from __future__ import annotations

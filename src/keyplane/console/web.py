@@ -16,12 +16,16 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from keyplane.catalog import Catalog
 from keyplane.console import session as sess
-from keyplane.domain.errors import InvalidArgument, KeyplaneError, PermissionDenied
+from keyplane.domain.errors import (
+    InvalidArgument,
+    KeyplaneError,
+    PermissionDenied,
+    Unauthenticated,
+)
 from keyplane.domain.model import ManagementKey
-from keyplane.services.auth import Principal
+from keyplane.services.auth import Principal, reauthenticate
 from keyplane.services.context import Context
 from keyplane.settings import Settings
-from keyplane.storage import repository as repo
 
 PREFIX = "/console"
 #: A console form is a few fields; anything larger is not one.
@@ -193,24 +197,17 @@ class TeamUser:
         return True
 
 
-def live_management_key(ctx: Context, team_id: str, key_id: str) -> ManagementKey | None:
-    with ctx.db.read() as conn:
-        for key in repo.list_management_keys(conn, team_id):
-            if key.key_id == key_id and key.revoke_time is None:
-                return key
-    return None
-
-
 def team_user(request: Request) -> TeamUser:
     """The signed-in management key, re-read from the store: revoked means signed out."""
     found = sealer(request).open(sess.TEAM, request.cookies.get(sess.TEAM))
     if found is None:
         raise SignInRequired(sess.TEAM)
     _settings, ctx, _catalog = state(request)
-    key = live_management_key(ctx, found.team_id, found.credential_id)
-    if key is None:
-        raise SignInRequired(sess.TEAM)
-    return TeamUser(Principal(key), found)
+    try:
+        principal = reauthenticate(ctx, found.credential_id)
+    except Unauthenticated:
+        raise SignInRequired(sess.TEAM) from None
+    return TeamUser(principal, found)
 
 
 # -- errors at their fields ----------------------------------------------------------------------

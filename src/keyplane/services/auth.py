@@ -53,3 +53,13 @@ def authenticate(ctx: Context, authorization: str | None) -> Principal:
     if key is None:
         raise Unauthenticated.bad_credentials()
     return Principal(key)
+
+
+def reauthenticate(ctx: Context, key_id: str) -> Principal:
+    """The management key a console session names, re-read now: revoked (or its team blocked)
+    means the session is over, at once."""
+    with ctx.db.read() as conn:
+        key = repo.live_management_key_by_id(conn, key_id)
+    if key is None:
+        raise Unauthenticated.bad_credentials()
+    return Principal(key)

@@ -177,6 +177,23 @@ def live_management_key(conn: Connection, digest: str) -> ManagementKey | None:
     return None if row is None else _management_key(row)
 
 
+_LIVE_MANAGEMENT_KEY_BY_ID = (
+    select(t.management_keys)
+    .join(t.teams, t.teams.c.team_id == t.management_keys.c.team_id)
+    .where(
+        t.management_keys.c.key_id == bindparam("key_id"),
+        t.management_keys.c.revoke_time.is_(None),
+        t.teams.c.blocked.is_(False),
+    )
+)
+
+
+def live_management_key_by_id(conn: Connection, key_id: str) -> ManagementKey | None:
+    """``live_management_key`` by id: for a session that names its key without its secret."""
+    row = conn.execute(_LIVE_MANAGEMENT_KEY_BY_ID, {"key_id": key_id}).first()
+    return None if row is None else _management_key(row)
+
+
 def list_management_keys(conn: Connection, team_id: str | None) -> list[ManagementKey]:
     query = select(t.management_keys).order_by(
         t.management_keys.c.create_time, t.management_keys.c.key_id
