@@ -186,6 +186,10 @@ class Settings(BaseSettings):
     management_key_prefix: str = "xai-mgmt-"
     #: Largest request body the Management API reads.
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    #: Largest request line plus headers any keyplane server reads (431 beyond), and the most
+    #: headers one request may carry; control plane, gateways and model server alike.
+    max_head_bytes: int = Field(default=64 * 1024, ge=4096)
+    max_header_count: int = Field(default=100, ge=16)
     #: Changes kept in the log for gateways to catch up from; one further behind takes a snapshot.
     change_log_retention: int = Field(default=1_000_000, ge=0)
     #: Longest a gateway's feed long-poll waits for news: it polls at least this often.

@@ -29,6 +29,7 @@ def serve_control(config: Path | None, host: str | None, port: int | None) -> No
     import uvicorn
 
     from keyplane.control.app import create_app
+    from keyplane.httpbounds import bounded_protocol
     from keyplane.propagation.notifier import ChangeNotifier
 
     settings = load(config)
@@ -43,6 +44,7 @@ def serve_control(config: Path | None, host: str | None, port: int | None) -> No
         log_config=None,
         access_log=False,
         log_level="warning",
+        http=bounded_protocol(settings.max_head_bytes, settings.max_header_count),
         # Gateways hold long-polls open; they reconnect, so don't wait for them on shutdown.
         timeout_graceful_shutdown=2,
     )
@@ -72,7 +74,11 @@ def serve_models(
         host or settings.model_server.host,
         port if port is not None else settings.model_server.port,
         ModelServerConfig(
-            models=names, latency_s=latency_ms / 1000, token_latency_s=token_latency_ms / 1000
+            models=names,
+            latency_s=latency_ms / 1000,
+            token_latency_s=token_latency_ms / 1000,
+            max_head_bytes=settings.max_head_bytes,
+            max_headers=settings.max_header_count,
         ),
     )
 
@@ -90,6 +96,7 @@ def serve_gateway(
     import uvicorn
 
     from keyplane.gateway.server import GatewayProcess
+    from keyplane.httpbounds import bounded_protocol
 
     settings = load(config)
     logs.configure(settings.log_level)
@@ -107,7 +114,7 @@ def serve_gateway(
         log_level="warning",
         lifespan="on",
         loop="uvloop",
-        http="httptools",
+        http=bounded_protocol(settings.max_head_bytes, settings.max_header_count),
         # The hot path: skip what no one reads (client address rewriting, Server/Date headers).
         proxy_headers=False,
         server_header=False,

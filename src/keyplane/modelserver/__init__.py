@@ -8,8 +8,9 @@ and benchmarks an upstream whose answers, token counts and speed are known in ad
 - :func:`serve` runs it under uvicorn; ``python -m keyplane.modelserver`` is its command line;
 - :class:`BackgroundModelServer` runs it on a thread, for in-process tests.
 
-May import: the standard library, msgspec and uvicorn, and ``keyplane.modelserver`` only: it knows
-nothing of keys, limits or the control plane.
+May import: the standard library, msgspec and uvicorn, ``keyplane.httpbounds`` (the request-head
+caps every keyplane server shares) and ``keyplane.modelserver`` only: it knows nothing of keys,
+limits or the control plane.
 """
 
 from keyplane.modelserver.app import ModelServerApp, ModelServerStats, create_app

@@ -32,6 +32,10 @@ class ModelServerConfig:
     """Largest ``max_tokens`` accepted; more is a 400, like a model's context limit."""
     max_body_bytes: int = 4 * 1024 * 1024
     """Larger request bodies get 413."""
+    max_head_bytes: int = 64 * 1024
+    """A larger request line plus headers gets 431 before more is read."""
+    max_headers: int = 100
+    """More headers than this get 431."""
     api_key: str | None = None
     """If set, ``/v1/*`` requires ``Authorization: Bearer <api_key>`` (401 otherwise), so a test can
     check that a gateway swaps the client's key for the upstream's."""

@@ -16,6 +16,7 @@ from typing import Final, Self
 
 import uvicorn
 
+from keyplane.httpbounds import bounded_protocol
 from keyplane.modelserver.app import ModelServerApp, create_app
 from keyplane.modelserver.config import ModelServerConfig
 
@@ -55,7 +56,7 @@ def _uvicorn_config(
     return uvicorn.Config(
         app,
         loop=loop,
-        http="httptools",
+        http=bounded_protocol(app.config.max_head_bytes, app.config.max_headers),
         lifespan="on",
         access_log=False,
         log_level="warning",
