@@ -153,6 +153,23 @@ class LimiterSettings(BaseModel):
     allow_unshared_replicas: bool = False
 
 
+class UsageSettings(BaseModel):
+    """Usage metering (gateways), rollup retention (control plane). See ``keyplane.usage``."""
+
+    #: Gateways meter every inference request; off only to measure what metering costs.
+    metering: bool = True
+    #: Seconds between a gateway's shipments of its usage spool (sooner when much is waiting).
+    ship_interval: float = Field(default=0.2, gt=0, le=60)
+    #: Days each rollup resolution is kept; the usage RPC answers from the finest one still held.
+    minute_retention_days: int = Field(default=14, ge=1)
+    hour_retention_days: int = Field(default=400, ge=1)
+    day_retention_days: int = Field(default=3660, ge=1)
+    #: Days the control plane remembers a gateway spool's ingest marks (for deduplication).
+    ingest_mark_retention_days: int = Field(default=30, ge=1)
+    #: The operator's hard monthly spending limit for every team, in USD cents; 0 = none.
+    hard_spending_limit_cents: int = Field(default=0, ge=0)
+
+
 class ControlSettings(Endpoint):
     port: int = Field(default=8100, ge=0, le=65535)
 
@@ -180,6 +197,7 @@ class Settings(BaseSettings):
     #: Where the built-in model server listens (the upstream of models with no upstream_url).
     model_server: Endpoint = Field(default_factory=lambda: Endpoint(port=8199))
     limiter: LimiterSettings = Field(default_factory=LimiterSettings)
+    usage: UsageSettings = Field(default_factory=UsageSettings)
     #: Seconds a gateway waits for a model server's next bytes (a stream may run longer).
     upstream_timeout: float = Field(default=300.0, gt=0)
     api_key_prefix: str = "xai-"

@@ -8,8 +8,6 @@ idempotency and tombstones behave alike.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -20,33 +18,6 @@ from keyplane.services import admin, keys
 from keyplane.services.auth import Principal
 from keyplane.services.context import Context
 from keyplane.storage import tables
-from keyplane.storage.db import Database
-from tests.support.postgres import PostgresServer, require_postgres
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    server = PostgresServer(require_postgres()).start()
-    yield server
-    server.stop()
-
-
-_counter = iter(range(1_000_000))
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def ctx(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Context]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'keyplane.db'}"
-    else:
-        server: PostgresServer = request.getfixturevalue("postgres")
-        url = server.create_database(f"t{next(_counter)}")
-    db = Database(url)
-    db.migrate()
-    db.migrate()  # idempotent
-    context = Context(db=db, server_secret=db.server_secret())
-    yield context
-    db.dispose()
 
 
 def principal_of(ctx: Context, name: str = "team") -> Principal:

@@ -26,6 +26,8 @@ from keyplane.services import audit, keys
 from keyplane.services.auth import Principal, authenticate
 from keyplane.services.context import Context
 from keyplane.settings import Settings
+from keyplane.usage import housekeeping as usage_housekeeping
+from keyplane.usage.routes import ingest_router
 
 log = structlog.get_logger("keyplane.control")
 
@@ -46,7 +48,10 @@ def create_app(settings: Settings, ctx: Context, notifier: ChangeNotifier | None
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         notifier.bind(asyncio.get_running_loop(), await _current_revision())
-        tasks = [asyncio.create_task(_housekeeping())]
+        tasks = [
+            asyncio.create_task(_housekeeping()),
+            asyncio.create_task(usage_housekeeping.run(ctx, settings.usage)),
+        ]
         if not ctx.db.is_sqlite:
             from keyplane.storage.listen import listen_for_revisions
 
@@ -343,6 +348,7 @@ def create_app(settings: Settings, ctx: Context, notifier: ChangeNotifier | None
 
     app.include_router(router)
     app.include_router(feed_router(ctx, notifier))
+    app.include_router(ingest_router(ctx, settings))
     console.install(app)
 
     app.add_middleware(AccessLog)

@@ -71,6 +71,12 @@ class ApiKey:
     acl_strings: tuple[str, ...] = ()
     revision: int = 0
     secrets: tuple[SecretDigest, ...] = field(default=(), repr=False)
+    #: keyplane's own per-key budget (``keyplane.usage``): cents per ``budget_period``.
+    budget_cents: int | None = None
+    budget_period: str | None = None  # DAY | WEEK | MONTH (UTC)
+    #: While set and in the future, spend blocks the key (its budget) or its team (the limit).
+    budget_blocked_until: datetime | None = None
+    team_blocked_until: datetime | None = None
 
     def is_expired(self, now: datetime) -> bool:
         return self.expire_time is not None and self.expire_time <= now
@@ -173,4 +179,6 @@ def enforcement_view(key: ApiKey) -> dict[str, Any]:
         "acls": list(key.acl_strings),
         "secrets": [{"digest": s.digest, "expireTime": ts(s.expire_time)} for s in key.secrets],
         "revision": key.revision,
+        "apiKeyBlockedUntil": ts(key.budget_blocked_until),
+        "teamBlockedUntil": ts(key.team_blocked_until),
     }

@@ -21,8 +21,10 @@ from keyplane.domain.errors import (
     NotFound,
     PermissionDenied,
     Unauthenticated,
+    http_status,
 )
 from keyplane.gateway.http import (
+    Message,
     Receive,
     Scope,
     Send,
@@ -31,6 +33,7 @@ from keyplane.gateway.http import (
     send_json,
 )
 from keyplane.gateway.replica import KeyRecord, Replica
+from keyplane.usage.meter import TALLY, Meter, Tally
 
 log = structlog.get_logger("keyplane.gateway")
 
@@ -42,6 +45,25 @@ class GatewayConfig:
     cluster: str
     api_key_prefix: str = "xai-"
     max_body_bytes: int = 4 * 1024 * 1024
+
+
+def _metered(send: Send, tally: Tally, meter: Meter) -> Send:
+    """``send``, recording the request's usage just before its answer's last bytes go out: a
+    client that has its whole answer has been counted, even if the gateway dies right after."""
+
+    async def metered(message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            tally.status = message["status"]
+        elif (
+            kind == "http.response.body"
+            and not message.get("more_body", False)
+            and not tally.finished
+        ):
+            meter.finish(tally)
+        await send(message)
+
+    return metered
 
 
 def incorrect_key(redacted: str | None) -> InvalidArgument:
@@ -74,19 +96,56 @@ class Gateway:
             ("GET", "/v1/api-key"): (self._api_key_info, True),
             ("GET", "/v1/me"): (self._me, True),
         }
+        #: Usage metering (``keyplane.usage``): routes whose requests become usage records.
+        self.meter: Meter | None = None
+        self.metered: dict[tuple[str, str], str] = {}
 
-    def route(self, method: str, path: str, handler: Handler, *, any_state: bool = False) -> None:
+    def route(
+        self,
+        method: str,
+        path: str,
+        handler: Handler,
+        *,
+        any_state: bool = False,
+        endpoint: str | None = None,
+    ) -> None:
+        """``endpoint``: the endpoint name its requests are metered under, if they are."""
         self.routes[(method, path)] = (handler, any_state)
+        if endpoint is not None:
+            self.metered[(method, path)] = endpoint
+
+    def _tally(self, scope: Scope) -> Tally | None:
+        method, path = scope["method"], scope["path"]
+        endpoint = self.metered.get((method, path))
+        if endpoint is None:
+            for (m, p), name in self.metered.items():
+                if m == method and p.endswith("/") and path.startswith(p):
+                    endpoint = name
+                    break
+            else:
+                return None
+        tally = scope[TALLY] = Tally(endpoint)
+        return tally
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
+        meter = self.meter
+        tally = None if meter is None else self._tally(scope)
+        if tally is not None and meter is not None:
+            send = _metered(send, tally, meter)
         try:
             await self._dispatch(scope, receive, send)
         except KeyplaneError as error:
+            if tally is not None:
+                tally.status = http_status(error)
             await send_error(send, error)
         except ConnectionResetError:
-            return
+            if tally is not None:
+                tally.status = 499  # the client went away before the answer
+        finally:
+            if tally is not None and meter is not None and not tally.finished:
+                meter.finish(tally)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         method, path = scope["method"], scope["path"]
@@ -123,6 +182,9 @@ class Gateway:
             raise NotFound(f"No route {path}.")
         handler, any_state = entry
         key = self.authenticate(scope)
+        tally: Tally | None = scope.get(TALLY)
+        if tally is not None:
+            tally.team_id, tally.api_key_id = key.team_id, key.api_key_id
         if not any_state:
             self.check_state(key)
         await handler(scope, receive, send, key)

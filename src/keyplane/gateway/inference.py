@@ -32,6 +32,7 @@ from keyplane.gateway.app import Gateway
 from keyplane.gateway.http import Receive, Scope, Send, read_body, send_json
 from keyplane.gateway.replica import KeyRecord
 from keyplane.ratelimit import Decision, Limiter, Quota, RequestLimit, TokenLimit
+from keyplane.usage.meter import TALLY, Tally
 
 log = structlog.get_logger("keyplane.gateway")
 
@@ -183,9 +184,9 @@ class Inference:
             if env and os.environ.get(env):
                 self._upstream_auth[model.name] = f"Bearer {os.environ[env]}"
         for (method, path), endpoint in ENDPOINTS.items():
-            gateway.route(method, path, self._endpoint_handler(endpoint))
-        gateway.route("GET", "/v1/models", self._list_models)
-        gateway.route("GET", "/v1/models/", self._get_model)
+            gateway.route(method, path, self._endpoint_handler(endpoint), endpoint=endpoint)
+        gateway.route("GET", "/v1/models", self._list_models, endpoint="models")
+        gateway.route("GET", "/v1/models/", self._get_model, endpoint="models")
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=1024, keepalive_timeout=60, ttl_dns_cache=300)
@@ -206,8 +207,11 @@ class Inference:
                 f"the ACL api-key:endpoint:{endpoint}."
             )
 
-    def _resolve(self, key: KeyRecord, requested: str) -> CatalogModel:
+    def _resolve(self, key: KeyRecord, requested: str, scope: Scope) -> CatalogModel:
         model = self.catalog.resolve(requested, self.cluster)
+        tally: Tally | None = scope.get(TALLY)
+        if tally is not None:
+            tally.model = model.name if model is not None else requested[:128]
         if model is None:
             raise NotFound(
                 f"The model {requested} does not exist or your team does not have access to it."
@@ -248,7 +252,7 @@ class Inference:
                 raise InvalidArgument(f"The request body is invalid: {error}.") from None
             if not peek.model:
                 raise InvalidArgument("model: is required", field="model")
-            model = self._resolve(key, peek.model)
+            model = self._resolve(key, peek.model, scope)
             limits, decision = await self._admit(key, model)
             await self._forward(scope, receive, send, body, peek, model, limits, decision)
 
@@ -273,7 +277,7 @@ class Inference:
     async def _get_model(self, scope: Scope, receive: Receive, send: Send, key: KeyRecord) -> None:
         self._check_endpoint(key, "models")
         requested = scope["path"][len("/v1/models/") :]
-        self._resolve(key, requested)
+        self._resolve(key, requested, scope)
         await self._admit(key, None)
         await send_json(send, 200, _model_object(requested))
 
@@ -312,6 +316,7 @@ class Inference:
             extra_headers=quota_headers(decision),
             prompt_estimate=len(body) // 4,
             charge=functools.partial(self.limiter.charge, limits.tokens) if limits.tokens else None,
+            tally=scope.get(TALLY),
         )
         task = asyncio.ensure_future(
             self._relay(model.upstream_url + path[3:], body, headers, call)
@@ -377,8 +382,10 @@ class _Call:
         extra_headers: Sequence[tuple[bytes, bytes]],
         prompt_estimate: int,
         charge: Callable[[int], Awaitable[None]] | None = None,
+        tally: Tally | None = None,
     ) -> None:
         self.send = send
+        self.tally = tally
         self.strip_usage = strip_usage
         self.extra_headers = extra_headers
         self.prompt_estimate = prompt_estimate
@@ -400,6 +407,21 @@ class _Call:
             return self.prompt_estimate + self.events_sent
         return 0
 
+    def token_counts(self) -> tuple[int, int]:
+        """``tokens()`` split into (prompt, completion): what usage records are charged."""
+        usage = self.usage
+        if usage is None:
+            if self.events_sent:
+                return self.prompt_estimate, self.events_sent
+            return 0, 0
+        prompt = usage.prompt_tokens + usage.input_tokens
+        completion = usage.completion_tokens + usage.output_tokens
+        total = usage.total
+        if prompt + completion != total:  # only a total, or parts that disagree with it
+            completion = min(completion, total)
+            prompt = total - completion
+        return prompt, completion
+
     async def settle(self) -> None:
         """Charge the call's tokens, once.
 
@@ -410,6 +432,8 @@ class _Call:
         if self._settled:
             return
         self._settled = True
+        if self.tally is not None:
+            self.tally.prompt_tokens, self.tally.completion_tokens = self.token_counts()
         if self._charge is not None:
             await self._charge(self.tokens())
 
@@ -485,6 +509,7 @@ class _Call:
         return True
 
     async def stream_end(self) -> None:
+        await self.settle()  # before the last bytes: the answer's end is charged and metered
         if not self.started:
             await self.send(
                 {"type": "http.response.start", "status": self._status, "headers": self._headers}

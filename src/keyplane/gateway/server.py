@@ -24,6 +24,9 @@ from keyplane.gateway.replica import Replica, ReplicaStore
 from keyplane.gateway.sync import FeedFollower
 from keyplane.ratelimit import FailurePolicy, Limiter, MemoryLimiter, RedisLimiter
 from keyplane.settings import Settings
+from keyplane.usage.meter import Meter
+from keyplane.usage.shipper import Shipper
+from keyplane.usage.spool import Spool
 
 log = structlog.get_logger("keyplane.gateway")
 
@@ -114,13 +117,26 @@ class GatewayProcess:
             is_synced=lambda: self.follower.connected,
             limiter_ok=lambda: bool(getattr(self.limiter, "available", True)),
         )
+        catalog = Catalog(settings)
         self.inference = Inference(
             self.gateway,
-            Catalog(settings),
+            catalog,
             self.limiter,
             upstream_timeout=settings.upstream_timeout,
         )
+        # Usage: the hot path appends to the spool; the shipper sends it to the control plane.
+        self.spool = Spool(self.directory / "usage")
+        self.shipper = Shipper(
+            self.spool,
+            control_urls=settings.feed_urls or [settings.control.url],
+            credential=credential,
+            gateway_id=self.identity,
+            interval=settings.usage.ship_interval,
+        )
+        if settings.usage.metering:
+            self.gateway.meter = Meter(self.spool, catalog.models)
         self._task: asyncio.Task[None] | None = None
+        self._shipping: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -135,12 +151,17 @@ class GatewayProcess:
                 log.info("gateway_starting", gateway=self.identity, revision=self.replica.revision)
                 await self.inference.start()
                 self._task = asyncio.create_task(self.follower.run())
+                self._shipping = asyncio.create_task(self.shipper.run())
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                if self._task is not None:
-                    self._task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await self._task
+                for task in (self._task, self._shipping):
+                    if task is not None:
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await task
+                # What is left stays in the spool for next time if the control plane is away.
+                await self.shipper.flush(within=2.0)
+                self.spool.close()
                 await self.inference.close()
                 await self.limiter.aclose()
                 self.store.close()

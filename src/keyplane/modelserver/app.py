@@ -136,6 +136,9 @@ class ModelServerStats(msgspec.Struct):
     completed: int = 0
     disconnected: int = 0
     requests: int = 0
+    #: Tokens in the usage of every answer made (what a gateway meters, for a full answer).
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 @dataclass(slots=True)
@@ -362,10 +365,15 @@ class ModelServerApp:
             headers=[(b"allow", allow)],
         )
 
+    def _count_tokens(self, prompt: int, completion: int) -> None:
+        self.stats.prompt_tokens += prompt
+        self.stats.completion_tokens += completion
+
     async def _stats_route(self, method: str, send: Send) -> None:
         if method == "DELETE":
             # in_flight is live state, not a total: resetting it would make it go negative.
             self.stats.completed = self.stats.disconnected = self.stats.requests = 0
+            self.stats.prompt_tokens = self.stats.completion_tokens = 0
         elif method != "GET":
             error = self._not_allowed(method, "/_stats", b"GET, DELETE")
             await self._send_json(send, error.status, error.body(), error.headers)
@@ -529,6 +537,7 @@ class ModelServerApp:
             seed_for(req.model, "\x1e".join(seed_parts)), count, finish=finish == "stop"
         )
         usage = _usage_chat(prompt_tokens, len(tokens))
+        self._count_tokens(prompt_tokens, len(tokens))
         ident = self._new_id("chatcmpl-")
         created = int(time.time())
         if not req.stream:
@@ -614,6 +623,7 @@ class ModelServerApp:
                 seed = seed_for(req.model, "\x00ids:" + ",".join(map(str, prompt)))
             outputs.append(generate_tokens(seed, count, finish=finish == "stop"))
         usage = _usage_chat(prompt_tokens, sum(map(len, outputs)))
+        self._count_tokens(prompt_tokens, sum(map(len, outputs)))
         ident = self._new_id("cmpl-")
         created = int(time.time())
         if not req.stream:
@@ -676,6 +686,7 @@ class ModelServerApp:
             seed_for(req.model, "\x1e".join(texts)), count, finish=finish == "stop"
         )
         text = "".join(tokens)
+        self._count_tokens(input_tokens, len(tokens))
         usage = {
             "input_tokens": input_tokens,
             "input_tokens_details": {"cached_tokens": 0},
@@ -743,6 +754,7 @@ class ModelServerApp:
                 "index": index,
                 "embedding": to_base64(vector) if fmt == "base64" else vector,
             })  # fmt: skip
+        self._count_tokens(prompt_tokens, 0)
         return _Reply(body=_encode({
             "object": "list",
             "data": data,
@@ -767,6 +779,7 @@ class ModelServerApp:
                 data.append({"b64_json": encoded})
         input_tokens = count_tokens(req.prompt)
         output_tokens = n * IMAGE_OUTPUT_TOKENS
+        self._count_tokens(input_tokens, output_tokens)
         return _Reply(body=_encode({
             "created": int(time.time()),
             "data": data,

@@ -233,6 +233,10 @@ def _api_key(row: Row[Any], secrets: Sequence[SecretDigest] = ()) -> ApiKey:
         acl_strings=tuple(json.loads(row.acls)),
         revision=int(row.revision),
         secrets=tuple(secrets),
+        budget_cents=row.budget_cents,
+        budget_period=row.budget_period,
+        budget_blocked_until=_dt(row.budget_blocked_until),
+        team_blocked_until=_dt(row.team_blocked_until),
     )
 
 
@@ -252,6 +256,10 @@ def _api_key_values(key: ApiKey) -> dict[str, Any]:
         "tpm": key.tpm,
         "acls": json.dumps(list(key.acl_strings)),
         "revision": key.revision,
+        "budget_cents": key.budget_cents,
+        "budget_period": key.budget_period,
+        "budget_blocked_until": _us(key.budget_blocked_until),
+        "team_blocked_until": _us(key.team_blocked_until),
     }
 
 

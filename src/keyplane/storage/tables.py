@@ -73,6 +73,11 @@ api_keys = Table(
     Column("tpm", BigInteger),
     Column("acls", Text, nullable=False),
     Column("revision", BigInteger, nullable=False),
+    # keyplane.usage: a per-key budget, and until when spend keeps the key (or its team) blocked.
+    Column("budget_cents", BigInteger),
+    Column("budget_period", String(8)),
+    Column("budget_blocked_until", BigInteger),
+    Column("team_blocked_until", BigInteger),
     Index("ix_api_keys_team_order", "team_id", "create_time", "api_key_id"),
 )
 
@@ -185,3 +190,4 @@ gateways = Table(
     Column("first_seen", BigInteger, nullable=False),
     Column("last_seen", BigInteger, nullable=False),
 )
+

@@ -467,7 +467,8 @@ async def test_stream_stops_when_the_client_goes(app: ModelServerApp) -> None:
     assert len(result.chunks) < 100
     assert not result.body.endswith(b"data: [DONE]\n\n")
     stats = json.loads((await call(app, "GET", "/_stats")).body)
-    assert stats == {"in_flight": 0, "completed": 0, "disconnected": 1, "requests": 1}
+    counts = {k: stats[k] for k in ("in_flight", "completed", "disconnected", "requests")}
+    assert counts == {"in_flight": 0, "completed": 0, "disconnected": 1, "requests": 1}
 
 
 async def test_paced_stream_stops_when_the_client_goes(app: ModelServerApp) -> None:
@@ -494,9 +495,19 @@ async def test_waiting_answer_is_abandoned_when_the_client_goes(app: ModelServer
 async def test_stats_count_requests_and_can_be_reset(app: ModelServerApp) -> None:
     await call(app, "POST", "/v1/tokenize-text", {"text": "x"})
     await call(app, "GET", "/nope")
+    answer = await call(app, "POST", "/v1/chat/completions", {"model": "m", "messages": MESSAGES})
+    usage = answer.json()["usage"]
     stats = (await call(app, "GET", "/_stats")).json()
-    assert stats == {"in_flight": 0, "completed": 1, "disconnected": 0, "requests": 2}
-    assert (await call(app, "DELETE", "/_stats")).json()["requests"] == 0
+    assert stats == {
+        "in_flight": 0,
+        "completed": 2,
+        "disconnected": 0,
+        "requests": 3,
+        "prompt_tokens": usage["prompt_tokens"],
+        "completion_tokens": usage["completion_tokens"],
+    }
+    reset = (await call(app, "DELETE", "/_stats")).json()
+    assert (reset["requests"], reset["prompt_tokens"], reset["completion_tokens"]) == (0, 0, 0)
     assert (await call(app, "POST", "/_stats")).status == 405
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 
 from keyplane.storage.tables import metadata
+from keyplane.usage import schema as _usage_tables  # noqa: F401  (puts them on metadata)
 
 connection = context.config.attributes.get("connection")
 if connection is None:  # pragma: no cover - only for `alembic revision --autogenerate` by hand

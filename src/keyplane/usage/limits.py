@@ -1,0 +1,313 @@
+"""Spending limits (per team, per UTC month) and budgets (per key, per UTC day, week or month).
+
+A team or key whose spend reaches its limit is *blocked until the period ends*: the block is a
+time on the key's row (``team_blocked_until`` / ``budget_blocked_until``), carried to every
+gateway in the key's enforcement view through the change feed like any other key change, with
+its own revision and an audit event. Gateways refuse a key while that time is ahead, so a block
+also lifts by itself when the month (or the budget's period) turns; raising the limit lifts it at
+once, with another change.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, update
+
+from keyplane.domain.model import AuditEvent, enforcement_view
+from keyplane.domain.timefmt import from_micros, to_micros
+from keyplane.storage import repository as repo
+from keyplane.storage import tables as t
+from keyplane.usage import store
+from keyplane.usage.periods import period_bounds
+from keyplane.usage.record import COST_SCALE
+
+#: The user id audit events of automatic blocks carry.
+SYSTEM_USER = "keyplane-billing"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """A team's limits in cents; ``None`` = none."""
+
+    soft: int | None
+    hard: int | None
+
+    @property
+    def effective(self) -> int | None:
+        values = [v for v in (self.soft, self.hard) if v is not None]
+        return min(values) if values else None
+
+
+def _audit(
+    conn: Connection,
+    *,
+    team_id: str,
+    entity_type: str,
+    entity_id: str,
+    operation: str,
+    text: str,
+    now: datetime,
+) -> None:
+    repo.append_audit(
+        conn,
+        AuditEvent(
+            event_id=str(uuid.uuid4()),
+            team_id=team_id,
+            event_time=now,
+            user_id=SYSTEM_USER,
+            operation=operation,
+            entity_type=entity_type,
+            entity_id=entity_id,
+            description=text,
+        ),
+    )
+
+
+def _set_key_column(
+    conn: Connection,
+    *,
+    api_key_id: str,
+    team_id: str,
+    column: str,
+    until: datetime | None,
+    now: datetime,
+) -> int | None:
+    """Set a block column of one key with a new revision and its change-log row."""
+    revision = repo.next_revision(conn)
+    conn.execute(
+        update(t.api_keys)
+        .where(t.api_keys.c.api_key_id == api_key_id)
+        .values({column: None if until is None else to_micros(until), "revision": revision})
+    )
+    key = repo.get_api_key(conn, api_key_id, team_id=team_id)
+    if key is None:  # pragma: no cover - the row was just updated in this transaction
+        return None
+    repo.append_change(
+        conn,
+        revision=revision,
+        api_key_id=api_key_id,
+        team_id=team_id,
+        op="upsert",
+        view=enforcement_view(key),
+        now=now,
+    )
+    return revision
+
+
+def team_limits(conn: Connection, team_id: str, hard_cents: int | None) -> tuple[Limits, Any]:
+    row = store.team_billing_row(conn, team_id)
+    soft = None if row is None else row.soft_limit_cents
+    return Limits(soft, hard_cents), row
+
+
+def team_month_spend(conn: Connection, team_id: str, now: datetime) -> int:
+    """This UTC month's spend of the team, in cost units (1e-8 cents)."""
+    start, _ = period_bounds("MONTH", now)
+    return store.spend_since(conn, store.team_subject(team_id), int(start.timestamp()))
+
+
+def key_period_spend(conn: Connection, api_key_id: str, period: str, now: datetime) -> int:
+    start, _ = period_bounds(period, now)
+    return store.spend_since(conn, store.key_subject(api_key_id), int(start.timestamp()))
+
+
+def apply_team_block(
+    conn: Connection,
+    *,
+    team_id: str,
+    until: datetime | None,
+    now: datetime,
+    why: str,
+    soft_limit_cents: int | None,
+) -> list[int]:
+    """Block (``until`` set) or unblock (``None``) a team: every key of it gets a change."""
+    store.save_team_billing(
+        conn,
+        team_id,
+        soft_limit_cents=soft_limit_cents,
+        blocked_until=None if until is None else to_micros(until),
+        now=now,
+    )
+    revisions = [
+        r
+        for key_id in store.team_key_ids(conn, team_id)
+        if (
+            r := _set_key_column(
+                conn,
+                api_key_id=key_id,
+                team_id=team_id,
+                column="team_blocked_until",
+                until=until,
+                now=now,
+            )
+        )
+        is not None
+    ]
+    _audit(
+        conn,
+        team_id=team_id,
+        entity_type="TEAM",
+        entity_id=team_id,
+        operation="BlockTeam" if until is not None else "UnblockTeam",
+        text=why,
+        now=now,
+    )
+    return revisions
+
+
+def apply_key_block(
+    conn: Connection,
+    *,
+    api_key_id: str,
+    team_id: str,
+    until: datetime | None,
+    now: datetime,
+    why: str,
+) -> list[int]:
+    revision = _set_key_column(
+        conn,
+        api_key_id=api_key_id,
+        team_id=team_id,
+        column="budget_blocked_until",
+        until=until,
+        now=now,
+    )
+    _audit(
+        conn,
+        team_id=team_id,
+        entity_type="API_KEY",
+        entity_id=api_key_id,
+        operation="BlockApiKey" if until is not None else "UnblockApiKey",
+        text=why,
+        now=now,
+    )
+    return [] if revision is None else [revision]
+
+
+def _cents(units: int) -> str:
+    return f"{units / COST_SCALE:.2f}"
+
+
+def check_team(
+    conn: Connection, team_id: str, *, hard_cents: int | None, now: datetime
+) -> list[int]:
+    """Block the team if this month's spend reached its effective limit, unblock it if not."""
+    limits, row = team_limits(conn, team_id, hard_cents)
+    limit = limits.effective
+    blocked_until = None if row is None or row.blocked_until is None else row.blocked_until
+    blocked = blocked_until is not None and blocked_until > to_micros(now)
+    if limit is None and not blocked:
+        return []
+    spent = team_month_spend(conn, team_id, now)
+    over = limit is not None and spent >= limit * COST_SCALE
+    if over and not blocked:
+        _, month_end = period_bounds("MONTH", now)
+        return apply_team_block(
+            conn,
+            team_id=team_id,
+            until=month_end,
+            now=now,
+            why=f"Team blocked: spend this month ({_cents(spent)} cents) reached the spending "
+            f"limit of {limit} cents",
+            soft_limit_cents=limits.soft,
+        )
+    if blocked and not over:
+        return apply_team_block(
+            conn,
+            team_id=team_id,
+            until=None,
+            now=now,
+            why=f"Team unblocked: spend this month ({_cents(spent)} cents) is under the limit",
+            soft_limit_cents=limits.soft,
+        )
+    return []
+
+
+def check_key(
+    conn: Connection,
+    *,
+    api_key_id: str,
+    team_id: str,
+    budget_cents: int | None,
+    period: str | None,
+    blocked_until: int | None,
+    now: datetime,
+) -> list[int]:
+    """Block the key if its spend this period reached its budget; unblock it if not."""
+    blocked = blocked_until is not None and blocked_until > to_micros(now)
+    if budget_cents is None or period is None:
+        over = False
+        spent = 0
+    else:
+        spent = key_period_spend(conn, api_key_id, period, now)
+        over = spent >= budget_cents * COST_SCALE
+    if over and not blocked:
+        assert period is not None
+        _, end = period_bounds(period, now)
+        return apply_key_block(
+            conn,
+            api_key_id=api_key_id,
+            team_id=team_id,
+            until=end,
+            now=now,
+            why=f"API key blocked: spend this {period.lower()} ({_cents(spent)} cents) reached "
+            f"its budget of {budget_cents} cents",
+        )
+    if blocked and not over:
+        return apply_key_block(
+            conn,
+            api_key_id=api_key_id,
+            team_id=team_id,
+            until=None,
+            now=now,
+            why="API key unblocked: its spend is under its budget",
+        )
+    return []
+
+
+def lift_expired(conn: Connection, *, now: datetime) -> list[int]:
+    """Clear blocks whose period has ended (gateways already stopped enforcing them)."""
+    now_us = to_micros(now)
+    revisions: list[int] = []
+    for team_id in store.expired_team_blocks(conn, until_before=now_us + 1):
+        row = store.team_billing_row(conn, team_id)
+        revisions += apply_team_block(
+            conn,
+            team_id=team_id,
+            until=None,
+            now=now,
+            why="Team unblocked: a new month began",
+            soft_limit_cents=None if row is None else row.soft_limit_cents,
+        )
+    for row in store.blocked_keys(conn, until_before=now_us + 1):
+        key = repo.get_api_key(conn, row.api_key_id, team_id=row.team_id)
+        if key is None:
+            continue
+        if key.budget_blocked_until is not None and to_micros(key.budget_blocked_until) <= now_us:
+            revisions += apply_key_block(
+                conn,
+                api_key_id=key.api_key_id,
+                team_id=key.team_id,
+                until=None,
+                now=now,
+                why="API key unblocked: its budget period ended",
+            )
+        if key.team_blocked_until is not None and to_micros(key.team_blocked_until) <= now_us:
+            revision = _set_key_column(
+                conn,
+                api_key_id=key.api_key_id,
+                team_id=key.team_id,
+                column="team_blocked_until",
+                until=None,
+                now=now,
+            )
+            revisions += [] if revision is None else [revision]
+    return revisions
+
+
+def blocked_until(value: int | None) -> datetime | None:
+    return None if value is None else from_micros(value)

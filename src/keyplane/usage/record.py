@@ -1,0 +1,107 @@
+"""One usage record, how it is framed on the gateway's spool and on the wire, and what it costs.
+
+Money: the catalog states prices in USD cents per 100 million tokens (and per image, in the same
+unit). A record's ``cost`` is tokens × price, an integer in **1e-8 USD cents** (``COST_SCALE``
+units per cent), so sums are exact on every engine and a dollar is ``10**10`` units.
+
+A frame is ``<length u32 LE><crc32 u32 LE><msgpack payload>``: the length finds the next frame,
+the checksum tells a torn tail (power loss) from a record.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Iterator
+
+import msgspec
+
+from keyplane.catalog import CatalogModel
+
+#: Cost units per USD cent (prices are per 100 million tokens).
+COST_SCALE = 100_000_000
+#: Cost units per US dollar.
+COST_PER_USD = 100 * COST_SCALE
+_HEADER = struct.Struct("<II")
+HEADER_SIZE = _HEADER.size
+#: No single record is anywhere near this; a larger length is a torn or foreign frame.
+MAX_FRAME = 4096
+
+
+class UsageRecord(msgspec.Struct, array_like=True, frozen=True):
+    """One finished inference request, as the gateway saw it."""
+
+    time_ms: int
+    team_id: str
+    api_key_id: str
+    model: str
+    endpoint: str
+    status: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: int  # 1e-8 USD cents
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(UsageRecord).decode
+
+
+def frame(record: UsageRecord) -> bytes:
+    payload = _encode(record)
+    return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def iter_frames(data: bytes | memoryview, base: int = 0) -> Iterator[tuple[int, int, bytes]]:
+    """``(start, end, payload)`` of each whole, intact frame from the start of ``data``; stops at
+    the first torn or damaged one. Offsets are ``base`` plus the position in ``data``."""
+    view = memoryview(data)
+    position = 0
+    while position + HEADER_SIZE <= len(view):
+        length, crc = _HEADER.unpack_from(view, position)
+        end = position + HEADER_SIZE + length
+        if length > MAX_FRAME or end > len(view):
+            return
+        payload = bytes(view[position + HEADER_SIZE : end])
+        if zlib.crc32(payload) != crc:
+            return
+        yield base + position, base + end, payload
+        position = end
+
+
+def decode(payload: bytes) -> UsageRecord:
+    return _decode(payload)
+
+
+class Prices(msgspec.Struct, frozen=True):
+    """A model's prices, as integers in cents per 100 million tokens (per image for images)."""
+
+    prompt: int = 0
+    completion: int = 0
+    image: int = 0
+
+    @classmethod
+    def of(cls, model: CatalogModel) -> Prices:
+        p = model.spec.prices
+
+        def cents(value: str | None) -> int:
+            return int(value) if value else 0
+
+        return cls(
+            cents(p.prompt_text_token_price),
+            cents(p.completion_text_token_price),
+            cents(p.image_price),
+        )
+
+    def cost(self, prompt: int, completion: int, images: int = 0) -> int:
+        return prompt * self.prompt + completion * self.completion + images * self.image
+
+
+def status_class(status: int) -> str:
+    """The hosted API's status groups: ``2xx``, ``4xx``, ``429``, ``5xx``."""
+    if status == 429:
+        return "429"
+    if status >= 500:
+        return "5xx"
+    if status >= 400:
+        return "4xx"
+    return "2xx"

@@ -1,0 +1,73 @@
+"""The usage tables: rollups at three resolutions, ingest marks, spend counters, team limits.
+
+On the shared ``MetaData`` so Alembic sees them; the migration ``0002_usage_and_spend`` creates
+them. Buckets are epoch seconds of the bucket's start (UTC); money is in 1e-8 USD cents
+(``usage.record.COST_SCALE``).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, Index, Integer, String, Table
+
+from keyplane.storage.tables import ID, metadata
+
+
+def _rollup(name: str) -> Table:
+    return Table(
+        name,
+        metadata,
+        Column("team_id", ID, primary_key=True),
+        Column("bucket", BigInteger, primary_key=True, autoincrement=False),
+        Column("api_key_id", ID, primary_key=True),
+        Column("model", String(128), primary_key=True),
+        Column("cluster", String(128), primary_key=True),
+        Column("endpoint", String(32), primary_key=True),
+        Column("status", Integer, primary_key=True, autoincrement=False),
+        Column("requests", BigInteger, nullable=False),
+        Column("prompt_tokens", BigInteger, nullable=False),
+        Column("completion_tokens", BigInteger, nullable=False),
+        Column("cost", BigInteger, nullable=False),
+        Index(f"ix_{name}_bucket", "bucket"),
+    )
+
+
+#: Per-minute, per-hour and per-UTC-day rollups of the same records.
+usage_minutes = _rollup("usage_minutes")
+usage_hours = _rollup("usage_hours")
+usage_days = _rollup("usage_days")
+ROLLUPS: tuple[tuple[int, Table], ...] = (
+    (60, usage_minutes),
+    (3600, usage_hours),
+    (86400, usage_days),
+)
+
+#: How far each gateway spool segment has been ingested: a resend below the mark is a duplicate.
+usage_ingest_marks = Table(
+    "usage_ingest_marks",
+    metadata,
+    Column("gateway_id", String(128), primary_key=True),
+    Column("segment", BigInteger, primary_key=True, autoincrement=False),
+    Column("cluster", String(128), nullable=False),
+    Column("offset", BigInteger, nullable=False),
+    Column("update_time", BigInteger, nullable=False, index=True),
+)
+
+#: Spend per UTC day of a team (``team:<id>``) or a key (``key:<id>``): what limits are checked
+#: against, a month being at most 31 rows.
+usage_spend = Table(
+    "usage_spend",
+    metadata,
+    Column("subject", String(80), primary_key=True),
+    Column("day", BigInteger, primary_key=True, autoincrement=False),
+    Column("cost", BigInteger, nullable=False),
+)
+
+#: A team's spending limit (cents) and, while its spend is over it, until when it is blocked.
+team_billing = Table(
+    "team_billing",
+    metadata,
+    Column("team_id", ID, primary_key=True),
+    Column("soft_limit_cents", BigInteger),
+    Column("blocked_until", BigInteger),
+    Column("update_time", BigInteger, nullable=False),
+)

@@ -1,0 +1,168 @@
+"""The gateway's usage spool: append-only segment files, shipped in order, dropped once acked.
+
+The hot path appends one frame with one ``os.write`` (no fsync): the page cache keeps it through
+a SIGKILL of the process. ``sync()`` (called off the hot path, about once a second) makes it
+survive power loss too. A small ``cursor`` file says how far the control plane has acknowledged;
+a segment is deleted only when everything in it is acknowledged, so after any crash the gateway
+resends from the cursor and the control plane drops what it already has (by offset).
+
+Everything but ``sync`` and ``read`` runs on the event loop's thread; ``read`` only touches bytes
+below the size it is given, which are complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from keyplane.usage.record import iter_frames
+
+_SEGMENT = re.compile(r"(\d{12})\.spool")
+CURSOR = "cursor"
+#: An acknowledged segment at least this large is replaced by a fresh one.
+ROTATE_BYTES = 4 * 1024 * 1024
+#: A segment still waiting for its ack is closed for appends past this size.
+MAX_SEGMENT_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    segment: int
+    start: int
+    end: int
+    data: bytes
+
+
+class Spool:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        segments = sorted(
+            int(m.group(1)) for p in directory.iterdir() if (m := _SEGMENT.fullmatch(p.name))
+        )
+        self.cursor = self._read_cursor() or ((segments[0], 0) if segments else (1, 0))
+        for old in [s for s in segments if s < self.cursor[0]]:
+            self._path(old).unlink(missing_ok=True)  # acked before a crash, not yet removed
+        self.segment = max([self.cursor[0], *segments])
+        self._fd = -1
+        self._open(self.segment)
+        self.appended = 0
+
+    # -- files ---------------------------------------------------------------------------------
+
+    def _path(self, segment: int) -> Path:
+        return self.directory / f"{segment:012d}.spool"
+
+    def _read_cursor(self) -> tuple[int, int] | None:
+        try:
+            segment, offset = (self.directory / CURSOR).read_text().split()
+            return int(segment), int(offset)
+        except (OSError, ValueError):
+            return None
+
+    def _write_cursor(self) -> None:
+        tmp = self.directory / (CURSOR + ".tmp")
+        tmp.write_text(f"{self.cursor[0]} {self.cursor[1]}\n")
+        tmp.replace(self.directory / CURSOR)
+
+    def _open(self, segment: int) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+        path = self._path(segment)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        size = os.fstat(self._fd).st_size
+        # A torn tail (power loss mid-write) ends the segment: cut it off before appending.
+        start = self.cursor[1] if segment == self.cursor[0] else 0
+        start = min(start, size)
+        with open(path, "rb") as f:
+            f.seek(start)
+            tail = f.read()
+        good = start
+        for _, end, _ in iter_frames(tail, start):
+            good = end
+        if good < size:
+            os.ftruncate(self._fd, good)
+        self.segment = segment
+        self.size = good
+
+    # -- the hot path --------------------------------------------------------------------------
+
+    def append(self, data: bytes) -> None:
+        written = os.write(self._fd, data)
+        while written < len(data):  # a short write (e.g. disk nearly full): finish the frame
+            written += os.write(self._fd, data[written:])
+        self.size += len(data)
+        self.appended += 1
+        if self.size >= MAX_SEGMENT_BYTES:
+            self._open(self.segment + 1)
+
+    # -- shipping --------------------------------------------------------------------------------
+
+    def pending(self) -> int:
+        """Bytes appended but not acknowledged (approximate across segments)."""
+        segment, offset = self.cursor
+        if segment == self.segment:
+            return self.size - offset
+        return self.size + MAX_SEGMENT_BYTES  # whole older segments wait
+
+    def next_range(self) -> tuple[int, int, int] | None:
+        """``(segment, start, end)`` of what is waiting, in the oldest segment holding some."""
+        segment, offset = self.cursor
+        if segment == self.segment:
+            return None if self.size <= offset else (segment, offset, self.size)
+        try:
+            size = self._path(segment).stat().st_size
+        except FileNotFoundError:
+            size = 0
+        if offset >= size:
+            self._advance()
+            return self.next_range()
+        return segment, offset, size
+
+    def read(self, segment: int, start: int, end: int, limit: int) -> Batch:
+        """The whole frames in ``[start, end)``, at most ``limit`` bytes of them (at least one)."""
+        with open(self._path(segment), "rb") as f:
+            f.seek(start)
+            data = f.read(min(end - start, limit))
+        last = start
+        for _, frame_end, _ in iter_frames(data, start):
+            last = frame_end
+        if last == start and end > start:
+            # A damaged frame in a closed segment: nothing after it can be read; skip to its end.
+            return Batch(segment, start, end, b"")
+        return Batch(segment, start, last, data[: last - start])
+
+    def ack(self, batch: Batch) -> None:
+        if (batch.segment, batch.start) != self.cursor:
+            return  # an old answer; the cursor has moved on
+        self.cursor = (batch.segment, batch.end)
+        if batch.segment != self.segment:
+            with contextlib.suppress(FileNotFoundError):
+                if batch.end >= self._path(batch.segment).stat().st_size:
+                    self._advance()
+        elif batch.end >= self.size and self.size >= ROTATE_BYTES:
+            self._open(self.segment + 1)
+            self._path(batch.segment).unlink(missing_ok=True)
+            self.cursor = (self.segment, 0)
+        self._write_cursor()
+
+    def _advance(self) -> None:
+        old = self.cursor[0]
+        self.cursor = (old + 1, 0)
+        self._write_cursor()
+        self._path(old).unlink(missing_ok=True)
+
+    # -- durability -------------------------------------------------------------------------------
+
+    def sync(self) -> None:
+        """Power-loss durability for what is appended so far (call it off the hot path)."""
+        with contextlib.suppress(OSError):
+            os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

@@ -1,0 +1,37 @@
+"""Fixtures of the storage suites: a ``Context`` on SQLite and on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from keyplane.services.context import Context
+from keyplane.storage.db import Database
+from tests.support.postgres import PostgresServer, require_postgres
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer(require_postgres()).start()
+    yield server
+    server.stop()
+
+
+_counter = iter(range(1_000_000))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ctx(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Context]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'keyplane.db'}"
+    else:
+        server: PostgresServer = request.getfixturevalue("postgres")
+        url = server.create_database(f"t{next(_counter)}")
+    db = Database(url)
+    db.migrate()
+    db.migrate()  # idempotent
+    context = Context(db=db, server_secret=db.server_secret())
+    yield context
+    db.dispose()

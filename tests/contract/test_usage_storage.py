@@ -1,0 +1,104 @@
+"""The usage store on every engine: ingest is idempotent by spool offset, rollups agree at every
+resolution, spend is counted for limits."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+
+from keyplane.domain.errors import InvalidArgument
+from keyplane.services.context import Context
+from keyplane.usage import ingest
+from keyplane.usage.record import UsageRecord, frame
+from keyplane.usage.schema import ROLLUPS
+
+T0 = 1_780_000_000_000  # ms; a minute boundary is not assumed
+
+
+def records(n: int, *, team: str = "team-a", start_ms: int = T0) -> list[UsageRecord]:
+    return [
+        UsageRecord(
+            time_ms=start_ms + i * 7_000,
+            team_id=team,
+            api_key_id=f"key-{i % 3}",
+            model="grok-4" if i % 2 else "grok-3",
+            endpoint="chat",
+            status=200 if i % 5 else 429,
+            prompt_tokens=i,
+            completion_tokens=2 * i,
+            cost=i * 100,
+        )
+        for i in range(n)
+    ]
+
+
+def send(
+    ctx: Context, batch: list[UsageRecord], *, start: int = 0, segment: int = 1
+) -> ingest.IngestResult:
+    data = b"".join(frame(r) for r in batch)
+    return ingest.ingest(
+        ctx,
+        gateway_id="us-east-1/gw",
+        cluster="us-east-1",
+        segment=segment,
+        start=start,
+        end=start + len(data),
+        data=data,
+    )
+
+
+def sums(ctx: Context) -> list[tuple[int, int, int, int]]:
+    """(requests, prompt, completion, cost) summed over each rollup table."""
+    out = []
+    with ctx.db.read() as conn:
+        for _, table in ROLLUPS:
+            row = conn.execute(
+                select(
+                    func.sum(table.c.requests),
+                    func.sum(table.c.prompt_tokens),
+                    func.sum(table.c.completion_tokens),
+                    func.sum(table.c.cost),
+                )
+            ).one()
+            out.append(tuple(int(v or 0) for v in row))
+    return out  # type: ignore[return-value]
+
+
+def expected(batch: list[UsageRecord]) -> tuple[int, int, int, int]:
+    return (
+        len(batch),
+        sum(r.prompt_tokens for r in batch),
+        sum(r.completion_tokens for r in batch),
+        sum(r.cost for r in batch),
+    )
+
+
+def test_a_resent_batch_counts_once_and_an_overlapping_one_adds_only_its_new_records(
+    ctx: Context,
+) -> None:
+    batch = records(40)
+    first = send(ctx, batch[:25])
+    assert (first.accepted, first.duplicates) == (25, 0)
+    again = send(ctx, batch[:25])  # the ack was lost: the same range comes again
+    assert (again.accepted, again.duplicates) == (0, 25)
+    # The gateway restarted and now sends from its cursor with more appended since.
+    overlap = send(ctx, batch)
+    assert (overlap.accepted, overlap.duplicates) == (15, 25)
+    assert sums(ctx) == [expected(batch)] * 3
+
+
+def test_segments_and_gateways_are_deduplicated_apart(ctx: Context) -> None:
+    batch = records(10)
+    send(ctx, batch, segment=1)
+    send(ctx, batch, segment=2)  # a new segment starts at offset 0 again
+    assert sums(ctx)[0] == expected(batch + batch)
+
+
+def test_a_damaged_batch_is_refused_whole(ctx: Context) -> None:
+    data = b"".join(frame(r) for r in records(5))
+    broken = data[:-3] + b"xyz"
+    with pytest.raises(InvalidArgument):
+        ingest.ingest(
+            ctx, gateway_id="g", cluster="c", segment=1, start=0, end=len(broken), data=broken
+        )
+    assert sums(ctx)[0] == (0, 0, 0, 0)

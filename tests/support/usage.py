@@ -1,0 +1,46 @@
+"""Reading what the control plane has counted, straight from its store (test-side only)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+
+from tests.support.procs import Deployment, admin_context, wait_for
+
+
+@dataclass(frozen=True)
+class Totals:
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: int
+
+
+def counted(dep: Deployment, team_id: str, *, status: int | None = None) -> Totals:
+    """The sums of a team's per-minute rollups (``team_id`` "" holds unauthenticated requests)."""
+    from keyplane.usage.schema import usage_minutes as m
+
+    query = select(
+        func.coalesce(func.sum(m.c.requests), 0),
+        func.coalesce(func.sum(m.c.prompt_tokens), 0),
+        func.coalesce(func.sum(m.c.completion_tokens), 0),
+        func.coalesce(func.sum(m.c.cost), 0),
+    ).where(m.c.team_id == team_id)
+    if status is not None:
+        query = query.where(m.c.status == status)
+    with admin_context(dep) as ctx, ctx.db.read() as conn:
+        row = conn.execute(query).one()
+    return Totals(*(int(v) for v in row))
+
+
+def wait_counted(dep: Deployment, team_id: str, requests: int, timeout: float = 20.0) -> Totals:
+    """Wait until ``requests`` of the team's requests are counted; fail if more ever are."""
+
+    def done() -> Totals | None:
+        totals = counted(dep, team_id)
+        assert totals.requests <= requests, f"counted {totals.requests} > {requests}"
+        return totals if totals.requests == requests else None
+
+    totals: Totals = wait_for(done, timeout=timeout, what=f"{requests} requests counted")
+    return totals
