@@ -103,12 +103,14 @@ def _stores(data_dir: Path, pg_port: int, redis_port: int) -> list[Child]:
     pg_root.mkdir(parents=True, exist_ok=True)
     user = _as_postgres(pg_root)
     if not (pg_root / "data" / "PG_VERSION").exists():
-        subprocess.run(  # noqa: S603
+        made = subprocess.run(  # noqa: S603
             [*user, str(bindir / "initdb"), "-D", str(pg_root / "data"), "-U", "postgres",
              "-A", "trust"],
-            check=True,
             stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )  # fmt: skip
+        if made.returncode != 0:
+            raise click.ClickException(made.stderr.decode(errors="replace").strip())
     redis = shutil.which("redis-server")
     if redis is None:
         raise click.ClickException("Redis is not installed (apt-get install redis-server)")
