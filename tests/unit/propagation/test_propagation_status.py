@@ -1,0 +1,217 @@
+"""Propagation status on a clock the test moves: ``true`` only when every *live* gateway of a
+cluster has *applied* (acked) the key's revision; a cluster silent past the liveness window reads
+``false``.
+
+In process, on a real SQLite file, through the same ack path the feed route uses (``AckBook``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from keyplane.domain.clock import ManualClock
+from keyplane.domain.errors import NotFound
+from keyplane.propagation import feed
+from keyplane.services import admin, keys
+from keyplane.services.auth import Principal
+from keyplane.services.context import Context
+from keyplane.settings import Settings
+from keyplane.storage.db import Database
+
+LIVENESS = 10.0
+US, EU = "us-east-1", "eu-west-1"
+HOSTS = {US: "us-east-1.api.keyplane.local", EU: "eu-west-1.api.keyplane.local"}
+
+
+class World:
+    def __init__(self, root: Path) -> None:
+        self.db = Database(f"sqlite:///{root / 'cp.db'}", pool_size=2)
+        self.db.migrate()
+        self.clock = ManualClock()
+        self.ctx = Context(
+            db=self.db,
+            server_secret=self.db.server_secret(),
+            clock=self.clock,
+            gateway_liveness=timedelta(seconds=LIVENESS),
+        )
+        self.settings = Settings(data_dir=root, gateway_liveness_seconds=LIVENESS)
+        team = admin.create_team(self.ctx, name="t")
+        self.principal = Principal(
+            admin.create_management_key(self.ctx, team_id=team.team_id, name="m").key
+        )
+        self.acks = feed.AckBook()
+
+    def create(self) -> tuple[str, int]:
+        created, _ = keys.create_key(
+            self.ctx,
+            principal=self.principal,
+            team_id=self.principal.team_id,
+            spec=keys.parse_new_key({"name": "k"}),
+        )
+        assert created is not None
+        return created.key.api_key_id, feed.current_revision(self.ctx)
+
+    def ack(self, gateway: str, cluster: str, revision: int) -> None:
+        self.acks.ack(self.ctx, gateway_id=gateway, cluster=cluster, revision=revision)
+
+    def status(self, key_id: str) -> dict[str, bool]:
+        raw = feed.propagation_status(
+            self.ctx, self.settings, principal=self.principal, api_key_id=key_id
+        )
+        by_cluster = {name: raw[host] for name, host in HOSTS.items()}
+        assert len(raw) == len(by_cluster)
+        return by_cluster
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    w = World(tmp_path)
+    yield w
+    w.db.dispose()
+
+
+def test_no_gateway_at_all_reads_false(world: World) -> None:
+    key_id, _ = world.create()
+    assert world.status(key_id) == {US: False, EU: False}
+
+
+def test_true_only_once_the_applied_revision_reaches_the_key(world: World) -> None:
+    key_id, revision = world.create()
+    world.ack("us-a", US, revision - 1)
+    world.ack("eu-a", EU, revision - 1)
+    assert world.status(key_id) == {US: False, EU: False}
+    world.ack("us-a", US, revision)
+    assert world.status(key_id) == {US: True, EU: False}
+    world.ack("eu-a", EU, revision + 5)
+    assert world.status(key_id) == {US: True, EU: True}
+
+
+def test_every_live_gateway_of_the_cluster_must_have_applied_it(world: World) -> None:
+    key_id, revision = world.create()
+    world.ack("us-a", US, revision)
+    world.ack("us-b", US, revision - 1)
+    assert world.status(key_id)[US] is False
+    world.ack("us-b", US, revision)
+    assert world.status(key_id)[US] is True
+
+
+def test_a_gateway_of_another_cluster_does_not_count(world: World) -> None:
+    key_id, revision = world.create()
+    world.ack("us-a", US, revision)
+    world.ack("us-b", US, revision)
+    assert world.status(key_id)[EU] is False
+
+
+def test_a_cluster_silent_past_the_liveness_window_reads_false(world: World) -> None:
+    key_id, revision = world.create()
+    world.ack("us-a", US, revision)
+    world.clock.advance(LIVENESS - 0.001)
+    assert world.status(key_id)[US] is True
+    world.clock.advance(0.001)  # exactly the window: no longer live
+    assert world.status(key_id)[US] is False
+    world.ack("us-a", US, revision)  # it polls again: live again
+    assert world.status(key_id)[US] is True
+
+
+def test_a_dead_gateway_behind_does_not_hold_its_live_siblings_back(world: World) -> None:
+    key_id, revision = world.create()
+    world.ack("us-dead", US, revision - 1)
+    world.clock.advance(LIVENESS)
+    world.ack("us-live", US, revision)
+    assert world.status(key_id)[US] is True
+
+
+def test_a_gateway_polling_steadily_at_one_revision_stays_live(world: World) -> None:
+    """Acks that only refresh "last seen" are thinned out, never so much that a gateway polling
+    at the feed's pace looks silent."""
+    key_id, revision = world.create()
+    step = LIVENESS / 4
+    for _ in range(12):  # three liveness windows
+        world.ack("us-a", US, revision)
+        world.clock.advance(step)
+        assert world.status(key_id)[US] is True
+
+
+def test_refresh_acks_are_thinned_but_a_new_revision_is_written_at_once(world: World) -> None:
+    key_id, revision = world.create()
+    world.ack("us-a", US, revision - 1)
+    world.clock.advance(0.1)
+    world.ack("us-a", US, revision)  # a new revision within the refresh interval: written
+    assert world.status(key_id)[US] is True
+
+
+def test_the_refresh_interval_is_bounded_by_the_liveness_window(world: World) -> None:
+    """With a short window, an ack a quarter-window after the last one is written, so the gateway
+    stays live; a fixed two-second refresh would lose it."""
+    short = timedelta(seconds=1)
+    ctx = Context(
+        db=world.db,
+        server_secret=world.ctx.server_secret,
+        clock=world.clock,
+        gateway_liveness=short,
+    )
+    world.ctx = ctx
+    key_id, revision = world.create()
+    world.ack("us-a", US, revision)
+    world.clock.advance(0.25)
+    world.ack("us-a", US, revision)
+    world.clock.advance(0.8)  # 1.05 s after the first ack, 0.8 s after the second
+    assert world.status(key_id)[US] is True
+
+
+def test_status_of_an_unknown_or_foreign_key_is_not_found(world: World) -> None:
+    with pytest.raises(NotFound):
+        world.status("00000000-0000-0000-0000-000000000000")
+    other = admin.create_team(world.ctx, name="other")
+    stranger = Principal(
+        admin.create_management_key(world.ctx, team_id=other.team_id, name="m").key
+    )
+    key_id, _ = world.create()
+    with pytest.raises(NotFound):
+        feed.propagation_status(world.ctx, world.settings, principal=stranger, api_key_id=key_id)
+
+
+def test_cluster_view_reports_lag_and_liveness(world: World) -> None:
+    _, revision = world.create()
+    world.ack("us-a", US, revision - 1)
+    world.clock.advance(LIVENESS)
+    world.ack("eu-a", EU, revision)
+    current, rows = feed.cluster_view(world.ctx)
+    assert current == revision
+    by_id = {r.gateway_id: r for r in rows}
+    assert (by_id["us-a"].lag, by_id["us-a"].live) == (1, False)
+    assert (by_id["eu-a"].lag, by_id["eu-a"].live) == (0, True)
+    assert (by_id["eu-a"].cluster, by_id["eu-a"].applied_revision) == (EU, revision)
+
+
+def test_read_changes_answers_by_where_the_follower_stands(world: World) -> None:
+    world.create()
+    world.create()
+    current = feed.current_revision(world.ctx)
+    ahead = feed.read_changes(world.ctx, after=current + 1, limit=10)
+    assert (ahead.snapshot_required, ahead.revision, ahead.changes) == (True, current, [])
+    level = feed.read_changes(world.ctx, after=current, limit=10)
+    assert (level.snapshot_required, level.revision, level.changes) == (False, current, [])
+    behind = feed.read_changes(world.ctx, after=current - 1, limit=10)
+    assert not behind.snapshot_required
+    assert [c.revision for c in behind.changes] == [current]
+    assert behind.revision == current
+    one = feed.read_changes(world.ctx, after=0, limit=1)
+    assert [c.revision for c in one.changes] == [1]
+    assert one.revision == 1
+    feed.compact(world.ctx, keep=1)
+    assert feed.read_changes(world.ctx, after=current - 1, limit=10).snapshot_required is False
+    assert feed.read_changes(world.ctx, after=current - 2, limit=10).snapshot_required is True
+
+
+def test_forgotten_gateways_are_dropped_by_compaction(world: World) -> None:
+    _, revision = world.create()
+    world.ack("old", US, revision)
+    world.clock.advance(feed.FORGET_AFTER.total_seconds() + 1)
+    world.ack("new", US, revision)
+    feed.compact(world.ctx, keep=10)
+    assert [r.gateway_id for r in feed.cluster_view(world.ctx)[1]] == ["new"]
