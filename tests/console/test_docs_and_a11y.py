@@ -81,6 +81,8 @@ def test_console_pages_pass_axe(stack: Stack, browser: Browser, width: int) -> N
         ]:
             page.goto(base + path)
             found[name] = serious_violations(page)
+        page.goto(f"{base}/console/operator/sign-in")
+        found["operator sign-in"] = serious_violations(page)
         # A page with an error at its field.
         page.goto(f"{base}/console/keys/new")
         page.get_by_label("Name", exact=True).fill("x")

@@ -165,3 +165,59 @@ def clusters_credential(config: Path | None, cluster: str) -> None:
         raise click.ClickException(f"unknown cluster {cluster!r}") from None
     ctx = open_context(settings)
     click.echo(feed.issue_credential(ctx, cluster=cluster))
+
+
+@admin.group("operators")
+def operators() -> None:
+    """Operator credentials for the console's operators' view (teams, keys, clusters)."""
+
+
+@operators.command("create")
+@config_option
+@click.argument("name")
+@json_option
+def operators_create(config: Path | None, name: str, as_json: bool) -> None:
+    """Mint an operator credential; the secret is printed once and stored only as a digest."""
+    from keyplane.services import admin as svc
+
+    ctx = open_context(load(config))
+    created = run_service(lambda: svc.create_operator(ctx, name=name))
+    if as_json:
+        row = {"operator_id": created.operator.operator_id, "secret": created.secret}
+        emit([{**row, "name": created.operator.name}], True)
+        return
+    click.echo(f"operator {created.operator.operator_id} ({created.operator.name})")
+    click.echo("secret (shown once; sign in at /console/operator/sign-in):")
+    click.echo(f"  {created.secret}")
+
+
+@operators.command("list")
+@config_option
+@json_option
+def operators_list(config: Path | None, as_json: bool) -> None:
+    from keyplane.services import admin as svc
+
+    ctx = open_context(load(config))
+    rows = [
+        {
+            "operator_id": o.operator_id,
+            "name": o.name,
+            "redacted": o.redacted,
+            "state": "revoked" if o.revoke_time else "active",
+            "created": format_ts(o.create_time),
+        }
+        for o in svc.list_operators(ctx)
+    ]
+    emit(rows, as_json)
+
+
+@operators.command("revoke")
+@config_option
+@click.argument("operator_id")
+def operators_revoke(config: Path | None, operator_id: str) -> None:
+    """Revoke an operator credential: its console sessions end at once."""
+    from keyplane.services import admin as svc
+
+    ctx = open_context(load(config))
+    run_service(lambda: svc.revoke_operator(ctx, operator_id=operator_id))
+    click.echo(f"revoked operator {operator_id}")

@@ -19,7 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from keyplane.console import docs, session, team, web
+from keyplane.console import docs, operator, session, team, web
 
 STATIC = Path(__file__).parent / "static"
 
@@ -27,6 +27,7 @@ STATIC = Path(__file__).parent / "static"
 def install(app: FastAPI) -> None:
     """Mount the console under ``/console`` and the API docs under ``/docs``."""
     app.include_router(team.router)
+    app.include_router(operator.router)
     app.include_router(docs.router)
     app.mount(f"{web.PREFIX}/static", StaticFiles(directory=STATIC), name="console-static")
 

@@ -46,48 +46,31 @@ def home(request: Request) -> Response:
     return redirect(f"{web.PREFIX}/keys" if signed_in else f"{web.PREFIX}/sign-in")
 
 
-def _signin_page(request: Request, *, error: str = "", status: int = 200) -> Response:
-    token = web.new_signin_token()
-    response = page(request, "signin.html", status=status, token=token, error=error)
-    web.set_cookie(request, response, sess.PRE, token, max_age=3600)
-    return response
-
-
 @router.get("/sign-in")
 def signin_form(request: Request) -> Response:
-    return _signin_page(request)
+    return web.signin_page(request, "signin.html")
 
 
 @router.post("/sign-in")
 async def signin(request: Request) -> Response:
-    form = await web.read_form(request)
-    web.check_csrf(request, form, request.cookies.get(sess.PRE) or secrets.token_hex(16))
-    secret = form.get("key")
+    form = await web.read_signin_form(request)
     _settings, ctx, _catalog = web.state(request)
     try:
-        principal = await _in_thread(authenticate, ctx, f"Bearer {secret}")
+        principal = await _in_thread(authenticate, ctx, f"Bearer {form.get('key')}")
     except KeyplaneError:
-        return _signin_page(
+        return web.signin_page(
             request,
+            "signin.html",
             error="That management key is not valid (unknown, revoked or mistyped).",
             status=401,
         )
-    _session, cookie = web.sealer(request).new(sess.TEAM, principal.key.key_id, principal.team_id)
-    response = redirect(f"{web.PREFIX}/keys")
-    web.set_cookie(request, response, sess.TEAM, cookie, max_age=sess.SESSION_TTL_S)
-    web.clear_cookie(request, response, sess.PRE)
-    return response
+    key = principal.key
+    return web.start_session(request, sess.TEAM, key.key_id, key.team_id, f"{web.PREFIX}/keys")
 
 
 @router.post("/sign-out")
 async def signout(request: Request) -> Response:
-    form = await web.read_form(request)
-    found = web.sealer(request).open(sess.TEAM, request.cookies.get(sess.TEAM))
-    if found is not None:
-        web.check_csrf(request, form, found.csrf)
-    response = redirect(f"{web.PREFIX}/sign-in")
-    web.clear_cookie(request, response, sess.TEAM)
-    return response
+    return await web.end_session(request, sess.TEAM, f"{web.PREFIX}/sign-in")
 
 
 async def _in_thread(fn: Any, *args: Any, **kwargs: Any) -> Any:

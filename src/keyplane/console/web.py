@@ -169,8 +169,41 @@ def check_csrf(request: Request, form: Form, expected: str) -> None:
         raise BadForm(403, "The form expired or did not come from this console. Reload the page.")
 
 
-def new_signin_token() -> str:
-    return secrets.token_urlsafe(24)
+# -- signing in and out (teams and operators alike) ----------------------------------------------
+
+
+def signin_page(request: Request, template: str, *, error: str = "", status: int = 200) -> Response:
+    """A sign-in form with a fresh double-submit token (there is no session to bind one to)."""
+    token = secrets.token_urlsafe(24)
+    response = page(request, template, status=status, token=token, error=error)
+    set_cookie(request, response, sess.PRE, token, max_age=3600)
+    return response
+
+
+async def read_signin_form(request: Request) -> Form:
+    form = await read_form(request)
+    check_csrf(request, form, request.cookies.get(sess.PRE) or secrets.token_hex(16))
+    return form
+
+
+def start_session(
+    request: Request, kind: str, credential_id: str, team_id: str, target: str
+) -> Response:
+    _session, cookie = sealer(request).new(kind, credential_id, team_id)
+    response = redirect(target)
+    set_cookie(request, response, kind, cookie, max_age=sess.SESSION_TTL_S)
+    clear_cookie(request, response, sess.PRE)
+    return response
+
+
+async def end_session(request: Request, kind: str, target: str) -> Response:
+    form = await read_form(request)
+    found = sealer(request).open(kind, request.cookies.get(kind))
+    if found is not None:
+        check_csrf(request, form, found.csrf)
+    response = redirect(target)
+    clear_cookie(request, response, kind)
+    return response
 
 
 # -- who is signed in ----------------------------------------------------------------------------

@@ -46,6 +46,17 @@ class ManagementKey:
 
 
 @dataclass(frozen=True, slots=True)
+class Operator:
+    """Someone who runs the deployment; signs in to the console's operators' view."""
+
+    operator_id: str
+    name: str
+    redacted: str
+    create_time: datetime
+    revoke_time: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SecretDigest:
     """One live secret of an API key. ``expire_time`` is set on an old secret during rotation."""
 

@@ -12,8 +12,8 @@ from sqlalchemy.exc import IntegrityError
 
 from keyplane.domain import keysecrets
 from keyplane.domain.acl import MANAGEMENT_NAMESPACE, RPCS, WILDCARD, parse_management_acl
-from keyplane.domain.errors import Conflict, InvalidArgument, NotFound
-from keyplane.domain.model import AuditEvent, ManagementKey, Team, validate_name
+from keyplane.domain.errors import Conflict, InvalidArgument, NotFound, Unauthenticated
+from keyplane.domain.model import AuditEvent, ManagementKey, Operator, Team, validate_name
 from keyplane.services.context import Context
 from keyplane.storage import repository as repo
 
@@ -130,14 +130,77 @@ def revoke_management_key(ctx: Context, *, key_id: str) -> ManagementKey:
     return key
 
 
+# -- operators ------------------------------------------------------------------------------------
+
+#: Operator credentials never pass for management or API keys, nor the other way round.
+OPERATOR_PREFIX = "kp-operator-"
+
+
+@dataclass(frozen=True, slots=True)
+class NewOperator:
+    operator: Operator
+    secret: str
+
+
+def create_operator(ctx: Context, *, name: str) -> NewOperator:
+    """A console credential for an operator; the secret is returned once, its digest stored."""
+    secret = keysecrets.generate_secret(OPERATOR_PREFIX)
+    operator = Operator(
+        operator_id=str(uuid.uuid4()),
+        name=validate_name(name, field="name"),
+        redacted=keysecrets.redact(secret, OPERATOR_PREFIX),
+        create_time=ctx.clock.now(),
+    )
+    with ctx.db.write() as conn:
+        repo.insert_operator(conn, operator, keysecrets.digest(secret))
+    return NewOperator(operator, secret)
+
+
+def list_operators(ctx: Context) -> list[Operator]:
+    with ctx.db.read() as conn:
+        return repo.list_operators(conn)
+
+
+def revoke_operator(ctx: Context, *, operator_id: str) -> None:
+    with ctx.db.write() as conn:
+        if not repo.revoke_operator(conn, operator_id, ctx.clock.now()):
+            raise NotFound(f"no live operator {operator_id}")
+
+
+def authenticate_operator(ctx: Context, secret: str) -> Operator:
+    if not keysecrets.looks_like(secret, OPERATOR_PREFIX):
+        raise Unauthenticated.bad_credentials()
+    with ctx.db.read() as conn:
+        operator = repo.live_operator(conn, digest=keysecrets.digest(secret))
+    if operator is None:
+        raise Unauthenticated.bad_credentials()
+    return operator
+
+
+def reauthenticate_operator(ctx: Context, operator_id: str) -> Operator:
+    """The operator a console session names, re-read now: revoked ends the session."""
+    with ctx.db.read() as conn:
+        operator = repo.live_operator(conn, operator_id=operator_id)
+    if operator is None:
+        raise Unauthenticated.bad_credentials()
+    return operator
+
+
 __all__ = [
     "ALL_RPCS",
+    "OPERATOR_PREFIX",
     "WILDCARD",
     "NewManagementKey",
+    "NewOperator",
+    "authenticate_operator",
     "create_management_key",
+    "create_operator",
     "create_team",
     "find_team",
     "list_management_keys",
+    "list_operators",
     "list_teams",
+    "reauthenticate_operator",
     "revoke_management_key",
+    "revoke_operator",
 ]

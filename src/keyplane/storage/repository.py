@@ -26,7 +26,14 @@ from sqlalchemy import (
     update,
 )
 
-from keyplane.domain.model import ApiKey, AuditEvent, ManagementKey, SecretDigest, Team
+from keyplane.domain.model import (
+    ApiKey,
+    AuditEvent,
+    ManagementKey,
+    Operator,
+    SecretDigest,
+    Team,
+)
 from keyplane.domain.timefmt import from_micros, to_micros
 from keyplane.storage import tables as t
 
@@ -644,3 +651,57 @@ def list_gateways(conn: Connection) -> list[GatewayState]:
 
 def forget_gateways(conn: Connection, *, last_seen_before: datetime) -> None:
     conn.execute(delete(t.gateways).where(t.gateways.c.last_seen < to_micros(last_seen_before)))
+
+
+# -- operators ------------------------------------------------------------------------------------
+
+
+def insert_operator(conn: Connection, operator: Operator, digest: str) -> None:
+    conn.execute(
+        insert(t.operators).values(
+            operator_id=operator.operator_id,
+            name=operator.name,
+            digest=digest,
+            redacted=operator.redacted,
+            create_time=to_micros(operator.create_time),
+        )
+    )
+
+
+def _operator(row: Row[Any]) -> Operator:
+    return Operator(
+        operator_id=row.operator_id,
+        name=row.name,
+        redacted=row.redacted,
+        create_time=from_micros(row.create_time),
+        revoke_time=_dt(row.revoke_time),
+    )
+
+
+def live_operator(
+    conn: Connection, *, digest: str | None = None, operator_id: str | None = None
+) -> Operator | None:
+    """The unrevoked operator with this digest (sign-in) or id (a session naming it)."""
+    o = t.operators
+    query = select(o).where(o.c.revoke_time.is_(None))
+    if digest is not None:
+        query = query.where(o.c.digest == digest)
+    if operator_id is not None:
+        query = query.where(o.c.operator_id == operator_id)
+    row = conn.execute(query).first()
+    return None if row is None else _operator(row)
+
+
+def list_operators(conn: Connection) -> list[Operator]:
+    o = t.operators
+    return [_operator(r) for r in conn.execute(select(o).order_by(o.c.create_time))]
+
+
+def revoke_operator(conn: Connection, operator_id: str, now: datetime) -> bool:
+    o = t.operators
+    result = conn.execute(
+        update(o)
+        .where(o.c.operator_id == operator_id, o.c.revoke_time.is_(None))
+        .values(revoke_time=to_micros(now))
+    )
+    return result.rowcount == 1

@@ -55,6 +55,18 @@ management_keys = Table(
     Column("revoke_time", BigInteger),
 )
 
+#: Operators' console credentials (``keyplane admin operators create``): digests only.
+operators = Table(
+    "operators",
+    metadata,
+    Column("operator_id", ID, primary_key=True),
+    Column("name", String(256), nullable=False),
+    Column("digest", String(64), nullable=False, unique=True),
+    Column("redacted", String(64), nullable=False),
+    Column("create_time", BigInteger, nullable=False),
+    Column("revoke_time", BigInteger),
+)
+
 api_keys = Table(
     "api_keys",
     metadata,
