@@ -1,7 +1,7 @@
 """operators: credentials for the console's operators' view
 
-Revision ID: 0002_console_operators
-Revises: 0001
+Revision ID: 0003_console_operators
+Revises: 0002_usage
 Create Date: 2026-12-04 17:35:00
 """
 
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0002_console_operators"
-down_revision: str | None = "0001"
+revision: str = "0003_console_operators"
+down_revision: str | None = "0002_usage"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
