@@ -160,11 +160,12 @@ async def admission_async(make_limiter: Callable[[], Any], tasks: int) -> dict[s
 
 
 def admission_table(redis_url: str | None) -> str:
-    from keyplane.ratelimit import MemoryLimiter, RedisLimiter
+    from keyplane.ratelimit import MemoryLimiter, RedisLimiter, RedisLimiterSettings
 
     backends: list[tuple[str, Callable[[], Any]]] = [("memory", MemoryLimiter)]
     if redis_url is not None:
-        backends.append(("Redis", lambda: RedisLimiter.from_url(redis_url, prefix="bench:adm:")))
+        shared = RedisLimiterSettings(prefix="bench:adm:")
+        backends.append(("Redis", lambda: RedisLimiter.from_url(redis_url, shared)))
     results: dict[tuple[str, int], dict[str, Any]] = {}
     for name, make in backends:
         for tasks in ASYNC_TASKS:

@@ -30,7 +30,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from keyplane.ratelimit import MemoryLimiter, RedisLimiter, RequestLimit, TokenLimit
+from keyplane.ratelimit import (
+    MemoryLimiter,
+    RedisLimiter,
+    RedisLimiterSettings,
+    RequestLimit,
+    TokenLimit,
+)
 
 TOKENS_PER_REQUEST = 150
 TEAMS = 100
@@ -131,7 +137,7 @@ async def bench_redis(
     seconds: float,
     concurrency: int,
 ) -> Result:
-    limiter = RedisLimiter.from_url(url, prefix=f"bench:{scenario}:")
+    limiter = RedisLimiter.from_url(url, RedisLimiterSettings(prefix=f"bench:{scenario}:"))
     latencies: list[int] = []
     admitted = 0
     counter = 0

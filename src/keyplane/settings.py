@@ -144,9 +144,14 @@ class LimiterSettings(BaseModel):
     #: memory: in each gateway process (one replica per cluster); redis: shared by the replicas.
     backend: Literal["memory", "redis"] = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
-    #: What a gateway does while Redis is unreachable: admit everything, refuse everything, or
-    #: enforce each limit divided by ``replicas`` in its own memory.
-    failure_policy: Literal["allow", "deny", "local"] = "local"
+    #: What a gateway does while Redis is unreachable: admit everything, refuse everything,
+    #: enforce each limit divided by ``replicas`` in its own memory at once (local), or only once
+    #: a full window has passed since Redis was lost (local-strict, never over a limit).
+    failure_policy: Literal["allow", "deny", "local", "local-strict"] = "local"
+    #: The longest a decision waits on Redis (seconds) before the failure policy decides.
+    redis_timeout: float = Field(default=0.25, gt=0, le=10)
+    #: Multiplies every limit window; tests and demos only (0.1: a "minute" of 6 s).
+    window_scale: float = Field(default=1.0, gt=0, le=1)
     #: Gateway replicas per cluster (the ``local`` policy divides every limit by this).
     replicas: int = Field(default=1, ge=1)
     #: Several replicas with in-memory limits each enforce the full limit; refuse unless set.

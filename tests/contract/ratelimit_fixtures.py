@@ -6,7 +6,9 @@ The server listens on 127.0.0.1 only, persists nothing and lives in a temporary 
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -72,11 +74,20 @@ class RedisServer:
                 raise RuntimeError(f"redis-server did not answer PING within {deadline} s")
             time.sleep(0.01)  # polling a condition with a deadline, not papering over a race
 
+    def pause(self) -> None:
+        """SIGSTOP: Redis hangs (connections open, no replies) until :meth:`resume`."""
+        assert self._proc is not None, "not running"
+        os.kill(self._proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._proc is not None, "not running"
+        os.kill(self._proc.pid, signal.SIGCONT)
+
     def stop(self) -> None:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        proc.kill()
+        proc.kill()  # SIGKILL: everything Redis held is lost (it persists nothing)
         proc.wait(timeout=10)
 
     def close(self) -> None:

@@ -132,10 +132,10 @@ def test_redis_down_applies_the_policy_then_recovers(
     redis_server.stop()
     try:
         down = run_load(urls, secret, clients=16, seconds=3, body=CHAT)
+        assert all(httpx.get(u + "/healthz").json()["limiter"] == "degraded" for u in urls)
     finally:
         redis_server.start()
     assert {s.status for s in down} <= {200, 429}, "no 5xx while Redis is down"
-    assert all(httpx.get(u + "/healthz").json()["limiter"] == "degraded" for u in urls)
     # local policy: each of the two replicas enforces 20 / 2 = 10 per second on its own.
     assert max_certainly_admitted(down, 1.0) <= 20
     assert count(down, 200) > 0

@@ -22,7 +22,14 @@ from keyplane.gateway.http import Receive, Scope, Send
 from keyplane.gateway.inference import Inference
 from keyplane.gateway.replica import Replica, ReplicaStore
 from keyplane.gateway.sync import FeedFollower
-from keyplane.ratelimit import FailurePolicy, Limiter, MemoryLimiter, RedisLimiter
+from keyplane.ratelimit import (
+    FailurePolicy,
+    Limiter,
+    MemoryLimiter,
+    RedisLimiter,
+    RedisLimiterSettings,
+    ScaledWindows,
+)
 from keyplane.settings import Settings
 from keyplane.usage.meter import Meter
 from keyplane.usage.shipper import Shipper
@@ -75,20 +82,35 @@ def make_limiter(settings: Settings, cluster: str, replica_index: int = 0) -> Li
     """The limiter of one gateway. In-memory limits are refused for a second replica of a
     cluster (each would enforce the full limit) unless ``allow_unshared_replicas``."""
     config = settings.limiter
+    limiter: Limiter
     if config.backend == "redis":
-        return RedisLimiter.from_url(
+        limiter = RedisLimiter.from_url(
             config.redis_url,
-            policy=FailurePolicy(config.failure_policy),
-            replicas=config.replicas,
-            # Limits count per cluster: clusters sharing one Redis must not share counters.
-            prefix=f"keyplane:rl:{cluster}:",
+            RedisLimiterSettings(
+                policy=FailurePolicy(config.failure_policy),
+                replicas=config.replicas,
+                # Limits count per cluster: clusters sharing one Redis must not share counters.
+                prefix=f"keyplane:rl:{cluster}:",
+                timeout=config.redis_timeout,
+            ),
         )
-    if (config.replicas > 1 or replica_index > 0) and not config.allow_unshared_replicas:
+    elif (config.replicas > 1 or replica_index > 0) and not config.allow_unshared_replicas:
         raise SystemExit(
             "several gateway replicas of one cluster with in-memory limits would each enforce "
             "the full limit; use limiter.backend = 'redis', or set limiter.allow_unshared_replicas"
         )
-    return MemoryLimiter()
+    else:
+        limiter = MemoryLimiter()
+    if config.window_scale != 1.0:
+        limiter = ScaledWindows(limiter, config.window_scale)
+    return limiter
+
+
+def shared_limiter(limiter: Limiter) -> RedisLimiter | None:
+    """The Redis limiter inside ``limiter``, if any: what ``/healthz`` reports on."""
+    if isinstance(limiter, ScaledWindows):
+        limiter = limiter.inner
+    return limiter if isinstance(limiter, RedisLimiter) else None
 
 
 class GatewayProcess:
@@ -111,11 +133,12 @@ class GatewayProcess:
             poll_wait=settings.feed_poll_seconds,
         )
         self.limiter = make_limiter(settings, cluster, replica_index)
+        shared = self.shared = shared_limiter(self.limiter)
         self.gateway = Gateway(
             GatewayConfig(cluster=cluster, api_key_prefix=settings.api_key_prefix),
             self.replica,
             is_synced=lambda: self.follower.connected,
-            limiter_ok=lambda: bool(getattr(self.limiter, "available", True)),
+            limiter_ok=lambda: shared is None or shared.available,
         )
         catalog = Catalog(settings)
         self.inference = Inference(
@@ -150,6 +173,8 @@ class GatewayProcess:
             if message["type"] == "lifespan.startup":
                 log.info("gateway_starting", gateway=self.identity, revision=self.replica.revision)
                 await self.inference.start()
+                if self.shared is not None:
+                    await self.shared.start()  # meets Redis, starts its health probe
                 self._task = asyncio.create_task(self.follower.run())
                 self._shipping = asyncio.create_task(self.shipper.run())
                 await send({"type": "lifespan.startup.complete"})

@@ -10,8 +10,9 @@ Guarantees, for every backend:
   a refused request records nothing.
 
 Backends: :class:`MemoryLimiter` (one process; ``acquire_now`` is its synchronous fast path) and
-:class:`RedisLimiter` (shared by a cluster's replicas, with a :class:`FailurePolicy` for when
-Redis is down).
+:class:`RedisLimiter` (shared by a cluster's replicas, tuned by one :class:`RedisLimiterSettings`,
+with a :class:`FailurePolicy` for when Redis is down and an exact replay when it returns).
+:class:`ScaledWindows` shortens every window (tests and demos of per-minute limits).
 """
 
 from typing import TYPE_CHECKING
@@ -29,7 +30,8 @@ from keyplane.ratelimit.base import (
     Violation,
 )
 from keyplane.ratelimit.memory import MemoryLimiter
-from keyplane.ratelimit.redis import FAILURES, FailurePolicy, RedisLimiter
+from keyplane.ratelimit.redis import FAILURES, FailurePolicy, RedisLimiter, RedisLimiterSettings
+from keyplane.ratelimit.scaled import ScaledWindows
 
 __all__ = [
     "ALLOWED",
@@ -42,7 +44,9 @@ __all__ = [
     "MemoryLimiter",
     "Quota",
     "RedisLimiter",
+    "RedisLimiterSettings",
     "RequestLimit",
+    "ScaledWindows",
     "SystemClock",
     "TokenLimit",
     "Violation",
@@ -50,5 +54,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     # mypy proves here that both backends implement the Limiter protocol.
-    def _implements_limiter(memory: MemoryLimiter, redis: RedisLimiter) -> list[Limiter]:
-        return [memory, redis]
+    def _implements_limiter(
+        memory: MemoryLimiter, redis: RedisLimiter, scaled: ScaledWindows
+    ) -> list[Limiter]:
+        return [memory, redis, scaled]

@@ -229,6 +229,22 @@ class MemoryLimiter:
             tally.requests = Quota(best_limit, best_remaining, best_reset)
         return tally.decision()
 
+    def record_now(self, requests: Sequence[RequestLimit]) -> None:
+        """Record one admission in every request limit without checking any: for an admission
+        decided elsewhere (by Redis) that later local decisions must count."""
+        now = self._now()
+        due = self._due
+        if due and due[0][0] <= now:
+            self._sweep(now, self._sweep_budget)
+        for lim in requests:
+            if lim.limit <= 0:
+                continue
+            log = self._fresh_log(self._requests, _REQUESTS, lim, now)
+            if lim.limit <= self._exact_max:
+                log.add(now, 1)
+            else:
+                log.add(_bucket_end(now, lim.window / self._buckets), 1)
+
     def charge_now(self, tokens: Sequence[TokenLimit], amount: int) -> None:
         """Synchronous :meth:`charge`."""
         if amount < 0:
@@ -239,19 +255,25 @@ class MemoryLimiter:
             self._sweep(now, self._sweep_budget)
         if amount == 0:
             return
-        counters = self._tokens
         for lim in tokens:
             if lim.limit <= 0:
                 continue
-            log = counters.get(lim.counter)
-            if log is None:
-                log = counters[lim.counter] = _Log(lim.window)
-                heapq.heappush(due, (now + lim.window, lim.counter, _TOKENS))
-            else:
-                # Expire before adding so the log never holds more than buckets + 1 entries.
-                log.expire(now - lim.window)
-                log.window = lim.window
+            log = self._fresh_log(self._tokens, _TOKENS, lim, now)
             log.add(_bucket_end(now, lim.window / self._token_buckets), amount)
+
+    def _fresh_log(
+        self, store: dict[str, _Log], kind: int, lim: RequestLimit | TokenLimit, now: float
+    ) -> _Log:
+        """The log of ``lim``'s counter, created (and put in the sweep heap) if new, expired if
+        not: expiring before adding keeps a bucketed log within buckets + 1 entries."""
+        log = store.get(lim.counter)
+        if log is None:
+            log = store[lim.counter] = _Log(lim.window)
+            heapq.heappush(self._due, (now + lim.window, lim.counter, kind))
+        else:
+            log.expire(now - lim.window)
+            log.window = lim.window
+        return log
 
     async def acquire(
         self, requests: Sequence[RequestLimit], tokens: Sequence[TokenLimit] = ()

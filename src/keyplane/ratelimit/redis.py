@@ -1,7 +1,7 @@
 """Rate limiter shared by a cluster's gateway replicas through one Redis (standalone or primary).
 
 Same semantics and data layout as :mod:`keyplane.ratelimit.memory`, kept in Redis and driven by
-Lua so that each call is one round trip and atomic:
+Lua (``lua/*.lua``, loaded once at import) so that each call is one round trip and atomic:
 
 * one ``acquire`` = one script: it reads ``TIME`` (Redis's clock, so replicas need not agree on
   theirs), checks every limit, and only if all pass records the request in every request limit;
@@ -15,30 +15,35 @@ round times up to bucket ends (``window / buckets``) and merge entries per bucke
 hold at most ``buckets + 1`` entries whatever the traffic. Both keys get a TTL of the time until
 their newest entry leaves the window, so idle counters vanish on their own.
 
-``TIME`` is the Redis host's wall clock: if it is stepped, windows shift with it (forward: entries
-leave early; backward: they stay longer, and new entries merge into the newest rather than break
-the log's order). Keep that host on NTP slewing, as usual.
+``TIME`` is the Redis host's wall clock: if it is stepped, windows shift with it. Keep that host
+on NTP slewing, as usual. The scripts touch keys in several hash slots: use one Redis, not Redis
+Cluster (with Sentinel for failover if wanted).
 
-The scripts touch several keys that generally live in different hash slots, so Redis Cluster is
-not supported; use one Redis (with Sentinel for failover if wanted).
-
-When Redis cannot be reached the :class:`FailurePolicy` decides, and the decision says
-``degraded=True``: ``allow`` admits without quotas, ``deny`` refuses with ``violated=None`` and
-``retry_after=retry_interval``, ``local`` answers from an in-process :class:`MemoryLimiter` with
-every limit divided by the replica count. Redis is tried again at most once per
-``retry_interval`` (one probe at a time), and the first success puts it back in charge.
+Faults. A call that fails or takes longer than ``timeout`` marks Redis *down*: from then on every
+decision comes at once from the :class:`FailurePolicy` (``degraded=True``), and a background task
+probes Redis with a bounded backoff, off the request path. While up, the same task pings an idle
+Redis so that ``/healthz`` notices an outage without traffic. On the way back the replica first
+*replays* into Redis, in one idempotent script call, every admission and charge of the last
+window that Redis does not know (:mod:`keyplane.ratelimit.journal`) — the ones its policy decided,
+or all of its own if Redis lost its data — and only then decides through Redis again. For one
+window after that it also keeps to its local share (``limit // replicas``), because another
+replica may not have replayed yet. docs/architecture.md proves the bound of each policy.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import uuid
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from enum import StrEnum
+from importlib.resources import files
 from typing import Any
 
 import redis.exceptions
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -54,9 +59,10 @@ from keyplane.ratelimit.base import (
     active,
     active_tokens,
 )
+from keyplane.ratelimit.journal import Journal
 from keyplane.ratelimit.memory import MemoryLimiter
 
-__all__ = ["FAILURES", "FailurePolicy", "RedisLimiter"]
+__all__ = ["FAILURES", "FailurePolicy", "RedisLimiter", "RedisLimiterSettings"]
 
 log = logging.getLogger(__name__)
 
@@ -66,17 +72,77 @@ FAILURES = Counter(
     ["policy"],
 )
 """``keyplane_ratelimit_failures_total{policy}``; module-level so that limiters can share it."""
+REDIS_UP = Gauge(
+    "keyplane_ratelimit_redis_up",
+    "1 while rate-limit decisions go through Redis, 0 while the failure policy takes them.",
+)
+TRANSITIONS = Counter(
+    "keyplane_ratelimit_transitions",
+    "Times the rate limiter lost Redis (to=down) or handed decisions back to it (to=up).",
+    ["to"],
+)
+REPLAYED = Counter(
+    "keyplane_ratelimit_replayed_entries",
+    "Admissions and charges a replica replayed into Redis on its way back (per counter).",
+)
 
 
 class FailurePolicy(StrEnum):
-    """What a :class:`RedisLimiter` does while Redis is unreachable."""
+    """What a :class:`RedisLimiter` does while Redis is unreachable (docs/architecture.md)."""
 
     ALLOW = "allow"
     """Admit every request: availability over limits."""
     DENY = "deny"
     """Refuse every request: limits over availability."""
     LOCAL = "local"
-    """Enforce each limit in this process, divided by the number of gateway replicas."""
+    """At once, each replica enforces ``limit // replicas`` in its own memory, counting its own
+    admissions of the window (at most ``limit + (replicas - 1) * (limit // replicas)`` in the
+    window of the switch)."""
+    LOCAL_STRICT = "local-strict"
+    """Refuse a limit's requests until one full window has passed since Redis was lost, then
+    ``limit // replicas`` per replica: never more than the limit when Redis itself fails."""
+
+
+@dataclass(frozen=True, slots=True)
+class RedisLimiterSettings:
+    """How a :class:`RedisLimiter` uses Redis and what it does without it.
+
+    * ``policy`` applies while Redis is down; ``replicas`` is the number of gateway replicas of
+      the cluster (the ``local`` policies give each ``limit // replicas``, at least 1).
+    * ``prefix`` is prepended to every key (one per cluster: clusters must not share counters).
+    * ``timeout``: the longest a decision waits on Redis, connecting and queueing for one of the
+      ``max_connections`` included; past it the policy decides.
+    * ``probe_min`` … ``probe_max``: the backoff between probes while Redis is down (seconds,
+      doubling). Keep ``probe_max`` under the shortest window (1 s) so that every replica is back
+      within one window of the first (the hand-back relies on it).
+    * ``heartbeat``: how often an idle limiter pings Redis while up.
+    * ``exact_max``, ``buckets``, ``token_buckets`` mean what they mean for
+      :class:`~keyplane.ratelimit.MemoryLimiter`.
+    """
+
+    policy: FailurePolicy = FailurePolicy.LOCAL
+    replicas: int = 1
+    prefix: str = "keyplane:rl:"
+    timeout: float = 0.25
+    max_connections: int = 64
+    probe_min: float = 0.05
+    probe_max: float = 0.5
+    heartbeat: float = 1.0
+    exact_max: int = 1000
+    buckets: int = 60
+    token_buckets: int = 60
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "policy", FailurePolicy(self.policy))
+        if self.replicas < 1:
+            raise ValueError(f"replicas must be >= 1, got {self.replicas}")
+        if self.buckets < 1 or self.token_buckets < 1:
+            raise ValueError("buckets and token_buckets must be >= 1")
+        for name in ("timeout", "probe_min", "probe_max", "heartbeat"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0 seconds")
+        if self.probe_max < self.probe_min:
+            raise ValueError("probe_max must be >= probe_min")
 
 
 # Errors that mean "Redis cannot serve us right now", as opposed to a bug in a script or a call.
@@ -90,168 +156,15 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     TimeoutError,
 )
 
-_LUA_COMMON = """
-local function parse(e)
-  local i = string.find(e, ':', 1, true)
-  if i then
-    return tonumber(string.sub(e, 1, i - 1)), tonumber(string.sub(e, i + 1))
-  end
-  return tonumber(e), 1
-end
-
-local function fmt(q, n)
-  if n == 1 then return string.format('%.0f', q) end
-  return string.format('%.0f:%.0f', q, n)
-end
-
-local function now_us()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
-
--- Drop the entries at or before cutoff; return the units still counted and whether the sum key
--- must be rewritten. A sum key lost apart from its log is rebuilt from the log.
-local function load(log, sum, cutoff)
-  local total = tonumber(redis.call('GET', sum))
-  local dirty = false
-  while true do
-    local e = redis.call('LINDEX', log, 0)
-    if not e then
-      return 0, total ~= nil
-    end
-    local q, n = parse(e)
-    if q > cutoff then break end
-    redis.call('LPOP', log)
-    dirty = true
-    if total then total = total - n end
-  end
-  if not total then
-    total = 0
-    for _, e in ipairs(redis.call('LRANGE', log, 0, -1)) do
-      local _, n = parse(e)
-      total = total + n
-    end
-    dirty = true
-  end
-  return total, dirty
-end
-
--- Append n units at time q and return the newest entry's time; a q not after the newest entry
--- merges into it (keeps the log sorted and only ever makes units count longer).
-local function add(log, q, n)
-  local tail = redis.call('LINDEX', log, -1)
-  if tail then
-    local tq, tn = parse(tail)
-    if q <= tq then
-      redis.call('LSET', log, -1, fmt(tq, tn + n))
-      return tq
-    end
-  end
-  redis.call('RPUSH', log, fmt(q, n))
-  return q
-end
-
-local function newest(log)
-  local tail = redis.call('LINDEX', log, -1)
-  if tail then
-    local q = parse(tail)
-    return q
-  end
-  return nil
-end
-
--- Write the total back and expire both keys when the newest entry (at time last) leaves the
--- window.
-local function store(log, sum, total, last, window, now)
-  if total <= 0 then
-    redis.call('DEL', log, sum)
-    return
-  end
-  local ttl = math.ceil((last + window - now) / 1000) + 1
-  redis.call('SET', sum, total, 'PX', ttl)
-  redis.call('PEXPIRE', log, ttl)
-end
-
--- The time of the entry whose departure takes `excess` units out of the window. Each entry holds
--- at least one unit, so the first `excess` entries are enough.
-local function release(log, excess)
-  local seen = 0
-  for _, e in ipairs(redis.call('LRANGE', log, 0, excess - 1)) do
-    local q, n = parse(e)
-    seen = seen + n
-    if seen >= excess then return q end
-  end
-  error('rate-limit log ' .. log .. ' holds less than its sum')
-end
-"""
-
-# KEYS: log and sum of each request limit, then of each token limit.
-# ARGV: number of request limits, then per limit: limit, window (µs), bucket width (µs, 0 = exact).
-# Returns {admitted 0|1, then per limit: count after the decision, retry (µs, 0 unless this limit
-# refuses), reset (µs)}.
-_ACQUIRE = (
-    _LUA_COMMON
-    + """
-local now = now_us()
-local nreq = tonumber(ARGV[1])
-local n = #KEYS / 2
-local totals, dirty = {}, {}
-local out = {1}
-for i = 1, n do
-  local log, sum, a = KEYS[2 * i - 1], KEYS[2 * i], 3 * i - 1
-  local limit, window = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
-  local total, d = load(log, sum, now - window)
-  totals[i], dirty[i] = total, d
-  local excess = total - limit
-  if i <= nreq then excess = excess + 1 end
-  local retry = 0
-  if excess > 0 then
-    out[1] = 0
-    retry = release(log, excess) + window - now
-  end
-  out[3 * i] = retry
-end
-for i = 1, n do
-  local log, sum, a = KEYS[2 * i - 1], KEYS[2 * i], 3 * i - 1
-  local window, width = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-  local total, last = totals[i], nil
-  if out[1] == 1 and i <= nreq then
-    local q = now
-    if width > 0 then q = (math.floor(now / width) + 1) * width end
-    last = add(log, q, 1)
-    total = total + 1
-    store(log, sum, total, last, window, now)
-  elseif total > 0 then
-    last = newest(log)
-    if dirty[i] then store(log, sum, total, last, window, now) end
-  elseif dirty[i] then
-    redis.call('DEL', log, sum)
-  end
-  out[3 * i - 1] = total
-  local reset = 0
-  if last then reset = last + window - now end
-  out[3 * i + 1] = reset
-end
-return out
-"""
+_LUA = files("keyplane.ratelimit") / "lua"
+_COMMON = (_LUA / "common.lua").read_text()
+_ACQUIRE, _CHARGE, _REPLAY = (
+    _COMMON + (_LUA / name).read_text() for name in ("acquire.lua", "charge.lua", "replay.lua")
 )
-
-# KEYS: log and sum of each token limit. ARGV: tokens, then per limit: window (µs), bucket (µs).
-_CHARGE = (
-    _LUA_COMMON
-    + """
-local now = now_us()
-local amount = tonumber(ARGV[1])
-for i = 1, #KEYS / 2 do
-  local log, sum = KEYS[2 * i - 1], KEYS[2 * i]
-  local window, width = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
-  local total = load(log, sum, now - window)
-  local last = add(log, (math.floor(now / width) + 1) * width, amount)
-  store(log, sum, total + amount, last, window, now)
-end
-return 1
-"""
-)
+_ROSTER_TTL_MS = 3_600_000
+# The policies that never exceed a limit when Redis itself fails, and those that decide locally.
+_EXACT = frozenset({FailurePolicy.DENY, FailurePolicy.LOCAL_STRICT})
+_LOCAL = frozenset({FailurePolicy.LOCAL, FailurePolicy.LOCAL_STRICT})
 
 
 def _us(seconds: float) -> int:
@@ -262,108 +175,97 @@ class RedisLimiter:
     """Rate limits kept in Redis, shared by every gateway replica of a cluster.
 
     Build it with :meth:`from_url` (fail-fast timeouts, owns and closes its client) or pass a
-    ``redis.asyncio.Redis`` you own — then give it small timeouts and no retries yourself, since
-    every retry is latency added to a request while Redis is down.
-
-    ``policy`` applies while Redis is unreachable; with ``LOCAL`` every limit is divided by
-    ``replicas`` (rounded down, at least 1) and enforced in this process. ``failures`` counts the
-    decisions the policy took (also exported as ``keyplane_ratelimit_failures_total``). While down,
-    Redis is probed again at most once per ``retry_interval`` seconds, measured on ``clock``.
-    ``exact_max``, ``buckets`` and ``token_buckets`` mean what they mean for
-    :class:`~keyplane.ratelimit.MemoryLimiter`.
+    ``redis.asyncio.Redis`` you own — then give it small timeouts and no retries yourself.
+    ``failures`` counts the decisions the policy took (also exported as
+    ``keyplane_ratelimit_failures_total``). ``clock`` times the policy's windows, the blackout of
+    ``local-strict`` and the hand-back; Redis decisions use Redis's clock.
     """
 
     def __init__(
         self,
         client: Redis,
+        settings: RedisLimiterSettings | None = None,
         *,
-        policy: FailurePolicy = FailurePolicy.LOCAL,
-        replicas: int = 1,
-        prefix: str = "keyplane:rl:",
-        retry_interval: float = 1.0,
         clock: Clock | None = None,
-        exact_max: int = 1000,
-        buckets: int = 60,
-        token_buckets: int = 60,
         owns_client: bool = False,
     ) -> None:
-        if replicas < 1:
-            raise ValueError(f"replicas must be >= 1, got {replicas}")
-        if buckets < 1 or token_buckets < 1:
-            raise ValueError("buckets and token_buckets must be >= 1")
-        self.policy = FailurePolicy(policy)
-        self.replicas = replicas
+        self.settings = settings = settings or RedisLimiterSettings()
+        self.policy = settings.policy
+        self.replicas = settings.replicas
+        self.prefix = settings.prefix
         self.failures = 0
         """Decisions taken by the failure policy since this limiter was made."""
-        self.prefix = prefix
-        """Prepended to every Redis key this limiter writes."""
+        self.replica_id = uuid.uuid4().hex
+        """Names this limiter's admissions in Redis (the key of its replays)."""
         self._client = client
         self._owns_client = owns_client
-        self._retry_interval = retry_interval
         self._now = (clock or SystemClock()).monotonic
-        self._exact_max = exact_max
-        self._buckets = buckets
-        self._token_buckets = token_buckets
         self._acquire_script = client.register_script(_ACQUIRE)
         self._charge_script = client.register_script(_CHARGE)
+        self._replay_script = client.register_script(_REPLAY)
         self._metric = FAILURES.labels(policy=self.policy.value)
         self._local = MemoryLimiter(
-            clock=clock, exact_max=exact_max, buckets=buckets, token_buckets=token_buckets
+            clock=clock,
+            exact_max=settings.exact_max,
+            buckets=settings.buckets,
+            token_buckets=settings.token_buckets,
         )
-        self._down = False
-        self._next_probe = 0.0
-        self._probing = False
+        self._journal = Journal(
+            exact_max=settings.exact_max,
+            buckets=settings.buckets,
+            token_buckets=settings.token_buckets,
+        )
+        self._keys = (
+            self.prefix + "epoch",
+            self.prefix + "seen:" + self.replica_id,
+            self.prefix + "roster",
+        )
+        self._up = True
+        self._epoch: str | None = None  # the Redis data this replica counts on; None: not yet met
+        self._join_lock = asyncio.Lock()
+        self._seq = 0  # the sequence number of this replica's last admission attempt or charge
+        self._acked = 0  # every admission and charge up to this one is counted in Redis
+        self._lost_at = 0.0  # when Redis was last found gone (or last answered after that)
+        self._data_lost = False  # Redis came back without the state it had: wait for the others
+        self._handback_until = float("-inf")
+        self._back_at = float("-inf")
+        self._last_ok = float("-inf")
+        self._monitor: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        REDIS_UP.set(1)
 
     @classmethod
     def from_url(
-        cls,
-        url: str,
-        *,
-        timeout: float = 0.25,
-        max_connections: int = 64,
-        policy: FailurePolicy = FailurePolicy.LOCAL,
-        replicas: int = 1,
-        prefix: str = "keyplane:rl:",
-        retry_interval: float = 1.0,
-        clock: Clock | None = None,
-        exact_max: int = 1000,
-        buckets: int = 60,
-        token_buckets: int = 60,
+        cls, url: str, settings: RedisLimiterSettings | None = None, *, clock: Clock | None = None
     ) -> RedisLimiter:
         """A limiter with its own client for ``url`` (``redis://host:port/db``).
 
-        ``timeout`` bounds connecting, each reply and the wait for one of the ``max_connections``
-        pooled connections. The client retries once, and only a broken connection: after Redis
-        restarts every pooled connection is dead, and each would otherwise flip the limiter back
-        to its failure policy in turn. Timeouts are not retried: the failure policy is the answer
-        to an unreachable Redis, not waiting for it.
+        The client retries once, and only a broken connection: after Redis restarts every pooled
+        connection is dead, and each would otherwise count as an outage in turn. Timeouts are not
+        retried: the failure policy is the answer to an unreachable Redis, not waiting for it.
         """
+        settings = settings or RedisLimiterSettings()
         pool = BlockingConnectionPool.from_url(
             url,
-            max_connections=max_connections,
-            timeout=timeout,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
+            max_connections=settings.max_connections,
+            timeout=settings.timeout,
+            socket_timeout=settings.timeout,
+            socket_connect_timeout=settings.timeout,
             retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)),
         )
         client = Redis.from_pool(pool)  # the client owns the pool and closes it
-        return cls(
-            client,
-            policy=policy,
-            replicas=replicas,
-            prefix=prefix,
-            retry_interval=retry_interval,
-            clock=clock,
-            exact_max=exact_max,
-            buckets=buckets,
-            token_buckets=token_buckets,
-            owns_client=True,
-        )
+        return cls(client, settings, clock=clock, owns_client=True)
 
     @property
     def available(self) -> bool:
-        """Whether the last attempt to use Redis succeeded."""
-        return not self._down
+        """Whether decisions go through Redis (``False`` while the failure policy takes them)."""
+        return self._up
+
+    async def start(self) -> None:
+        """Meet Redis and start the health probe now rather than at the first decision."""
+        self._ensure_monitor()
+        if self._up and self._epoch is None:
+            await self._join()
 
     async def acquire(
         self, requests: Sequence[RequestLimit], tokens: Sequence[TokenLimit] = ()
@@ -373,99 +275,288 @@ class RedisLimiter:
         toks = active_tokens(tokens)
         if not reqs and not toks:
             return ALLOWED
-        probe = self._may_use_redis()
-        if probe is not None:
-            try:
-                raw = await self._acquire_script(
-                    keys=self._keys(reqs, toks), args=self._args(reqs, toks)
-                )
-            except _UNAVAILABLE as exc:
-                self._mark_down(exc)
-            else:
-                self._mark_up()
-                return _decision(raw, reqs, toks)
-            finally:
-                if probe:
-                    self._probing = False
-        return self._fallback(reqs, toks)
+        if self._monitor is None:
+            self._ensure_monitor()
+        if self._up and self._epoch is None:
+            await self._join()
+        if not self._up:
+            return self._fallback(reqs, toks)
+        now = self._now()
+        kept: list[RequestLimit] = []  # request limits the hand-back already recorded locally
+        if now < self._handback_until:
+            back = self._back_at
+            kept = [lim for lim in reqs if now < back + lim.window]
+            held = [self._scaled_token(t) for t in toks if now < back + t.window]
+            if kept or held:
+                share = self._local.acquire_now([self._scaled(lim) for lim in kept], held)
+                if not share.allowed:
+                    return share
+        self._seq += 1
+        seq = self._seq
+        try:
+            raw = await self._call(
+                self._acquire_script, self._limit_keys(reqs, toks), self._args(seq, reqs, toks)
+            )
+        except _UNAVAILABLE as exc:
+            self._mark_down(f"{type(exc).__name__}: {exc}")
+            return self._fallback(reqs, toks)
+        if int(raw[0]) == -1:
+            self._mark_down("Redis lost the rate-limit state it held")
+            return self._fallback(reqs, toks)
+        decision = _decision(raw, reqs, toks)
+        now = self._answered(seq)
+        if decision.allowed and reqs:
+            self._journal.admit(now, seq, reqs)
+            self._local.record_now([self._scaled(lim) for lim in reqs if lim not in kept])
+        return decision
 
     async def charge(self, tokens: Sequence[TokenLimit], amount: int) -> None:
         """Charge ``amount`` tokens of a finished request to every token limit.
 
-        While Redis is down the charge goes to the local limiter under ``LOCAL`` and is dropped
-        otherwise (there is nothing to enforce it against).
+        While Redis is down the charge is kept in the journal, replayed into Redis on its return,
+        and counted by this replica's local limits meanwhile.
         """
         if amount < 0:
             raise ValueError(f"cannot charge a negative number of tokens ({amount})")
         toks = active_tokens(tokens)
         if not toks or amount == 0:
             return
-        probe = self._may_use_redis()
-        if probe is not None:
+        if self._up and self._epoch is None:
+            await self._join()
+        self._seq += 1
+        seq = self._seq
+        if self._up:
             try:
-                await self._charge_script(
-                    keys=self._keys((), toks), args=self._charge_args(toks, amount)
+                done = await self._call(
+                    self._charge_script,
+                    self._limit_keys((), toks),
+                    self._charge_args(seq, toks, amount),
                 )
             except _UNAVAILABLE as exc:
-                self._mark_down(exc)
+                self._mark_down(f"{type(exc).__name__}: {exc}")
             else:
-                self._mark_up()
-                return
-            finally:
-                if probe:
-                    self._probing = False
-        if self.policy is FailurePolicy.LOCAL:
-            self._local.charge_now([self._scaled_token(lim) for lim in toks], amount)
+                if int(done) != -1:
+                    self._answered(seq)
+                    self._journal.charge(self._now(), seq, toks, amount)
+                    self._local.charge_now([self._scaled_token(lim) for lim in toks], amount)
+                    return
+                self._mark_down("Redis lost the rate-limit state it held")
+            # A new number: a replay since the call was sent may have covered the old one, and
+            # if Redis did count it after all, counting it twice errs on the safe side.
+            self._seq += 1
+            seq = self._seq
+        now = self._now()
+        self._journal.charge(now, seq, toks, amount)
+        self._local.charge_now([self._scaled_token(lim) for lim in toks], amount)
 
     async def aclose(self) -> None:
-        """Close the Redis client if this limiter made it (:meth:`from_url`)."""
+        """Stop the probe; close the Redis client if this limiter made it (:meth:`from_url`)."""
+        monitor, self._monitor = self._monitor, None
+        if monitor is not None:
+            monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await monitor
         if self._owns_client:
             await self._client.aclose()
 
     # -- Redis availability ---------------------------------------------------------------------
 
-    def _may_use_redis(self) -> bool | None:
-        """``False``: use Redis; ``True``: use it as the one probe while down; ``None``: don't."""
-        if not self._down:
+    async def _call(self, script: Any, keys: Sequence[str], args: Sequence[int | str]) -> Any:
+        # A task, so that a call past the timeout is left to end on its own: cancelling it in
+        # place would wait for the client's clean-up, itself bounded only by its own timeouts.
+        task = asyncio.ensure_future(script(keys=keys, args=args))
+        done, _ = await asyncio.wait((task,), timeout=self.settings.timeout)
+        if not done:
+            task.cancel()
+            task.add_done_callback(_consume)
+            raise TimeoutError(f"no answer from Redis within {self.settings.timeout} s")
+        return task.result()
+
+    def _answered(self, seq: int) -> float:
+        now = self._now()
+        self._last_ok = now
+        if seq > self._acked:
+            self._acked = seq
+        if not self._up:  # a call sent before the outage was found, answered after
+            self._lost_at = max(self._lost_at, now)
+        return now
+
+    async def _join(self) -> None:
+        """Learn Redis's epoch (creating it in an empty Redis) before the first decision."""
+        async with self._join_lock:
+            if self._epoch is not None or not self._up:
+                return
+            try:
+                await self._replay(complete=False)
+            except _UNAVAILABLE as exc:
+                self._mark_down(f"{type(exc).__name__}: {exc}")
+
+    async def _replay(self, *, complete: bool) -> tuple[int, int]:
+        """One replay call; returns (status, roster size) and adopts the epoch on success."""
+        now = self._now()
+        top = self._seq
+        batch = self._journal.replay(now, 0 if complete else self._acked, self.prefix)
+        ttl = self._seen_ttl_ms()
+        raw = await self._call(
+            self._replay_script,
+            [*self._keys, *batch.keys],
+            [
+                self._epoch or "",
+                uuid.uuid4().hex,
+                self.replica_id,
+                int(complete),
+                top,
+                ttl,
+                max(_ROSTER_TTL_MS, 2 * ttl),
+                *batch.args,
+            ],
+        )
+        status, roster = int(raw[0]), int(raw[2])
+        if status == 0:
+            epoch = raw[1]
+            self._epoch = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
+            self._acked = max(self._acked, top)
+            self._last_ok = self._now()
+            if batch.entries:
+                REPLAYED.inc(batch.entries)
+        return status, roster
+
+    async def _recover(self) -> bool:
+        """Replay what Redis lacks, then hand decisions back to it; ``False``: not yet."""
+        for _ in range(8):
+            top = self._seq
+            status, roster = await self._replay(complete=False)
+            if status == 1:
+                self._data_lost = True
+                status, roster = await self._replay(complete=True)
+            if self._seq == top:  # nothing decided locally while the replay was on the wire
+                break
+        else:
             return False
-        if self._probing or self._now() < self._next_probe:
-            return None
-        self._probing = True
+        now = self._now()
+        if (
+            self.policy in _EXACT
+            and self._data_lost
+            and roster < self.replicas
+            and now < self._lost_at + self._journal.horizon
+        ):
+            # Redis lost what the others admitted before the outage; until they have replayed
+            # too (or that has left every window), deciding through Redis could exceed a limit.
+            return False
+        self._up = True
+        self._data_lost = False
+        if self.policy in _LOCAL:
+            # Another replica may still decide locally until its own probe finds Redis: keep to
+            # this replica's share for one window, so that the two together stay in the limit.
+            self._back_at = now
+            self._handback_until = now + self._journal.horizon
+        REDIS_UP.set(1)
+        TRANSITIONS.labels(to="up").inc()
+        log.warning(
+            "redis reachable again after %.2f s; replica %s replayed its decisions and hands "
+            "rate limits back to Redis",
+            now - self._lost_at,
+            self.replica_id[:8],
+        )
         return True
 
-    def _mark_down(self, exc: BaseException) -> None:
-        if not self._down:
-            log.warning(
-                "redis unreachable (%s: %s); rate limits now follow the %r failure policy",
-                type(exc).__name__,
-                exc,
-                self.policy.value,
-            )
-        self._down = True
-        self._next_probe = self._now() + self._retry_interval
+    def _mark_down(self, reason: str) -> None:
+        if not self._up:
+            return
+        self._up = False
+        self._lost_at = self._now()
+        REDIS_UP.set(0)
+        TRANSITIONS.labels(to="down").inc()
+        log.warning(
+            "redis unusable (%s); rate limits now follow the %r failure policy",
+            reason,
+            self.policy.value,
+        )
+        self._wake.set()
 
-    def _mark_up(self) -> None:
-        if self._down:
-            log.warning("redis reachable again; rate limits are shared again")
-            self._down = False
+    def _ensure_monitor(self) -> None:
+        if self._monitor is None or self._monitor.done():
+            self._monitor = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        """The health probe: pings an idle Redis while up, probes with backoff while down."""
+        delay = self.settings.probe_min
+        while True:
+            try:
+                if self._up:
+                    delay = self.settings.probe_min
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self.settings.heartbeat):
+                            await self._wake.wait()
+                    if self._up and self._now() - self._last_ok >= self.settings.heartbeat:
+                        # An empty replay: proves Redis answers, and that it still holds the
+                        # state this replica counts on (an idle replica must learn of a restart
+                        # too, or the others would wait for its replay).
+                        try:
+                            status, _ = await self._replay(complete=False)
+                        except _UNAVAILABLE as exc:
+                            self._mark_down(f"health probe: {type(exc).__name__}: {exc}")
+                        else:
+                            if status == 1:
+                                self._mark_down("Redis lost the rate-limit state it held")
+                    continue
+                await asyncio.sleep(delay)
+                try:
+                    back = await self._recover()
+                except _UNAVAILABLE:
+                    delay = min(2 * delay, self.settings.probe_max)
+                else:
+                    delay = self.settings.probe_min if not back else delay
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug must not stop the probe for good
+                log.exception("rate-limit health probe failed")
+                await asyncio.sleep(self.settings.probe_max)
+
+    # -- the failure policy ---------------------------------------------------------------------
 
     def _fallback(self, reqs: list[RequestLimit], toks: list[TokenLimit]) -> Decision:
         self.failures += 1
         self._metric.inc()
-        if self.policy is FailurePolicy.ALLOW:
-            return replace(ALLOWED, degraded=True)
-        if self.policy is FailurePolicy.DENY:
+        policy = self.policy
+        if policy is FailurePolicy.DENY:
             return Decision(
                 allowed=False,
-                retry_after=self._retry_interval,
+                retry_after=max(1.0, self.settings.probe_max),
                 violated=None,
                 requests=None,
                 tokens=None,
                 degraded=True,
             )
+        now = self._now()
+        if policy is FailurePolicy.ALLOW:
+            if reqs:
+                self._seq += 1
+                self._journal.admit(now, self._seq, reqs)
+                self._local.record_now([self._scaled(lim) for lim in reqs])
+            return replace(ALLOWED, degraded=True)
+        if policy is FailurePolicy.LOCAL_STRICT:
+            lost = self._lost_at
+            wait = max(
+                [lost + lim.window - now for lim in reqs]
+                + [lost + lim.window - now for lim in toks]
+            )
+            if wait > 0:  # some limit's window may still hold admissions Redis decided
+                return Decision(
+                    allowed=False,
+                    retry_after=wait,
+                    violated=None,
+                    requests=None,
+                    tokens=None,
+                    degraded=True,
+                )
         decision = self._local.acquire_now(
             [self._scaled(lim) for lim in reqs], [self._scaled_token(lim) for lim in toks]
         )
+        if decision.allowed and reqs:
+            self._seq += 1
+            self._journal.admit(now, self._seq, reqs)
         return replace(decision, degraded=True)
 
     def _scaled(self, lim: RequestLimit) -> RequestLimit:
@@ -476,8 +567,11 @@ class RedisLimiter:
 
     # -- script arguments -----------------------------------------------------------------------
 
-    def _keys(self, reqs: Sequence[RequestLimit], toks: Sequence[TokenLimit]) -> list[str]:
-        keys: list[str] = []
+    def _seen_ttl_ms(self) -> int:
+        return round(max(self._journal.horizon, 1.0) * 1000) + 1000
+
+    def _limit_keys(self, reqs: Sequence[RequestLimit], toks: Sequence[TokenLimit]) -> list[str]:
+        keys = [self._keys[0], self._keys[1]]
         for kind, counters in (("r:", reqs), ("t:", toks)):
             for lim in counters:
                 base = self.prefix + kind + lim.counter
@@ -485,22 +579,35 @@ class RedisLimiter:
                 keys.append(base + ":sum")
         return keys
 
-    def _args(self, reqs: Sequence[RequestLimit], toks: Sequence[TokenLimit]) -> list[int]:
-        args = [len(reqs)]
+    def _args(
+        self, seq: int, reqs: Sequence[RequestLimit], toks: Sequence[TokenLimit]
+    ) -> list[int | str]:
+        exact_max, buckets = self.settings.exact_max, self.settings.buckets
+        args: list[int | str] = [self._epoch or "", seq, self._seen_ttl_for(reqs), len(reqs)]
         for lim in reqs:
             window = _us(lim.window)
-            width = 0 if lim.limit <= self._exact_max else max(1, window // self._buckets)
+            width = 0 if lim.limit <= exact_max else max(1, window // buckets)
             args += (lim.limit, window, width)
         for tlim in toks:
             args += (tlim.limit, _us(tlim.window), 0)
         return args
 
-    def _charge_args(self, toks: Sequence[TokenLimit], amount: int) -> list[int]:
-        args = [amount]
+    def _charge_args(self, seq: int, toks: Sequence[TokenLimit], amount: int) -> list[int | str]:
+        args: list[int | str] = [self._epoch or "", seq, self._seen_ttl_for(toks), amount]
         for lim in toks:
             window = _us(lim.window)
-            args += (window, max(1, window // self._token_buckets))
+            args += (window, max(1, window // self.settings.token_buckets))
         return args
+
+    def _seen_ttl_for(self, limits: Sequence[RequestLimit | TokenLimit]) -> int:
+        longest = max((lim.window for lim in limits), default=0.0)
+        return round(max(longest, self._journal.horizon, 1.0) * 1000) + 1000
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned call's outcome, so that asyncio does not report it as lost."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _decision(raw: Any, reqs: Sequence[RequestLimit], toks: Sequence[TokenLimit]) -> Decision:
