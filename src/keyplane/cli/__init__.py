@@ -2,15 +2,15 @@
 
 - ``serve`` / ``up`` / ``trial`` (:mod:`keyplane.cli.serve`): run the system;
 - ``admin`` (:mod:`keyplane.cli.admin`): operators, straight on the database;
-- ``keys`` / ``models`` / ``endpoints`` / ``audit`` (:mod:`keyplane.cli.team`): management-key
-  holders, over HTTP through :mod:`keyplane.client`.
+- ``keys`` (:mod:`keyplane.cli.keys`), ``models`` / ``endpoints`` / ``audit``
+  (:mod:`keyplane.cli.catalog`): management-key holders, over HTTP through :mod:`keyplane.client`.
 """
 
 from __future__ import annotations
 
 import click
 
-from keyplane.cli import admin, serve
+from keyplane.cli import admin, catalog, keys, serve
 
 
 @click.group()
@@ -22,5 +22,9 @@ main.add_command(serve.serve)
 main.add_command(serve.up)
 main.add_command(serve.trial)
 main.add_command(admin.admin)
+main.add_command(keys.keys)
+main.add_command(catalog.models)
+main.add_command(catalog.endpoints)
+main.add_command(catalog.audit)
 
 __all__ = ["main"]

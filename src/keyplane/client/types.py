@@ -13,7 +13,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 
-class _Wire(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True):
+class _Wire(msgspec.Struct, rename="camel", kw_only=True):
     pass
 
 
