@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -59,27 +60,46 @@ class PostgresServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )  # fmt: skip
-        log = (self.root / "server.log").open("ab")
-        self._proc = subprocess.Popen(
-            [*self._as, str(self.bindir / "postgres"), "-D", str(self.data), "-p", str(self.port),
-             "-k", str(self.root), "-c", "listen_addresses=127.0.0.1",
-             "-c", f"fsync={'on' if self.fsync else 'off'}", "-c", "max_connections=200"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        log.close()
+        return self._launch(timeout)
+
+    def _launch(self, timeout: float) -> PostgresServer:
+        """Start the server on the existing data directory and wait until it takes connections;
+        after a SIGKILL, retry while the dead server's backends still hold its shared memory."""
         deadline = time.monotonic() + timeout
         while True:
-            try:
-                with psycopg.connect(self.dsn("postgres"), connect_timeout=1):
-                    break
-            except psycopg.OperationalError:
-                if self._proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        "PostgreSQL did not start:\n" + (self.root / "server.log").read_text()
-                    ) from None
-                time.sleep(0.05)
-        return self
+            log = (self.root / "server.log").open("ab")
+            self._proc = subprocess.Popen(
+                [*self._as, str(self.bindir / "postgres"), "-D", str(self.data),
+                 "-p", str(self.port), "-k", str(self.root), "-c", "listen_addresses=127.0.0.1",
+                 "-c", f"fsync={'on' if self.fsync else 'off'}", "-c", "max_connections=200"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+            log.close()
+            while True:
+                try:
+                    with psycopg.connect(self.dsn("postgres"), connect_timeout=1):
+                        return self
+                except psycopg.OperationalError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(
+                            "PostgreSQL did not start:\n" + (self.root / "server.log").read_text()
+                        ) from None
+                    if self._proc.poll() is not None:
+                        break  # exited (shared memory still in use): launch again
+                    time.sleep(0.05)
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster itself (not the ``runuser`` in front of it), as a crash would."""
+        pid = int((self.data / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, signal.SIGKILL)
+        assert self._proc is not None
+        self._proc.wait(timeout=15)
+
+    def restart(self, timeout: float = 60.0) -> PostgresServer:
+        """Start again on the same data after :meth:`kill`: crash recovery, then connections."""
+        return self._launch(timeout)
 
     def dsn(self, database: str) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
