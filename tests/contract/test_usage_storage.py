@@ -3,14 +3,27 @@ resolution, spend is counted for limits."""
 
 from __future__ import annotations
 
+import json
+import uuid
+from pathlib import Path
+
 import pytest
-from sqlalchemy import func, select
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import func, insert, select
 
 from keyplane.domain.errors import InvalidArgument
+from keyplane.services.admin import ALL_RPCS
 from keyplane.services.context import Context
+from keyplane.storage import db as db_module
+from keyplane.storage import tables
+from keyplane.storage.db import Database
 from keyplane.usage import ingest
 from keyplane.usage.record import UsageRecord, frame
 from keyplane.usage.schema import ROLLUPS
+from tests.support.postgres import PostgresServer
+
+BILLING = ["team-token:endpoint:BillingRead", "team-token:endpoint:BillingWrite"]
 
 T0 = 1_780_000_000_000  # ms; a minute boundary is not assumed
 
@@ -102,3 +115,48 @@ def test_a_damaged_batch_is_refused_whole(ctx: Context) -> None:
             ctx, gateway_id="g", cluster="c", segment=1, start=0, end=len(broken), data=broken
         )
     assert sums(ctx)[0] == (0, 0, 0, 0)
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_keys_made_with_every_rpc_before_billing_get_the_billing_acls(
+    engine: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if engine == "sqlite":
+        url = f"sqlite:///{tmp_path / 'old.db'}"
+    else:
+        server: PostgresServer = request.getfixturevalue("postgres")
+        url = server.create_database(f"acl{uuid.uuid4().hex[:8]}")
+    db = Database(url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(db_module.__file__).parent / "migrations"))
+    with db.writer.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")  # the schema as it was before usage
+        conn.execute(
+            insert(tables.teams).values(team_id="t", name="t", create_time=0, blocked=False)
+        )
+        old = [a for a in ALL_RPCS if "Billing" not in a]
+        for key_id, acls in (("every", old), ("some", old[:2])):
+            conn.execute(
+                insert(tables.management_keys).values(
+                    key_id=key_id,
+                    team_id="t",
+                    name=key_id,
+                    owner_user_id="u",
+                    digest=key_id,
+                    redacted=key_id,
+                    acls=json.dumps(acls),
+                    create_time=0,
+                    modify_time=0,
+                )
+            )
+    db.migrate()
+    with db.read() as conn:
+        rows = dict(
+            conn.execute(
+                select(tables.management_keys.c.key_id, tables.management_keys.c.acls)
+            ).all()
+        )
+    db.dispose()
+    assert json.loads(rows["every"]) == [*old, *BILLING]
+    assert json.loads(rows["some"]) == old[:2]

@@ -27,7 +27,7 @@ from keyplane.services.auth import Principal, authenticate
 from keyplane.services.context import Context
 from keyplane.settings import Settings
 from keyplane.usage import housekeeping as usage_housekeeping
-from keyplane.usage.routes import ingest_router
+from keyplane.usage.routes import billing_router, ingest_router
 
 log = structlog.get_logger("keyplane.control")
 
@@ -349,6 +349,11 @@ def create_app(settings: Settings, ctx: Context, notifier: ChangeNotifier | None
     app.include_router(router)
     app.include_router(feed_router(ctx, notifier))
     app.include_router(ingest_router(ctx, settings))
+    app.include_router(
+        billing_router(
+            ctx, settings, catalog, route_class=router.route_class, principal=current_principal
+        )
+    )
     console.install(app)
 
     app.add_middleware(AccessLog)

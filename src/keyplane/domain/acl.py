@@ -39,6 +39,9 @@ RPCS: tuple[str, ...] = (
     "ListModels",
     "ListPossibleEndpointAcls",
     "ListAuditEvents",
+    # keyplane.usage: the usage RPC and reading spending limits; setting them.
+    "BillingRead",
+    "BillingWrite",
 )
 
 # Model names as the catalogs of OpenAI-compatible servers spell them: "grok-4", "llama3:8b",

@@ -2,22 +2,29 @@
 
 ``ingest_router``: ``POST /internal/v1/usage`` for gateways (their feed credential; kept out of
 /openapi.json). ``billing_router``: the hosted billing RPCs (usage analytics, spending limits).
+
+No ``from __future__ import annotations``: FastAPI reads the routes' annotations, which name
+the router's own dependencies, at definition time.
 """
 
-from __future__ import annotations
-
+from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
 from starlette.concurrency import run_in_threadpool
 
+from keyplane.catalog import Catalog
 from keyplane.control.lenient import read_capped
 from keyplane.domain.errors import InvalidArgument
 from keyplane.propagation import feed
 from keyplane.propagation.wire import GATEWAY_HEADER
+from keyplane.services.auth import Principal
 from keyplane.services.context import Context
 from keyplane.settings import Settings
-from keyplane.usage import ingest
+from keyplane.usage import billing, ingest, query
 from keyplane.usage.wire import INGEST_PATH, MAX_BATCH_BYTES
 
 _INT63 = 2**63 - 1
@@ -54,5 +61,153 @@ def ingest_router(ctx: Context, settings: Settings) -> APIRouter:
             hard_limit_cents=hard,
         )
         return {"accepted": result.accepted, "duplicates": result.duplicates}
+
+    return router
+
+
+# -- the billing RPCs -----------------------------------------------------------------------------
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+class TimeRange(_Wire):
+    start_time: str | None = Field(default=None, description="YYYY-MM-DD HH:MM:SS or RFC 3339.")
+    end_time: str | None = Field(default=None, description="Exclusive.")
+    timezone: str | None = Field(default=None, description="IANA name; default Etc/GMT.")
+
+
+class ValueSpec(_Wire):
+    name: str | None = Field(
+        default=None, description="usd, requests, prompt_tokens, completion_tokens, total_tokens"
+    )
+    aggregation: str | None = Field(
+        default=None, description="AGGREGATION_SUM (default), AGGREGATION_COUNT, AGGREGATION_AVG"
+    )
+
+
+class AnalyticsRequest(_Wire):
+    time_range: TimeRange | None = None
+    time_unit: str | None = Field(default=None, description="TIME_UNIT_MINUTE … TIME_UNIT_NONE")
+    values: list[ValueSpec] | None = None
+    group_by: list[str] | None = Field(
+        default=None, description="description, api_key_id, model, cluster, endpoint, status"
+    )
+    filters: list[str] | None = Field(default=None, description="(NOT) field:value, ANDed")
+
+
+class UsageRequest(_Wire):
+    analytics_request: AnalyticsRequest | None = None
+
+
+class DataPoint(_Wire):
+    timestamp: str
+    values: list[float]
+
+
+class TimeSeries(_Wire):
+    group: list[str]
+    group_labels: list[str]
+    data_points: list[DataPoint]
+
+
+class UsageResponse(_Wire):
+    time_series: list[TimeSeries]
+    limit_reached: bool = Field(
+        description=f"The answer was cut at {query.MAX_SERIES} series or "
+        f"{query.MAX_POINTS} points per series."
+    )
+
+
+class Cent(_Wire):
+    val: str | int | None = Field(default=None, description="USD cents, as a string.")
+
+
+class SpendingLimitsOut(_Wire):
+    hard_sl_auto: Cent | None = None
+    effective_hard_sl: Cent | None = None
+    hard_sl_override: Cent | None = None
+    soft_sl: Cent | None = None
+    effective_sl: Cent | None = None
+
+
+class GetSpendingLimitsResponse(_Wire):
+    spending_limits: SpendingLimitsOut
+
+
+class SetSpendingLimitRequest(_Wire):
+    desired_soft_spending_limit: Cent | None = None
+
+
+class SetSpendingLimitResponse(_Wire):
+    this_bp_soft_spending_limit: Cent | None = None
+
+
+def _cent(value: int | None) -> Cent | None:
+    return None if value is None else Cent(val=str(value))
+
+
+TeamId = Annotated[str, Path(alias="teamId")]
+
+
+def billing_router(
+    ctx: Context,
+    settings: Settings,
+    catalog: Catalog,
+    *,
+    route_class: type[APIRoute],
+    principal: Callable[..., Principal],
+) -> APIRouter:
+    """``principal``: the app's dependency that authenticates the management key."""
+    router = APIRouter(route_class=route_class, tags=["billing"])
+    hard = settings.usage.hard_spending_limit_cents or None
+    caller_type = Annotated[Principal, Depends(principal)]
+
+    @router.post(
+        "/v1/billing/teams/{teamId}/usage",
+        response_model=UsageResponse,
+        summary="GetUsage (BillingRead)",
+    )
+    def get_usage(team_id: TeamId, body: UsageRequest, caller: caller_type) -> dict[str, Any]:
+        return billing.usage(
+            ctx,
+            principal=caller,
+            team_id=team_id,
+            body=body.model_dump(by_alias=True, exclude_none=True),
+            catalog=catalog,
+        )
+
+    @router.get(
+        "/v1/billing/teams/{teamId}/postpaid/spending-limits",
+        response_model=GetSpendingLimitsResponse,
+        response_model_exclude_none=True,
+        summary="GetSpendingLimits (BillingRead)",
+    )
+    def get_spending_limits(team_id: TeamId, caller: caller_type) -> GetSpendingLimitsResponse:
+        found = billing.get_limits(ctx, principal=caller, team_id=team_id, hard_cents=hard)
+        return GetSpendingLimitsResponse(
+            spending_limits=SpendingLimitsOut(
+                hard_sl_auto=_cent(found.limits.hard),
+                effective_hard_sl=_cent(found.limits.hard),
+                soft_sl=_cent(found.limits.soft),
+                effective_sl=_cent(found.limits.effective),
+            )
+        )
+
+    @router.post(
+        "/v1/billing/teams/{teamId}/postpaid/spending-limits",
+        response_model=SetSpendingLimitResponse,
+        response_model_exclude_none=True,
+        summary="SetSoftSpendingLimit (BillingWrite)",
+    )
+    def set_spending_limit(
+        team_id: TeamId, body: SetSpendingLimitRequest, caller: caller_type
+    ) -> SetSpendingLimitResponse:
+        cents = billing.parse_cents(body.model_dump(by_alias=True, exclude_unset=True))
+        chosen, _ = billing.set_limit(
+            ctx, principal=caller, team_id=team_id, cents=cents, hard_cents=hard
+        )
+        return SetSpendingLimitResponse(this_bp_soft_spending_limit=_cent(chosen))
 
     return router

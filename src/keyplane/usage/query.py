@@ -1,0 +1,409 @@
+"""The usage analytics query (the hosted ``POST /v1/billing/teams/{teamId}/usage``).
+
+A request names a time range read in an IANA timezone, a bucket size, the values wanted, how to
+group and what to filter. The engine picks the coarsest rollup table (day, hour or minute) whose
+resolution lines up with every bucket edge, sums in SQL grouped by that table's buckets and the
+group-by columns, then folds the rows into the answer's buckets: dense, zeros included.
+
+Caps (``limitReached: true`` when an answer was cut): ``MAX_SERIES`` series (the largest by the
+first value asked are kept) and ``MAX_POINTS`` buckets per series (the earliest are kept).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import ColumnElement, Connection, and_, func, not_, select
+
+from keyplane.catalog import Catalog
+from keyplane.domain.errors import InvalidArgument
+from keyplane.domain.timefmt import format_ts, parse_ts
+from keyplane.storage import tables as t
+from keyplane.usage.record import COST_PER_USD, status_class
+from keyplane.usage.schema import ROLLUPS
+
+MAX_SERIES = 1000
+MAX_POINTS = 1500
+MAX_VALUES = 8
+MAX_FILTERS = 32
+#: The longest range a query may span.
+MAX_RANGE = timedelta(days=3700)
+
+TIME_UNITS = (
+    "TIME_UNIT_MINUTE",
+    "TIME_UNIT_QUARTER_HOUR",
+    "TIME_UNIT_HOUR",
+    "TIME_UNIT_DAY",
+    "TIME_UNIT_CALENDAR_WEEK",
+    "TIME_UNIT_MONTH",
+    "TIME_UNIT_NONE",
+)
+_FIXED = {"TIME_UNIT_MINUTE": 60, "TIME_UNIT_QUARTER_HOUR": 900, "TIME_UNIT_HOUR": 3600}
+VALUES = ("usd", "requests", "prompt_tokens", "completion_tokens", "total_tokens")
+AGGREGATIONS = ("AGGREGATION_SUM", "AGGREGATION_COUNT", "AGGREGATION_AVG")
+GROUPS = ("description", "api_key_id", "model", "cluster", "endpoint", "status")
+STATUS_CLASSES = ("2xx", "4xx", "429", "5xx")
+#: How ``description`` names an endpoint, as the hosted console does ("Chat grok-3").
+ENDPOINT_LABELS = {
+    "chat": "Chat",
+    "sample": "Completions",
+    "image": "Image",
+    "embed": "Embeddings",
+    "models": "Models",
+    "tokenize": "Tokenize",
+}
+_HOSTED_TIME = "%Y-%m-%d %H:%M:%S"
+
+
+@dataclass(frozen=True, slots=True)
+class Value:
+    name: str
+    aggregation: str
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    field: str
+    value: str
+    negated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class UsageQuery:
+    start: datetime
+    end: datetime
+    zone: ZoneInfo
+    time_unit: str
+    values: tuple[Value, ...]
+    group_by: tuple[str, ...]
+    filters: tuple[Filter, ...]
+
+
+# -- parsing ------------------------------------------------------------------------------------
+
+
+def _time(value: object, zone: ZoneInfo, field: str) -> datetime:
+    if not isinstance(value, str) or not 10 <= len(value) <= 64:
+        raise InvalidArgument("must be a time like 2026-12-01 00:00:00", field=field)
+    try:
+        return datetime.strptime(value.strip(), _HOSTED_TIME).replace(tzinfo=zone).astimezone(UTC)
+    except ValueError:
+        return parse_ts(value, field=field)
+
+
+def _zone(value: object) -> ZoneInfo:
+    if value is None or value == "":
+        return ZoneInfo("Etc/GMT")
+    if not isinstance(value, str) or len(value) > 64 or ".." in value or value.startswith("/"):
+        raise InvalidArgument("must be an IANA timezone name", field="timeRange.timezone")
+    try:
+        return ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidArgument(
+            f"unknown timezone {value!r} (an IANA name such as Etc/GMT)",
+            field="timeRange.timezone",
+        ) from None
+
+
+def _list(body: Mapping[str, Any], name: str, limit: int) -> list[Any]:
+    value = body.get(name) or []
+    if not isinstance(value, list) or len(value) > limit:
+        raise InvalidArgument(f"must be a list of at most {limit}", field=name)
+    return value
+
+
+def parse(body: Mapping[str, Any]) -> UsageQuery:
+    request = body.get("analyticsRequest", body.get("analytics_request"))
+    if not isinstance(request, dict):
+        raise InvalidArgument("is required", field="analyticsRequest")
+    time_range = request.get("timeRange", request.get("time_range"))
+    if not isinstance(time_range, dict):
+        raise InvalidArgument("is required", field="timeRange")
+    zone = _zone(time_range.get("timezone"))
+    start = _time(time_range.get("startTime"), zone, "timeRange.startTime")
+    end = _time(time_range.get("endTime"), zone, "timeRange.endTime")
+    if end <= start:
+        raise InvalidArgument("must be after startTime", field="timeRange.endTime")
+    if end - start > MAX_RANGE:
+        raise InvalidArgument(f"may span at most {MAX_RANGE.days} days", field="timeRange")
+    unit = request.get("timeUnit", request.get("time_unit")) or "TIME_UNIT_NONE"
+    if unit not in TIME_UNITS:
+        raise InvalidArgument(f"must be one of {', '.join(TIME_UNITS)}", field="timeUnit")
+    values: list[Value] = []
+    for item in _list(request, "values", MAX_VALUES):
+        if not isinstance(item, dict) or item.get("name") not in VALUES:
+            raise InvalidArgument(f"each name is one of {', '.join(VALUES)}", field="values")
+        aggregation = item.get("aggregation") or "AGGREGATION_SUM"
+        if aggregation not in AGGREGATIONS:
+            raise InvalidArgument(
+                f"aggregation is one of {', '.join(AGGREGATIONS)}", field="values.aggregation"
+            )
+        values.append(Value(item["name"], aggregation))
+    if not values:
+        values = [Value("usd", "AGGREGATION_SUM")]
+    group_by = _list(request, "groupBy", len(GROUPS))
+    for name in group_by:
+        if name not in GROUPS:
+            raise InvalidArgument(f"each is one of {', '.join(GROUPS)}", field="groupBy")
+    if len(set(group_by)) != len(group_by):
+        raise InvalidArgument("names a field twice", field="groupBy")
+    filters = [_filter(text) for text in _list(request, "filters", MAX_FILTERS)]
+    return UsageQuery(start, end, zone, unit, tuple(values), tuple(group_by), tuple(filters))
+
+
+def _filter(text: object) -> Filter:
+    if not isinstance(text, str) or not 3 <= len(text) <= 300:
+        raise InvalidArgument("each filter is a string like model:grok-4", field="filters")
+    body = text.strip()
+    negated = body[:4].upper() == "NOT "
+    if negated:
+        body = body[4:].strip()
+    field, sep, value = body.partition(":")
+    field = field.strip()
+    if not sep or field not in GROUPS or not value.strip():
+        raise InvalidArgument(
+            f"{text!r}: expected (NOT) field:value with field one of {', '.join(GROUPS)}",
+            field="filters",
+        )
+    value = value.strip()
+    if field == "status" and value not in STATUS_CLASSES:
+        raise InvalidArgument(f"status is one of {', '.join(STATUS_CLASSES)}", field="filters")
+    return Filter(field, value, negated)
+
+
+# -- buckets ------------------------------------------------------------------------------------
+
+
+def bucket_edges(q: UsageQuery) -> tuple[list[datetime], bool]:
+    """The answer's bucket starts (UTC), plus the range's end; and whether it was cut."""
+    if q.time_unit == "TIME_UNIT_NONE":
+        return [q.start, q.end], False
+    edges: list[datetime] = []
+    if q.time_unit in _FIXED:
+        width = _FIXED[q.time_unit]
+        offset = int((q.start.astimezone(q.zone).utcoffset() or timedelta()).total_seconds())
+        epoch = int(q.start.timestamp())
+        first = epoch - (epoch + offset) % width
+        moment = first
+        end = q.end.timestamp()
+        while moment < end and len(edges) < MAX_POINTS:
+            edges.append(datetime.fromtimestamp(moment, UTC))
+            moment += width
+        cut = moment < end
+    else:
+        local = q.start.astimezone(q.zone).replace(tzinfo=None)
+        day = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        if q.time_unit == "TIME_UNIT_CALENDAR_WEEK":
+            day -= timedelta(days=day.weekday())
+        elif q.time_unit == "TIME_UNIT_MONTH":
+            day = day.replace(day=1)
+        moment_utc = day.replace(tzinfo=q.zone).astimezone(UTC)
+        while moment_utc < q.end and len(edges) < MAX_POINTS:
+            edges.append(moment_utc)
+            day = _next_local(day, q.time_unit)
+            moment_utc = day.replace(tzinfo=q.zone).astimezone(UTC)
+        cut = moment_utc < q.end
+    # Clip: the first bucket starts at startTime at the earliest, the last ends at endTime.
+    stop = edges[-1] if cut else q.end
+    edges.append(stop)
+    return edges, cut
+
+
+def _next_local(day: datetime, unit: str) -> datetime:
+    if unit == "TIME_UNIT_DAY":
+        return day + timedelta(days=1)
+    if unit == "TIME_UNIT_CALENDAR_WEEK":
+        return day + timedelta(days=7)
+    return (
+        day.replace(year=day.year + 1, month=1)
+        if day.month == 12
+        else day.replace(month=day.month + 1)
+    )
+
+
+def _resolution(moments: Sequence[int]) -> Any:
+    """The coarsest rollup table every moment (epoch seconds) is a bucket edge of."""
+    for width, table in reversed(ROLLUPS):
+        if all(m % width == 0 for m in moments):
+            return table
+    return ROLLUPS[0][1]
+
+
+# -- running ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    group: list[str]
+    labels: list[str]
+    points: list[list[float | int]]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    timestamps: list[datetime]
+    series: list[Series]
+    limit_reached: bool
+
+
+def _condition(table: Any, f: Filter, catalog: Catalog) -> ColumnElement[bool]:
+    if f.field == "status":
+        s = table.c.status
+        conditions = {
+            "2xx": s < 400,
+            "429": s == 429,
+            "4xx": and_(s >= 400, s < 500, s != 429),
+            "5xx": s >= 500,
+        }
+        condition: ColumnElement[bool] = conditions[f.value]
+    elif f.field == "description":
+        label, _, model = f.value.partition(" ")
+        endpoints = [e for e, text in ENDPOINT_LABELS.items() if text == label]
+        condition = and_(
+            table.c.endpoint.in_(endpoints), table.c.model == _canonical(model, catalog)
+        )
+    elif f.field == "model":
+        condition = table.c.model == _canonical(f.value, catalog)
+    else:
+        condition = table.c[f.field] == f.value
+    return not_(condition) if f.negated else condition
+
+
+def _canonical(name: str, catalog: Catalog) -> str:
+    model = catalog.resolve(name)
+    return model.name if model is not None else name
+
+
+_COLUMNS = {
+    "api_key_id": ("api_key_id",),
+    "model": ("model",),
+    "cluster": ("cluster",),
+    "endpoint": ("endpoint",),
+    "status": ("status",),
+    "description": ("endpoint", "model"),
+}
+
+
+def run(conn: Connection, team_id: str, q: UsageQuery, catalog: Catalog) -> Answer:
+    edges, cut = bucket_edges(q)
+    epochs = [int(e.timestamp()) for e in edges]
+    # The range, in whole minutes (the finest rollup): [lo, hi).
+    lo = int(q.start.timestamp())
+    lo -= lo % 60
+    hi = epochs[-1] + (-epochs[-1]) % 60
+    table = _resolution([lo, hi, *epochs[1:-1]])
+    columns = sorted({c for g in q.group_by for c in _COLUMNS[g]})
+    query = (
+        select(
+            table.c.bucket,
+            *(table.c[c] for c in columns),
+            func.sum(table.c.requests),
+            func.sum(table.c.prompt_tokens),
+            func.sum(table.c.completion_tokens),
+            func.sum(table.c.cost),
+        )
+        .where(
+            table.c.team_id == team_id,
+            table.c.bucket >= lo,
+            table.c.bucket < hi,
+            *(_condition(table, f, catalog) for f in q.filters),
+        )
+        .group_by(table.c.bucket, *(table.c[c] for c in columns))
+    )
+    n = len(edges) - 1
+    groups: dict[tuple[str, ...], list[list[int]]] = defaultdict(
+        lambda: [[0, 0, 0, 0] for _ in range(n)]
+    )
+    for row in conn.execute(query):
+        index = min(bisect.bisect_right(epochs, int(row[0])) - 1, n - 1)
+        raw = dict(zip(columns, row[1 : 1 + len(columns)], strict=True))
+        sums = groups[tuple(_group_value(g, raw) for g in q.group_by)][max(index, 0)]
+        for i in range(4):
+            sums[i] += int(row[1 + len(columns) + i] or 0)
+    if not q.group_by and not groups:
+        groups[()] = [[0, 0, 0, 0] for _ in range(n)]
+    names = _key_names(conn, team_id) if "api_key_id" in q.group_by else {}
+    series = [
+        Series(
+            group=list(key),
+            labels=[_label(g, v, names) for g, v in zip(q.group_by, key, strict=True)],
+            points=[[_value(v, sums) for v in q.values] for sums in buckets],
+        )
+        for key, buckets in groups.items()
+    ]
+    limited = cut
+    if len(series) > MAX_SERIES:
+        limited = True
+        series.sort(key=lambda s: -sum(float(p[0]) for p in s.points))
+        series = series[:MAX_SERIES]
+    series.sort(key=lambda s: s.group)
+    return Answer(edges[:-1], series, limited)
+
+
+def _group_value(group: str, raw: Mapping[str, Any]) -> str:
+    if group == "status":
+        return status_class(int(raw["status"]))
+    if group == "description":
+        return f"{ENDPOINT_LABELS.get(raw['endpoint'], raw['endpoint'])} {raw['model']}"
+    return str(raw[group])
+
+
+def _label(group: str, value: str, names: Mapping[str, str]) -> str:
+    if group == "api_key_id":
+        return names.get(value, value)
+    return value
+
+
+def _key_names(conn: Connection, team_id: str) -> dict[str, str]:
+    k = t.api_keys
+    return {
+        r.api_key_id: r.name
+        for r in conn.execute(select(k.c.api_key_id, k.c.name).where(k.c.team_id == team_id))
+    }
+
+
+_PICK: dict[str, Callable[[list[int]], int]] = {
+    "requests": lambda s: s[0],
+    "prompt_tokens": lambda s: s[1],
+    "completion_tokens": lambda s: s[2],
+    "total_tokens": lambda s: s[1] + s[2],
+    "usd": lambda s: s[3],
+}
+
+
+def _value(v: Value, sums: list[int]) -> float | int:
+    total = _PICK[v.name](sums)
+    if v.aggregation == "AGGREGATION_COUNT":
+        return sums[0]
+    if v.aggregation == "AGGREGATION_AVG":
+        if not sums[0]:
+            return 0.0
+        return (total / COST_PER_USD if v.name == "usd" else total) / sums[0]
+    return total / COST_PER_USD if v.name == "usd" else total
+
+
+def render(answer: Answer) -> dict[str, Any]:
+    stamps = [format_ts(s) for s in answer.timestamps]
+    return {
+        "timeSeries": [
+            {
+                "group": s.group,
+                "groupLabels": s.labels,
+                "dataPoints": [
+                    {"timestamp": stamp, "values": values}
+                    for stamp, values in zip(stamps, s.points, strict=True)
+                ],
+            }
+            for s in answer.series
+        ],
+        "limitReached": answer.limit_reached,
+    }
+
+
+__all__ = ["Answer", "UsageQuery", "parse", "render", "run"]

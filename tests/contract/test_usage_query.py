@@ -1,0 +1,272 @@
+"""The usage query against a brute-force sum over the records, on every engine (hypothesis)."""
+
+from __future__ import annotations
+
+import bisect
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from keyplane.catalog import Catalog
+from keyplane.domain.errors import InvalidArgument
+from keyplane.domain.timefmt import format_ts
+from keyplane.services.context import Context
+from keyplane.settings import Settings
+from keyplane.usage import ingest, query
+from keyplane.usage.record import COST_PER_USD, UsageRecord, frame, status_class
+
+CATALOG = Catalog(Settings())
+BASE = datetime(2026, 3, 27, 18, 0, tzinfo=UTC)  # Europe/London leaves GMT two days later
+SPAN = int(timedelta(days=4).total_seconds())
+KEYS = ("k1", "k2", "k3")
+MODELS = ("grok-4", "grok-3")
+ENDPOINTS = ("chat", "sample")
+STATUSES = (200, 403, 429, 500)
+ZONES = ("Etc/GMT", "Europe/London", "Asia/Kolkata", "America/St_Johns")
+
+record_strategy = st.builds(
+    lambda offset, key, model, endpoint, status, p, c: UsageRecord(
+        time_ms=int(BASE.timestamp() * 1000) + offset,
+        team_id="",
+        api_key_id=key,
+        model=model,
+        endpoint=endpoint,
+        status=status,
+        prompt_tokens=p,
+        completion_tokens=c,
+        cost=p * 2000 + c * 10000,
+    ),
+    st.integers(0, SPAN * 1000 - 1),
+    st.sampled_from(KEYS),
+    st.sampled_from(MODELS),
+    st.sampled_from(ENDPOINTS),
+    st.sampled_from(STATUSES),
+    st.integers(0, 5000),
+    st.integers(0, 5000),
+)
+filter_strategy = st.one_of(
+    st.tuples(st.just("api_key_id"), st.sampled_from(KEYS)),
+    st.tuples(st.just("model"), st.sampled_from(MODELS)),
+    st.tuples(st.just("endpoint"), st.sampled_from(ENDPOINTS)),
+    st.tuples(st.just("status"), st.sampled_from(query.STATUS_CLASSES)),
+    st.tuples(st.just("cluster"), st.sampled_from(("us-east-1", "eu-west-1"))),
+).flatmap(lambda fv: st.sampled_from([f"{fv[0]}:{fv[1]}", f"NOT {fv[0]}:{fv[1]}"]))
+
+
+def _local(moment: datetime, zone: str) -> str:
+    from zoneinfo import ZoneInfo
+
+    return moment.astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> dict[str, Any]:
+    zone = draw(st.sampled_from(ZONES))
+    unit = draw(st.sampled_from(query.TIME_UNITS))
+    start_min = draw(st.integers(-60, SPAN // 60))
+    length = draw(st.integers(1, SPAN // 60 + 120))
+    if unit == "TIME_UNIT_MINUTE":
+        length = min(length, 600)
+    start = BASE + timedelta(minutes=start_min)
+    return {
+        "analyticsRequest": {
+            "timeRange": {
+                "startTime": _local(start, zone),
+                "endTime": _local(start + timedelta(minutes=length), zone),
+                "timezone": zone,
+            },
+            "timeUnit": unit,
+            "values": [
+                {"name": n, "aggregation": "AGGREGATION_SUM"}
+                for n in draw(st.lists(st.sampled_from(query.VALUES), min_size=1, max_size=3))
+            ],
+            "groupBy": draw(st.lists(st.sampled_from(query.GROUPS), max_size=2, unique=True)),
+            "filters": draw(st.lists(filter_strategy, max_size=2)),
+        }
+    }
+
+
+def brute_force(
+    records: list[tuple[UsageRecord, str]], q: query.UsageQuery
+) -> dict[tuple[str, ...], list[list[float]]]:
+    edges, _ = query.bucket_edges(q)
+    epochs = [int(e.timestamp()) for e in edges]
+    lo = int(q.start.timestamp()) // 60 * 60
+    hi = epochs[-1] + (-epochs[-1]) % 60
+    n = len(edges) - 1
+    out: dict[tuple[str, ...], list[list[int]]] = {}
+    for r, cluster in records:
+        minute = r.time_ms // 60000 * 60
+        if not lo <= minute < hi:
+            continue
+        fields = {
+            "api_key_id": r.api_key_id,
+            "model": r.model,
+            "cluster": cluster,
+            "endpoint": r.endpoint,
+            "status": status_class(r.status),
+            "description": f"{query.ENDPOINT_LABELS[r.endpoint]} {r.model}",
+        }
+        if any((fields[f.field] == f.value) == f.negated for f in q.filters):
+            continue
+        group = tuple(fields[g] for g in q.group_by)
+        index = min(max(bisect.bisect_right(epochs, minute) - 1, 0), n - 1)
+        sums = out.setdefault(group, [[0, 0, 0, 0] for _ in range(n)])[index]
+        for i, v in enumerate((1, r.prompt_tokens, r.completion_tokens, r.cost)):
+            sums[i] += v
+    if not q.group_by and not out:
+        out[()] = [[0, 0, 0, 0] for _ in range(n)]
+    pick = {
+        "requests": lambda s: s[0],
+        "prompt_tokens": lambda s: s[1],
+        "completion_tokens": lambda s: s[2],
+        "total_tokens": lambda s: s[1] + s[2],
+        "usd": lambda s: s[3] / COST_PER_USD,
+    }
+    return {g: [[pick[v.name](s) for v in q.values] for s in buckets] for g, buckets in out.items()}
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    data=st.lists(
+        st.tuples(record_strategy, st.sampled_from(("us-east-1", "eu-west-1"))), max_size=60
+    ),
+    other=st.lists(record_strategy, max_size=10),
+    request=requests(),
+)
+def test_the_query_equals_a_brute_force_sum(
+    ctx: Context,
+    data: list[tuple[UsageRecord, str]],
+    other: list[UsageRecord],
+    request: dict[str, Any],
+) -> None:
+    team, intruder = str(uuid.uuid4()), str(uuid.uuid4())
+    mine = [(_with_team(r, team), c) for r, c in data]
+    for cluster in ("us-east-1", "eu-west-1"):
+        batch = [r for r, c in mine if c == cluster]
+        batch += [_with_team(r, intruder) for r in other]  # another team's, in the same batches
+        payload = b"".join(frame(r) for r in batch)
+        ingest.ingest(
+            ctx,
+            gateway_id=f"{cluster}/{uuid.uuid4()}",
+            cluster=cluster,
+            segment=1,
+            start=0,
+            end=len(payload),
+            data=payload,
+        )
+    q = query.parse(request)
+    with ctx.db.read() as conn:
+        answer = query.run(conn, team, q, CATALOG)
+    expected = brute_force(mine, q)
+    got = {tuple(s.group): s.points for s in answer.series}
+    assert set(got) == set(expected)
+    for group, points in expected.items():
+        assert len(got[group]) == len(points)  # dense: one point per bucket
+        for got_point, want in zip(got[group], points, strict=True):
+            assert got_point == pytest.approx(want)
+
+
+def _with_team(r: UsageRecord, team: str) -> UsageRecord:
+    return msgspec.structs.replace(r, team_id=team)
+
+
+@pytest.mark.parametrize(
+    ("zone", "unit", "start", "end", "first", "count"),
+    [
+        # London leaves GMT on 2026-03-29: that day has 23 hours; days still start at midnight.
+        (
+            "Europe/London",
+            "TIME_UNIT_DAY",
+            "2026-03-28 00:00:00",
+            "2026-03-31 00:00:00",
+            "2026-03-28T00:00:00.000000Z",
+            3,
+        ),
+        (
+            "Asia/Kolkata",
+            "TIME_UNIT_HOUR",
+            "2026-03-28 10:00:00",
+            "2026-03-28 13:00:00",
+            "2026-03-28T04:30:00.000000Z",
+            3,
+        ),
+        (
+            "Etc/GMT",
+            "TIME_UNIT_MONTH",
+            "2026-01-15 00:00:00",
+            "2026-04-01 00:00:00",
+            "2026-01-01T00:00:00.000000Z",
+            3,
+        ),
+        (
+            "Etc/GMT",
+            "TIME_UNIT_CALENDAR_WEEK",
+            "2026-03-04 00:00:00",
+            "2026-03-16 00:00:00",
+            "2026-03-02T00:00:00.000000Z",
+            2,
+        ),
+    ],
+)
+def test_buckets_are_aligned_in_the_timezone(
+    zone: str, unit: str, start: str, end: str, first: str, count: int
+) -> None:
+    q = query.parse(
+        {
+            "analyticsRequest": {
+                "timeRange": {"startTime": start, "endTime": end, "timezone": zone},
+                "timeUnit": unit,
+            }
+        }
+    )
+    edges, cut = query.bucket_edges(q)
+    assert not cut
+    assert len(edges) - 1 == count
+    assert format_ts(edges[0]) == first
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {},
+        {
+            "analyticsRequest": {
+                "timeRange": {"startTime": "2026-01-02 00:00:00", "endTime": "2026-01-01 00:00:00"}
+            }
+        },
+        {
+            "analyticsRequest": {
+                "timeRange": {
+                    "startTime": "2026-01-01 00:00:00",
+                    "endTime": "2026-01-02 00:00:00",
+                    "timezone": "Mars/Olympus",
+                }
+            }
+        },
+        {
+            "analyticsRequest": {
+                "timeRange": {"startTime": "2026-01-01 00:00:00", "endTime": "2026-01-02 00:00:00"},
+                "groupBy": ["team_id"],
+            }
+        },
+        {
+            "analyticsRequest": {
+                "timeRange": {"startTime": "2026-01-01 00:00:00", "endTime": "2026-01-02 00:00:00"},
+                "filters": ["team_id:someone-else"],
+            }
+        },
+    ],
+)
+def test_bad_requests_name_their_field(bad: dict[str, Any]) -> None:
+    with pytest.raises(InvalidArgument):
+        query.parse(bad)
