@@ -6,10 +6,10 @@ its owner, so an operator who missed the terminal can still pick it up (and shou
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from keyplane.private_files import write_private
 from keyplane.services import admin
 from keyplane.services.context import Context
 
@@ -31,12 +31,9 @@ def ensure(ctx: Context, data_dir: Path) -> Bootstrap:
         return Bootstrap(teams[0].team_id, teams[0].name, None, path)
     team = admin.create_team(ctx, name="default")
     created = admin.create_management_key(ctx, team_id=team.team_id, name="bootstrap")
-    data_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(
-            f"# keyplane bootstrap management key for team {team.name} ({team.team_id})\n"
-            f"{created.secret}\n"
-        )
-    os.chmod(path, 0o600)
+    write_private(
+        path,
+        f"# keyplane bootstrap management key for team {team.name} ({team.team_id})\n"
+        f"{created.secret}\n",
+    )
     return Bootstrap(team.team_id, team.name, created.secret, path)

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -190,6 +190,14 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".keyplane")
     #: SQLAlchemy URL; empty = SQLite at ``data_dir/keyplane.db``.
     database_url: str = ""
+    #: The deployment secret (64 hex digits; ``KEYPLANE_SERVER_SECRET``): it seals idempotent
+    #: answers and signs tokens. None: kept in ``server_secret_file``, made on first start.
+    server_secret: SecretStr | None = None
+    #: The secret before the last rotation, still accepted for 24 h.
+    server_secret_previous: SecretStr | None = None
+    #: Where the secret is kept when not in the environment; None = ``<data_dir>.secret``,
+    #: beside the data directory (so a copy of the directory does not carry it).
+    server_secret_file: Path | None = None
     #: SQLite only. NORMAL (WAL): commits survive a crash of the process, not a power loss.
     #: FULL: they survive both, at one fsync per commit.
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"

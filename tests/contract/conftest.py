@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +33,6 @@ def ctx(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Context]:
     db = Database(url)
     db.migrate()
     db.migrate()  # idempotent
-    context = Context(db=db, server_secret=db.server_secret())
+    context = Context(db=db, server_secret=secrets.token_bytes(32))
     yield context
     db.dispose()

@@ -7,6 +7,7 @@ idempotency and tombstones behave alike.
 
 from __future__ import annotations
 
+import secrets
 import threading
 
 import pytest
@@ -171,3 +172,37 @@ def test_acks_and_propagation_status(ctx: Context) -> None:
     other = principal_of(ctx, "other team")
     with pytest.raises(NotFound):
         feed.propagation_status(ctx, settings, principal=other, api_key_id=made.key.api_key_id)
+
+
+def test_idempotent_answers_expire_and_survive_a_secret_rotation(ctx: Context) -> None:
+    from dataclasses import replace
+
+    from keyplane.domain.clock import ManualClock
+    from keyplane.services import idempotency
+
+    clock = ManualClock()
+    ctx = replace(ctx, clock=clock)
+    p = principal_of(ctx)
+    spec = keys.parse_new_key({"name": "once"})
+
+    def render(result: keys.KeyWithSecret) -> bytes:
+        return result.secret.encode()
+
+    def call() -> tuple[keys.KeyWithSecret | None, bytes | None]:
+        return keys.create_key(
+            ctx, principal=p, team_id=p.team_id, spec=spec, idempotency_key="k", render=render
+        )
+
+    first, _ = call()
+    assert first is not None
+    # The deployment secret rotated: the previous one still opens what it sealed.
+    ctx = replace(ctx, server_secret=secrets.token_bytes(32), previous_secrets=(ctx.server_secret,))
+    assert call() == (None, first.secret.encode())
+    clock.advance(24 * 3600 + 1)
+    idempotency.purge_expired(ctx)
+    with ctx.db.read() as conn:
+        assert conn.execute(select(tables.idempotency_keys)).first() is None
+    again, replay = call()
+    assert replay is None
+    assert again is not None
+    assert again.secret != first.secret

@@ -22,7 +22,7 @@ from keyplane.domain.timefmt import parse_ts
 from keyplane.propagation import feed
 from keyplane.propagation.notifier import ChangeNotifier
 from keyplane.propagation.routes import feed_router
-from keyplane.services import audit, keys
+from keyplane.services import audit, idempotency, keys
 from keyplane.services.auth import Principal, authenticate
 from keyplane.services.context import Context
 from keyplane.settings import Settings
@@ -76,6 +76,8 @@ def create_app(settings: Settings, ctx: Context, notifier: ChangeNotifier | None
                 notifier.notify(await _current_revision())
                 if ticks % 600 == 0:
                     await asyncio.to_thread(feed.compact, ctx, keep=settings.change_log_retention)
+                if ticks % 60 == 0:
+                    await asyncio.to_thread(idempotency.purge_expired, ctx)
             except Exception as error:  # keep the loop alive through a transient store error
                 log.warning("housekeeping_failed", error=type(error).__name__)
 

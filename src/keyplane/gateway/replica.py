@@ -19,6 +19,7 @@ import msgspec
 
 from keyplane.domain.acl import CompiledAcls
 from keyplane.domain.timefmt import parse_ts
+from keyplane.private_files import private_file
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(dict[str, Any]).decode
@@ -156,7 +157,7 @@ class ReplicaStore:
     """The replica's durable copy: a SQLite file in the gateway's own data directory."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(path)  # 0600 before SQLite opens it; the WAL takes its mode
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")

@@ -22,6 +22,7 @@ from keyplane.gateway.http import Receive, Scope, Send
 from keyplane.gateway.inference import Inference
 from keyplane.gateway.replica import Replica, ReplicaStore
 from keyplane.gateway.sync import FeedFollower
+from keyplane.private_files import write_private
 from keyplane.ratelimit import (
     FailurePolicy,
     Limiter,
@@ -51,9 +52,8 @@ def gateway_identity(directory: Path, cluster: str) -> str:
     path = directory / "gateway-id"
     if path.exists():
         return path.read_text().strip()
-    directory.mkdir(parents=True, exist_ok=True)
     identity = f"{cluster}/{socket.gethostname()}-{secrets.token_hex(4)}"
-    path.write_text(identity + "\n")
+    write_private(path, identity + "\n")
     return identity
 
 
@@ -71,11 +71,7 @@ def read_credential(directory: Path) -> str:
 
 
 def write_credential(directory: Path, credential: str) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / CREDENTIAL_FILE
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(credential + "\n")
+    write_private(directory / CREDENTIAL_FILE, credential + "\n")
 
 
 def make_limiter(settings: Settings, cluster: str, replica_index: int = 0) -> Limiter:

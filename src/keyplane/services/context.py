@@ -13,6 +13,7 @@ from keyplane.storage.db import Database
 @dataclass(frozen=True)
 class Context:
     db: Database
+    #: The deployment secret, kept outside the database (keyplane.deployment_secret).
     server_secret: bytes
     clock: Clock = field(default_factory=SystemClock)
     api_key_prefix: str = "xai-"
@@ -21,3 +22,5 @@ class Context:
     gateway_liveness: timedelta = timedelta(seconds=15)
     #: Called after a transaction that appended to the change log has committed.
     on_commit: Callable[[int], None] = field(default=lambda _revision: None)
+    #: Secrets rotated out, still accepted when opening what they sealed.
+    previous_secrets: tuple[bytes, ...] = ()

@@ -7,22 +7,18 @@ with the next revision; secrets leave this module only inside the result of crea
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
-import os
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Connection
 
 from keyplane.domain import keysecrets
 from keyplane.domain.acl import normalize_api_key_acls
-from keyplane.domain.errors import Conflict, InvalidArgument, NotFound
+from keyplane.domain.errors import InvalidArgument, NotFound
 from keyplane.domain.fieldmask import parse_field_mask
 from keyplane.domain.model import (
     ApiKey,
@@ -36,13 +32,13 @@ from keyplane.domain.model import (
 )
 from keyplane.domain.pagination import decode_token, encode_token
 from keyplane.domain.timefmt import parse_ts, to_micros
+from keyplane.services import idempotency
 from keyplane.services.auth import Principal
 from keyplane.services.context import Context
 from keyplane.storage import repository as repo
 
 MAX_PAGE_SIZE = 1000
 MAX_ACL_FILTERS = 32
-IDEMPOTENCY_WINDOW = timedelta(hours=24)
 TOMBSTONE_WINDOW = timedelta(hours=24)
 DEFAULT_GRACE = timedelta(hours=24)
 MAX_GRACE = timedelta(days=7)
@@ -122,26 +118,6 @@ def _record(
     )
 
 
-def _seal_key(ctx: Context, team_id: str, idempotency_key: str) -> bytes:
-    return hmac.new(
-        ctx.server_secret, f"idempotency\0{team_id}\0{idempotency_key}".encode(), hashlib.sha256
-    ).digest()
-
-
-def _seal(ctx: Context, team_id: str, idempotency_key: str, data: bytes) -> bytes:
-    nonce = os.urandom(12)
-    return nonce + AESGCM(_seal_key(ctx, team_id, idempotency_key)).encrypt(nonce, data, None)
-
-
-def _unseal(ctx: Context, team_id: str, idempotency_key: str, sealed: bytes) -> bytes | None:
-    try:
-        return AESGCM(_seal_key(ctx, team_id, idempotency_key)).decrypt(
-            sealed[:12], sealed[12:], None
-        )
-    except InvalidTag:
-        return None
-
-
 def create_key(
     ctx: Context,
     *,
@@ -171,20 +147,16 @@ def create_key(
             ).encode()
         ).hexdigest()
     secret = keysecrets.generate_secret(ctx.api_key_prefix)
+    caller = (
+        None
+        if idempotency_key is None
+        else idempotency.Caller(team_id, principal.key.key_id, idempotency_key)
+    )
     with ctx.db.write() as conn:
-        if idempotency_key is not None:
-            key_digest = hashlib.sha256(idempotency_key.encode()).hexdigest()
-            found = repo.find_idempotent(
-                conn, team_id=team_id, key_digest=key_digest, since=now - IDEMPOTENCY_WINDOW
-            )
-            if found is not None:
-                if found[0] != request_digest:
-                    raise Conflict(
-                        "This Idempotency-Key was already used with a different request body."
-                    )
-                answer = _unseal(ctx, team_id, idempotency_key, found[1])
-                if answer is not None:
-                    return None, answer
+        if caller is not None:
+            answer = idempotency.replay(ctx, conn, caller, request_digest, now)
+            if answer is not None:
+                return None, answer
         key = ApiKey(
             api_key_id=str(uuid.uuid4()),
             team_id=team_id,
@@ -214,13 +186,14 @@ def create_key(
             now=now,
         )
         result = KeyWithSecret(key, secret)
-        if idempotency_key is not None and render is not None:
-            repo.store_idempotent(
+        if caller is not None and render is not None:
+            idempotency.remember(
+                ctx,
                 conn,
-                team_id=team_id,
-                key_digest=hashlib.sha256(idempotency_key.encode()).hexdigest(),
+                caller,
+                api_key_id=key.api_key_id,
                 request_digest=request_digest,
-                sealed=_seal(ctx, team_id, idempotency_key, render(result)),
+                answer=render(result),
                 now=now,
             )
     ctx.on_commit(key.revision)
@@ -392,6 +365,7 @@ def rotate_key(
         operation="RotateApiKey",
         change=change,
         describe=lambda key: f"Rotated API key {key.name!r}, now {key.redacted}",
+        secret_replaced=True,
     )
     return KeyWithSecret(key, secret)
 
@@ -404,8 +378,10 @@ def _mutate(
     operation: str,
     change: Callable[[ApiKey, datetime], dict[str, Any]],
     describe: Callable[[ApiKey], str],
+    secret_replaced: bool = False,
 ) -> ApiKey:
-    """Read the team's key, apply ``change``, and commit it with its revision and audit event."""
+    """Read the team's key, apply ``change``, and commit it with its revision and audit event.
+    ``secret_replaced``: any sealed idempotent answer holding the old secret is erased."""
     now = ctx.clock.now()
     with ctx.db.write() as conn:
         current = repo.get_api_key(conn, api_key_id, team_id=principal.team_id)
@@ -419,6 +395,8 @@ def _mutate(
             revision=repo.next_revision(conn),
         )
         repo.replace_api_key(conn, key, now=now)
+        if secret_replaced:
+            idempotency.forget_answers(conn, key.api_key_id)
         _record(
             conn,
             ctx,
@@ -442,7 +420,7 @@ def delete_key(ctx: Context, *, principal: Principal, api_key_id: str) -> None:
         key = replace(current, revision=repo.next_revision(conn))
         repo.delete_api_key(conn, key, revision=key.revision, now=now)
         repo.purge_tombstones(conn, before=now - TOMBSTONE_WINDOW)
-        repo.purge_idempotency(conn, before=now - IDEMPOTENCY_WINDOW)
+        idempotency.forget_answers(conn, key.api_key_id)
         _record(
             conn,
             ctx,

@@ -7,18 +7,18 @@ pool. Schema changes are Alembic migrations, run on start.
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, create_engine, event, insert, select
+from sqlalchemy import Connection, create_engine, delete, event, insert, select
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from keyplane.private_files import private_file
 from keyplane.storage import tables
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -61,7 +61,8 @@ class Database:
         if self.is_sqlite:
             database = self.url.database
             if database and database != ":memory:":
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
+                # 0600 before SQLite opens it: its WAL and shared-memory files take its mode.
+                private_file(Path(database))
             # One writer connection: in-process writers queue on the pool instead of spinning
             # on SQLite's busy handler.
             self.writer = create_engine(self.url, pool_size=1, max_overflow=0, pool_timeout=30)
@@ -84,7 +85,7 @@ class Database:
             )
 
     def migrate(self) -> None:
-        """Bring the schema to the newest migration, then make sure the deployment secret exists."""
+        """Bring the schema to the newest migration."""
         cfg = Config()
         cfg.set_main_option("script_location", str(_MIGRATIONS))
         with self.writer.begin() as conn:
@@ -93,20 +94,23 @@ class Database:
                 conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
-            found = conn.execute(
-                select(tables.meta.c.value).where(tables.meta.c.name == "server_secret")
-            ).scalar_one_or_none()
-            if found is None:
-                conn.execute(
-                    insert(tables.meta).values(name="server_secret", value=secrets.token_hex(32))
-                )
 
-    def server_secret(self) -> bytes:
-        with self.read() as conn:
-            value = conn.execute(
-                select(tables.meta.c.value).where(tables.meta.c.name == "server_secret")
-            ).scalar_one()
-        return bytes.fromhex(value)
+    def check_secret(self, current: str, accepted: Sequence[str]) -> bool:
+        """Record ``current``, a fingerprint of the deployment secret (never the secret), unless
+        the one recorded is in ``accepted``. False: the database was set up under another secret
+        (replicas disagree, or the secret file was lost) — refuse to start rather than fail
+        every sealed answer and token."""
+        name = tables.meta.c.name
+        with self.write() as conn:
+            found = conn.execute(
+                select(tables.meta.c.value).where(name == "secret_fingerprint")
+            ).scalar_one_or_none()
+            if found is not None and found not in accepted:
+                return False
+            if found != current:
+                conn.execute(delete(tables.meta).where(name == "secret_fingerprint"))
+                conn.execute(insert(tables.meta).values(name="secret_fingerprint", value=current))
+        return True
 
     @contextmanager
     def write(self) -> Iterator[Connection]:

@@ -480,42 +480,56 @@ def list_audit_events(conn: Connection, q: AuditQuery) -> list[AuditEvent]:
 # -- idempotency --------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    locator: str
+    request_digest: str
+    #: None once the key it created was rotated or deleted.
+    sealed: bytes | None
+
+
 def find_idempotent(
-    conn: Connection, *, team_id: str, key_digest: str, since: datetime
-) -> tuple[str, bytes] | None:
+    conn: Connection, *, locators: list[str], since: datetime
+) -> IdempotencyRecord | None:
+    c = t.idempotency_keys.c
     row = conn.execute(
-        select(t.idempotency_keys.c.request_digest, t.idempotency_keys.c.sealed_response).where(
-            t.idempotency_keys.c.team_id == team_id,
-            t.idempotency_keys.c.key_digest == key_digest,
-            t.idempotency_keys.c.create_time >= to_micros(since),
+        select(c.locator, c.request_digest, c.sealed_response).where(
+            c.locator.in_(locators), c.create_time >= to_micros(since)
         )
     ).first()
-    return None if row is None else (row.request_digest, bytes(row.sealed_response))
+    if row is None:
+        return None
+    sealed = None if row.sealed_response is None else bytes(row.sealed_response)
+    return IdempotencyRecord(row.locator, row.request_digest, sealed)
 
 
 def store_idempotent(
     conn: Connection,
     *,
-    team_id: str,
-    key_digest: str,
+    locator: str,
+    api_key_id: str,
     request_digest: str,
     sealed: bytes,
     now: datetime,
 ) -> None:
-    # A row older than the window may still sit under the same key: replace it.
-    conn.execute(
-        delete(t.idempotency_keys).where(
-            t.idempotency_keys.c.team_id == team_id, t.idempotency_keys.c.key_digest == key_digest
-        )
-    )
+    # A row older than the window may still sit under the same locator: replace it.
+    conn.execute(delete(t.idempotency_keys).where(t.idempotency_keys.c.locator == locator))
     conn.execute(
         insert(t.idempotency_keys).values(
-            team_id=team_id,
-            key_digest=key_digest,
+            locator=locator,
+            api_key_id=api_key_id,
             request_digest=request_digest,
             sealed_response=sealed,
             create_time=to_micros(now),
         )
+    )
+
+
+def erase_idempotent_answers(conn: Connection, *, api_key_id: str) -> None:
+    conn.execute(
+        update(t.idempotency_keys)
+        .where(t.idempotency_keys.c.api_key_id == api_key_id)
+        .values(sealed_response=None)
     )
 
 

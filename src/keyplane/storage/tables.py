@@ -168,12 +168,14 @@ audit_events = Table(
 idempotency_keys = Table(
     "idempotency_keys",
     metadata,
-    Column("team_id", ID, primary_key=True),
-    Column("key_digest", String(64), primary_key=True),
+    # HMAC of (team, management key, Idempotency-Key) under the deployment secret, which is kept
+    # outside the database: the database alone can neither find nor open a record.
+    Column("locator", String(64), primary_key=True),
+    Column("api_key_id", ID, nullable=False, index=True),
     Column("request_digest", String(64), nullable=False),
-    # The first answer, secret included, sealed with a key derived from the Idempotency-Key
-    # itself: the database alone cannot open it.
-    Column("sealed_response", LargeBinary, nullable=False),
+    # The first answer, secret included, sealed with a key derived the same way; NULL once the
+    # key it created is rotated or deleted.
+    Column("sealed_response", LargeBinary, nullable=True),
     Column("create_time", BigInteger, nullable=False, index=True),
 )
 

@@ -7,6 +7,7 @@ In process, on a real SQLite file, through the same ack path the feed route uses
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -34,7 +35,7 @@ class World:
         self.clock = ManualClock()
         self.ctx = Context(
             db=self.db,
-            server_secret=self.db.server_secret(),
+            server_secret=secrets.token_bytes(32),
             clock=self.clock,
             gateway_liveness=timedelta(seconds=LIVENESS),
         )

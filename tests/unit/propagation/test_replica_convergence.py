@@ -7,6 +7,7 @@ In process (real SQLite files, the real feed and replica code), so hypothesis ca
 
 from __future__ import annotations
 
+import secrets
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ ops = st.lists(
 def _world(root: Path) -> tuple[Context, Principal]:
     db = Database(f"sqlite:///{root / 'cp.db'}", pool_size=2)
     db.migrate()
-    ctx = Context(db=db, server_secret=db.server_secret())
+    ctx = Context(db=db, server_secret=secrets.token_bytes(32))
     team = admin.create_team(ctx, name="t")
     mk = admin.create_management_key(ctx, team_id=team.team_id, name="m")
     key: ManagementKey = mk.key
