@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-import httpx
+import httpx2
 from playwright.sync_api import Page, expect
 
 from tests.console.conftest import EU, US, sign_in
@@ -116,7 +116,7 @@ def test_key_lifecycle(stack: Stack, page: Page) -> None:
 def test_search_filters_and_pages(stack: Stack, page: Page) -> None:
     base = stack.dep.control_url
     team_id, secret = stack.dep.create_team("search")
-    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {secret}"}) as api:
+    with httpx2.Client(base_url=base, headers={"Authorization": f"Bearer {secret}"}) as api:
         for i in range(55):
             body = {"name": f"svc-{i:02d}", "acls": ["api-key:endpoint:chat"] if i % 2 else []}
             assert api.post(f"/auth/teams/{team_id}/api-keys", json=body).status_code == 200

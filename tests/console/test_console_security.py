@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-import httpx
+import httpx2
 from playwright.sync_api import BrowserContext, Page, expect
 
 from tests.console.conftest import sign_in
@@ -13,8 +13,8 @@ from tests.support.gateway import Stack
 from tests.support.procs import create_management_key, revoke_management_key
 
 
-def api(stack: Stack, secret: str) -> httpx.Client:
-    return httpx.Client(
+def api(stack: Stack, secret: str) -> httpx2.Client:
+    return httpx2.Client(
         base_url=stack.dep.control_url, headers={"Authorization": f"Bearer {secret}"}
     )
 
@@ -27,10 +27,10 @@ def create_key(stack: Stack, team_id: str, secret: str, name: str) -> str:
     return key_id
 
 
-def session_client(stack: Stack, context: BrowserContext) -> httpx.Client:
+def session_client(stack: Stack, context: BrowserContext) -> httpx2.Client:
     """An HTTP client carrying the browser's session cookie, as a forging page would."""
     cookies = {c["name"]: c["value"] for c in context.cookies()}
-    return httpx.Client(base_url=stack.dep.control_url, cookies=cookies)
+    return httpx2.Client(base_url=stack.dep.control_url, cookies=cookies)
 
 
 def test_revoking_the_management_key_ends_the_session(stack: Stack, page: Page) -> None:
@@ -97,7 +97,7 @@ def test_forged_forms_are_refused(stack: Stack, page: Page) -> None:
             response = client.post(f"/console/keys/{key_id}/state", data=data, headers=headers)
             assert response.status_code == 403, (data, headers, response.text)
         # A token from one session is no good with another session's cookie.
-        other = httpx.Client(base_url=base)
+        other = httpx2.Client(base_url=base)
         with other:
             login = other.get("/console/sign-in")
             pre = re.search(r'name="csrf" value="([^"]+)"', login.text)
@@ -112,7 +112,7 @@ def test_forged_forms_are_refused(stack: Stack, page: Page) -> None:
         # And the cookie itself: a flipped byte is no session.
         cookie = client.cookies["kp_session"]
         forged = cookie[:-2] + ("A" if cookie[-2] != "A" else "B") + cookie[-1]
-        response = httpx.get(
+        response = httpx2.get(
             f"{base}/console/keys", cookies={"kp_session": forged}, follow_redirects=False
         )
         assert response.status_code == 303

@@ -7,7 +7,7 @@ import json
 import re
 from urllib.parse import urlsplit
 
-import httpx
+import httpx2
 import pytest
 from playwright.sync_api import Browser, Page, Route, expect
 
@@ -17,13 +17,13 @@ from tests.support.gateway import Stack
 
 def test_docs_assets_are_served_locally(stack: Stack) -> None:
     base = stack.dep.control_url
-    html = httpx.get(f"{base}/docs").text
+    html = httpx2.get(f"{base}/docs").text
     assets = re.findall(r'(?:src|href)="([^"]+)"', html)
     assert any(a.endswith("swagger-ui-bundle.js") for a in assets)
     for asset in assets:
         assert asset.startswith("/"), f"{asset} is not served by the control plane"
-        assert httpx.get(base + asset).status_code == 200, asset
-    assert httpx.get(f"{base}/redoc").status_code == 404
+        assert httpx2.get(base + asset).status_code == 200, asset
+    assert httpx2.get(f"{base}/redoc").status_code == 404
 
 
 def test_docs_render_with_no_network(stack: Stack, page: Page) -> None:
@@ -66,7 +66,7 @@ def test_console_pages_pass_axe(stack: Stack, browser: Browser, width: int) -> N
         page.goto(f"{base}/console/sign-in")
         found = {"sign-in": serious_violations(page)}
         sign_in(page, base, secret)
-        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {secret}"}) as api:
+        with httpx2.Client(base_url=base, headers={"Authorization": f"Bearer {secret}"}) as api:
             created = api.post(
                 f"/auth/teams/{team_id}/api-keys",
                 json={"name": "a11y", "acls": ["api-key:endpoint:chat"], "qps": 3},
