@@ -31,17 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness as harness
 import httpx2
 
+from tests.console.conftest import CHROMIUM, CHROMIUM_ARGS
+
 KEYS = int(os.environ.get("BENCH_KEYS", "100000"))
 ROUNDS = 60
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 def sign_in(client: httpx2.Client, secret: str) -> None:
@@ -105,10 +98,7 @@ def first_paint(base: str, cookie: str) -> dict[str, float]:
     )
     out: dict[str, float] = {}
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=os.environ.get("KEYPLANE_CHROMIUM", "/usr/bin/chromium"),
-            args=CHROMIUM_ARGS,
-        )
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             context = browser.new_context(viewport={"width": 1280, "height": 900})
             host = base.split("//", 1)[1].split(":")[0]
