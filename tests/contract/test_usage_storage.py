@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -12,13 +14,16 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import func, insert, select
 
+from keyplane.domain.clock import ManualClock
 from keyplane.domain.errors import InvalidArgument
+from keyplane.services import admin, audit, keys
 from keyplane.services.admin import ALL_RPCS
+from keyplane.services.auth import Principal
 from keyplane.services.context import Context
 from keyplane.storage import db as db_module
 from keyplane.storage import tables
 from keyplane.storage.db import Database
-from keyplane.usage import ingest
+from keyplane.usage import billing, housekeeping, ingest
 from keyplane.usage.record import UsageRecord, frame
 from keyplane.usage.schema import ROLLUPS
 from tests.support.postgres import PostgresServer
@@ -160,3 +165,74 @@ def test_keys_made_with_every_rpc_before_billing_get_the_billing_acls(
     db.dispose()
     assert json.loads(rows["every"]) == [*old, *BILLING]
     assert json.loads(rows["some"]) == old[:2]
+
+
+def test_blocks_follow_the_spend_and_lift_when_the_period_turns(ctx: Context) -> None:
+    clock = ManualClock(datetime(2026, 5, 31, 23, 0, tzinfo=UTC))
+    ctx = replace(ctx, clock=clock)
+    team = admin.create_team(ctx, name="spender")
+    principal = Principal(admin.create_management_key(ctx, team_id=team.team_id, name="m").key)
+    made, _ = keys.create_key(
+        ctx,
+        principal=principal,
+        team_id=team.team_id,
+        spec=keys.parse_new_key({"name": "k", "budget": {"cents": "3", "period": "DAY"}}),
+    )
+    assert made is not None
+    key_id = made.key.api_key_id
+    billing.set_limit(ctx, principal=principal, team_id=team.team_id, cents=5, hard_cents=None)
+
+    segments = iter(range(1, 1000))
+
+    def spend(cents: int) -> None:
+        at = int(clock.now().timestamp() * 1000)
+        record = UsageRecord(at, team.team_id, key_id, "grok-4", "chat", 200, 1, 1, cents * 10**8)
+        send(ctx, [record], segment=next(segments))  # each its own segment: none is a resend
+
+    def state() -> tuple[bool, bool]:
+        key = keys.get_key(ctx, principal=principal, api_key_id=key_id)
+        now = clock.now()
+        return (
+            key.budget_blocked_until is not None and key.budget_blocked_until > now,
+            key.team_blocked_until is not None and key.team_blocked_until > now,
+        )
+
+    spend(2)
+    assert state() == (False, False)
+    spend(1)  # the key's daily budget of 3 cents is reached
+    assert state() == (True, False)
+    spend(2)  # and the team's 5 cents this month
+    assert state() == (True, True)
+    clock.advance(3600)  # June begins: a new day and a new month
+    housekeeping.lift_expired(ctx)
+    assert state() == (False, False)
+    # Lowering the budget below this day's spend blocks at once; raising it unblocks.
+    spend(2)
+    keys.update_key(
+        ctx,
+        principal=principal,
+        api_key_id=key_id,
+        patch={"budget": {"cents": "1", "period": "DAY"}},
+        field_mask="budget",
+    )
+    assert state() == (True, False)
+    keys.update_key(
+        ctx, principal=principal, api_key_id=key_id, patch={"budget": None}, field_mask="budget"
+    )
+    assert state() == (False, False)
+    events = audit.list_events(
+        ctx,
+        principal=principal,
+        team_id=team.team_id,
+        page_size=100,
+        page_token=None,
+        time_from=None,
+        time_to=None,
+        text=None,
+        user_id=None,
+        descending=False,
+    ).events
+    operations = [e.operation for e in events]
+    assert operations.count("BlockApiKey") == 1
+    assert operations.count("BlockTeam") == 1
+    assert "UnblockTeam" in operations

@@ -34,11 +34,19 @@ def counted(dep: Deployment, team_id: str, *, status: int | None = None) -> Tota
     return Totals(*(int(v) for v in row))
 
 
-def wait_counted(dep: Deployment, team_id: str, requests: int, timeout: float = 20.0) -> Totals:
-    """Wait until ``requests`` of the team's requests are counted; fail if more ever are."""
+def wait_counted(
+    dep: Deployment,
+    team_id: str,
+    requests: int,
+    timeout: float = 20.0,
+    *,
+    status: int | None = None,
+) -> Totals:
+    """Wait until ``requests`` of the team's requests (of ``status``) are counted; fail if more
+    ever are."""
 
     def done() -> Totals | None:
-        totals = counted(dep, team_id)
+        totals = counted(dep, team_id, status=status)
         assert totals.requests <= requests, f"counted {totals.requests} > {requests}"
         return totals if totals.requests == requests else None
 

@@ -26,6 +26,9 @@ def api_key(key: ApiKey, secret: str | None = None) -> schemas.ApiKeyOut:
         qpm=key.qpm,
         tpm=None if key.tpm is None else str(key.tpm),
         acl_strings=list(key.acl_strings),
+        budget=None
+        if key.budget_cents is None
+        else schemas.Budget(cents=str(key.budget_cents), period=key.budget_period),
     )
 
 

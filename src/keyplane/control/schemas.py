@@ -31,6 +31,17 @@ Number = StrictInt | StrictFloat | StrictStr | None
 Flag = StrictBool | StrictStr | None
 
 
+BUDGET_DOC = (
+    "keyplane's own (not in the hosted API): the key is refused while its spend in the current "
+    "UTC period reaches this many USD cents."
+)
+
+
+class Budget(Wire):
+    cents: StrictStr | StrictInt | None = Field(default=None, description="USD cents, a string.")
+    period: str | None = Field(default=None, description="DAY, WEEK or MONTH (UTC); default MONTH.")
+
+
 class CreateApiKeyRequest(Wire):
     name: str | None = Field(default=None, description="Required; 1-256 characters.")
     acls: list[str] | None = Field(
@@ -44,6 +55,7 @@ class CreateApiKeyRequest(Wire):
         default=None, description="Tokens per minute, an integer string; null = none."
     )
     expire_time: str | None = Field(default=None, description="RFC 3339; null = never.")
+    budget: Budget | None = Field(default=None, description=BUDGET_DOC)
 
 
 class ApiKeyPatch(Wire):
@@ -59,6 +71,7 @@ class ApiKeyPatch(Wire):
     tpm: Number = None
     disabled: Flag = None
     expire_time: str | None = None
+    budget: Budget | None = None
 
 
 class UpdateApiKeyRequest(Wire):
@@ -91,6 +104,7 @@ class ApiKeyOut(Wire):
     qpm: int | None = None
     tpm: str | None = None
     acl_strings: list[str]
+    budget: Budget | None = Field(default=None, description=BUDGET_DOC)
 
 
 class ListApiKeysResponse(Wire):

@@ -18,6 +18,7 @@ MASKABLE: tuple[str, ...] = (
     "tpm",
     "disabled",
     "expireTime",
+    "budget",  # keyplane's own (keyplane.usage)
 )
 OUTPUT_ONLY: tuple[str, ...] = (
     "apiKeyId",

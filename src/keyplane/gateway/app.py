@@ -213,8 +213,21 @@ class Gateway:
     def check_state(self, key: KeyRecord) -> None:
         if key.disabled:
             raise PermissionDenied(f"The API key {key.redacted} is disabled.")
-        if key.is_expired(self._clock()):
+        now = self._clock()
+        if key.is_expired(now):
             raise PermissionDenied(f"The API key {key.redacted} has expired.")
+        # Spend (keyplane.usage): the team's monthly limit, then the key's own budget.
+        if key.team_blocked(now):
+            raise PermissionDenied(
+                f"Your team {key.team_id} has either used all available credits or reached its "
+                "monthly spending limit. To continue making API requests, please purchase more "
+                "credits or raise your spending limit."
+            )
+        if key.key_blocked(now):
+            raise PermissionDenied(
+                f"The API key {key.redacted} has spent its budget for this period. It works "
+                "again when the period ends or its budget is raised."
+            )
 
     async def _api_key_info(
         self, scope: Scope, receive: Receive, send: Send, key: KeyRecord
@@ -224,7 +237,7 @@ class Gateway:
             200,
             {
                 "acls": list(key.acl_strings),
-                "api_key_blocked": False,
+                "api_key_blocked": key.key_blocked(self._clock()),
                 "api_key_disabled": key.disabled,
                 "api_key_id": key.api_key_id,
                 "create_time": key.create_time,
@@ -232,7 +245,7 @@ class Gateway:
                 "modify_time": key.modify_time,
                 "name": key.name,
                 "redacted_api_key": key.redacted,
-                "team_blocked": False,
+                "team_blocked": key.team_blocked(self._clock()),
                 "team_id": key.team_id,
                 "user_id": key.user_id,
             },
@@ -245,11 +258,11 @@ class Gateway:
             {
                 "user_id": key.user_id,
                 "team_id": key.team_id,
-                "team_blocked": False,
+                "team_blocked": key.team_blocked(self._clock()),
                 "api_key": {
                     "redacted_api_key": key.redacted,
                     "api_key_id": key.api_key_id,
-                    "blocked": False,
+                    "blocked": key.key_blocked(self._clock()),
                     "disabled": key.disabled,
                 },
             },

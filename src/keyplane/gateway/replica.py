@@ -52,6 +52,9 @@ class KeyRecord:
     acls: CompiledAcls
     secrets: tuple[tuple[str, float | None], ...]  # (digest, epoch seconds it dies, if any)
     revision: int
+    #: Until when spend blocks the key (its budget) or its team (the spending limit), epoch s.
+    key_blocked_until: float | None
+    team_blocked_until: float | None
     #: The view as received, encoded: what the local store keeps and what ``Replica.views``
     #: shows. Bytes, not the dict, because at 100,000 keys the dicts alone cost ~260 MiB.
     raw: bytes
@@ -83,11 +86,19 @@ class KeyRecord:
                 for s in view.get("secrets") or ()
             ),
             revision=int(view.get("revision", 0)),
+            key_blocked_until=epoch(view.get("apiKeyBlockedUntil"), "apiKeyBlockedUntil"),
+            team_blocked_until=epoch(view.get("teamBlockedUntil"), "teamBlockedUntil"),
             raw=_encode(view),
         )
 
     def is_expired(self, now: float) -> bool:
         return self.expire_at is not None and self.expire_at <= now
+
+    def team_blocked(self, now: float) -> bool:
+        return self.team_blocked_until is not None and now < self.team_blocked_until
+
+    def key_blocked(self, now: float) -> bool:
+        return self.key_blocked_until is not None and now < self.key_blocked_until
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,7 @@ from keyplane.services import idempotency
 from keyplane.services.auth import Principal
 from keyplane.services.context import Context
 from keyplane.storage import repository as repo
+from keyplane.usage import budgets
 
 MAX_PAGE_SIZE = 1000
 MAX_ACL_FILTERS = 32
@@ -63,12 +64,15 @@ class NewKeySpec:
     qpm: int | None
     tpm: int | None
     expire_time: datetime | None
+    budget_cents: int | None = None
+    budget_period: str | None = None
 
 
 def parse_new_key(body: Mapping[str, Any]) -> NewKeySpec:
     """Validate a CreateApiKey body (already JSON-decoded); every error names its field."""
     acls = body.get("acls") if "acls" in body else body.get("aclStrings", body.get("acl_strings"))
     expire = body.get("expireTime", body.get("expire_time"))
+    budget_cents, budget_period = budgets.parse_budget(body.get("budget"), field="budget")
     return NewKeySpec(
         name=validate_name(body.get("name"), field="name"),
         acls=normalize_api_key_acls(acls, field="acls"),
@@ -76,6 +80,8 @@ def parse_new_key(body: Mapping[str, Any]) -> NewKeySpec:
         qpm=validate_int32_limit(body.get("qpm"), field="qpm"),
         tpm=validate_int64_limit(body.get("tpm"), field="tpm"),
         expire_time=None if expire is None else parse_ts(expire, field="expireTime"),
+        budget_cents=budget_cents,
+        budget_period=budget_period,
     )
 
 
@@ -173,7 +179,10 @@ def create_key(
             acl_strings=spec.acls,
             revision=repo.next_revision(conn),
             secrets=(SecretDigest(keysecrets.digest(secret)),),
+            budget_cents=spec.budget_cents,
+            budget_period=spec.budget_period,
         )
+        key = budgets.refine(conn, key, now)  # born blocked while its team is
         repo.insert_api_key(conn, key, now=now)
         _record(
             conn,
@@ -313,6 +322,10 @@ def update_key(
     if "disabled" in paths:
         raw = value("disabled")
         changes["disabled"] = False if raw is None else validate_bool(raw, field="apiKey.disabled")
+    if "budget" in paths:
+        changes["budget_cents"], changes["budget_period"] = budgets.parse_budget(
+            value("budget"), field="apiKey.budget"
+        )
     if "expireTime" in paths:
         raw = value("expireTime", "expire_time")
         changes["expire_time"] = None if raw is None else parse_ts(raw, field="apiKey.expireTime")
@@ -394,6 +407,7 @@ def _mutate(
             modified_by=principal.user_id,
             revision=repo.next_revision(conn),
         )
+        key = budgets.refine(conn, key, now)  # a new budget blocks or unblocks at once
         repo.replace_api_key(conn, key, now=now)
         if secret_replaced:
             idempotency.forget_answers(conn, key.api_key_id)

@@ -17,6 +17,7 @@ SPELLINGS = {
     "tpm": ["tpm"],
     "disabled": ["disabled"],
     "expireTime": ["expireTime", "expire_time"],
+    "budget": ["budget"],
 }
 PADDING = st.sampled_from(["", " ", "  ", "\t"])
 

@@ -1,0 +1,122 @@
+"""Operator reports (``keyplane admin usage``): usage per team, or per key of one team, over the
+last days, with this month's spend against limits and budgets. Reads the hourly rollups."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+
+from keyplane.services.context import Context
+from keyplane.storage import tables as t
+from keyplane.usage import limits
+from keyplane.usage.record import COST_PER_USD, COST_SCALE
+from keyplane.usage.schema import team_billing, usage_hours
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    id: str
+    name: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    usd: float
+    month_cents: float
+    limit: str
+    blocked: bool
+
+
+def _since(now: datetime, days: int) -> int:
+    start = int((now - timedelta(days=days)).timestamp())
+    return start - start % 3600
+
+
+def teams(ctx: Context, *, days: int) -> list[Row]:
+    now = ctx.clock.now()
+    h = usage_hours
+    with ctx.db.read() as conn:
+        sums = {
+            r[0]: r[1:]
+            for r in conn.execute(
+                select(
+                    h.c.team_id,
+                    func.sum(h.c.requests),
+                    func.sum(h.c.prompt_tokens),
+                    func.sum(h.c.completion_tokens),
+                    func.sum(h.c.cost),
+                )
+                .where(h.c.bucket >= _since(now, days))
+                .group_by(h.c.team_id)
+            )
+        }
+        names = {r.team_id: r.name for r in conn.execute(select(t.teams.c.team_id, t.teams.c.name))}
+        billing = {r.team_id: r for r in conn.execute(select(team_billing))}
+        rows = []
+        for team_id in sorted(set(sums) | set(names), key=lambda i: names.get(i, "")):
+            requests, prompt, completion, cost = (int(v or 0) for v in sums.get(team_id, (0,) * 4))
+            b = billing.get(team_id)
+            month = limits.team_month_spend(conn, team_id, now) if team_id else 0
+            until = None if b is None else b.blocked_until
+            rows.append(
+                Row(
+                    id=team_id or "-",
+                    name=names.get(team_id, "(no credentials)"),
+                    requests=requests,
+                    prompt_tokens=prompt,
+                    completion_tokens=completion,
+                    usd=cost / COST_PER_USD,
+                    month_cents=month / COST_SCALE,
+                    limit="-"
+                    if b is None or b.soft_limit_cents is None
+                    else str(b.soft_limit_cents),
+                    blocked=until is not None and until > int(now.timestamp() * 1_000_000),
+                )
+            )
+    return rows
+
+
+def keys(ctx: Context, *, team_id: str, days: int) -> list[Row]:
+    now = ctx.clock.now()
+    h, k = usage_hours, t.api_keys
+    with ctx.db.read() as conn:
+        sums = {
+            r[0]: r[1:]
+            for r in conn.execute(
+                select(
+                    h.c.api_key_id,
+                    func.sum(h.c.requests),
+                    func.sum(h.c.prompt_tokens),
+                    func.sum(h.c.completion_tokens),
+                    func.sum(h.c.cost),
+                )
+                .where(h.c.team_id == team_id, h.c.bucket >= _since(now, days))
+                .group_by(h.c.api_key_id)
+            )
+        }
+        found = {r.api_key_id: r for r in conn.execute(select(k).where(k.c.team_id == team_id))}
+        rows = []
+        for key_id in sorted(set(sums) | set(found)):
+            requests, prompt, completion, cost = (int(v or 0) for v in sums.get(key_id, (0,) * 4))
+            key = found.get(key_id)
+            period = key.budget_period if key is not None and key.budget_period else "MONTH"
+            spent = limits.key_period_spend(conn, key_id, period, now)
+            budget = "-"
+            if key is not None and key.budget_cents is not None:
+                budget = f"{key.budget_cents}/{period.lower()}"
+            until = None if key is None else key.budget_blocked_until
+            rows.append(
+                Row(
+                    id=key_id,
+                    name="(deleted)" if key is None else key.name,
+                    requests=requests,
+                    prompt_tokens=prompt,
+                    completion_tokens=completion,
+                    usd=cost / COST_PER_USD,
+                    month_cents=spent / COST_SCALE,
+                    limit=budget,
+                    blocked=until is not None and until > int(now.timestamp() * 1_000_000),
+                )
+            )
+    return rows
