@@ -114,10 +114,17 @@ def cell(value: Any) -> str:
 
 
 def table(rows: Sequence[dict[str, Any]]) -> None:
-    """Rows as aligned columns, headed by their keys in capitals."""
-    from keyplane.cli._common import emit
-
-    emit([{k: cell(v) for k, v in row.items()} for row in rows], False)
+    """Rows as aligned columns, headed by their keys in capitals; ``(none)`` for no rows."""
+    if not rows:
+        click.echo("(none)")
+        return
+    cells = [[cell(v) for v in row.values()] for row in rows]
+    header = [name.upper() for name in rows[0]]
+    widths = [max(len(line[i]) for line in [header, *cells]) for i in range(len(header))]
+    for line in [header, *cells]:
+        click.echo(
+            "  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)).rstrip()
+        )
 
 
 def when(text: str, option: str) -> datetime:
