@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
 import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 from click.testing import CliRunner
@@ -195,3 +199,41 @@ def test_shell_capture_of_a_new_secret_and_its_use(team: TeamCreds, stack: Stack
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == "200"
+
+
+def test_prompts_for_the_key_on_a_terminal(team: TeamCreds) -> None:
+    """No key in the environment, a terminal on stdin: a hidden prompt, then the command runs."""
+    keyplane = str(Path(sys.executable).parent / "keyplane")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("KEYPLANE_")},
+        "KEYPLANE_BASE_URL": team.base_url,
+    }
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: its terminal is the pty
+        os.execve(keyplane, [keyplane, "keys", "list", "--json"], env)  # noqa: S606
+    seen = b""
+    sent = False
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: the child is gone
+                break
+            if not chunk:
+                break
+            seen += chunk
+            if not sent and b"Management key:" in seen:
+                os.write(fd, team.secret.encode() + b"\n")
+                sent = True
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    text = seen.decode(errors="replace")
+    assert sent, text
+    assert os.waitstatus_to_exitcode(status) == 0, text
+    assert team.secret not in text  # not echoed
+    assert text.rstrip().endswith("[]")

@@ -59,44 +59,43 @@ def test_the_sdk_tour_runs_as_written(team: TeamCreds, stack: Stack, tmp_path: P
     assert any("tour" in line and "CreateApiKey" in line for line in lines)
 
 
-def test_the_cli_page_runs_as_written(team: TeamCreds, stack: Stack, tmp_path: Path) -> None:
-    code = blocks("cli.md", "sh")
-    assert len(code) >= 4, "the CLI page lost its examples"
-    # The setup block sets what env_for already sets, pointing at the test stack instead.
-    body = [localized(block, team, stack) for block in code if "export " not in block]
-    script = tmp_path / "cli.sh"
-    script.write_text("set -euo pipefail\n" + "\n".join(body))
+def run_shell(script: str, team: TeamCreds, cwd: Path) -> str:
+    """Run ``script`` in bash (strict mode) with the team's environment; its stdout."""
     done = subprocess.run(
-        ["bash", str(script)],
+        ["bash", "-c", "set -euo pipefail\n" + script],
         env=env_for(team),
         capture_output=True,
         text=True,
         timeout=300,
-        cwd=tmp_path,
+        cwd=cwd,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+    # The gateway's GET /v1/api-key answer for the new key: it works.
     assert '"api_key_disabled":false' in done.stdout.replace(" ", "")
-    assert "deleted " in done.stdout
-    assert "API_KEY_ID" in done.stdout
+    return done.stdout
+
+
+def without_exports(block: str) -> str:
+    """The setup lines set what ``env_for`` already sets, for the test stack instead."""
+    return "\n".join(line for line in block.splitlines() if not line.startswith("export "))
+
+
+def test_the_cli_page_runs_as_written(team: TeamCreds, stack: Stack, tmp_path: Path) -> None:
+    code = blocks("cli.md", "sh")
+    assert len(code) >= 4, "the CLI page lost its examples"
+    body = "\n".join(without_exports(localized(block, team, stack)) for block in code)
+    out = run_shell(body, team, tmp_path)
+    assert "deleted " in out
+    assert "API_KEY_ID" in out
 
 
 def test_the_readme_cli_tour_runs_as_written(team: TeamCreds, stack: Stack, tmp_path: Path) -> None:
     readme = (DOCS.parent / "README.md").read_text()
     section = readme.split("## The same tour with the CLI", 1)[1].split("\n## ", 1)[0]
     [block] = re.findall(r"^```sh\n(.*?)^```", section, flags=re.DOTALL | re.MULTILINE)
-    lines = [line for line in block.splitlines() if not line.startswith("export ")]
-    body = localized("\n".join(lines), team, stack).replace(
+    body = without_exports(localized(block, team, stack)).replace(
         "K=.venv/bin/keyplane", f"K={Path(sys.executable).parent / 'keyplane'}"
     )
-    done = subprocess.run(
-        ["bash", "-c", "set -euo pipefail\n" + body],
-        env=env_for(team),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert '"api_key_disabled":false' in done.stdout.replace(" ", "")
-    assert "deleted " in done.stdout
-    assert "DeleteApiKey" in done.stdout
+    out = run_shell(body, team, tmp_path)
+    assert "deleted " in out
+    assert "DeleteApiKey" in out
