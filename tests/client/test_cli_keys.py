@@ -237,3 +237,15 @@ def test_prompts_for_the_key_on_a_terminal(team: TeamCreds) -> None:
     assert os.waitstatus_to_exitcode(status) == 0, text
     assert team.secret not in text  # not echoed
     assert text.rstrip().endswith("[]")
+
+
+def test_budget_options(team: TeamCreds) -> None:
+    created = cli_json(
+        team, "keys", "create", "capped", "--budget-cents", "500", "--budget-period", "day"
+    )
+    assert created["budget"] == {"cents": 500, "period": "DAY"}
+    updated = cli_json(team, "keys", "update", created["apiKeyId"], "--budget-cents", "none")
+    assert "budget" not in updated
+    code, out, _ = cli(team, "keys", "list")
+    assert code == 0
+    assert "BUDGET" in out.splitlines()[0]

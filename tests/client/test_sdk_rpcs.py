@@ -10,6 +10,7 @@ import pytest
 from keyplane.client import (
     ApiKeyUpdate,
     AsyncClient,
+    Budget,
     Client,
     NotFound,
     PropagationTimeout,
@@ -204,3 +205,14 @@ async def test_async_client_every_rpc(team: TeamCreds, stack: Stack) -> None:
         await client.delete_api_key(key.api_key_id)
         with pytest.raises(NotFound):
             await client.get_api_key(key.api_key_id)
+
+
+def test_budget_is_set_read_and_cleared(client: Client) -> None:
+    """keyplane's own per-key budget, through the same calls."""
+    key = client.create_api_key("capped", budget=Budget(cents=500, period="DAY"))
+    assert key.budget == Budget(cents=500, period="DAY")
+    assert client.get_api_key(key.api_key_id).budget == Budget(cents=500, period="DAY")
+    updated = client.update_api_key(key.api_key_id, ApiKeyUpdate(budget=Budget(cents=900)))
+    assert updated.budget == Budget(cents=900, period="MONTH")
+    assert client.update_api_key(key.api_key_id, ApiKeyUpdate(budget=None)).budget is None
+    assert ApiKeyUpdate(budget=None, qps=1).field_mask() == "qps,budget"

@@ -8,12 +8,21 @@ from typing import Any
 import click
 
 from keyplane.cli._api import api_command, json_option, print_json, table, when
-from keyplane.client import ApiKey, ApiKeyUpdate, Client
+from keyplane.client import ApiKey, ApiKeyUpdate, Budget, Client
 
 secret_only_option = click.option(
     "--secret-only",
     is_flag=True,
     help="Print only the new secret, for KEY=$(keyplane keys ...).",
+)
+
+budget_period_option = click.option(
+    "--budget-period",
+    type=click.Choice(["DAY", "WEEK", "MONTH"], case_sensitive=False),
+    default="MONTH",
+    show_default=True,
+    callback=lambda _ctx, _param, value: value.upper(),
+    help="The UTC period a budget counts over.",
 )
 
 
@@ -28,6 +37,7 @@ def _row(key: ApiKey) -> dict[str, Any]:
         "tpm": key.tpm,
         "disabled": key.disabled,
         "expires": key.expire_time,
+        "budget": None if key.budget is None else f"{key.budget.cents}c/{key.budget.period}",
         "created": key.create_time,
     }
 
@@ -78,6 +88,10 @@ def keys() -> None:
 @click.option("--tpm", type=click.IntRange(min=0), help="Tokens per minute.")
 @click.option("--expire-time", metavar="TIME", help="RFC 3339 expiry (default: never).")
 @click.option(
+    "--budget-cents", type=click.IntRange(min=0), help="keyplane-only: spend cap (USD cents)."
+)
+@budget_period_option
+@click.option(
     "--wait",
     "wait_s",
     type=float,
@@ -96,6 +110,8 @@ def create(
     qpm: int | None,
     tpm: int | None,
     expire_time: str | None,
+    budget_cents: int | None,
+    budget_period: str,
     wait_s: float | None,
     secret_only: bool,
     as_json: bool,
@@ -108,6 +124,7 @@ def create(
         qpm=qpm,
         tpm=tpm,
         expire_time=None if expire_time is None else when(expire_time, "--expire-time"),
+        budget=None if budget_cents is None else Budget(cents=budget_cents, period=budget_period),
     )
     if wait_s is not None:
         client.wait_propagated(key.api_key_id, timeout=wait_s)
@@ -156,6 +173,8 @@ def get(client: Client, api_key_id: str, as_json: bool) -> None:
 @click.option("--tpm", metavar="N|none")
 @click.option("--disable/--enable", "disabled", default=None)
 @click.option("--expire-time", metavar="TIME|never")
+@click.option("--budget-cents", metavar="N|none", help="keyplane-only: spend cap (USD cents).")
+@budget_period_option
 @json_option
 @api_command
 def update(
@@ -169,6 +188,8 @@ def update(
     tpm: str | None,
     disabled: bool | None,
     expire_time: str | None,
+    budget_cents: str | None,
+    budget_period: str,
     as_json: bool,
 ) -> None:
     """Change the fields given, and only those (``none`` clears a limit, ``never`` the expiry)."""
@@ -188,6 +209,9 @@ def update(
         changes["expire_time"] = (
             None if expire_time.lower() == "never" else when(expire_time, "--expire-time")
         )
+    if budget_cents is not None:
+        cents = _limit(budget_cents, "--budget-cents")
+        changes["budget"] = None if cents is None else Budget(cents=cents, period=budget_period)
     if not changes:
         raise click.UsageError("nothing to change: give at least one field option")
     _show(client.update_api_key(api_key_id, ApiKeyUpdate(**changes)), as_json)

@@ -116,12 +116,21 @@ class AsyncClient:
         qpm: int | None = None,
         tpm: int | None = None,
         expire_time: datetime | None = None,
+        budget: t.Budget | None = None,
         team_id: str | None = None,
         idempotency_key: str | None = None,
     ) -> t.ApiKey:
         """CreateApiKey; see ``Client.create_api_key``."""
         call = _rpc.create_api_key(
-            await self._team(team_id), name, acls, qps, qpm, tpm, expire_time, idempotency_key
+            await self._team(team_id),
+            name,
+            acls,
+            qps,
+            qpm,
+            tpm,
+            expire_time,
+            budget,
+            idempotency_key,
         )
         return await self._send(call)
 

@@ -33,6 +33,7 @@ def create_api_key(
     qpm: int | None,
     tpm: int | None,
     expire_time: datetime | None,
+    budget: t.Budget | None,
     key: str | None,
 ) -> Call[t.ApiKey]:
     body: dict[str, Any] = {"name": name, "acls": list(acls)}
@@ -44,6 +45,8 @@ def create_api_key(
         body["tpm"] = str(tpm)
     if expire_time is not None:
         body["expireTime"] = t.rfc3339(expire_time)
+    if budget is not None:
+        body["budget"] = budget.wire()
     return Call(
         "POST",
         f"/auth/teams/{_seg(team_id)}/api-keys",

@@ -118,6 +118,7 @@ class Client:
         qpm: int | None = None,
         tpm: int | None = None,
         expire_time: datetime | None = None,
+        budget: t.Budget | None = None,
         team_id: str | None = None,
         idempotency_key: str | None = None,
     ) -> t.ApiKey:
@@ -125,10 +126,10 @@ class Client:
 
         Each call sends a fresh ``Idempotency-Key`` (or ``idempotency_key``) and reuses it on its
         retries, so a retried create yields one key. (keyplane honours the header; a server that
-        ignores it could create a second key on a retry.)
+        ignores it could create a second key on a retry.) ``budget`` is keyplane-only.
         """
         call = _rpc.create_api_key(
-            self._team(team_id), name, acls, qps, qpm, tpm, expire_time, idempotency_key
+            self._team(team_id), name, acls, qps, qpm, tpm, expire_time, budget, idempotency_key
         )
         return self._send(call)
 

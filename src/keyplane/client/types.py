@@ -17,6 +17,17 @@ class _Wire(msgspec.Struct, rename="camel", kw_only=True):
     pass
 
 
+class Budget(_Wire):
+    """keyplane-only (not in the hosted API): the key is refused while its spend in the current
+    UTC ``period`` (``DAY``, ``WEEK`` or ``MONTH``) reaches ``cents`` USD cents."""
+
+    cents: int
+    period: str = "MONTH"
+
+    def wire(self) -> dict[str, str]:
+        return {"cents": str(self.cents), "period": self.period}
+
+
 class ApiKey(_Wire):
     """An inference API key. ``api_key`` (the secret) is set only by create and rotate."""
 
@@ -36,6 +47,8 @@ class ApiKey(_Wire):
     qpm: int | None = None
     tpm: int | None = None
     acl_strings: list[str] = msgspec.field(default_factory=list)
+    #: keyplane-only: the key's spending budget.
+    budget: Budget | None = None
 
 
 class ApiKeyPage(_Wire):
@@ -59,6 +72,8 @@ class ApiKeyUpdate(_Wire):
     tpm: int | UnsetType | None = UNSET
     disabled: bool | UnsetType = UNSET
     expire_time: datetime | UnsetType | None = UNSET
+    #: keyplane-only.
+    budget: Budget | UnsetType | None = UNSET
 
     def field_mask(self) -> str:
         """The camelCase paths of the fields that are set, comma-separated, in field order."""
@@ -77,6 +92,8 @@ class ApiKeyUpdate(_Wire):
                 value = str(value)
             elif isinstance(value, datetime):
                 value = rfc3339(value)
+            elif isinstance(value, Budget):
+                value = value.wire()
             body[_camel(name)] = value
         return body
 

@@ -204,4 +204,3 @@ gateways = Table(
     Column("first_seen", BigInteger, nullable=False),
     Column("last_seen", BigInteger, nullable=False),
 )
-
