@@ -11,6 +11,7 @@ import pytest
 from keyplane.client import (
     APIError,
     ApiKeyUpdate,
+    AsyncClient,
     Client,
     ConfigurationError,
     FailedPrecondition,
@@ -261,3 +262,21 @@ def test_without_retries_the_drop_surfaces_and_the_key_exists(team: TeamCreds) -
     assert proxy.taken == ["drop"]
     with team.client() as direct:
         assert [k.name for k in direct.list_api_keys()] == ["lost answer"]
+
+
+async def test_async_client_retries_and_raises_the_same_way(team: TeamCreds) -> None:
+    with fault_proxy(team.base_url, ["drop"], retry_after=0) as proxy:
+        async with AsyncClient(proxy.url, team.secret, team_id=team.team_id, retry=FAST) as client:
+            created = await client.create_api_key("async once")
+            assert proxy.taken == ["drop", "forward"]
+            proxy.plan += [503, 429]
+            assert [k.api_key_id async for k in client.list_api_keys()] == [created.api_key_id]
+            assert proxy.taken[2:] == [503, 429, "forward"]
+            with pytest.raises(NotFound):
+                await client.rotate_api_key(str(uuid.uuid4()))
+            proxy.plan.append(503)
+            with pytest.raises(Unavailable):
+                await client.rotate_api_key(created.api_key_id)
+    async with AsyncClient(team.base_url, "xai-mgmt-" + "y" * 80) as client:
+        with pytest.raises(Unauthenticated):
+            await client.validate_management_key()
