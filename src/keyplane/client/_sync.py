@@ -201,7 +201,8 @@ class Client:
         return self._send(_rpc.rotate_api_key(api_key_id, expire_time, old_secret_expire_time))
 
     def delete_api_key(self, api_key_id: str) -> None:
-        """DeleteApiKey (permanent)."""
+        """DeleteApiKey (permanent). Retried like any idempotent call: a retry after a lost answer
+        raises ``NotFound``, the key being gone either way."""
         self._send(_rpc.delete_api_key(api_key_id))
 
     def get_propagation(self, api_key_id: str) -> t.Propagation:
