@@ -26,9 +26,17 @@ if str(ROOT) not in sys.path:
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(1, str(ROOT / "src"))
 
-from tests.support.procs import Deployment, Proc, free_port, mgmt_client, wait_for  # noqa: E402
+from tests.support.procs import (  # noqa: E402
+    OPERATOR,
+    Deployment,
+    Proc,
+    free_port,
+    mgmt_client,
+    wait_for,
+)
 
 __all__ = [
+    "OPERATOR",
     "Deployment",
     "Proc",
     "free_port",

@@ -29,6 +29,7 @@ from typing import Any
 import aiohttp
 import httpx
 from _harness import (
+    OPERATOR,
     Deployment,
     cpu_seconds,
     footer,
@@ -299,7 +300,7 @@ class Redis:
 def failures_metric(url: str) -> float:
     """keyplane_ratelimit_failures_total summed over policies, from a gateway's /metrics."""
     total = 0.0
-    for line in httpx.get(url + "/metrics", timeout=5.0).text.splitlines():
+    for line in httpx.get(url + "/metrics", headers=OPERATOR, timeout=5.0).text.splitlines():
         if line.startswith("keyplane_ratelimit_failures_total"):
             total += float(line.rsplit(" ", 1)[1])
     return total

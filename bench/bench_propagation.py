@@ -245,7 +245,8 @@ def latency_rows(label: str, result: dict[str, Any]) -> list[list[Any]]:
 
 def wait_synced(url: str, revision: int | None = None, timeout: float = 30.0) -> dict[str, Any]:
     def ok() -> dict[str, Any] | None:
-        body: dict[str, Any] = httpx.get(url + "/healthz", timeout=2.0).json()
+        response = httpx.get(url + "/healthz", headers=harness.OPERATOR, timeout=2.0)
+        body: dict[str, Any] = response.json()
         if body.get("synced") and (revision is None or body.get("revision") == revision):
             return body
         return None
@@ -313,7 +314,9 @@ def latency_phase(tmp: Path, backend: str = "sqlite", pg: Any = None) -> dict[st
         out["bg_rate"] = len(in_window) / (window[1] - window[0])
         out["bg_errors"] = bg["errors"]
         out["cpu"] = {k: v / (window[1] - window[0]) for k, v in cpu.items()}
-        out["gateway_revision"] = [httpx.get(u + "/healthz").json()["revision"] for u in urls]
+        out["gateway_revision"] = [
+            httpx.get(u + "/healthz", headers=harness.OPERATOR).json()["revision"] for u in urls
+        ]
         out["rss"] = {p.name: harness.rss_kib(harness.pid_of(p)) for p in dep.procs}
     finally:
         if stop is not None:

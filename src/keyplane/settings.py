@@ -229,6 +229,12 @@ class Settings(BaseSettings):
     #: gateway has applied the change. At least twice ``feed_poll_seconds``.
     gateway_liveness_seconds: float = Field(default=15.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: Bearer token for the operators' views: a gateway's ``/metrics`` and detailed ``/healthz``,
+    #: the model server's ``/_stats``. None: those answer 404 (plain ``/healthz`` stays open).
+    metrics_token: SecretStr | None = None
+    #: Forward clients' ``x-keyplane-*`` headers (the built-in model server's test knobs) to
+    #: upstreams. For tests and demos only: by default a gateway strips them.
+    forward_test_headers: bool = False
 
     @field_validator("api_key_prefix", "management_key_prefix")
     @classmethod

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from tests.support.postgres import PostgresServer, require_postgres
-from tests.support.procs import Deployment, free_port, mgmt_client, wait_for
+from tests.support.procs import OPERATOR, Deployment, free_port, mgmt_client, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -78,7 +78,7 @@ def test_two_control_planes_one_database(pg_deployment: tuple[Deployment, str]) 
     # Every gateway converges; ask either replica about propagation.
     def converged() -> bool:
         for cluster in dep.clusters:
-            health = httpx.get(dep.gateway_url(cluster) + "/healthz").json()
+            health = httpx.get(dep.gateway_url(cluster) + "/healthz", headers=OPERATOR).json()
             if health["revision"] != 240:
                 return False
         return True

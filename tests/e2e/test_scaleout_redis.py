@@ -14,7 +14,7 @@ import pytest
 
 from tests.contract.ratelimit_fixtures import RedisServer, require_redis_server
 from tests.support.load import count, max_certainly_admitted, run_load
-from tests.support.procs import Deployment, mgmt_client, wait_for
+from tests.support.procs import OPERATOR, Deployment, mgmt_client, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -139,7 +139,7 @@ def test_redis_down_applies_the_policy_then_recovers(
     # local policy: each of the two replicas enforces 20 / 2 = 10 per second on its own.
     assert max_certainly_admitted(down, 1.0) <= 20
     assert count(down, 200) > 0
-    metrics = [httpx.get(u + "/metrics").text for u in urls]
+    metrics = [httpx.get(u + "/metrics", headers=OPERATOR).text for u in urls]
     assert any("keyplane_ratelimit_failures_total" in m for m in metrics)
 
     # Redis is back (and empty). Once each replica has used it again, the shared bound is exact.

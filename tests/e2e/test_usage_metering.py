@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from tests.support.gateway import WILDCARD, Stack, chat_body, start_stack, stop_stack
+from tests.support.procs import OPERATOR
 from tests.support.usage import counted, wait_counted
 
 CONFIG = """
@@ -36,7 +37,7 @@ def test_concurrent_requests_are_counted_exactly_with_the_model_servers_tokens(
 ) -> None:
     team = stack.new_team("metering")
     key = team.create_key(WILDCARD)
-    httpx.delete(stack.dep.model_url + "/_stats", timeout=5.0)
+    httpx.delete(stack.dep.model_url + "/_stats", headers=OPERATOR, timeout=5.0)
     n = 120
 
     def one(i: int) -> int:

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from tests.support.procs import Deployment, Proc, mgmt_client, wait_for
+from tests.support.procs import OPERATOR, Deployment, Proc, mgmt_client, wait_for
 
 #: A request to the built-in model server that is cheap and deterministic.
 HELLO = [{"role": "user", "content": "Say hello"}]
@@ -59,7 +59,7 @@ class Stack:
         return Team(self, team_id, mgmt_client(self.dep.control_url, secret))
 
     def model_stats(self) -> dict[str, int]:
-        response = httpx.get(self.dep.model_url + "/_stats", timeout=5.0)
+        response = httpx.get(self.dep.model_url + "/_stats", headers=OPERATOR, timeout=5.0)
         assert response.status_code == 200, response.text
         stats: dict[str, int] = response.json()
         return stats
@@ -76,13 +76,19 @@ def start_stack(
     *,
     extra_config: str = "",
     models: bool = True,
+    forward_test_headers: bool = True,
 ) -> Stack:
     """Start the model server and the control plane, then the gateways, side by side.
 
     Gateways wait for the control plane only because their feed credential is issued in its
     store; the model server depends on nothing.
     """
-    dep = Deployment(root, clusters=list(clusters), extra_config=extra_config)
+    dep = Deployment(
+        root,
+        clusters=list(clusters),
+        extra_config=extra_config,
+        forward_test_headers=forward_test_headers,
+    )
     try:
         with ThreadPoolExecutor(max_workers=len(clusters) + 1) as pool:
             model_proc = dep.models() if models else None

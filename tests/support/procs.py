@@ -24,6 +24,9 @@ import httpx
 import pytest
 
 PYTHON = sys.executable
+#: The operators' token of every test deployment: /metrics, detailed /healthz, /_stats.
+METRICS_TOKEN = "test-metrics-token"
+OPERATOR = {"Authorization": f"Bearer {METRICS_TOKEN}"}
 
 
 def missing_server(what: str, package: str, allow_env: str) -> NoReturn:
@@ -111,6 +114,8 @@ class Deployment:
     extra_config: str = ""
     #: TOML placed before any table: top-level keys such as database_url.
     top_config: str = ""
+    #: Gateways forward clients' x-keyplane-* test knobs to the model server (off in production).
+    forward_test_headers: bool = True
     procs: list[Proc] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -122,6 +127,8 @@ class Deployment:
         lines = [
             f'data_dir = "{self.data_dir}"',
             'log_level = "info"',
+            f'metrics_token = "{METRICS_TOKEN}"',
+            f"forward_test_headers = {str(self.forward_test_headers).lower()}",
             self.top_config,
             "[control]",
             'host = "127.0.0.1"',

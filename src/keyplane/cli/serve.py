@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import secrets
 import sys
 from pathlib import Path
 
@@ -79,6 +80,12 @@ def serve_models(
             token_latency_s=token_latency_ms / 1000,
             max_head_bytes=settings.max_head_bytes,
             max_headers=settings.max_header_count,
+            # No token configured: closed to everyone (a random token nobody knows).
+            stats_token=(
+                settings.metrics_token.get_secret_value()
+                if settings.metrics_token is not None
+                else secrets.token_urlsafe(32)
+            ),
         ),
     )
 

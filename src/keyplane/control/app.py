@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keyplane import __version__, console
@@ -406,6 +407,8 @@ class AccessLog:
 
         try:
             await self.app(scope, receive, sending)
+        except ClientDisconnect:
+            status = 499  # gone mid-request: nothing to answer, and nothing went wrong here
         except Exception as error:
             # The error handler has answered already; re-raising (as Starlette does) would make
             # the server drop the client's keep-alive connection and log the trace twice.

@@ -6,9 +6,11 @@ limits → forward. This module authenticates and routes; what an endpoint does 
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import prometheus_client
 import structlog
@@ -45,6 +47,10 @@ class GatewayConfig:
     cluster: str
     api_key_prefix: str = "xai-"
     max_body_bytes: int = 4 * 1024 * 1024
+    #: Bearer token of /metrics and the detailed /healthz; None: both answer 404.
+    metrics_token: str | None = None
+    #: Forward clients' x-keyplane-* headers upstream (tests and demos only).
+    forward_test_headers: bool = False
 
 
 def _metered(send: Send, tally: Tally, meter: Meter) -> Send:
@@ -150,19 +156,19 @@ class Gateway:
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         method, path = scope["method"], scope["path"]
         if path == "/healthz":
-            await send_json(
-                send,
-                200,
-                {
-                    "status": "ok",
-                    "cluster": self.config.cluster,
-                    "revision": self.replica.revision,
-                    "synced": self._is_synced(),
-                    "limiter": "ok" if self._limiter_ok() else "degraded",
-                },
-            )
+            # Readiness for anyone (load balancers); the revision and cluster for operators.
+            health: dict[str, Any] = {
+                "status": "ok",
+                "synced": self._is_synced(),
+                "limiter": "ok" if self._limiter_ok() else "degraded",
+            }
+            if self._is_operator(scope):
+                health |= {"cluster": self.config.cluster, "revision": self.replica.revision}
+            await send_json(send, 200, health)
             return
         if path == "/metrics" and method == "GET":
+            if not self._is_operator(scope):
+                raise NotFound(f"No route {path}.")
             payload = prometheus_client.generate_latest()
             await send(
                 {
@@ -188,6 +194,14 @@ class Gateway:
         if not any_state:
             self.check_state(key)
         await handler(scope, receive, send, key)
+
+    def _is_operator(self, scope: Scope) -> bool:
+        """The request carries the metrics token (configured, and compared in constant time)."""
+        token = self.config.metrics_token
+        if token is None:
+            return False
+        given = header(scope, b"authorization") or ""
+        return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
 
     def _prefix_route(self, method: str, path: str) -> tuple[Handler, bool] | None:
         # Routes registered with a trailing "/" match any sub-path (e.g. /v1/models/{id}).

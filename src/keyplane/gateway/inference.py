@@ -29,6 +29,7 @@ from keyplane.domain.errors import (
     Unavailable,
 )
 from keyplane.gateway.app import Gateway
+from keyplane.gateway.bounds import check_shape
 from keyplane.gateway.http import Receive, Scope, Send, read_body, send_json
 from keyplane.gateway.replica import KeyRecord
 from keyplane.ratelimit import Decision, Limiter, Quota, RequestLimit, TokenLimit
@@ -96,6 +97,7 @@ class _StreamEvent(msgspec.Struct):
 
 _LIMITS_CACHE_SIZE = 100_000
 _peek = msgspec.json.Decoder(_Peek)
+_top_level = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _with_usage = msgspec.json.Decoder(_WithUsage)
 _event = msgspec.json.Decoder(_StreamEvent)
 
@@ -244,9 +246,10 @@ class Inference:
         async def handle(scope: Scope, receive: Receive, send: Send, key: KeyRecord) -> None:
             self._check_endpoint(key, endpoint)
             body = await read_body(receive, self.gateway.config.max_body_bytes)
+            check_shape(body)
             try:
                 peek = _peek.decode(body)
-            except msgspec.DecodeError:
+            except (msgspec.DecodeError, RecursionError):
                 raise InvalidArgument("The request body is not valid JSON.") from None
             except msgspec.ValidationError as error:
                 raise InvalidArgument(f"The request body is invalid: {error}.") from None
@@ -299,13 +302,22 @@ class Inference:
         if peek.stream and path in _USAGE_ON_REQUEST:
             options = peek.stream_options or {}
             if not options.get("include_usage"):
-                document = msgspec.json.decode(body)
-                document["stream_options"] = {**options, "include_usage": True}
+                # Top-level fields only, the rest passed through as it came: no number the
+                # client sent is re-read (msgspec refuses integers past 64 bits).
+                document = _top_level.decode(body)
+                document["stream_options"] = msgspec.Raw(
+                    msgspec.json.encode({**options, "include_usage": True})
+                )
                 body = msgspec.json.encode(document)
                 strip_usage = True
         headers = {"content-type": "application/json", "accept-encoding": "identity"}
+        # keyplane's own headers (the model server's test knobs among them) are the project's,
+        # not a client's to send upstream, unless a test deployment asks for them.
+        test_headers = self.gateway.config.forward_test_headers
         for name, value in scope["headers"]:
-            if name in _FORWARDED_HEADERS or name.startswith(_TEST_HEADER_PREFIX):
+            if name in _FORWARDED_HEADERS or (
+                test_headers and name.startswith(_TEST_HEADER_PREFIX)
+            ):
                 headers[name.decode()] = bytes(value).decode("latin-1")
         auth = self._upstream_auth.get(model.name)
         if auth:

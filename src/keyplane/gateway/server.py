@@ -131,7 +131,16 @@ class GatewayProcess:
         self.limiter = make_limiter(settings, cluster, replica_index)
         shared = self.shared = shared_limiter(self.limiter)
         self.gateway = Gateway(
-            GatewayConfig(cluster=cluster, api_key_prefix=settings.api_key_prefix),
+            GatewayConfig(
+                cluster=cluster,
+                api_key_prefix=settings.api_key_prefix,
+                metrics_token=(
+                    None
+                    if settings.metrics_token is None
+                    else settings.metrics_token.get_secret_value()
+                ),
+                forward_test_headers=settings.forward_test_headers,
+            ),
             self.replica,
             is_synced=lambda: self.follower.connected,
             limiter_ok=lambda: shared is None or shared.available,

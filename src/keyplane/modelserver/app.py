@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hmac
 import itertools
 import re
 import secrets
@@ -285,6 +286,9 @@ class ModelServerApp:
         # A per-process prefix keeps ids unique across restarts without a syscall per request.
         self._id_salt = secrets.token_hex(6)
         self._auth = f"Bearer {config.api_key}".encode() if config.api_key is not None else None
+        self._stats_auth = (
+            None if config.stats_token is None else f"Bearer {config.stats_token}".encode()
+        )
         self._post: dict[str, Callable[[bytes], _Reply]] = {
             "/v1/chat/completions": self._chat,
             "/v1/completions": self._completions,
@@ -329,6 +333,13 @@ class ModelServerApp:
         path: str = scope["path"]
         method: str = scope["method"]
         if path == "/_stats":
+            if self._stats_auth is not None and not hmac.compare_digest(
+                _authorization(scope) or b"", self._stats_auth
+            ):
+                # As if there were no such route: who may not read it need not learn it exists.
+                error = HTTPError(404, f"Unknown request URL: {method} {path}.", code="unknown_url")
+                await self._send_json(send, error.status, error.body(), error.headers)
+                return
             await self._stats_route(method, send)
             return
         self.stats.requests += 1
@@ -868,6 +879,13 @@ def _milliseconds(name: bytes, value: bytes) -> float:
     if not 0 <= ms <= 3_600_000:
         raise HTTPError(400, f"{name.decode()} must be a number of milliseconds in 0..3600000.")
     return ms / 1000
+
+
+def _authorization(scope: Scope) -> bytes | None:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            return bytes(value)
+    return None
 
 
 def create_app(config: ModelServerConfig | None = None) -> ModelServerApp:

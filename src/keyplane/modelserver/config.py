@@ -36,6 +36,9 @@ class ModelServerConfig:
     """A larger request line plus headers gets 431 before more is read."""
     max_headers: int = 100
     """More headers than this get 431."""
+    stats_token: str | None = None
+    """If set, ``/_stats`` requires ``Authorization: Bearer <stats_token>`` (404 otherwise).
+    ``keyplane serve models`` always sets it; None (open) is for in-process tests."""
     api_key: str | None = None
     """If set, ``/v1/*`` requires ``Authorization: Bearer <api_key>`` (401 otherwise), so a test can
     check that a gateway swaps the client's key for the upstream's."""
