@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,7 +18,7 @@ import httpx2  # noqa: E402
 from playwright.sync_api import Page, sync_playwright  # noqa: E402
 
 from tests.console.conftest import CHROMIUM, CHROMIUM_ARGS, sign_in  # noqa: E402
-from tests.support.gateway import start_stack, stop_stack  # noqa: E402
+from tests.support.gateway import Stack, chat_body, start_stack, stop_stack  # noqa: E402
 from tests.support.procs import PYTHON  # noqa: E402
 
 OUT = ROOT / "docs" / "console"
@@ -35,6 +36,18 @@ KEYS = [
 ]  # fmt: skip
 
 
+def traffic(stack: Stack, secrets: list[str]) -> None:
+    """Some metered requests, so the usage charts have something to show."""
+    time.sleep(1.5)  # the new keys reach the gateways
+    chat, embed = secrets
+    for i, cluster in enumerate(("us-east-1", "eu-west-1") * 6):
+        with stack.client(chat, cluster) as gateway:
+            gateway.post("/v1/chat/completions", json=chat_body(max_tokens=8 + 4 * i))
+        with stack.client(embed, cluster) as gateway:
+            gateway.post("/v1/embeddings", json={"model": "grok-embed-1", "input": "x " * i})
+    time.sleep(1.5)  # shipped and rolled up
+
+
 def shot(page: Page, name: str, *, full: bool = False) -> None:
     page.wait_for_timeout(300)
     page.screenshot(path=str(OUT / f"{name}.png"), full_page=full)
@@ -49,14 +62,16 @@ def main() -> None:
             base = stack.dep.control_url
             team_id, secret = stack.dep.create_team("acme")
             with httpx2.Client(base_url=base, headers={"Authorization": f"Bearer {secret}"}) as api:
-                ids = []
+                ids, secrets = [], []
                 for body in KEYS:
                     answer = api.post(f"/auth/teams/{team_id}/api-keys", json=body)
                     ids.append(answer.json()["apiKeyId"])
+                    secrets.append(answer.json()["apiKey"])
                 api.put(
                     f"/auth/api-keys/{ids[-1]}",
                     json={"apiKey": {"disabled": True}, "fieldMask": "disabled"},
                 )
+            traffic(stack, secrets[:2])
             operator = json.loads(
                 subprocess.run(  # noqa: S603 (our own CLI, fixed arguments)
                     [PYTHON, "-m", "keyplane.cli", "admin", "operators", "create", "on call",
@@ -94,6 +109,9 @@ def main() -> None:
                     shot(page, "secret-once")
                     page.goto(f"{base}/console/keys/{ids[0]}")
                     shot(page, "key-detail", full=True)
+                    page.goto(f"{base}/console/usage?range=24h")
+                    page.locator("[data-chart] canvas").first.wait_for()
+                    shot(page, "usage", full=True)
                     page.goto(f"{base}/console/catalog")
                     shot(page, "catalog", full=True)
                     page.goto(f"{base}/console/audit")

@@ -6,9 +6,10 @@ Owns server-rendered pages (Jinja2 ``templates``, htmx) for teams signed in with
 (nothing is fetched from a CDN). It acts only through ``keyplane.services``, as the signed-in key,
 with the same ACL checks as the Management API: it holds no powers of its own.
 
-May import: ``keyplane.domain``, ``keyplane.services``, ``keyplane.propagation`` (propagation
-status), ``keyplane.control.render`` (the API's view of the catalog), ``keyplane.catalog`` and
-``keyplane.settings``. Never storage: the control app mounts it with ``console.install(app)``.
+May import: ``keyplane.domain``, ``keyplane.services``, ``keyplane.usage`` (usage and spend),
+``keyplane.propagation`` (propagation status), ``keyplane.control.render`` (the API's view of the
+catalog), ``keyplane.catalog`` and ``keyplane.settings``. Never storage. The control app mounts
+it with ``console.install(app)``.
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from keyplane.console import docs, operator, session, team, web
+from keyplane.console import docs, operator, session, team, usage, web
 
 STATIC = Path(__file__).parent / "static"
 
 
 def install(app: FastAPI) -> None:
     """Mount the console under ``/console`` and the API docs under ``/docs``."""
+    # usage first: its /console/keys/usage must win over team's /console/keys/{key_id}.
+    app.include_router(usage.router)
     app.include_router(team.router)
     app.include_router(operator.router)
     app.include_router(docs.router)

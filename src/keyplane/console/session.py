@@ -45,9 +45,14 @@ class Session:
 class Sealer:
     """Seals and opens session cookies with a key derived from the server's sealing secret."""
 
-    def __init__(self, server_secret: bytes) -> None:
-        key = hmac.new(server_secret, b"keyplane console session v1", hashlib.sha256).digest()
-        self._aead = AESGCM(key)
+    def __init__(self, server_secret: bytes, previous: tuple[bytes, ...] = ()) -> None:
+        """Seals under ``server_secret``; opens under it or a ``previous`` one, so rotating the
+        deployment secret does not sign everyone out at once (new cookies use the new one)."""
+        self._aead, *older = [
+            AESGCM(hmac.new(s, b"keyplane console session v1", hashlib.sha256).digest())
+            for s in (server_secret, *previous)
+        ]
+        self._openers = (self._aead, *older)
 
     def new(self, kind: str, credential_id: str, team_id: str = "") -> tuple[Session, str]:
         session = Session(
@@ -79,19 +84,33 @@ class Sealer:
             return None
         try:
             raw = base64.urlsafe_b64decode(cookie + "=" * (-len(cookie) % 4))
-            payload = json.loads(self._aead.decrypt(raw[:12], raw[12:], kind.encode()))
-            session = Session(
-                kind=kind,
-                credential_id=str(payload["i"]),
-                team_id=str(payload["t"]),
-                expires=int(payload["e"]),
-                csrf=str(payload["c"]),
-            )
-        except (InvalidTag, ValueError, KeyError, TypeError, binascii.Error):
+        except (ValueError, binascii.Error):
             return None
-        if session.expires <= time.time():
-            return None
-        return session
+        for aead in self._openers:
+            try:
+                plain = aead.decrypt(raw[:12], raw[12:], kind.encode())
+            except (InvalidTag, ValueError):
+                continue
+            return _session(kind, plain)
+        return None
+
+
+def _session(kind: str, plain: bytes) -> Session | None:
+    """The payload of an authentic cookie, unless malformed or expired."""
+    try:
+        payload = json.loads(plain)
+        session = Session(
+            kind=kind,
+            credential_id=str(payload["i"]),
+            team_id=str(payload["t"]),
+            expires=int(payload["e"]),
+            csrf=str(payload["c"]),
+        )
+    except (ValueError, KeyError, TypeError):
+        return None
+    if session.expires <= time.time():
+        return None
+    return session
 
 
 def same_token(expected: str, presented: str | None) -> bool:

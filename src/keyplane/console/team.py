@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
 from keyplane.console import session as sess
-from keyplane.console import web
-from keyplane.console.web import Form, TeamUser, page, redirect, team_user
+from keyplane.console import usage, web
+from keyplane.console.web import MAX_POLLED, Form, TeamUser, User, page, redirect
 from keyplane.control import render
 from keyplane.domain.errors import InvalidArgument, KeyplaneError, NotFound, PermissionDenied
 from keyplane.domain.model import ApiKey
@@ -29,11 +29,8 @@ from keyplane.services.auth import authenticate
 router = APIRouter(prefix=web.PREFIX, include_in_schema=False)
 
 PAGE_SIZE = 50
-MAX_POLLED = 100
 #: htmx stops polling when an answer has this status.
 STOP_POLLING = 286
-
-User = Annotated[TeamUser, Depends(team_user)]
 
 
 # -- sign-in -------------------------------------------------------------------------------------
@@ -167,6 +164,7 @@ def keys_page(
         "notice": {"deleted": "The key was deleted."}.get(notice, ""),
         "acl_options": endpoint_acls + model_acls,
         "can_poll": user.can("CheckApiKeyPropagation"),
+        "can_usage": user.can("BillingRead"),
         "clusters": [c.host for c in web.state(request)[0].clusters],
     }
     template = "_keys_table.html" if web.is_htmx(request) else "keys.html"
@@ -354,6 +352,7 @@ def _detail(
         propagation=_propagation(request, user, key.api_key_id)
         if user.can("CheckApiKeyPropagation")
         else None,
+        **usage.usage_section(request, user, "24h", key.api_key_id),
     )
 
 

@@ -8,10 +8,10 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import jinja2
-from fastapi import Request
+from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from keyplane.catalog import Catalog
@@ -91,7 +91,9 @@ def state(request: Request) -> tuple[Settings, Context, Catalog]:
 def sealer(request: Request) -> sess.Sealer:
     found: sess.Sealer | None = getattr(request.app.state, "console_sealer", None)
     if found is None:
-        found = request.app.state.console_sealer = sess.Sealer(request.app.state.ctx.server_secret)
+        ctx: Context = request.app.state.ctx
+        found = sess.Sealer(ctx.server_secret, ctx.previous_secrets)
+        request.app.state.console_sealer = found
     return found
 
 
@@ -230,6 +232,10 @@ class TeamUser:
         return True
 
 
+#: Keys one poll may ask about (a page holds 50).
+MAX_POLLED = 100
+
+
 def team_user(request: Request) -> TeamUser:
     """The signed-in management key, re-read from the store: revoked means signed out."""
     found = sealer(request).open(sess.TEAM, request.cookies.get(sess.TEAM))
@@ -275,3 +281,6 @@ def field_errors(error: KeyplaneError) -> dict[str, str]:
                 message = message[len(error.field) + 2 :]
             return {name: message}
     return {"": error.message}
+
+
+User = Annotated[TeamUser, Depends(team_user)]
