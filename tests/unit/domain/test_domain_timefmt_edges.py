@@ -1,0 +1,75 @@
+"""Timestamps at their edges: the length bounds, the latest instant, each refusal's message, and a
+process whose local zone is not UTC (written against the mutants mutation testing left alive)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+
+from keyplane.domain.errors import InvalidArgument
+from keyplane.domain.timefmt import format_ts, parse_ts, to_micros
+
+
+def refusal(text: object) -> str:
+    with pytest.raises(InvalidArgument) as caught:
+        parse_ts(text, field="expireTime")
+    assert caught.value.field == "expireTime"
+    return str(caught.value)
+
+
+@pytest.fixture
+def tokyo() -> Iterator[None]:
+    """The process's local zone is nine hours ahead of UTC for the test."""
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = "Asia/Tokyo"
+    time.tzset()
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = before
+        time.tzset()
+
+
+def test_the_length_bounds_are_10_and_64_characters() -> None:
+    ok = "2026-01-01T00:00:00.123456+00:00"
+    assert parse_ts(ok.ljust(64), field="t") == parse_ts(ok, field="t")
+    assert "must be an RFC 3339 timestamp string" in refusal(ok.ljust(65))
+    assert "must be an RFC 3339 timestamp string" in refusal("2026-01-1")
+    # Ten characters pass the length check and fail as a timestamp, with the other message.
+    assert "is not an RFC 3339 timestamp" in refusal("2026-01-0x")
+    assert "must be an RFC 3339 timestamp string" in refusal(20260101)
+
+
+def test_a_zone_and_a_t_are_both_required() -> None:
+    assert "timestamp needs a date, a time and a zone (Z)" in refusal("2026-01-01T00:00:00")
+    assert "timestamp needs a date, a time and a zone (Z)" in refusal("2026-01-01 00:00:00Z")
+    assert parse_ts("2026-01-01t00:00:00z", field="t") == datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def test_the_latest_instant_is_accepted_and_one_beyond_is_not() -> None:
+    assert parse_ts("9999-12-31T23:59:59Z", field="t") == datetime(
+        9999, 12, 31, 23, 59, 59, tzinfo=UTC
+    )
+    assert "timestamp is too far in the future" in refusal("9999-12-31T23:59:59.000001Z")
+
+
+def test_an_instant_before_the_first_representable_utc_is_out_of_range() -> None:
+    assert "timestamp is out of range" in refusal("0001-01-01T00:00:00+01:00")
+
+
+@pytest.mark.usefixtures("tokyo")
+def test_conversions_are_utc_whatever_the_local_zone() -> None:
+    instant = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    assert format_ts(instant) == "2026-01-01T12:00:00.000000Z"
+    parsed = parse_ts("2026-01-01T21:00:00+09:00", field="t")
+    assert parsed.utcoffset() is not None
+    assert parsed.utcoffset().total_seconds() == 0  # type: ignore[union-attr]
+    assert parsed == instant
+    assert to_micros(instant) == 1_767_268_800 * 1_000_000
