@@ -216,3 +216,86 @@ def test_forgotten_gateways_are_dropped_by_compaction(world: World) -> None:
     world.ack("new", US, revision)
     feed.compact(world.ctx, keep=10)
     assert [r.gateway_id for r in feed.cluster_view(world.ctx)[1]] == ["new"]
+
+
+def test_a_cluster_credential_names_its_cluster_and_nothing_else_passes(world: World) -> None:
+    from keyplane.domain.errors import Unauthenticated
+
+    secret = feed.issue_credential(world.ctx, cluster=EU)
+    assert feed.credential_is_valid(world.ctx, secret)
+    assert not feed.credential_is_valid(
+        world.ctx, secret[:-1] + ("a" if secret[-1] != "a" else "b")
+    )
+    assert feed.authenticate_gateway(world.ctx, f"Bearer {secret}") == EU
+    assert feed.authenticate_gateway(world.ctx, f"  bearer   {secret}  ") == EU
+    refused = {
+        None: "unauthenticated:no-credentials",
+        "": "unauthenticated:no-credentials",
+        f"Basic {secret}": "unauthenticated:bad-credentials",
+        secret: "unauthenticated:bad-credentials",
+        "Bearer " + secret.replace("kpgw-", "xai-", 1): "unauthenticated:bad-credentials",
+        "Bearer " + secret[:-4] + "0000": "unauthenticated:bad-credentials",
+    }
+    for header, code in refused.items():
+        with pytest.raises(Unauthenticated) as caught:
+            feed.authenticate_gateway(world.ctx, header)
+        assert caught.value.code == code, header
+
+
+def short_window(world: World, seconds: float) -> None:
+    world.ctx = Context(
+        db=world.db,
+        server_secret=world.ctx.server_secret,
+        clock=world.clock,
+        gateway_liveness=timedelta(seconds=seconds),
+    )
+
+
+@pytest.mark.parametrize(("window", "early"), [(10.0, 1.9), (1.0, 0.24)])
+def test_an_ack_within_the_refresh_interval_is_not_written(
+    world: World, window: float, early: float
+) -> None:
+    """The refresh interval is min(2 s, window / 4): a same-revision ack sooner than that changes
+    nothing, so the gateway's last contact stays the first ack's."""
+    short_window(world, window)
+    key_id, revision = world.create()
+    world.ack("us-a", US, revision)
+    world.clock.advance(early)
+    world.ack("us-a", US, revision)  # thinned out: not written
+    world.clock.advance(window - early)
+    assert world.status(key_id)[US] is False
+
+
+def test_an_ack_past_the_refresh_interval_is_written(world: World) -> None:
+    short_window(world, 1.0)
+    key_id, revision = world.create()
+    world.ack("us-a", US, revision)
+    world.clock.advance(0.26)
+    world.ack("us-a", US, revision)  # past a quarter window: written
+    world.clock.advance(0.74)
+    assert world.status(key_id)[US] is True
+    _, rows = feed.cluster_view(world.ctx)
+    assert rows[0].last_seen == world.clock.now() - timedelta(seconds=0.74)
+
+
+def test_a_deleted_key_answers_within_the_tombstone_window_only(world: World) -> None:
+    from keyplane.services.keys import TOMBSTONE_WINDOW
+
+    key_id, _ = world.create()
+    keys.delete_key(world.ctx, principal=world.principal, api_key_id=key_id)
+    revision = feed.current_revision(world.ctx)
+    world.ack("us-a", US, revision)
+    assert world.status(key_id)[US] is True  # the delete has arrived
+    world.clock.advance(TOMBSTONE_WINDOW.total_seconds() + 1)
+    with pytest.raises(NotFound) as caught:
+        world.status(key_id)
+    assert "Cannot find API key" in str(caught.value)
+
+
+def test_a_follower_behind_a_compacted_log_is_told_to_take_a_snapshot(world: World) -> None:
+    for _ in range(3):
+        world.create()
+    current = feed.current_revision(world.ctx)
+    feed.compact(world.ctx, keep=1)
+    answer = feed.read_changes(world.ctx, after=1, limit=10)
+    assert (answer.snapshot_required, answer.revision, answer.changes) == (True, current, [])
