@@ -1,5 +1,6 @@
 """A running stack (control plane, two clusters' gateways, model server) for the SDK and CLI
-tests, shared by a module; each test makes its own team."""
+tests, started once for the session (starting one is the slow part); each test makes its own
+team, so no test sees another's keys."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ class TeamCreds:
         return Client(self.base_url, self.secret)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     running = start_stack(tmp_path_factory.mktemp("sdk"), ("us-east-1", "eu-west-1"))
     yield running
