@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from keyplane.usage.record import iter_frames
+from keyplane.usage.record import HEADER_SIZE, MAX_FRAME, iter_frames
 
 _SEGMENT = re.compile(r"(\d{12})\.spool")
 CURSOR = "cursor"
@@ -126,12 +126,14 @@ class Spool:
         """The whole frames in ``[start, end)``, at most ``limit`` bytes of them (at least one)."""
         with open(self._path(segment), "rb") as f:
             f.seek(start)
-            data = f.read(min(end - start, limit))
+            # Room for one frame at least, whatever the limit.
+            data = f.read(min(end - start, max(limit, HEADER_SIZE + MAX_FRAME)))
         last = start
         for _, frame_end, _ in iter_frames(data, start):
             last = frame_end
         if last == start and end > start:
-            # A damaged frame in a closed segment: nothing after it can be read; skip to its end.
+            # A damaged frame (the disk, not us: torn tails are cut at open): nothing after it
+            # can be framed; skip to the end of what is there.
             return Batch(segment, start, end, b"")
         return Batch(segment, start, last, data[: last - start])
 
