@@ -25,7 +25,7 @@ from keyplane.storage import tables
 from keyplane.storage.db import Database
 from keyplane.usage import billing, housekeeping, ingest
 from keyplane.usage.record import UsageRecord, frame
-from keyplane.usage.schema import ROLLUPS
+from keyplane.usage.schema import ALL_KEYS, ROLLUPS
 from tests.support.postgres import PostgresServer
 
 BILLING = ["team-token:endpoint:BillingRead", "team-token:endpoint:BillingWrite"]
@@ -76,8 +76,12 @@ def sums(ctx: Context) -> list[tuple[int, int, int, int]]:
                     func.sum(table.c.prompt_tokens),
                     func.sum(table.c.completion_tokens),
                     func.sum(table.c.cost),
-                )
+                ).where(table.c.api_key_id == ALL_KEYS)
             ).one()
+            per_key = conn.execute(
+                select(func.sum(table.c.requests)).where(table.c.api_key_id != ALL_KEYS)
+            ).scalar_one()
+            assert int(per_key or 0) == int(row[0] or 0), "the team totals equal the keys' sums"
             out.append(tuple(int(v or 0) for v in row))
     return out  # type: ignore[return-value]
 

@@ -19,6 +19,7 @@ class Totals:
 
 def counted(dep: Deployment, team_id: str, *, status: int | None = None) -> Totals:
     """The sums of a team's per-minute rollups (``team_id`` "" holds unauthenticated requests)."""
+    from keyplane.usage.schema import ALL_KEYS
     from keyplane.usage.schema import usage_minutes as m
 
     query = select(
@@ -26,7 +27,7 @@ def counted(dep: Deployment, team_id: str, *, status: int | None = None) -> Tota
         func.coalesce(func.sum(m.c.prompt_tokens), 0),
         func.coalesce(func.sum(m.c.completion_tokens), 0),
         func.coalesce(func.sum(m.c.cost), 0),
-    ).where(m.c.team_id == team_id)
+    ).where(m.c.team_id == team_id, m.c.api_key_id != ALL_KEYS)
     if status is not None:
         query = query.where(m.c.status == status)
     with admin_context(dep) as ctx, ctx.db.read() as conn:

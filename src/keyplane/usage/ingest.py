@@ -20,7 +20,7 @@ from keyplane.services.context import Context
 from keyplane.usage import limits, store
 from keyplane.usage.periods import day_of
 from keyplane.usage.record import UsageRecord, decode, iter_frames
-from keyplane.usage.schema import ROLLUPS, usage_spend
+from keyplane.usage.schema import ALL_KEYS, ROLLUPS, usage_spend
 from keyplane.usage.wire import MAX_BATCH_BYTES
 
 
@@ -31,8 +31,8 @@ class IngestResult:
     revisions: tuple[int, ...]
 
 
-def _clip(value: str, size: int) -> str:
-    return value if len(value) <= size else value[:size]
+#: (team, bucket, key, model, endpoint, status): one rollup row.
+_Group = tuple[str, int, str, str, str, int]
 
 
 def ingest(
@@ -85,54 +85,51 @@ def _count(
     now: datetime,
     hard: int | None,
 ) -> list[int]:
-    cluster = _clip(cluster, 128)
-    minutes: dict[tuple[str, int, str, str, str, int], list[int]] = defaultdict(
-        lambda: [0, 0, 0, 0]
-    )
+    cluster = cluster[:128]
+    minutes: dict[_Group, list[int]] = {}
     spend: dict[tuple[str, int], int] = defaultdict(int)
     for r in records:
         epoch = r.time_ms // 1000
-        group = (
-            _clip(r.team_id, 36),
-            epoch - epoch % 60,
-            _clip(r.api_key_id, 36),
-            _clip(r.model, 128),
-            _clip(r.endpoint, 32),
-            r.status,
-        )
-        sums = minutes[group]
-        sums[0] += 1
-        sums[1] += r.prompt_tokens
-        sums[2] += r.completion_tokens
-        sums[3] += r.cost
+        group = (r.team_id, epoch - epoch % 60, r.api_key_id, r.model, r.endpoint, r.status)
+        sums = minutes.get(group)
+        if sums is None:
+            minutes[group] = [1, r.prompt_tokens, r.completion_tokens, r.cost]
+        else:
+            sums[0] += 1
+            sums[1] += r.prompt_tokens
+            sums[2] += r.completion_tokens
+            sums[3] += r.cost
         if r.cost and r.team_id:
             day = day_of(epoch)
-            spend[(store.team_subject(group[0]), day)] += r.cost
-            spend[(store.key_subject(group[2]), day)] += r.cost
-    for width, table in ROLLUPS:
-        rolled: dict[tuple[str, int, str, str, str, int], list[int]] = defaultdict(
-            lambda: [0, 0, 0, 0]
-        )
-        for (team, minute, key, model, endpoint, status), sums in minutes.items():
-            target = rolled[(team, minute - minute % width, key, model, endpoint, status)]
+            spend[(store.team_subject(r.team_id), day)] += r.cost
+            spend[(store.key_subject(r.api_key_id), day)] += r.cost
+    # Each team's totals over all its keys too, under ``ALL_KEYS``: queries that neither group
+    # nor filter by key read those rows, a thousandth of the per-key ones at 1,000 keys.
+    for (team, minute, _key, model, endpoint, status), sums in list(minutes.items()):
+        group = (team, minute, ALL_KEYS, model, endpoint, status)
+        target = minutes.get(group)
+        if target is None:
+            minutes[group] = list(sums)
+        else:
             for i in range(4):
                 target[i] += sums[i]
+    rolled = minutes
+    for width, table in ROLLUPS:
+        if width != 60:
+            coarser: dict[_Group, list[int]] = {}
+            for (team, minute, key, model, endpoint, status), sums in rolled.items():
+                group = (team, minute - minute % width, key, model, endpoint, status)
+                target = coarser.get(group)
+                if target is None:
+                    coarser[group] = list(sums)
+                else:
+                    for i in range(4):
+                        target[i] += sums[i]
+            rolled = coarser
         # Sorted, so concurrent ingests lock rows in one order (no deadlock on PostgreSQL).
         rows = [
-            {
-                "team_id": team,
-                "bucket": bucket,
-                "api_key_id": key,
-                "model": model,
-                "cluster": cluster,
-                "endpoint": endpoint,
-                "status": status,
-                "requests": s[0],
-                "prompt_tokens": s[1],
-                "completion_tokens": s[2],
-                "cost": s[3],
-            }
-            for (team, bucket, key, model, endpoint, status), s in sorted(rolled.items())
+            (team, bucket, key, model, cluster, endpoint, status, *sums)
+            for (team, bucket, key, model, endpoint, status), sums in sorted(rolled.items())
         ]
         store.upsert_add(conn, table, rows, store.ROLLUP_KEY, store.ROLLUP_SUMS)
     if not spend:
@@ -140,7 +137,7 @@ def _count(
     store.upsert_add(
         conn,
         usage_spend,
-        [{"subject": s, "day": d, "cost": c} for (s, d), c in sorted(spend.items())],
+        [(s, d, c) for (s, d), c in sorted(spend.items())],
         ("subject", "day"),
         ("cost",),
     )

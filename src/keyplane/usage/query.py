@@ -26,7 +26,7 @@ from keyplane.domain.errors import InvalidArgument
 from keyplane.domain.timefmt import format_ts, parse_ts
 from keyplane.storage import tables as t
 from keyplane.usage.record import COST_PER_USD, status_class
-from keyplane.usage.schema import ROLLUPS
+from keyplane.usage.schema import ALL_KEYS, ROLLUPS
 
 MAX_SERIES = 1000
 MAX_POINTS = 1500
@@ -299,6 +299,7 @@ def run(conn: Connection, team_id: str, q: UsageQuery, catalog: Catalog) -> Answ
     hi = epochs[-1] + (-epochs[-1]) % 60
     table = _resolution([lo, hi, *epochs[1:-1]])
     columns = sorted({c for g in q.group_by for c in _COLUMNS[g]})
+    by_key = "api_key_id" in q.group_by or any(f.field == "api_key_id" for f in q.filters)
     query = (
         select(
             table.c.bucket,
@@ -310,6 +311,8 @@ def run(conn: Connection, team_id: str, q: UsageQuery, catalog: Catalog) -> Answ
         )
         .where(
             table.c.team_id == team_id,
+            # By key: the per-key rows; otherwise the team's totals (see ``schema.ALL_KEYS``).
+            table.c.api_key_id != ALL_KEYS if by_key else table.c.api_key_id == ALL_KEYS,
             table.c.bucket >= lo,
             table.c.bucket < hi,
             *(_condition(table, f, catalog) for f in q.filters),
@@ -320,12 +323,17 @@ def run(conn: Connection, team_id: str, q: UsageQuery, catalog: Catalog) -> Answ
     groups: dict[tuple[str, ...], list[list[int]]] = defaultdict(
         lambda: [[0, 0, 0, 0] for _ in range(n)]
     )
+    getters = [_getter(g, columns) for g in q.group_by]
+    base = 1 + len(columns)
+    last = n - 1
     for row in conn.execute(query):
-        index = min(bisect.bisect_right(epochs, int(row[0])) - 1, n - 1)
-        raw = dict(zip(columns, row[1 : 1 + len(columns)], strict=True))
-        sums = groups[tuple(_group_value(g, raw) for g in q.group_by)][max(index, 0)]
-        for i in range(4):
-            sums[i] += int(row[1 + len(columns) + i] or 0)
+        index = bisect.bisect_right(epochs, row[0]) - 1
+        group = tuple(get(row) for get in getters)
+        sums = groups[group][0 if index < 0 else min(index, last)]
+        sums[0] += int(row[base] or 0)
+        sums[1] += int(row[base + 1] or 0)
+        sums[2] += int(row[base + 2] or 0)
+        sums[3] += int(row[base + 3] or 0)
     if not q.group_by and not groups:
         groups[()] = [[0, 0, 0, 0] for _ in range(n)]
     names = _key_names(conn, team_id) if "api_key_id" in q.group_by else {}
@@ -346,12 +354,17 @@ def run(conn: Connection, team_id: str, q: UsageQuery, catalog: Catalog) -> Answ
     return Answer(edges[:-1], series, limited)
 
 
-def _group_value(group: str, raw: Mapping[str, Any]) -> str:
+def _getter(group: str, columns: list[str]) -> Callable[[Sequence[Any]], str]:
+    """Reads one group-by value off a result row (``bucket``, then ``columns``, then sums)."""
+    at = {c: 1 + i for i, c in enumerate(columns)}
     if group == "status":
-        return status_class(int(raw["status"]))
+        i = at["status"]
+        return lambda row: status_class(int(row[i]))
     if group == "description":
-        return f"{ENDPOINT_LABELS.get(raw['endpoint'], raw['endpoint'])} {raw['model']}"
-    return str(raw[group])
+        e, m = at["endpoint"], at["model"]
+        return lambda row: f"{ENDPOINT_LABELS.get(row[e], row[e])} {row[m]}"
+    i = at[group]
+    return lambda row: str(row[i])
 
 
 def _label(group: str, value: str, names: Mapping[str, str]) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Iterator
+from typing import Annotated
 
 import msgspec
 
@@ -28,18 +29,22 @@ HEADER_SIZE = _HEADER.size
 MAX_FRAME = 4096
 
 
-class UsageRecord(msgspec.Struct, array_like=True, frozen=True):
-    """One finished inference request, as the gateway saw it."""
+_Id = Annotated[str, msgspec.Meta(max_length=36)]
+_Count = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
 
-    time_ms: int
-    team_id: str
-    api_key_id: str
-    model: str
-    endpoint: str
-    status: int
-    prompt_tokens: int
-    completion_tokens: int
-    cost: int  # 1e-8 USD cents
+
+class UsageRecord(msgspec.Struct, array_like=True, frozen=True):
+    """One finished inference request, as the gateway saw it. Bounds are checked on decode."""
+
+    time_ms: _Count
+    team_id: _Id
+    api_key_id: _Id
+    model: Annotated[str, msgspec.Meta(max_length=128)]
+    endpoint: Annotated[str, msgspec.Meta(max_length=32)]
+    status: Annotated[int, msgspec.Meta(ge=0, le=999)]
+    prompt_tokens: _Count
+    completion_tokens: _Count
+    cost: _Count  # 1e-8 USD cents
 
 
 _encode = msgspec.msgpack.Encoder().encode

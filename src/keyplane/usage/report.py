@@ -12,7 +12,7 @@ from keyplane.services.context import Context
 from keyplane.storage import tables as t
 from keyplane.usage import limits
 from keyplane.usage.record import COST_PER_USD, COST_SCALE
-from keyplane.usage.schema import team_billing, usage_hours
+from keyplane.usage.schema import ALL_KEYS, team_billing, usage_hours
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +47,7 @@ def teams(ctx: Context, *, days: int) -> list[Row]:
                     func.sum(h.c.completion_tokens),
                     func.sum(h.c.cost),
                 )
-                .where(h.c.bucket >= _since(now, days))
+                .where(h.c.bucket >= _since(now, days), h.c.api_key_id == ALL_KEYS)
                 .group_by(h.c.team_id)
             )
         }
@@ -91,7 +91,11 @@ def keys(ctx: Context, *, team_id: str, days: int) -> list[Row]:
                     func.sum(h.c.completion_tokens),
                     func.sum(h.c.cost),
                 )
-                .where(h.c.team_id == team_id, h.c.bucket >= _since(now, days))
+                .where(
+                    h.c.team_id == team_id,
+                    h.c.bucket >= _since(now, days),
+                    h.c.api_key_id != ALL_KEYS,
+                )
                 .group_by(h.c.api_key_id)
             )
         }

@@ -31,7 +31,11 @@ def _rollup(name: str) -> Table:
     )
 
 
-#: Per-minute, per-hour and per-UTC-day rollups of the same records.
+#: The ``api_key_id`` of the rows that total a team's usage over all its keys.
+ALL_KEYS = "*"
+
+#: Per-minute, per-hour and per-UTC-day rollups of the same records; each also holds, under
+#: ``api_key_id = ALL_KEYS``, the team's totals over its keys.
 usage_minutes = _rollup("usage_minutes")
 usage_hours = _rollup("usage_hours")
 usage_days = _rollup("usage_days")

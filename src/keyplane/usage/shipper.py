@@ -49,6 +49,7 @@ class Shipper:
         self._wake_bytes = wake_bytes
         self.shipped = 0
         self.connected = False
+        self._wake = asyncio.Event()
 
     async def run(self) -> None:
         backoff = 0.05
@@ -58,7 +59,7 @@ class Shipper:
         async with httpx2.AsyncClient(timeout=timeout, headers=self._headers) as client:
             while True:
                 now = loop.time()
-                if now - last_sync >= SYNC_INTERVAL:
+                if now - last_sync >= SYNC_INTERVAL and self.spool.dirty:
                     last_sync = now
                     await asyncio.to_thread(self.spool.sync)
                 try:
@@ -78,12 +79,11 @@ class Shipper:
                     await self._pause()
 
     async def _pause(self) -> None:
-        # Sleep one interval, but wake early when a lot is waiting.
-        deadline = asyncio.get_running_loop().time() + self._interval
-        while asyncio.get_running_loop().time() < deadline:
-            if self.spool.pending() >= self._wake_bytes:
-                return
-            await asyncio.sleep(min(0.02, self._interval))
+        # One interval, or less once ``wake_bytes`` are waiting (the spool sets the event).
+        self.spool.wake_at(self._wake_bytes, self._wake)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), self._interval)
+        self._wake.clear()
 
     async def _ship_once(self, client: httpx2.AsyncClient) -> bool:
         """Send the next range; return whether there was one."""

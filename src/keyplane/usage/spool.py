@@ -12,6 +12,7 @@ below the size it is given, which are complete.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -50,6 +51,10 @@ class Spool:
         self._fd = -1
         self._open(self.segment)
         self.appended = 0
+        #: Appended since the last ``sync``.
+        self.dirty = False
+        self._wake_size = -1
+        self._wake: asyncio.Event | None = None
 
     # -- files ---------------------------------------------------------------------------------
 
@@ -96,17 +101,22 @@ class Spool:
             written += os.write(self._fd, data[written:])
         self.size += len(data)
         self.appended += 1
+        self.dirty = True
         if self.size >= MAX_SEGMENT_BYTES:
             self._open(self.segment + 1)
+        if self._wake is not None and self.size >= self._wake_size:
+            self._wake.set()
+            self._wake = None
+
+    def wake_at(self, waiting: int, event: asyncio.Event) -> None:
+        """Set ``event`` once about ``waiting`` bytes are waiting to be shipped."""
+        segment, offset = self.cursor
+        self._wake_size = (offset if segment == self.segment else 0) + waiting
+        self._wake = event
+        if self.size >= self._wake_size:
+            event.set()
 
     # -- shipping --------------------------------------------------------------------------------
-
-    def pending(self) -> int:
-        """Bytes appended but not acknowledged (approximate across segments)."""
-        segment, offset = self.cursor
-        if segment == self.segment:
-            return self.size - offset
-        return self.size + MAX_SEGMENT_BYTES  # whole older segments wait
 
     def next_range(self) -> tuple[int, int, int] | None:
         """``(segment, start, end)`` of what is waiting, in the oldest segment holding some."""
@@ -161,6 +171,7 @@ class Spool:
 
     def sync(self) -> None:
         """Power-loss durability for what is appended so far (call it off the hot path)."""
+        self.dirty = False
         with contextlib.suppress(OSError):
             os.fsync(self._fd)
 
