@@ -1,0 +1,416 @@
+"""Usage metering, ingest and query: what they cost.
+
+1. Gateway CPU per request with metering on vs off: two gateways of one cluster, the same key,
+   model server and load, one with ``usage.metering = false``; alternating rounds.
+   Plus the hot path's own cost: ``Meter.finish`` (encode + one ``os.write``) in a tight loop.
+2. Ingest: records/s through ``POST /internal/v1/usage`` on a real control plane (SQLite and
+   PostgreSQL), in batches as a gateway ships them.
+3. The usage RPC: p50/p99 over 30 days of one team with 1,000 keys (hourly and daily rollups
+   loaded directly), for the query shapes a console asks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+from _harness import (
+    Deployment,
+    cpu_seconds,
+    footer,
+    header,
+    mgmt_client,
+    percentile,
+    pid_of,
+    table,
+    wait_for,
+)
+
+CLUSTER = "us-east-1"
+CONCURRENCY = 16
+ROUND_REQUESTS = 1500
+ROUNDS = 4
+BODY = {
+    "model": "grok-3-mini",
+    "messages": [{"role": "user", "content": "Say hello"}],
+    "max_tokens": 4,
+}
+INGEST_RECORDS = 200_000
+INGEST_BATCH = 5_000
+QUERY_RUNS = 40
+KEYS = 1000
+DAYS = 30
+
+
+def log(text: str) -> None:
+    print(f"[bench_usage] {text}", file=sys.stderr, flush=True)
+
+
+# -- 1. gateway CPU -------------------------------------------------------------------------------
+
+
+async def _drive(url: str, headers: dict[str, str], n: int) -> dict[int, int]:
+    statuses: dict[int, int] = {}
+    left = [n]
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=CONCURRENCY), headers=headers
+    ) as session:
+
+        async def worker() -> None:
+            while left[0] > 0:
+                left[0] -= 1
+                async with session.post(url, json=BODY) as response:
+                    await response.read()
+                    statuses[response.status] = statuses.get(response.status, 0) + 1
+
+        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    return statuses
+
+
+def meter_micro() -> float:
+    """µs per ``Meter.finish`` on a real spool file."""
+    from keyplane.catalog import Catalog
+    from keyplane.settings import Settings
+    from keyplane.usage.meter import Meter, Tally
+    from keyplane.usage.spool import Spool
+
+    with tempfile.TemporaryDirectory() as tmp:
+        spool = Spool(Path(tmp))
+        meter = Meter(spool, Catalog(Settings()).models)
+        tally = Tally("chat")
+        tally.team_id, tally.api_key_id, tally.model = (
+            str(uuid.uuid4()),
+            str(uuid.uuid4()),
+            "grok-4",
+        )
+        tally.prompt_tokens, tally.completion_tokens = 120, 480
+        n = 100_000
+        started = time.perf_counter()
+        for _ in range(n):
+            tally.finished = False
+            meter.finish(tally)
+        elapsed = time.perf_counter() - started
+        spool.close()
+    return elapsed / n * 1e6
+
+
+def gateway_section(tmp: Path) -> str:
+    dep = Deployment(tmp / "gw", clusters=[CLUSTER])
+    try:
+        dep.start_control()
+        models = dep.start_models()
+        on = dep.start_gateway(CLUSTER)
+        off = dep.start_gateway(
+            CLUSTER,
+            replica=1,
+            env={
+                "KEYPLANE_USAGE__METERING": "false",
+                "KEYPLANE_LIMITER__ALLOW_UNSHARED_REPLICAS": "true",
+            },
+        )
+        team, mgmt = dep.create_team("bench")
+        with mgmt_client(dep.control_url, mgmt) as c:
+            key = c.post(
+                f"/auth/teams/{team}/api-keys",
+                json={"name": "bench", "acls": ["api-key:endpoint:*", "api-key:model:*"]},
+            ).json()
+        auth = {"Authorization": f"Bearer {key['apiKey']}"}
+        for gw in (on, off):
+
+            def known(url: str = gw.url) -> bool:
+                return httpx.get(url + "/v1/api-key", headers=auth).status_code == 200
+
+            wait_for(known, what=f"key on {gw.name}")
+        per_request: dict[str, list[float]] = {"on": [], "off": []}
+        statuses: dict[str, dict[int, int]] = {"on": {}, "off": {}}
+        for round_ in range(ROUNDS + 1):
+            for label, gw in (
+                (("on", on), ("off", off)) if round_ % 2 else (("off", off), ("on", on))
+            ):
+                c0 = cpu_seconds(pid_of(gw))
+                got = asyncio.run(_drive(gw.url + "/v1/chat/completions", auth, ROUND_REQUESTS))
+                cpu = cpu_seconds(pid_of(gw)) - c0
+                if round_ == 0:
+                    continue  # warm-up
+                per_request[label].append(cpu / ROUND_REQUESTS * 1e6)
+                for status, count in got.items():
+                    statuses[label][status] = statuses[label].get(status, 0) + count
+        log(f"metering on/off rounds: {per_request}")
+        med_on = statistics.median(per_request["on"])
+        med_off = statistics.median(per_request["off"])
+        micro = meter_micro()
+        _ = models
+    finally:
+        dep.stop_all()
+    rows = [
+        ("gateway CPU µs/request, metering off (median of rounds)", f"{med_off:.0f}"),
+        ("gateway CPU µs/request, metering on (median of rounds)", f"{med_on:.0f}"),
+        ("on / off", f"{med_on / med_off:.3f} (aim ≤ 1.05)"),
+        ("`Meter.finish` alone (encode + one os.write), µs", f"{micro:.2f}"),
+        ("statuses on / off", f"{statuses['on']} / {statuses['off']}"),
+    ]
+    return (
+        f"\n**Gateway CPU with metering on vs off** ({ROUNDS} alternating rounds of "
+        f"{ROUND_REQUESTS} chat requests, {CONCURRENCY} concurrent, per gateway)\n\n"
+        + table(["measure", "value"], rows)
+    )
+
+
+# -- 2. ingest ------------------------------------------------------------------------------------
+
+
+def batches(team_ids: list[str], key_ids: list[str]) -> Iterator[bytes]:
+    from keyplane.usage.record import UsageRecord, frame
+
+    base = int(time.time() * 1000) - 3_600_000
+    models = ("grok-4", "grok-3", "grok-3-mini")
+    made = 0
+    while made < INGEST_RECORDS:
+        frames = []
+        for i in range(INGEST_BATCH):
+            n = made + i
+            frames.append(
+                frame(
+                    UsageRecord(
+                        base + n * 3,  # ~333 records per ms of "traffic"
+                        team_ids[n % len(team_ids)],
+                        key_ids[n % len(key_ids)],
+                        models[n % 3],
+                        "chat",
+                        429 if n % 50 == 0 else 200,
+                        100 + n % 17,
+                        400 + n % 31,
+                        (100 + n % 17) * 2000 + (400 + n % 31) * 10000,
+                    )
+                )
+            )
+        made += INGEST_BATCH
+        yield b"".join(frames)
+
+
+def ingest_rate(tmp: Path, engine: str, pg_url: str | None) -> tuple[float, float]:
+    from keyplane.propagation import feed
+    from keyplane.runtime import open_context
+    from keyplane.usage.wire import INGEST_PATH
+
+    top = f'database_url = "{pg_url}"' if pg_url else ""
+    dep = Deployment(tmp / f"ingest-{engine}", clusters=[CLUSTER], top_config=top)
+    try:
+        dep.start_control()
+        ctx = open_context(dep.settings())
+        credential = feed.issue_credential(ctx, cluster=CLUSTER)
+        ctx.db.dispose()
+        team_ids = [str(uuid.uuid4()) for _ in range(20)]
+        key_ids = [str(uuid.uuid4()) for _ in range(1000)]
+        payloads = list(batches(team_ids, key_ids))
+        headers = {
+            "Authorization": f"Bearer {credential}",
+            "x-keyplane-gateway": f"{CLUSTER}/bench",
+            "content-type": "application/octet-stream",
+        }
+        latencies = []
+        offset = 0
+        with httpx.Client(base_url=dep.control_url, headers=headers, timeout=60.0) as client:
+            started = time.perf_counter()
+            for data in payloads:
+                t0 = time.perf_counter()
+                r = client.post(
+                    INGEST_PATH,
+                    params={"segment": 1, "start": offset, "end": offset + len(data)},
+                    content=data,
+                )
+                assert r.status_code == 200, r.text
+                assert r.json()["accepted"] == INGEST_BATCH, r.text
+                latencies.append(time.perf_counter() - t0)
+                offset += len(data)
+            elapsed = time.perf_counter() - started
+    finally:
+        dep.stop_all()
+    return INGEST_RECORDS / elapsed, percentile(latencies, 99)
+
+
+def ingest_section(tmp: Path) -> str:
+    from tests.support.postgres import PostgresServer, require_postgres
+
+    rows = []
+    rate, p99 = ingest_rate(tmp, "sqlite", None)
+    rows.append(("SQLite", f"{rate:,.0f}", f"{p99 * 1000:.0f} ms"))
+    log(f"ingest sqlite {rate:.0f}/s")
+    try:
+        server = PostgresServer(require_postgres(), fsync=True).start()
+    except BaseException as error:  # pytest.skip/fail raise BaseException subclasses
+        rows.append(("PostgreSQL", f"not run ({type(error).__name__})", "—"))
+    else:
+        try:
+            rate, p99 = ingest_rate(tmp, "postgresql", server.create_database("bench_usage"))
+            rows.append(("PostgreSQL (fsync on)", f"{rate:,.0f}", f"{p99 * 1000:.0f} ms"))
+            log(f"ingest postgresql {rate:.0f}/s")
+        finally:
+            server.stop()
+    return (
+        f"\n**Ingest** ({INGEST_RECORDS:,} records in batches of {INGEST_BATCH:,} over HTTP, "
+        "1,000 keys × 3 models × 20 teams, one minute of traffic each ~15 batches; aim ≥ 20,000 "
+        "records/s)\n\n" + table(["store", "records/s", "p99 per batch"], rows)
+    )
+
+
+# -- 3. query -------------------------------------------------------------------------------------
+
+
+def load_rollups(dep: Deployment, team_id: str, key_ids: list[str]) -> int:
+    """30 days × 1,000 keys, every key active every hour: hour and day rows written directly."""
+    from sqlalchemy import insert
+
+    from keyplane.runtime import open_context
+    from keyplane.usage.schema import ALL_KEYS, usage_days, usage_hours
+
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    first_hour = int((now - timedelta(days=DAYS)).replace(hour=0).timestamp())
+    ctx = open_context(dep.settings())
+    rows = 0
+    try:
+        for day in range(DAYS + 1):
+            hour_rows = []
+            day_rows: dict[str, list[int]] = {}
+            for h in range(24):
+                bucket = first_hour + (day * 24 + h) * 3600
+                if bucket >= int(now.timestamp()):
+                    break
+                hour_total = [0, 0, 0, 0]
+                for i, key in enumerate(key_ids):
+                    req = 1 + (i + h) % 7
+                    prompt, completion = req * 120, req * 480
+                    cost = prompt * 2000 + completion * 10000
+                    hour_rows.append(
+                        {"team_id": team_id, "bucket": bucket, "api_key_id": key,
+                         "model": "grok-4", "cluster": CLUSTER, "endpoint": "chat",
+                         "status": 200, "requests": req, "prompt_tokens": prompt,
+                         "completion_tokens": completion, "cost": cost}
+                    )  # fmt: skip
+                    for sums in (
+                        day_rows.setdefault(key, [0, 0, 0, 0]),
+                        hour_total,
+                        day_rows.setdefault(ALL_KEYS, [0, 0, 0, 0]),
+                    ):
+                        for j, v in enumerate((req, prompt, completion, cost)):
+                            sums[j] += v
+                hour_rows.append(
+                    {
+                        "team_id": team_id,
+                        "bucket": bucket,
+                        "api_key_id": ALL_KEYS,
+                        "model": "grok-4",
+                        "cluster": CLUSTER,
+                        "endpoint": "chat",
+                        "status": 200,
+                        "requests": hour_total[0],
+                        "prompt_tokens": hour_total[1],
+                        "completion_tokens": hour_total[2],
+                        "cost": hour_total[3],
+                    }
+                )
+            if not hour_rows:
+                continue
+            day_bucket = first_hour + day * 86400
+            with ctx.db.write() as conn:
+                conn.execute(insert(usage_hours), hour_rows)
+                conn.execute(
+                    insert(usage_days),
+                    [
+                        {"team_id": team_id, "bucket": day_bucket, "api_key_id": key,
+                         "model": "grok-4", "cluster": CLUSTER, "endpoint": "chat",
+                         "status": 200, "requests": s[0], "prompt_tokens": s[1],
+                         "completion_tokens": s[2], "cost": s[3]}
+                        for key, s in day_rows.items()
+                    ],
+                )  # fmt: skip
+            rows += len(hour_rows) + len(day_rows)
+    finally:
+        ctx.db.dispose()
+    return rows
+
+
+def query_section(tmp: Path) -> str:
+    dep = Deployment(tmp / "query", clusters=[CLUSTER])
+    try:
+        dep.start_control()
+        team, mgmt = dep.create_team("bench")
+        key_ids = [str(uuid.uuid4()) for _ in range(KEYS)]
+        log("loading 30 days of rollups")
+        loaded = load_rollups(dep, team, key_ids)
+        now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+        start = (now - timedelta(days=DAYS)).replace(hour=0)
+        end = now.replace(hour=0) + timedelta(days=1)
+
+        def body(unit: str, zone: str = "Etc/GMT", **extra: Any) -> dict[str, Any]:
+            fmt = "%Y-%m-%d %H:%M:%S"
+            return {
+                "analyticsRequest": {
+                    "timeRange": {
+                        "startTime": start.strftime(fmt),
+                        "endTime": end.strftime(fmt),
+                        "timezone": zone,
+                    },
+                    "timeUnit": unit,
+                    "values": [{"name": "usd", "aggregation": "AGGREGATION_SUM"}],
+                    **extra,
+                }
+            }
+
+        per_key = ["api_key_id"]
+        shapes = [
+            ("30 days by day, one series", body("TIME_UNIT_DAY")),
+            ("30 days by day, per key (1,000 series)", body("TIME_UNIT_DAY", groupBy=per_key)),
+            ("30 days, one total per key", body("TIME_UNIT_NONE", groupBy=per_key)),
+            ("30 days by hour, one series (720 points)", body("TIME_UNIT_HOUR")),
+            ("30 days by day, America/New_York (hourly rows)",
+             body("TIME_UNIT_DAY", "America/New_York")),
+        ]  # fmt: skip
+        rows = []
+        with mgmt_client(dep.control_url, mgmt) as c:
+            for name, request in shapes:
+                path = f"/v1/billing/teams/{team}/usage"
+                first = c.post(path, json=request)
+                assert first.status_code == 200, first.text
+                series = len(first.json()["timeSeries"])
+                times = []
+                for _ in range(QUERY_RUNS):
+                    t0 = time.perf_counter()
+                    assert c.post(path, json=request).status_code == 200
+                    times.append(time.perf_counter() - t0)
+                rows.append(
+                    (name, series, f"{percentile(times, 50) * 1000:.1f}",
+                     f"{percentile(times, 99) * 1000:.1f}")
+                )  # fmt: skip
+                log(f"{name}: p99 {percentile(times, 99) * 1000:.1f} ms")
+    finally:
+        dep.stop_all()
+    return (
+        f"\n**Usage RPC over HTTP** (SQLite; {DAYS} days × {KEYS:,} keys, every key active every "
+        f"hour: {loaded:,} hourly and daily rollup rows; {QUERY_RUNS} runs each; aim p99 ≤ 100 ms)"
+        "\n\n" + table(["query", "series", "p50 ms", "p99 ms"], rows)
+    )
+
+
+def main() -> None:
+    print(header("Usage: metering cost, ingest rate, query latency"))
+    with tempfile.TemporaryDirectory(prefix="keyplane-bench-usage-") as raw:
+        tmp = Path(raw)
+        print(gateway_section(tmp))
+        print(ingest_section(tmp))
+        print(query_section(tmp))
+    print(footer())
+
+
+if __name__ == "__main__":
+    main()
