@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from tests.contract.ratelimit_fixtures import RedisServer, require_redis_server
-from tests.support.load import count, max_certainly_admitted, run_load
-from tests.support.procs import OPERATOR, Deployment, mgmt_client, wait_for
+from tests.support.load import count, loaded_key, max_certainly_admitted, run_load
+from tests.support.procs import OPERATOR, Deployment, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -54,31 +54,9 @@ def cluster(
         dep.stop_all()
 
 
-def new_key(dep: Deployment, urls: list[str], **limits: object) -> str:
-    team, mgmt = dep.create_team(f"team-{len(dep.procs)}-{sorted(limits)}-{id(limits)}")
-    with mgmt_client(dep.control_url, mgmt) as c:
-        r = c.post(
-            f"/auth/teams/{team}/api-keys",
-            json={"name": "load", "acls": ["api-key:endpoint:*", "api-key:model:*"], **limits},
-        )
-        assert r.status_code == 200, r.text
-        secret: str = r.json()["apiKey"]
-    for url in urls:
-        wait_for(
-            lambda u=url: (
-                httpx.get(
-                    u + "/v1/api-key", headers={"Authorization": f"Bearer {secret}"}
-                ).status_code
-                == 200
-            ),
-            what="key on every replica",
-        )
-    return secret
-
-
 def test_qps_holds_for_the_cluster_as_a_whole(cluster: tuple[Deployment, list[str]]) -> None:
     dep, urls = cluster
-    secret = new_key(dep, urls, qps=20, qpm=300)
+    secret = loaded_key(dep, urls, qps=20, qpm=300)
     shots = run_load(urls, secret, clients=32, seconds=6, body=CHAT)
     assert count(shots, -1) == 0
     assert {s.status for s in shots} <= {200, 429}
@@ -94,7 +72,7 @@ def test_qps_holds_for_the_cluster_as_a_whole(cluster: tuple[Deployment, list[st
 
 def test_qpm_holds_across_replicas(cluster: tuple[Deployment, list[str]]) -> None:
     dep, urls = cluster
-    secret = new_key(dep, urls, qpm=60)
+    secret = loaded_key(dep, urls, qpm=60)
     shots = run_load(urls, secret, clients=16, seconds=4, body=CHAT)
     # The whole run fits in one 60 s window: exactly the limit is admitted.
     assert count(shots, 200) == 60
@@ -102,7 +80,7 @@ def test_qpm_holds_across_replicas(cluster: tuple[Deployment, list[str]]) -> Non
 
 def test_tpm_is_shared_across_replicas(cluster: tuple[Deployment, list[str]]) -> None:
     dep, urls = cluster
-    secret = new_key(dep, urls, tpm="1000")
+    secret = loaded_key(dep, urls, tpm="1000")
     body = {**CHAT, "max_tokens": 280}
     charged = 0
     statuses = []
@@ -128,7 +106,7 @@ def test_redis_down_applies_the_policy_then_recovers(
     cluster: tuple[Deployment, list[str]], redis_server: RedisServer
 ) -> None:
     dep, urls = cluster
-    secret = new_key(dep, urls, qps=20)
+    secret = loaded_key(dep, urls, qps=20)
     redis_server.stop()
     try:
         down = run_load(urls, secret, clients=16, seconds=3, body=CHAT)
@@ -153,7 +131,7 @@ def test_redis_down_applies_the_policy_then_recovers(
 
     for url in urls:
         wait_for(lambda u=url: back_on_redis(u), what="replica back on Redis")
-    secret_after = new_key(dep, urls, qps=20)
+    secret_after = loaded_key(dep, urls, qps=20)
     up = run_load(urls, secret_after, clients=32, seconds=4, body=CHAT)
     assert {s.status for s in up} <= {200, 429}
     assert max_certainly_admitted(up, 1.0) <= 20

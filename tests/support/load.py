@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from tests.support.procs import Deployment, mgmt_client, wait_for
+
 
 @dataclass(frozen=True, slots=True)
 class Shot:
@@ -80,3 +82,23 @@ def max_certainly_admitted(shots: Sequence[Shot], window: float) -> int:
 
 def count(shots: Sequence[Shot], status: int) -> int:
     return sum(1 for s in shots if s.status == status)
+
+
+def loaded_key(dep: Deployment, urls: Sequence[str], **limits: object) -> str:
+    """A new team's API key with ``limits`` (e.g. ``qps=20``), once every gateway in ``urls``
+    knows it."""
+    team, mgmt = dep.create_team(f"team-{len(dep.procs)}-{time.monotonic_ns()}")
+    with mgmt_client(dep.control_url, mgmt) as c:
+        r = c.post(
+            f"/auth/teams/{team}/api-keys",
+            json={"name": "load", "acls": ["api-key:endpoint:*", "api-key:model:*"], **limits},
+        )
+        assert r.status_code == 200, r.text
+        secret: str = r.json()["apiKey"]
+    headers = {"Authorization": f"Bearer {secret}"}
+
+    def known_everywhere() -> bool:
+        return all(httpx.get(u + "/v1/api-key", headers=headers).status_code == 200 for u in urls)
+
+    wait_for(known_everywhere, what="the key on every replica")
+    return secret

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -43,7 +44,7 @@ from importlib.resources import files
 from typing import Any
 
 import redis.exceptions
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -80,6 +81,11 @@ TRANSITIONS = Counter(
     "keyplane_ratelimit_transitions",
     "Times the rate limiter lost Redis (to=down) or handed decisions back to it (to=up).",
     ["to"],
+)
+WAITED = Histogram(
+    "keyplane_ratelimit_redis_wait_seconds",
+    "How long decisions waited on Redis (answered, or given up at the timeout).",
+    buckets=(0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0),
 )
 REPLAYED = Counter(
     "keyplane_ratelimit_replayed_entries",
@@ -293,13 +299,16 @@ class RedisLimiter:
                     return share
         self._seq += 1
         seq = self._seq
+        started = time.perf_counter()
         try:
             raw = await self._call(
                 self._acquire_script, self._limit_keys(reqs, toks), self._args(seq, reqs, toks)
             )
         except _UNAVAILABLE as exc:
+            WAITED.observe(time.perf_counter() - started)
             self._mark_down(f"{type(exc).__name__}: {exc}")
             return self._fallback(reqs, toks)
+        WAITED.observe(time.perf_counter() - started)
         if int(raw[0]) == -1:
             self._mark_down("Redis lost the rate-limit state it held")
             return self._fallback(reqs, toks)
