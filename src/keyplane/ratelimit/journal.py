@@ -29,7 +29,23 @@ class _Series:
 
     window: int
     width: int
+    limit: int
+    tokens: bool
     entries: list[tuple[int, int, int]] = field(default_factory=list)  # (age µs, seq, units)
+
+    def needed(self) -> list[tuple[int, int, int]]:
+        """The newest entries that already hold the counter at its limit; the older ones cannot
+        change a decision (while they are in the window, so are these, newer, ones) and would
+        only cost time — an ``allow`` outage admits without bound."""
+        entries = self.entries
+        if not self.tokens:
+            return entries[-self.limit :]
+        held = 0
+        for i in range(len(entries) - 1, -1, -1):
+            held += entries[i][2]
+            if held > self.limit:  # a token limit refuses once its charges exceed it
+                return entries[i:]
+        return entries
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +106,6 @@ class Journal:
     def replay(self, now: float, after: int, prefix: str) -> Replay:
         """The keys and arguments of ``replay.lua`` for the entries with a seq above ``after``."""
         series: dict[str, _Series] = {}
-        count = 0
         for at, seq, reqs, toks, units in self._events:
             if seq <= after:
                 continue
@@ -100,36 +115,36 @@ class Journal:
                     continue
                 window = _us(lim.window)
                 width = 0 if lim.limit <= self._exact_max else max(1, window // self._buckets)
-                _series(series, prefix + "r:" + lim.counter, window, width).entries.append(
-                    (_us(age), seq, units)
-                )
-                count += 1
+                _series(series, prefix + "r:" + lim.counter, window, width, lim.limit, False)
+                series[prefix + "r:" + lim.counter].entries.append((_us(age), seq, units))
             for tlim in toks:
                 if tlim.window <= age:
                     continue
                 window = _us(tlim.window)
                 width = max(1, window // self._token_buckets)
-                _series(series, prefix + "t:" + tlim.counter, window, width).entries.append(
-                    (_us(age), seq, units)
-                )
-                count += 1
+                _series(series, prefix + "t:" + tlim.counter, window, width, tlim.limit, True)
+                series[prefix + "t:" + tlim.counter].entries.append((_us(age), seq, units))
         keys: list[str] = []
         args: list[int] = []
+        count = 0
         for base, s in series.items():
+            needed = s.needed()
             keys += (base + ":log", base + ":sum")
-            args += (s.window, s.width, len(s.entries))
-            for entry in s.entries:
+            args += (s.window, s.width, len(needed))
+            for entry in needed:
                 args += entry
+            count += len(needed)
         return Replay(keys, args, count)
 
 
-def _series(series: dict[str, _Series], base: str, window: int, width: int) -> _Series:
+def _series(
+    series: dict[str, _Series], base: str, window: int, width: int, limit: int, tokens: bool
+) -> None:
     found = series.get(base)
     if found is None:
-        found = series[base] = _Series(window, width)
+        series[base] = _Series(window, width, limit, tokens)
     else:  # the newest event's limit wins, as it would for a live decision
-        found.window, found.width = window, width
-    return found
+        found.window, found.width, found.limit = window, width, limit
 
 
 def _us(seconds: float) -> int:

@@ -238,6 +238,7 @@ class RedisLimiter:
         self._last_ok = float("-inf")
         self._monitor: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._gate: asyncio.Future[None] | None = None  # set during the last replay before up
         REDIS_UP.set(1)
 
     @classmethod
@@ -283,6 +284,8 @@ class RedisLimiter:
             return ALLOWED
         if self._monitor is None:
             self._ensure_monitor()
+        if self._gate is not None:
+            await asyncio.shield(self._gate)  # the hand-over to Redis, within the timeout
         if self._up and self._epoch is None:
             await self._join()
         if not self._up:
@@ -330,6 +333,8 @@ class RedisLimiter:
         toks = active_tokens(tokens)
         if not toks or amount == 0:
             return
+        if self._gate is not None:
+            await asyncio.shield(self._gate)
         if self._up and self._epoch is None:
             await self._join()
         self._seq += 1
@@ -370,15 +375,22 @@ class RedisLimiter:
 
     # -- Redis availability ---------------------------------------------------------------------
 
-    async def _call(self, script: Any, keys: Sequence[str], args: Sequence[int | str]) -> Any:
+    async def _call(
+        self,
+        script: Any,
+        keys: Sequence[str],
+        args: Sequence[int | str],
+        patience: float | None = None,
+    ) -> Any:
         # A task, so that a call past the timeout is left to end on its own: cancelling it in
         # place would wait for the client's clean-up, itself bounded only by its own timeouts.
+        timeout = patience or self.settings.timeout
         task = asyncio.ensure_future(script(keys=keys, args=args))
-        done, _ = await asyncio.wait((task,), timeout=self.settings.timeout)
+        done, _ = await asyncio.wait((task,), timeout=timeout)
         if not done:
             task.cancel()
             task.add_done_callback(_consume)
-            raise TimeoutError(f"no answer from Redis within {self.settings.timeout} s")
+            raise TimeoutError(f"no answer from Redis within {timeout} s")
         return task.result()
 
     def _answered(self, seq: int) -> float:
@@ -400,7 +412,7 @@ class RedisLimiter:
             except _UNAVAILABLE as exc:
                 self._mark_down(f"{type(exc).__name__}: {exc}")
 
-    async def _replay(self, *, complete: bool) -> tuple[int, int]:
+    async def _replay(self, *, complete: bool, patience: float | None = None) -> tuple[int, int]:
         """One replay call; returns (status, roster size) and adopts the epoch on success."""
         now = self._now()
         top = self._seq
@@ -419,6 +431,8 @@ class RedisLimiter:
                 max(_ROSTER_TTL_MS, 2 * ttl),
                 *batch.args,
             ],
+            # Off the request path, and a replay may carry a window's worth of entries.
+            patience=patience or max(1.0, 4 * self.settings.timeout),
         )
         status, roster = int(raw[0]), int(raw[2])
         if status == 0:
@@ -432,26 +446,35 @@ class RedisLimiter:
 
     async def _recover(self) -> bool:
         """Replay what Redis lacks, then hand decisions back to it; ``False``: not yet."""
-        for _ in range(8):
-            top = self._seq
-            status, roster = await self._replay(complete=False)
-            if status == 1:
-                self._data_lost = True
-                status, roster = await self._replay(complete=True)
-            if self._seq == top:  # nothing decided locally while the replay was on the wire
-                break
-        else:
-            return False
-        now = self._now()
+        status, roster = await self._replay(complete=False)
+        if status == 1:
+            self._data_lost = True
+            status, roster = await self._replay(complete=True)
         if (
             self.policy in _EXACT
             and self._data_lost
             and roster < self.replicas
-            and now < self._lost_at + self._journal.horizon
+            and self._now() < self._lost_at + self._journal.horizon
         ):
             # Redis lost what the others admitted before the outage; until they have replayed
             # too (or that has left every window), deciding through Redis could exceed a limit.
             return False
+        # What the policy decided while that replay was on the wire goes in one more, short,
+        # replay; decisions wait for it (within the timeout) rather than add to it.
+        gate = self._gate = asyncio.get_running_loop().create_future()
+        try:
+            if self._seq > self._acked:
+                status, _ = await self._replay(complete=False, patience=self.settings.timeout)
+                if status == 1:  # Redis lost its data again in the meantime
+                    return False
+            self._switch_up()
+        finally:
+            self._gate = None
+            gate.set_result(None)
+        return True
+
+    def _switch_up(self) -> None:
+        now = self._now()
         self._up = True
         self._data_lost = False
         if self.policy in _LOCAL:
@@ -467,7 +490,6 @@ class RedisLimiter:
             now - self._lost_at,
             self.replica_id[:8],
         )
-        return True
 
     def _mark_down(self, reason: str) -> None:
         if not self._up:
