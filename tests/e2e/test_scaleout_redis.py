@@ -43,6 +43,10 @@ def cluster(
             f'redis_url = "{redis_server.url}"\n'
             'failure_policy = "local"\n'
             "replicas = 2\n"
+            # These tests are about the steady state (and a Redis that refuses connections): a
+            # loaded machine's slow answer must not count as an outage (tests/e2e/
+            # test_limits_failover.py is about outages).
+            "redis_timeout = 2.0\n"
         ),
     )
     try:
