@@ -32,7 +32,7 @@ import pytest
 
 from tests.contract.ratelimit_fixtures import RedisServer, require_redis_server
 from tests.support.load import Shot, count, loaded_key, run_load
-from tests.support.procs import Deployment, wait_for
+from tests.support.procs import OPERATOR, Deployment, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -220,7 +220,7 @@ def test_limits_hold_through_a_redis_fault(
     # (1 s for a loaded machine's event loop; tests/contract/test_ratelimit_failover.py holds the
     # tight bound).
     for url in urls:
-        page = httpx.get(url + "/metrics", timeout=5).text
+        page = httpx.get(url + "/metrics", headers=OPERATOR, timeout=5).text
         assert metric(page, 'keyplane_ratelimit_transitions_total{to="down"}') >= 1
         assert metric(page, 'keyplane_ratelimit_transitions_total{to="up"}') >= 1
         assert metric(page, "keyplane_ratelimit_redis_up") == 1
