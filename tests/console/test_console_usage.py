@@ -66,6 +66,27 @@ def test_usage_and_spend(stack: Stack, page: Page) -> None:
         expect(totals.locator("tbody")).to_contain_text("grok-4")
         expect(page.locator("[data-chart] canvas")).to_have_count(3)
 
+        # A per-key budget (keyplane's own field): an error at the field, then a budget already
+        # spent, which blocks the key at every gateway.
+        budget = page.get_by_label("Amount (USD, optional)")
+        budget.fill("five")
+        page.get_by_role("button", name="Save changes").click()
+        expect(page.locator("#budget-error")).to_contain_text("dollars")
+        expect(budget).to_have_attribute("aria-invalid", "true")
+        budget.fill("0")
+        page.get_by_label("Per (UTC)").select_option("DAY")
+        page.get_by_role("button", name="Save changes").click()
+        expect(page.get_by_role("status")).to_contain_text("Saved: budget")
+        expect(page.locator(".heading .state")).to_have_text("over budget")
+        with stack.client(key_secret, US) as gateway:
+            wait_for(
+                lambda: gateway.post("/v1/chat/completions", json=chat_body()).status_code == 403,
+                what="the spent budget enforced",
+            )
+        budget.fill("")
+        page.get_by_role("button", name="Save changes").click()
+        expect(page.locator(".heading .state")).to_have_text("active")
+
         page.get_by_role("link", name="Usage & spend").click()
         expect(page.get_by_role("region", name="Usage totals by model")).to_contain_text("grok-4")
         expect(page.locator("[data-chart] canvas")).to_have_count(3)

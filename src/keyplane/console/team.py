@@ -97,7 +97,11 @@ def _acl_choices(request: Request) -> tuple[list[str], list[str]]:
 def _state_of(key: ApiKey, now: datetime) -> str:
     if key.is_expired(now):
         return "expired"
-    return "disabled" if key.disabled else "active"
+    if key.disabled:
+        return "disabled"
+    if key.budget_blocked_until is not None and key.budget_blocked_until > now:
+        return "over budget"
+    return "active"
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +209,15 @@ def _expire_input(value: datetime | None) -> str:
 
 def _form_values(key: ApiKey | None) -> dict[str, Any]:
     if key is None:
-        return {"name": "", "acls": [], "qps": "", "qpm": "", "tpm": "", "expire": ""}
+        return {
+            "name": "",
+            "acls": [],
+            "qps": "",
+            "qpm": "",
+            "tpm": "",
+            "expire": "",
+            "budget": {"amount": "", "period": "MONTH"},
+        }
     return {
         "name": key.name,
         "acls": list(key.acl_strings),
@@ -213,6 +225,10 @@ def _form_values(key: ApiKey | None) -> dict[str, Any]:
         "qpm": "" if key.qpm is None else str(key.qpm),
         "tpm": "" if key.tpm is None else str(key.tpm),
         "expire": _expire_input(key.expire_time),
+        "budget": {
+            "amount": web.dollars(key.budget_cents),
+            "period": key.budget_period or "MONTH",
+        },
     }
 
 
@@ -224,6 +240,7 @@ def _from_form(form: Form) -> dict[str, Any]:
         "qpm": form.get("qpm"),
         "tpm": form.get("tpm"),
         "expire": form.get("expire"),
+        "budget": {"amount": form.get("budget"), "period": form.get("budget_period", "MONTH")},
     }
 
 
@@ -238,8 +255,20 @@ def _limit(value: str) -> str | None:
     return value or None
 
 
+def _budget(value: dict[str, str]) -> dict[str, str] | None:
+    """The form's dollars and period as the API's budget object (cents); empty clears it."""
+    if not value["amount"]:
+        return None
+    try:
+        cents = web.cents(value["amount"])
+    except InvalidArgument as failure:
+        raise InvalidArgument(failure.message, field="budget") from None
+    return {"cents": str(cents), "period": value["period"]}
+
+
 def _wire(values: dict[str, Any]) -> dict[str, Any]:
     return {
+        "budget": _budget(values["budget"]),
         "name": values["name"],
         "acls": values["acls"],
         "qps": _limit(values["qps"]),
@@ -384,6 +413,7 @@ MASKABLE = {
     "qpm": "qpm",
     "tpm": "tpm",
     "expire": "expireTime",
+    "budget": "budget",
 }
 
 
@@ -416,6 +446,7 @@ async def edit_key(request: Request, user: User, key_id: str) -> Response:
             "qpm": wire["qpm"],
             "tpm": wire["tpm"],
             "expireTime": wire["expireTime"],
+            "budget": wire["budget"],
         }
         updated = keys.update_key(
             ctx,

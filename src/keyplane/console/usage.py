@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -35,7 +34,6 @@ RANGES = {
     "30d": (timedelta(days=30), "TIME_UNIT_DAY", "last 30 days, by day"),
 }
 TOTALS = ("requests", "prompt_tokens", "completion_tokens", "usd")
-MAX_LIMIT_USD = Decimal(10) ** 12
 
 
 def _window(now: datetime, span: timedelta, unit: str) -> tuple[datetime, datetime]:
@@ -162,10 +160,6 @@ def usage_section(
         return {"usage_error": failure.message}
 
 
-def _dollars(cents: int | None) -> str:
-    return "" if cents is None else f"{Decimal(cents) / 100:.2f}"
-
-
 def _limits_page(
     request: Request,
     user: TeamUser,
@@ -187,9 +181,9 @@ def _limits_page(
         )
         spend = {
             "spent": f"{found.spent_units / COST_PER_USD:.2f}",
-            "soft": _dollars(found.limits.soft),
-            "hard": _dollars(found.limits.hard),
-            "effective": _dollars(found.limits.effective),
+            "soft": web.dollars(found.limits.soft),
+            "hard": web.dollars(found.limits.hard),
+            "effective": web.dollars(found.limits.effective),
             "blocked": found.blocked,
         }
     return web.page(
@@ -216,20 +210,6 @@ def usage_page(request: Request, user: User, span: Span = "7d") -> Response:
     return _limits_page(request, user, span)
 
 
-def _cents(text: str) -> int | None:
-    if not text:
-        return None
-    try:
-        dollars = Decimal(text.replace(",", "").removeprefix("$"))
-    except InvalidOperation:
-        raise InvalidArgument("must be an amount in dollars, like 200 or 49.50") from None
-    if not dollars.is_finite() or dollars < 0 or dollars >= MAX_LIMIT_USD:
-        raise InvalidArgument("must be between 0 and 999,999,999,999.99 dollars")
-    if dollars != dollars.quantize(Decimal("0.01")):
-        raise InvalidArgument("must be whole cents")
-    return int(dollars * 100)
-
-
 @router.post("/usage/limit", response_class=HTMLResponse)
 async def set_limit(request: Request, user: User) -> Response:
     form = await web.read_form(request)
@@ -238,7 +218,7 @@ async def set_limit(request: Request, user: User) -> Response:
     settings, ctx, _catalog = web.state(request)
 
     def save() -> int | None:
-        cents = _cents(value)
+        cents = web.cents(value) if value else None
         chosen, _ = billing.set_limit(
             ctx,
             principal=user.principal,
@@ -263,7 +243,7 @@ async def set_limit(request: Request, user: User) -> Response:
     notice = (
         "Spending limit removed."
         if chosen is None
-        else f"Spending limit set to ${_dollars(chosen)}."
+        else f"Spending limit set to ${web.dollars(chosen)}."
     )
     return await run_in_threadpool(_limits_page, request, user, "7d", notice=notice)
 

@@ -8,6 +8,7 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
 import jinja2
@@ -249,6 +250,28 @@ def team_user(request: Request) -> TeamUser:
     return TeamUser(principal, found)
 
 
+# -- money -------------------------------------------------------------------------------------
+
+MAX_DOLLARS = Decimal(10) ** 12
+
+
+def cents(text: str) -> int:
+    """A dollar amount typed by a person ("200", "49.50", "$1,000") in cents."""
+    try:
+        amount = Decimal(text.replace(",", "").removeprefix("$"))
+    except InvalidOperation:
+        raise InvalidArgument("must be an amount in dollars, like 200 or 49.50") from None
+    if not amount.is_finite() or amount < 0 or amount >= MAX_DOLLARS:
+        raise InvalidArgument("must be between 0 and 999,999,999,999.99 dollars")
+    if amount != amount.quantize(Decimal("0.01")):
+        raise InvalidArgument("must be whole cents")
+    return int(amount * 100)
+
+
+def dollars(value: int | None) -> str:
+    return "" if value is None else f"{Decimal(value) / 100:.2f}"
+
+
 # -- errors at their fields ----------------------------------------------------------------------
 
 #: The API's field names (either route's spelling) to the console form's.
@@ -268,6 +291,11 @@ FIELD_OF = {
     "apiKey.expireTime": "expire",
     "oldSecretExpireTime": "grace",
     "apiKey.disabled": "disabled",
+    **{
+        f"{prefix}budget{part}": "budget"
+        for prefix in ("", "apiKey.")
+        for part in ("", ".cents", ".period")
+    },
 }
 
 
