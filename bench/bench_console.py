@@ -79,9 +79,9 @@ def timed(client: httpx2.Client, log: Path, url: str, path: str) -> dict[str, fl
     }
 
 
-def page_weight(client: httpx2.Client) -> list[tuple[str, int, int]]:
-    html = client.get("/console/keys").content
-    rows = [("/console/keys (HTML, 50 rows)", len(html), len(gzip.compress(html)))]
+def page_weight(client: httpx2.Client, path: str, label: str) -> list[tuple[str, int, int]]:
+    html = client.get(path).content
+    rows = [(label, len(html), len(gzip.compress(html)))]
     for asset in re.findall(rb'(?:src|href)="(/console/static/[^"]+)"', html):
         body = client.get(asset.decode()).content
         rows.append((asset.decode(), len(body), len(gzip.compress(body))))
@@ -158,7 +158,10 @@ def main() -> None:
                     ("propagation poll, 50 keys", polled, "/console/keys/propagation"),
                 ]
                 results = [(name, timed(client, log, url, path)) for name, url, path in cases]
-                weights = page_weight(client)
+                weights = page_weight(client, "/console/keys", "/console/keys (HTML, 50 rows)")
+                detail = page_weight(
+                    client, f"/console/keys/{ids[0]}", "/console/keys/{id} (HTML, with charts)"
+                )
                 cookie = client.cookies["kp_session"]
             harness.log("first paint in chromium ...")
             paint = first_paint(dep.control_url, cookie)
@@ -197,16 +200,17 @@ def main() -> None:
             ],
         )
     )
-    total = sum(w[1] for w in weights)
-    total_gz = sum(w[2] for w in weights)
-    print("\nPage weight of the keys page (everything it loads):\n")
-    print(
-        harness.table(
-            ["resource", "bytes", "gzipped"],
-            [[name, f"{raw:,}", f"{gz:,}"] for name, raw, gz in weights]
-            + [["**total**", f"**{total:,}**", f"**{total_gz:,}**"]],
+    for title, rows in (("the keys page", weights), ("a key's page (usage charts)", detail)):
+        total = sum(w[1] for w in rows)
+        total_gz = sum(w[2] for w in rows)
+        print(f"\nPage weight of {title} (everything it loads):\n")
+        print(
+            harness.table(
+                ["resource", "bytes", "gzipped"],
+                [[name, f"{raw:,}", f"{gz:,}"] for name, raw, gz in rows]
+                + [["**total**", f"**{total:,}**", f"**{total_gz:,}**"]],
+            )
         )
-    )
     print(harness.footer())
 
 

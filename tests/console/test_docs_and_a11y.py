@@ -78,6 +78,7 @@ def test_console_pages_pass_axe(stack: Stack, browser: Browser, width: int) -> N
             ("delete", f"/console/keys/{created['apiKeyId']}/delete"),
             ("catalog", "/console/catalog"),
             ("audit", "/console/audit"),
+            ("usage", "/console/usage"),
         ]:
             page.goto(base + path)
             found[name] = serious_violations(page)
