@@ -5,15 +5,27 @@ concatenation, before the application sees anything: a 200 MB ``Authorization`` 
 gateway 48 s and 700 MB. :func:`bounded_protocol` returns the same protocol with two caps — the
 bytes of the request line plus headers, and the number of headers — checked as data arrives, and
 answered ``431`` with ``connection: close`` before another byte is read.
+
+It also lets ordinary clients read an early answer. A server that refuses a body over its cap
+answers before reading the rest; closing then, with the client's bytes still unread, makes the
+kernel reset the connection, and a client still writing (urllib, httpx, the openai SDK) sees the
+reset instead of the 413. So when the answer is complete but the body is not, the rest of the body
+is read and thrown away — up to ``max_drain_bytes`` and ``max_linger_seconds`` — before the
+connection closes (or stays open, if the client keeps it alive). Past either bound it closes.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 DEFAULT_MAX_HEAD_BYTES = 64 * 1024
 DEFAULT_MAX_HEADERS = 100
+#: How much of a refused body is read and dropped, and for how long, so the client reads the answer.
+DEFAULT_MAX_DRAIN_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_LINGER_SECONDS = 10.0
 
 _BODY_431 = b'{"code":"invalid-argument","error":"Request line and headers are too large."}'
 _RESPONSE_431 = (
@@ -28,22 +40,61 @@ class _HeadTooLarge(Exception):
     """Raised from a parser callback; httptools stops parsing and re-raises it wrapped."""
 
 
+class _CloseAfterBody:
+    """A connection's transport as its request cycles see it, but for ``close()``: while the
+    request's body is still arriving, the protocol closes once it has been read (or a bound
+    passes)."""
+
+    __slots__ = ("_protocol", "get_extra_info", "is_closing", "write")
+
+    def __init__(self, protocol: BoundedHttpToolsProtocol, transport: asyncio.Transport) -> None:
+        self._protocol = protocol
+        self.write = transport.write
+        self.is_closing = transport.is_closing
+        self.get_extra_info = transport.get_extra_info
+
+    def close(self) -> None:
+        self._protocol.close_after_body()
+
+
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, refusing a request head over ``max_head_bytes`` bytes or
-    ``max_headers`` headers with a 431."""
+    ``max_headers`` headers with a 431, and draining a body its answer did not wait for."""
 
     max_head_bytes = DEFAULT_MAX_HEAD_BYTES
     max_headers = DEFAULT_MAX_HEADERS
+    max_drain_bytes = DEFAULT_MAX_DRAIN_BYTES
+    max_linger_seconds = DEFAULT_MAX_LINGER_SECONDS
 
     # Bytes seen since the current head began; whether a body is being read (between the end of
     # a head and the end of its message); whether a message ended in the chunk being fed.
     _head_bytes = 0
     _in_body = False
     _message_ended = False
+    # Bytes of a body read after its answer was complete; the close waiting for that body's end.
+    _drained = 0
+    _linger: asyncio.TimerHandle | None = None
+    _closer: _CloseAfterBody | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._closer = _CloseAfterBody(self, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        """uvicorn's ``data_received``, counting the bytes of an unfinished head."""
+        """uvicorn's ``data_received``, counting the bytes of an unfinished head, and of a body
+        read only to be dropped."""
         self._message_ended = False
+        if self._in_body and self.cycle is not None and self.cycle.response_complete:
+            self._drained += len(data)
+            if self._drained > self.max_drain_bytes:
+                self._close_now()
+                return
         try:
             self._feed(data)
         except _HeadTooLarge:
@@ -89,12 +140,34 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             raise _HeadTooLarge
         self._head_bytes = 0
         self._in_body = True
+        self._drained = 0
         super().on_headers_complete()
+        if self.cycle is not None and self.cycle.transport is self.transport:
+            self.cycle.transport = self._closer  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         self._in_body = False
         self._message_ended = True
         super().on_message_complete()
+        if self._linger is not None:
+            self._close_now()
+
+    # -- closing after an unread body ----------------------------------------------------------
+
+    def close_after_body(self) -> None:
+        """Close now, or, while the request's body is still arriving, once it has arrived."""
+        if not self._in_body or self.transport.is_closing():
+            self._close_now()
+        elif self._linger is None:
+            self._linger = self.loop.call_later(self.max_linger_seconds, self._close_now)
+            self.flow.resume_reading()
+
+    def _close_now(self) -> None:
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+        if not self.transport.is_closing():
+            self.transport.close()
 
     def _refuse(self) -> None:
         if self.logger.isEnabledFor(10):
@@ -104,11 +177,20 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
 
 def bounded_protocol(
-    max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES, max_headers: int = DEFAULT_MAX_HEADERS
+    max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
+    max_headers: int = DEFAULT_MAX_HEADERS,
+    *,
+    max_drain_bytes: int = DEFAULT_MAX_DRAIN_BYTES,
+    max_linger_seconds: float = DEFAULT_MAX_LINGER_SECONDS,
 ) -> type[BoundedHttpToolsProtocol]:
     """The protocol class to hand uvicorn as ``http=``, with these caps."""
     return type(
         "BoundedHttpToolsProtocol",
         (BoundedHttpToolsProtocol,),
-        {"max_head_bytes": max_head_bytes, "max_headers": max_headers},
+        {
+            "max_head_bytes": max_head_bytes,
+            "max_headers": max_headers,
+            "max_drain_bytes": max_drain_bytes,
+            "max_linger_seconds": max_linger_seconds,
+        },
     )
