@@ -113,7 +113,7 @@ async def test_policy_applies_while_redis_is_down_and_redis_rules_again_after(
         await limiter.charge([TokenLimit("tpm", "key:2:tpm", 1000)], 5)  # must not raise
         assert all(d.degraded for d in decisions)
         assert not limiter.available
-        assert sample("keyplane_ratelimit_redis_up") == 0
+        assert sample("keyplane_ratelimit_redis_up", {"prefix": limiter.prefix}) == 0
         assert sample("keyplane_ratelimit_transitions_total", {"to": "down"}) == downs_before + 1
         allowed = sum(d.allowed for d in decisions)
         if policy is FailurePolicy.ALLOW:
@@ -137,7 +137,7 @@ async def test_policy_applies_while_redis_is_down_and_redis_rules_again_after(
         server.start()  # same port, empty
         # The probe brings the limiter back without any request asking.
         await until(lambda: limiter.available, "the limiter back on Redis")
-        assert sample("keyplane_ratelimit_redis_up") == 1
+        assert sample("keyplane_ratelimit_redis_up", {"prefix": limiter.prefix}) == 1
         failures = limiter.failures
         fresh = [await limiter.acquire([qpm(3, "key:3:qpm")]) for _ in range(10)]
         if policy in (FailurePolicy.LOCAL, FailurePolicy.LOCAL_STRICT):

@@ -76,7 +76,9 @@ FAILURES = Counter(
 REDIS_UP = Gauge(
     "keyplane_ratelimit_redis_up",
     "1 while rate-limit decisions go through Redis, 0 while the failure policy takes them.",
+    ["prefix"],
 )
+"""Per key prefix (one per cluster), so that a gateway with in-memory limits exports none."""
 TRANSITIONS = Counter(
     "keyplane_ratelimit_transitions",
     "Times the rate limiter lost Redis (to=down) or handed decisions back to it (to=up).",
@@ -210,6 +212,7 @@ class RedisLimiter:
         self._charge_script = client.register_script(_CHARGE)
         self._replay_script = client.register_script(_REPLAY)
         self._metric = FAILURES.labels(policy=self.policy.value)
+        self._up_metric = REDIS_UP.labels(prefix=self.prefix)
         self._local = MemoryLimiter(
             clock=clock,
             exact_max=settings.exact_max,
@@ -239,7 +242,7 @@ class RedisLimiter:
         self._monitor: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._gate: asyncio.Future[None] | None = None  # set during the last replay before up
-        REDIS_UP.set(1)
+        self._up_metric.set(1)
 
     @classmethod
     def from_url(
@@ -482,7 +485,7 @@ class RedisLimiter:
             # this replica's share for one window, so that the two together stay in the limit.
             self._back_at = now
             self._handback_until = now + self._journal.horizon
-        REDIS_UP.set(1)
+        self._up_metric.set(1)
         TRANSITIONS.labels(to="up").inc()
         log.warning(
             "redis reachable again after %.2f s; replica %s replayed its decisions and hands "
@@ -496,7 +499,7 @@ class RedisLimiter:
             return
         self._up = False
         self._lost_at = self._now()
-        REDIS_UP.set(0)
+        self._up_metric.set(0)
         TRANSITIONS.labels(to="down").inc()
         log.warning(
             "redis unusable (%s); rate limits now follow the %r failure policy",
