@@ -41,6 +41,9 @@ TIMEOUT = 0.5  # limiter.redis_timeout: how long a decision may wait on a hung R
 # Enough to keep both replicas overloaded, few enough that refusals do not starve a small
 # machine's CPU (the gateways, the model server and these clients share it).
 CLIENTS = 12
+# The least hand-back after a replica's return: two probe intervals (0.5 s) and one replay's
+# patience (RedisLimiter: max(1 s, 4 timeouts)).
+HAND_BACK = 2 * 0.5 + max(1.0, 4 * TIMEOUT)
 # A model without team x model limits, so that the key's limit is the only one.
 CHAT = {"model": "grok-3-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
 
@@ -164,8 +167,8 @@ def test_limits_hold_through_a_redis_fault(
     secret = loaded_key(cluster.dep, urls, **{scenario.limit_name: scenario.limit})
     w = scenario.window
     # Steady state, the outage (local-strict: one window of refusals, then the shares), and the
-    # recovery (one window of hand-back, then two of steady state again).
-    before, outage, after = max(4.0, 3 * w), max(3.0, 1.7 * w), max(4.0, 3 * w)
+    # recovery (the hand-back, then two windows and more of steady state again).
+    before, outage, after = max(4.0, 3 * w), max(3.0, 1.7 * w), max(w, HAND_BACK) + max(3.0, 2 * w)
     total = before + outage + after + 1.0
 
     shots: list[Shot] = []
@@ -209,9 +212,9 @@ def test_limits_hold_through_a_redis_fault(
         worst[overlaps] = max(worst[overlaps], admitted)
 
     # Utilisation outside the switch: before the fault (after a second for the clients to
-    # connect), and from one window after the return (the hand-back) to the end. One window of
+    # connect), and from the end of the hand-back to the end. One window of
     # each span is allowed for its edges.
-    for first, last in ((started + 1.0, fault_at), (back_at + w, ended)):
+    for first, last in ((started + 1.0, fault_at), (back_at + max(w, HAND_BACK), ended)):
         spans = (last - first) / w
         used = admitted_in(shots, first, last)
         assert used >= 0.9 * scenario.limit * (spans - 1), (used, spans, scenario)

@@ -26,8 +26,8 @@ Redis so that ``/healthz`` notices an outage without traffic. On the way back th
 *replays* into Redis, in one idempotent script call, every admission and charge of the last
 window that Redis does not know (:mod:`keyplane.ratelimit.journal`) — the ones its policy decided,
 or all of its own if Redis lost its data — and only then decides through Redis again. For one
-window after that it also keeps to its local share (``limit // replicas``), because another
-replica may not have replayed yet. docs/architecture.md proves the bound of each policy.
+window after that (at least 2 s) it also keeps to its local share (``limit // replicas``),
+because another replica may not have replayed yet. docs/architecture.md proves the bound of each policy.
 """
 
 from __future__ import annotations
@@ -238,6 +238,8 @@ class RedisLimiter:
         self._data_lost = False  # Redis came back without the state it had: wait for the others
         self._handback_until = float("-inf")
         self._back_at = float("-inf")
+        self._replay_patience = max(1.0, 4 * settings.timeout)
+        self._handback_floor = 2 * settings.probe_max + self._replay_patience
         self._last_ok = float("-inf")
         self._monitor: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -296,9 +298,11 @@ class RedisLimiter:
         now = self._now()
         kept: list[RequestLimit] = []  # request limits the hand-back already recorded locally
         if now < self._handback_until:
-            back = self._back_at
-            kept = [lim for lim in reqs if now < back + lim.window]
-            held = [self._scaled_token(t) for t in toks if now < back + t.window]
+            # Each limit for its window, and at least for the time the other replicas may take
+            # to find Redis and replay (their probe interval and one replay).
+            elapsed, floor = now - self._back_at, self._handback_floor
+            kept = [lim for lim in reqs if elapsed < max(lim.window, floor)]
+            held = [self._scaled_token(t) for t in toks if elapsed < max(t.window, floor)]
             if kept or held:
                 share = self._local.acquire_now([self._scaled(lim) for lim in kept], held)
                 if not share.allowed:
@@ -435,7 +439,7 @@ class RedisLimiter:
                 *batch.args,
             ],
             # Off the request path, and a replay may carry a window's worth of entries.
-            patience=patience or max(1.0, 4 * self.settings.timeout),
+            patience=patience or self._replay_patience,
         )
         status, roster = int(raw[0]), int(raw[2])
         if status == 0:
@@ -484,7 +488,7 @@ class RedisLimiter:
             # Another replica may still decide locally until its own probe finds Redis: keep to
             # this replica's share for one window, so that the two together stay in the limit.
             self._back_at = now
-            self._handback_until = now + self._journal.horizon
+            self._handback_until = now + max(self._journal.horizon, self._handback_floor)
         self._up_metric.set(1)
         TRANSITIONS.labels(to="up").inc()
         log.warning(
