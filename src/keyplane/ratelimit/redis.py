@@ -27,7 +27,8 @@ Redis so that ``/healthz`` notices an outage without traffic. On the way back th
 window that Redis does not know (:mod:`keyplane.ratelimit.journal`) — the ones its policy decided,
 or all of its own if Redis lost its data — and only then decides through Redis again. For one
 window after that (at least 2 s) it also keeps to its local share (``limit // replicas``),
-because another replica may not have replayed yet. docs/architecture.md proves the bound of each policy.
+because another replica may not have replayed yet. docs/architecture.md proves the bound of each
+policy.
 """
 
 from __future__ import annotations
