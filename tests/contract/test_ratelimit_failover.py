@@ -228,7 +228,7 @@ async def test_token_charges_made_while_down_are_replayed(server: RedisServer) -
 async def test_decisions_never_wait_on_a_hung_redis_longer_than_the_timeout(
     server: RedisServer,
 ) -> None:
-    timeout = 0.3
+    timeout = 0.5
     async with replicas(server, FailurePolicy.LOCAL, count=1, timeout=timeout) as (a,):
         loop = asyncio.get_running_loop()
         limit = qpm(1000)
@@ -246,9 +246,9 @@ async def test_decisions_never_wait_on_a_hung_redis_longer_than_the_timeout(
             later = [await timed() for _ in range(20)]
         finally:
             server.resume()
-        # 0.2 s for a loaded machine's event loop; without the overall bound, waiting for a
-        # pooled connection and then for the reply takes two timeouts.
-        assert max(waits) < timeout + 0.2, max(waits)
+        # 0.4 s for a loaded machine's event loop; without the overall bound, waiting for a
+        # pooled connection and then for the reply takes two timeouts, and more to clean up.
+        assert max(waits) < timeout + 0.4, max(waits)
         assert not a.available
         # Once the hang is known, decisions do not touch Redis at all.
         assert max(later) < timeout / 2, max(later)
