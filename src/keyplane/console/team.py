@@ -192,7 +192,10 @@ def propagation_cells(
     """Each listed key's propagation badges, as out-of-band swaps; stops polling once all true."""
     if not user.can("CheckApiKeyPropagation"):
         return Response(status_code=STOP_POLLING)
-    cells = {k: _propagation(request, user, k) for k in (key_id or [])[:MAX_POLLED]}
+    settings, ctx, _catalog = web.state(request)
+    cells = feed.propagation_statuses(
+        ctx, settings, principal=user.principal, api_key_ids=(key_id or [])[:MAX_POLLED]
+    )
     done = all(status is None or all(status.values()) for status in cells.values())
     response = page(request, "_propagation.html", cells=cells, oob=True)
     if done:

@@ -7,7 +7,7 @@ for what comes after — the key's latest revision; a cluster with no live gatew
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -116,23 +116,41 @@ class AckBook:
 def propagation_status(
     ctx: Context, settings: Settings, *, principal: Principal, api_key_id: str
 ) -> dict[str, bool]:
+    status = propagation_statuses(ctx, settings, principal=principal, api_key_ids=[api_key_id])
+    found = status[api_key_id]
+    if found is None:
+        raise NotFound("Cannot find API key")
+    return found
+
+
+def propagation_statuses(
+    ctx: Context, settings: Settings, *, principal: Principal, api_key_ids: Sequence[str]
+) -> dict[str, dict[str, bool] | None]:
+    """``propagation_status`` of several keys from one read (the console's table polls a page of
+    them); None for a key the team does not have."""
     now = ctx.clock.now()
     with ctx.db.read() as conn:
-        revision = repo.key_revision(
-            conn, api_key_id, team_id=principal.team_id, since=now - TOMBSTONE_WINDOW
-        )
-        if revision is None:
-            raise NotFound("Cannot find API key")
+        revisions = {
+            key_id: repo.key_revision(
+                conn, key_id, team_id=principal.team_id, since=now - TOMBSTONE_WINDOW
+            )
+            for key_id in api_key_ids
+        }
         gateways = repo.list_gateways(conn)
-    status: dict[str, bool] = {}
-    for cluster in settings.clusters:
-        live = [
-            g
+    live = {
+        cluster.host: [
+            g.applied_revision
             for g in gateways
             if g.cluster == cluster.name and now - g.last_seen < ctx.gateway_liveness
         ]
-        status[cluster.host] = bool(live) and all(g.applied_revision >= revision for g in live)
-    return status
+        for cluster in settings.clusters
+    }
+    return {
+        key_id: None
+        if revision is None
+        else {host: bool(applied) and min(applied) >= revision for host, applied in live.items()}
+        for key_id, revision in revisions.items()
+    }
 
 
 @dataclass(frozen=True, slots=True)
