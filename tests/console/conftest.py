@@ -27,13 +27,15 @@ US, EU = "us-east-1", "eu-west-1"
 AXE = Path(__file__).parent / "axe.min.js"
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: Playwright's sync API keeps an event loop running in this thread
+# until it stops, and every asyncio test that ran after the console tests would find it there.
+@pytest.fixture(scope="package")
 def playwright() -> Iterator[Playwright]:
     with sync_playwright() as running:
         yield running
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
         from tests.support.procs import missing_server
