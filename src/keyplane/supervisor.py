@@ -245,18 +245,18 @@ def _children(settings: Settings, config: Path | None) -> list[Child]:
 
 
 def ensure_credentials(ctx: Context, settings: Settings, *, replicas: int = 1) -> None:
-    """Each local gateway gets its cluster's feed credential, issued once and kept on disk; the
-    replicas of one cluster share it."""
+    """Each local gateway gets a feed credential of its cluster, its own (a credential speaks for
+    one gateway), issued once and kept on disk."""
     from keyplane.gateway.server import CREDENTIAL_FILE, gateway_dir, write_credential
     from keyplane.propagation import feed
 
     for cluster in settings.clusters:
-        first = gateway_dir(settings, cluster.name, 0) / CREDENTIAL_FILE
-        credential = first.read_text().strip() if first.exists() else ""
-        if not credential or not feed.credential_is_valid(ctx, credential):
-            credential = feed.issue_credential(ctx, cluster=cluster.name)
         for replica in range(replicas):
-            write_credential(gateway_dir(settings, cluster.name, replica), credential)
+            directory = gateway_dir(settings, cluster.name, replica)
+            path = directory / CREDENTIAL_FILE
+            credential = path.read_text().strip() if path.exists() else ""
+            if not credential or not feed.credential_is_valid(ctx, credential):
+                write_credential(directory, feed.issue_credential(ctx, cluster=cluster.name))
 
 
 def run_all(settings: Settings, config: Path | None) -> int:

@@ -162,6 +162,7 @@ def test_acks_and_propagation_status(ctx: Context) -> None:
     p = principal_of(ctx)
     made = create(ctx, p)
     book = feed.AckBook()
+    book.served(ctx, gateway_id="us-east-1/a", cluster="us-east-1", revision=1)
     book.ack(ctx, gateway_id="us-east-1/a", cluster="us-east-1", revision=1)
     book.ack(ctx, gateway_id="eu-west-1/a", cluster="eu-west-1", revision=0)
     status = feed.propagation_status(ctx, settings, principal=p, api_key_id=made.key.api_key_id)

@@ -155,7 +155,7 @@ def clusters(click_ctx: click.Context, config: Path | None, as_json: bool) -> No
 @config_option
 @click.option("--cluster", required=True, help="The cluster whose gateways will use it.")
 def clusters_credential(config: Path | None, cluster: str) -> None:
-    """Issue a feed credential for a cluster's gateways (printed once)."""
+    """Issue a feed credential for one gateway of a cluster (printed once; one per gateway)."""
     from keyplane.propagation import feed
 
     settings = load(config)

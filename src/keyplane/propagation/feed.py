@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from keyplane.domain import keysecrets
-from keyplane.domain.errors import NotFound, Unauthenticated
+from keyplane.domain.errors import NotFound, PermissionDenied, Unauthenticated
 from keyplane.domain.model import enforcement_view
 from keyplane.propagation.wire import CREDENTIAL_PREFIX
 from keyplane.services.auth import Principal
@@ -44,18 +44,48 @@ def credential_is_valid(ctx: Context, secret: str) -> bool:
         return repo.cluster_of_credential(conn, keysecrets.digest(secret)) is not None
 
 
-def authenticate_gateway(ctx: Context, authorization: str | None) -> str:
-    """The cluster a gateway's credential belongs to."""
+def _credential_digest(authorization: str | None) -> str:
     if not authorization:
         raise Unauthenticated.no_credentials()
     scheme, _, token = authorization.strip().partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not keysecrets.looks_like(token, CREDENTIAL_PREFIX):
         raise Unauthenticated.bad_credentials()
+    return keysecrets.digest(token)
+
+
+def authenticate_gateway(ctx: Context, authorization: str | None) -> str:
+    """The cluster a gateway's credential belongs to."""
+    digest = _credential_digest(authorization)
     with ctx.db.read() as conn:
-        cluster = repo.cluster_of_credential(conn, keysecrets.digest(token))
+        cluster = repo.cluster_of_credential(conn, digest)
     if cluster is None:
         raise Unauthenticated.bad_credentials()
+    return cluster
+
+
+def authenticate_gateway_as(ctx: Context, authorization: str | None, gateway_id: str) -> str:
+    """The cluster of a gateway's credential, once the credential is bound to ``gateway_id``: on
+    first use it registers that gateway; another id is refused while the bound one is live."""
+    digest = _credential_digest(authorization)
+    with ctx.db.read() as conn:
+        found = repo.credential_binding(conn, digest)
+    if found is None:
+        raise Unauthenticated.bad_credentials()
+    cluster, bound_to = found
+    if bound_to == gateway_id:
+        return cluster
+    with ctx.db.write() as conn:
+        bound = repo.bind_credential(
+            conn,
+            digest=digest,
+            gateway_id=gateway_id,
+            silent_before=ctx.clock.now() - ctx.gateway_liveness,
+        )
+    if not bound:
+        raise PermissionDenied(
+            "This feed credential belongs to another gateway; issue one per gateway."
+        )
     return cluster
 
 
@@ -95,10 +125,14 @@ def read_changes(ctx: Context, *, after: int, limit: int) -> ChangesAnswer:
 
 
 class AckBook:
-    """Writes acks to the store, skipping writes that would change nothing but "last seen"."""
+    """Writes acks to the store, skipping writes that would change nothing but "last seen".
+
+    An ack is believed only up to the newest revision the gateway has been served (``served``)
+    and the head: an invented ``after=`` applies nothing."""
 
     def __init__(self) -> None:
         self._written: dict[str, tuple[int, datetime]] = {}
+        self._served: dict[str, int] = {}
 
     def ack(self, ctx: Context, *, gateway_id: str, cluster: str, revision: int) -> None:
         now = ctx.clock.now()
@@ -107,10 +141,23 @@ class AckBook:
         if last is not None and last[0] == revision and now - last[1] < refresh:
             return
         with ctx.db.write() as conn:
-            repo.record_ack(
+            applied = repo.record_ack(
                 conn, gateway_id=gateway_id, cluster=cluster, revision=revision, now=now
             )
-        self._written[gateway_id] = (revision, now)
+        if applied == revision:
+            self._written[gateway_id] = (revision, now)
+        else:
+            self._written.pop(gateway_id, None)  # not believed yet: ask the store next time
+
+    def served(self, ctx: Context, *, gateway_id: str, cluster: str, revision: int) -> None:
+        """``gateway_id`` was sent everything up to ``revision``."""
+        if self._served.get(gateway_id) == revision:
+            return
+        with ctx.db.write() as conn:
+            repo.record_served(
+                conn, gateway_id=gateway_id, cluster=cluster, revision=revision, now=ctx.clock.now()
+            )
+        self._served[gateway_id] = revision
 
 
 def propagation_status(

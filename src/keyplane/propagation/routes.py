@@ -52,8 +52,9 @@ def feed_router(ctx: Context, notifier: ChangeNotifier) -> APIRouter:
     router = APIRouter(include_in_schema=False)
     acks = feed.AckBook()
 
-    def gateway_id(value: str | None) -> str:
+    def gateway_id(value: str | None, authorization: str | None) -> str:
         if not value or len(value) > 128 or not value.isprintable():
+            feed.authenticate_gateway(ctx, authorization)  # who is asking comes first: 401
             raise InvalidArgument(
                 "a gateway id of 1-128 characters is required", field=GATEWAY_HEADER
             )
@@ -62,12 +63,18 @@ def feed_router(ctx: Context, notifier: ChangeNotifier) -> APIRouter:
     @router.get(SNAPSHOT_PATH)
     def snapshot(
         authorization: Annotated[str | None, Header()] = None,
+        gateway: Annotated[str | None, Header(alias=GATEWAY_HEADER)] = None,
     ) -> StreamingResponse:
-        feed.authenticate_gateway(ctx, authorization)
+        gid = gateway_id(gateway, authorization)
+        cluster = feed.authenticate_gateway_as(ctx, authorization, gid)
 
         def chunks() -> Iterator[bytes]:
             batch: list[str] = []
             for line in feed.snapshot_lines(ctx):
+                if "revision" in line and len(line) == 1:
+                    revision = line["revision"]
+                    assert isinstance(revision, int)
+                    acks.served(ctx, gateway_id=gid, cluster=cluster, revision=revision)
                 batch.append(json.dumps(line, separators=(",", ":")))
                 if len(batch) >= _LINES_PER_CHUNK:
                     yield ("\n".join(batch) + "\n").encode()
@@ -86,15 +93,20 @@ def feed_router(ctx: Context, notifier: ChangeNotifier) -> APIRouter:
         authorization: Annotated[str | None, Header()] = None,
         gateway: Annotated[str | None, Header(alias=GATEWAY_HEADER)] = None,
     ) -> dict[str, Any]:
-        cluster = await run_in_threadpool(feed.authenticate_gateway, ctx, authorization)
-        gid = gateway_id(gateway)
-        # ``after`` is what the gateway has applied: that is its ack.
+        gid = await run_in_threadpool(gateway_id, gateway, authorization)
+        cluster = await run_in_threadpool(feed.authenticate_gateway_as, ctx, authorization, gid)
+        # ``after`` is what the gateway has applied: that is its ack, believed up to what it has
+        # been served (and the head).
         await run_in_threadpool(acks.ack, ctx, gateway_id=gid, cluster=cluster, revision=after)
         answer = await run_in_threadpool(feed.read_changes, ctx, after=after, limit=limit)
         if not answer.changes and not answer.snapshot_required and wait > 0:
             newest = await _unless_gone(request, notifier.wait_beyond(after, wait), after)
             if newest > after:
                 answer = await run_in_threadpool(feed.read_changes, ctx, after=after, limit=limit)
+        if not answer.snapshot_required:
+            await run_in_threadpool(
+                acks.served, ctx, gateway_id=gid, cluster=cluster, revision=answer.revision
+            )
         return {
             "revision": answer.revision,
             "snapshotRequired": answer.snapshot_required,

@@ -619,6 +619,42 @@ def cluster_of_credential(conn: Connection, digest: str) -> str | None:
     return None if row is None else str(row.cluster)
 
 
+def credential_binding(conn: Connection, digest: str) -> tuple[str, str | None] | None:
+    """``(cluster, bound gateway id)`` of a live credential."""
+    c = t.cluster_credentials.c
+    row = conn.execute(
+        select(c.cluster, c.gateway_id).where(c.digest == digest, c.revoke_time.is_(None))
+    ).first()
+    return None if row is None else (str(row.cluster), row.gateway_id)
+
+
+def bind_credential(
+    conn: Connection, *, digest: str, gateway_id: str, silent_before: datetime
+) -> bool:
+    """Bind the credential to ``gateway_id`` unless it speaks for another gateway seen since
+    ``silent_before``; a gateway silent longer is replaced (and forgotten). False: refused."""
+    c = t.cluster_credentials.c
+    bound = conn.execute(select(c.gateway_id).where(c.digest == digest)).scalar_one_or_none()
+    if bound == gateway_id:
+        return True
+    if bound is not None:
+        seen = conn.execute(
+            select(t.gateways.c.last_seen).where(t.gateways.c.gateway_id == bound)
+        ).scalar_one_or_none()
+        if seen is not None and seen >= to_micros(silent_before):
+            return False
+        conn.execute(delete(t.gateways).where(t.gateways.c.gateway_id == bound))
+    taken = conn.execute(
+        select(c.digest).where(c.gateway_id == gateway_id, c.digest != digest)
+    ).first()
+    if taken is not None:
+        return False  # another credential's gateway: one id, one credential
+    conn.execute(
+        update(t.cluster_credentials).where(c.digest == digest).values(gateway_id=gateway_id)
+    )
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class GatewayState:
     gateway_id: str
@@ -630,21 +666,57 @@ class GatewayState:
 
 def record_ack(
     conn: Connection, *, gateway_id: str, cluster: str, revision: int, now: datetime
-) -> None:
+) -> int:
+    """The gateway says it has applied ``revision``: believed up to what it was served and the
+    head. Returns the applied revision recorded."""
     now_us = to_micros(now)
-    updated = conn.execute(
-        update(t.gateways)
-        .where(t.gateways.c.gateway_id == gateway_id)
-        .values(cluster=cluster, applied_revision=revision, last_seen=now_us)
-    )
-    if updated.rowcount == 0:
+    g = t.gateways.c
+    row = conn.execute(
+        select(g.applied_revision, g.served_revision).where(g.gateway_id == gateway_id)
+    ).first()
+    served = 0 if row is None else int(row.served_revision)
+    believed = revision <= min(served, current_revision(conn))
+    applied = revision if believed else (0 if row is None else int(row.applied_revision))
+    if row is None:
         conn.execute(
             insert(t.gateways).values(
                 gateway_id=gateway_id,
                 cluster=cluster,
-                applied_revision=revision,
+                applied_revision=applied,
                 first_seen=now_us,
                 last_seen=now_us,
+                served_revision=0,
+            )
+        )
+    else:
+        conn.execute(
+            update(t.gateways)
+            .where(g.gateway_id == gateway_id)
+            .values(cluster=cluster, applied_revision=applied, last_seen=now_us)
+        )
+    return applied
+
+
+def record_served(
+    conn: Connection, *, gateway_id: str, cluster: str, revision: int, now: datetime
+) -> None:
+    """The control plane sent ``gateway_id`` everything up to ``revision`` (a snapshot or a batch
+    of changes); a gateway's first snapshot registers it."""
+    updated = conn.execute(
+        update(t.gateways)
+        .where(t.gateways.c.gateway_id == gateway_id)
+        .values(served_revision=revision)
+    )
+    if updated.rowcount == 0:
+        now_us = to_micros(now)
+        conn.execute(
+            insert(t.gateways).values(
+                gateway_id=gateway_id,
+                cluster=cluster,
+                applied_revision=0,
+                first_seen=now_us,
+                last_seen=now_us,
+                served_revision=revision,
             )
         )
 

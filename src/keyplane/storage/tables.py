@@ -193,6 +193,8 @@ cluster_credentials = Table(
     Column("cluster", String(128), nullable=False),
     Column("create_time", BigInteger, nullable=False),
     Column("revoke_time", BigInteger),
+    # The one gateway this credential speaks for, bound on its first poll (registration).
+    Column("gateway_id", String(128)),
 )
 
 gateways = Table(
@@ -203,4 +205,6 @@ gateways = Table(
     Column("applied_revision", BigInteger, nullable=False),
     Column("first_seen", BigInteger, nullable=False),
     Column("last_seen", BigInteger, nullable=False),
+    # The newest revision the control plane has sent it: an ack above it applies nothing.
+    Column("served_revision", BigInteger, nullable=False, server_default="0"),
 )

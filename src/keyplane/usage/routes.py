@@ -44,11 +44,12 @@ def ingest_router(ctx: Context, settings: Settings) -> APIRouter:
         authorization: Annotated[str | None, Header()] = None,
         gateway: Annotated[str | None, Header(alias=GATEWAY_HEADER)] = None,
     ) -> dict[str, Any]:
-        cluster = await run_in_threadpool(feed.authenticate_gateway, ctx, authorization)
         if not gateway or len(gateway) > 128 or not gateway.isprintable():
             raise InvalidArgument(
                 "a gateway id of 1-128 characters is required", field=GATEWAY_HEADER
             )
+        # The credential speaks for one gateway: usage is shipped under its id only.
+        cluster = await run_in_threadpool(feed.authenticate_gateway_as, ctx, authorization, gateway)
         data = await read_capped(request, MAX_BATCH_BYTES)
         result = await run_in_threadpool(
             ingest.ingest,
