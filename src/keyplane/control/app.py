@@ -384,6 +384,9 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return app.openapi_schema
 
 
+_ROUTINE_PATHS = ("/internal/", "/healthz")
+
+
 class AccessLog:
     """One log line per request: method, path, status, time. Never headers or bodies, which may
     carry secrets. Plain ASGI: FastAPI's ``@app.middleware`` costs a fifth of a request here."""
@@ -428,7 +431,10 @@ class AccessLog:
                     }
                 )
         finally:
-            log.info(
+            # Probes and the gateways' feed (a long-poll every few seconds, per gateway) are
+            # routine: at debug, unless they failed.
+            routine = status < 400 and scope["path"].startswith(_ROUTINE_PATHS)
+            (log.debug if routine else log.info)(
                 "request",
                 method=scope["method"],
                 path=scope["path"],
