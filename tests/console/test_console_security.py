@@ -161,3 +161,27 @@ def test_the_secret_never_reaches_a_url_or_the_log(stack: Stack, page: Page) -> 
     assert secret not in log
     assert api_secret not in log
     assert "/console/sign-in" in log  # the log is the right one
+
+
+def test_the_console_has_exactly_the_keys_acls(stack: Stack, page: Page) -> None:
+    base = stack.dep.control_url
+    team_id, full = stack.dep.create_team("narrow")
+    _key_id, narrow = create_management_key(
+        stack.dep,
+        team_id,
+        name="read and create only",
+        acls=["team-token:endpoint:ListApiKeys", "team-token:endpoint:CreateApiKey"],
+    )
+    key_id = create_key(stack, team_id, full, "kept")
+    sign_in(page, base, narrow)
+    expect(page.get_by_role("link", name="kept")).to_be_visible()
+
+    page.goto(f"{base}/console/keys/{key_id}/delete")
+    page.get_by_role("button", name="Delete permanently").click()
+    expect(page.get_by_role("alert")).to_contain_text("team-token:endpoint:DeleteApiKey")
+    page.goto(f"{base}/console/usage")
+    expect(page.get_by_text("lacks BillingRead").first).to_be_visible()
+    expect(page.get_by_role("button", name="Save limit")).to_have_count(0)
+    with api(stack, full) as client:
+        names = [k["name"] for k in client.get(f"/auth/teams/{team_id}/api-keys").json()["apiKeys"]]
+    assert names == ["kept"]
