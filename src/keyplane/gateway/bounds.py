@@ -8,17 +8,12 @@ The check is linear and runs in C but for a walk over at most ``2 * max_containe
 
 from __future__ import annotations
 
-import re
-
 from keyplane.domain.errors import InvalidArgument
 
 MAX_DEPTH = 64
 MAX_CONTAINERS = 100_000
 
-# A string literal with its escapes already removed, terminated or not (so the scan never restarts
-# inside one): brackets inside strings are text, not structure.
-_STRING = re.compile(rb'"[^"]*+(?:"|\Z)')
-_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'[]{}"\\')
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'[]{}"')
 _OPENERS = frozenset(b"[{")
 
 
@@ -29,12 +24,13 @@ def check_shape(
     ``max_containers`` arrays and objects. Says nothing of whether it is valid JSON."""
     if body.count(b"[") + body.count(b"{") <= min(max_depth, max_containers):
         return  # the common case: too few containers to nest too deep or be too many
-    # Only brackets, quotes and backslashes matter. Escapes go next, left to right as JSON reads
-    # them (an escaped backslash before an escaped quote), so no quote left is escaped; then
-    # strings, brackets and all; what remains is the structure.
-    shape = body.translate(None, _NOT_STRUCTURE)
-    shape = shape.replace(b"\\\\", b"").replace(b'\\"', b"")
-    brackets = _STRING.sub(b"", shape)
+    # Escapes go first, left to right as JSON reads them (an escaped backslash before an escaped
+    # quote), so no quote left is escaped; then all but brackets and quotes.
+    unescaped = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    shape = unescaped.translate(None, _NOT_STRUCTURE)
+    # With escapes gone, quotes alternate: every other piece between them is inside a string
+    # (an unterminated string's tail included).
+    brackets = b"".join(shape.split(b'"')[::2])
     if len(brackets) > 2 * max_containers:
         raise InvalidArgument(
             f"The request body holds more than {max_containers} arrays and objects."

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from keyplane.domain.errors import InvalidArgument
 from keyplane.gateway.bounds import check_shape
 
-_tricky_text = st.text(alphabet=st.sampled_from('[]{}"\\ ab,:'), max_size=8)
+_tricky_text = st.text(alphabet=st.sampled_from('[]{}"\\ ab,:\n\té\x00'), max_size=8)
 _values = st.recursive(
     st.none() | st.integers() | _tricky_text,
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_tricky_text, inner, max_size=3),
@@ -36,9 +36,16 @@ def _containers(value: Any) -> int:
     return 0
 
 
-@given(_values, st.integers(min_value=0, max_value=4), st.integers(min_value=0, max_value=8))
-def test_refuses_exactly_the_bodies_over_a_bound(value: Any, depth: int, containers: int) -> None:
-    body = json.dumps(value).encode()
+@given(
+    _values,
+    st.integers(min_value=0, max_value=4),
+    st.integers(min_value=0, max_value=8),
+    st.booleans(),
+)
+def test_refuses_exactly_the_bodies_over_a_bound(
+    value: Any, depth: int, containers: int, draw_ascii: bool
+) -> None:
+    body = json.dumps(value, ensure_ascii=draw_ascii).encode()
     too_deep = _depth(value) > depth
     too_many = _containers(value) > containers
     try:
