@@ -26,12 +26,12 @@ if str(ROOT) not in sys.path:
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(1, str(ROOT / "src"))
 
+from tests.support.management import connect  # noqa: E402
 from tests.support.procs import (  # noqa: E402
     OPERATOR,
     Deployment,
     Proc,
     free_port,
-    mgmt_client,
     wait_for,
 )
 
@@ -39,8 +39,8 @@ __all__ = [
     "OPERATOR",
     "Deployment",
     "Proc",
+    "connect",
     "free_port",
-    "mgmt_client",
     "wait_for",
 ]
 

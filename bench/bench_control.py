@@ -3,7 +3,7 @@ and on PostgreSQL (a throwaway server the bench starts with initdb on a free loo
 stops at the end), with the same measurements on each:
 
 (a) sustained CreateApiKey throughput with 8 concurrent clients (8 threads, one keep-alive
-    httpx.Client each), for CREATES creates or CREATE_SECONDS, whichever comes first;
+    httpx2.Client each), for CREATES creates or CREATE_SECONDS, whichever comes first;
 (b) ListApiKeys latency, pageSize=100, on a team holding 100,000 keys (loaded in-process before
     the server starts): the first page again and again, and a walk with paginationToken;
 (c) the server's RSS (VmRSS) idle after start, after the list runs, and after the creates.
@@ -31,7 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as harness
-import httpx
+import httpx2
 
 KEYS = int(os.environ.get("BENCH_KEYS", "100000"))
 CLIENTS = 8
@@ -53,7 +53,7 @@ def bench_creates(url: str, team_id: str, secret: str, server_pid: int) -> dict[
 
     def worker() -> None:
         nonlocal issued
-        with harness.mgmt_client(url, secret) as client:
+        with harness.connect(url, secret) as client:
             while True:
                 with lock:
                     if issued >= CREATES or time.perf_counter() >= deadline:
@@ -70,7 +70,7 @@ def bench_creates(url: str, team_id: str, secret: str, server_pid: int) -> dict[
                 try:
                     r = client.post(f"/auth/teams/{team_id}/api-keys", json=body)
                     status = str(r.status_code)
-                except httpx.HTTPError as error:
+                except httpx2.HTTPError as error:
                     status = type(error).__name__
                 dt = time.perf_counter() - t0
                 with lock:
@@ -80,7 +80,7 @@ def bench_creates(url: str, team_id: str, secret: str, server_pid: int) -> dict[
                         errors[status] = errors.get(status, 0) + 1
 
     # warm-up: connection setup, first-request imports, SQLite page cache
-    with harness.mgmt_client(url, secret) as client:
+    with harness.connect(url, secret) as client:
         for i in range(20):
             client.post(f"/auth/teams/{team_id}/api-keys", json={"name": f"warm {i}"})
 
@@ -112,7 +112,7 @@ def bench_list(url: str, team_id: str, secret: str) -> dict[str, Any]:
     first: list[float] = []
     walk: list[float] = []
     walked_keys = 0
-    with harness.mgmt_client(url, secret) as client:
+    with harness.connect(url, secret) as client:
         for _ in range(10):  # warm-up
             client.get(path, params={"pageSize": PAGE_SIZE}).raise_for_status()
         for _ in range(FIRST_PAGE_REQUESTS):
@@ -169,7 +169,7 @@ def bench_list(url: str, team_id: str, secret: str) -> dict[str, Any]:
 
 def bench_list_all(url: str, team_id: str, secret: str) -> tuple[float, int, int]:
     """One ListApiKeys without pageSize (the contract's "absent → all"): seconds, keys, bytes."""
-    with httpx.Client(
+    with httpx2.Client(
         base_url=url, headers={"Authorization": f"Bearer {secret}"}, timeout=120.0
     ) as client:
         t0 = time.perf_counter()

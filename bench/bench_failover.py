@@ -35,7 +35,7 @@ from keyplane.ratelimit import (
     RedisLimiterSettings,
     RequestLimit,
 )
-from tests.contract.ratelimit_fixtures import RedisServer, require_redis_server
+from tests.support.redis import RedisServer, require_redis_server
 
 LIMIT = 20
 TASKS = 16  # per replica

@@ -27,15 +27,15 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import httpx
+import httpx2
 from _harness import (
     OPERATOR,
     Deployment,
+    connect,
     cpu_seconds,
     footer,
     header,
     log,
-    mgmt_client,
     percentile,
     pid_of,
     table,
@@ -259,7 +259,7 @@ def hottest(raw: Path, top: int = 12) -> list[tuple[str, str]]:
 
 
 class Redis:
-    """The throwaway redis-server of tests.contract.ratelimit_fixtures, or nothing if none is
+    """The throwaway redis-server of tests.support.redis, or nothing if none is
     installed."""
 
     def __init__(self) -> None:
@@ -271,7 +271,7 @@ class Redis:
         if executable is None:
             log("redis-server not on PATH: the Redis rows are left out")
             return self
-        from tests.contract.ratelimit_fixtures import RedisServer
+        from tests.support.redis import RedisServer
 
         self.server = RedisServer(executable)
         self.server.start()
@@ -300,7 +300,7 @@ class Redis:
 def failures_metric(url: str) -> float:
     """keyplane_ratelimit_failures_total summed over policies, from a gateway's /metrics."""
     total = 0.0
-    for line in httpx.get(url + "/metrics", headers=OPERATOR, timeout=5.0).text.splitlines():
+    for line in httpx2.get(url + "/metrics", headers=OPERATOR, timeout=5.0).text.splitlines():
         if line.startswith("keyplane_ratelimit_failures_total"):
             total += float(line.rsplit(" ", 1)[1])
     return total
@@ -328,7 +328,7 @@ def http_section(tmp: Path, redis: Redis) -> list[str]:
             )
             gateways.append(("gateway-redis", "gateway (Redis limiter)", redis_gw))
         team, mgmt = dep.create_team("bench")
-        with mgmt_client(dep.control_url, mgmt) as c:
+        with connect(dep.control_url, mgmt) as c:
             key = c.post(
                 f"/auth/teams/{team}/api-keys",
                 json={"name": "bench", "acls": ["api-key:endpoint:*", "api-key:model:*"],
@@ -392,7 +392,7 @@ def http_section(tmp: Path, redis: Redis) -> list[str]:
         check = ""
         if redis.url is not None:
             fell_back = failures_metric(redis_gw.url)
-            health = httpx.get(redis_gw.url + "/healthz", timeout=5.0).json().get("limiter")
+            health = httpx2.get(redis_gw.url + "/healthz", timeout=5.0).json().get("limiter")
             counters = redis.count_keys(f"keyplane:rl:{CLUSTER}:*")
             check = (
                 f" Redis gateway after the load: limiter {health!r}, {fell_back:.0f} decisions "

@@ -40,7 +40,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as harness
-import httpx
+import httpx2
 
 CLUSTERS = ("us-east-1", "eu-west-1")
 CHANGES = int(os.environ.get("BENCH_CHANGES", "1000"))
@@ -74,7 +74,7 @@ def background(
 
     def worker() -> None:
         nonlocal issued
-        with harness.mgmt_client(url, secret) as client:
+        with harness.connect(url, secret) as client:
             while not stop.is_set():
                 with lock:
                     n = issued
@@ -97,7 +97,7 @@ def background(
                             json={"apiKey": {"name": f"bg {n}"}, "fieldMask": "name"},
                         )
                     status = str(r.status_code)
-                except httpx.HTTPError as error:
+                except httpx2.HTTPError as error:
                     status = type(error).__name__
                 with lock:
                     if status == "200":
@@ -122,7 +122,7 @@ class Prober:
     """Polls both gateways' GET /v1/api-key until a condition holds on both."""
 
     def __init__(self, urls: list[str]) -> None:
-        self.clients = [httpx.Client(base_url=u, timeout=5.0) for u in urls]
+        self.clients = [httpx2.Client(base_url=u, timeout=5.0) for u in urls]
         self.polls = 0
 
     def close(self) -> None:
@@ -154,7 +154,7 @@ def measure(
     started = time.perf_counter()
     n = 0
     try:
-        with harness.mgmt_client(control_url, secret) as client:
+        with harness.connect(control_url, secret) as client:
             while n < changes and time.perf_counter() - started < PHASE_SECONDS:
                 # create
                 m0 = time.perf_counter()
@@ -245,7 +245,7 @@ def latency_rows(label: str, result: dict[str, Any]) -> list[list[Any]]:
 
 def wait_synced(url: str, revision: int | None = None, timeout: float = 30.0) -> dict[str, Any]:
     def ok() -> dict[str, Any] | None:
-        response = httpx.get(url + "/healthz", headers=harness.OPERATOR, timeout=2.0)
+        response = httpx2.get(url + "/healthz", headers=harness.OPERATOR, timeout=2.0)
         body: dict[str, Any] = response.json()
         if body.get("synced") and (revision is None or body.get("revision") == revision):
             return body
@@ -315,7 +315,7 @@ def latency_phase(tmp: Path, backend: str = "sqlite", pg: Any = None) -> dict[st
         out["bg_errors"] = bg["errors"]
         out["cpu"] = {k: v / (window[1] - window[0]) for k, v in cpu.items()}
         out["gateway_revision"] = [
-            httpx.get(u + "/healthz", headers=harness.OPERATOR).json()["revision"] for u in urls
+            httpx2.get(u + "/healthz", headers=harness.OPERATOR).json()["revision"] for u in urls
         ]
         out["rss"] = {p.name: harness.rss_kib(harness.pid_of(p)) for p in dep.procs}
     finally:
@@ -365,7 +365,7 @@ def snapshot_phase(tmp: Path) -> dict[str, Any]:
         done.set()
         watcher.join()
         out["control_rss_peak"] = peak[0]
-        r = httpx.get(gw.url + "/v1/api-key", headers={"Authorization": f"Bearer {sample_secret}"})
+        r = httpx2.get(gw.url + "/v1/api-key", headers={"Authorization": f"Bearer {sample_secret}"})
         assert r.status_code == 200, r.text
         assert r.json()["api_key_id"] == sample_id, r.text
         gpid = harness.pid_of(gw)
@@ -384,7 +384,7 @@ def snapshot_phase(tmp: Path) -> dict[str, Any]:
         t0 = time.perf_counter()
         again.start(timeout=60)  # /healthz answers only once the replica is loaded
         out["restart_port_s"] = time.perf_counter() - t0
-        r = httpx.get(
+        r = httpx2.get(
             again.url + "/v1/api-key", headers={"Authorization": f"Bearer {sample_secret}"}
         )
         out["restart_serves_s"] = time.perf_counter() - t0

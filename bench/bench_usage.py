@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import httpx
+import httpx2
 from _harness import (
     Deployment,
+    connect,
     cpu_seconds,
     footer,
     header,
-    mgmt_client,
     percentile,
     pid_of,
     table,
@@ -119,7 +119,7 @@ def gateway_section(tmp: Path) -> str:
             },
         )
         team, mgmt = dep.create_team("bench")
-        with mgmt_client(dep.control_url, mgmt) as c:
+        with connect(dep.control_url, mgmt) as c:
             key = c.post(
                 f"/auth/teams/{team}/api-keys",
                 json={"name": "bench", "acls": ["api-key:endpoint:*", "api-key:model:*"]},
@@ -128,7 +128,7 @@ def gateway_section(tmp: Path) -> str:
         for gw in (on, off):
 
             def known(url: str = gw.url) -> bool:
-                return httpx.get(url + "/v1/api-key", headers=auth).status_code == 200
+                return httpx2.get(url + "/v1/api-key", headers=auth).status_code == 200
 
             wait_for(known, what=f"key on {gw.name}")
         per_request: dict[str, list[float]] = {"on": [], "off": []}
@@ -220,7 +220,7 @@ def ingest_rate(tmp: Path, engine: str, pg_url: str | None) -> tuple[float, floa
         }
         latencies = []
         offset = 0
-        with httpx.Client(base_url=dep.control_url, headers=headers, timeout=60.0) as client:
+        with httpx2.Client(base_url=dep.control_url, headers=headers, timeout=60.0) as client:
             started = time.perf_counter()
             for data in payloads:
                 t0 = time.perf_counter()
@@ -377,7 +377,7 @@ def query_section(tmp: Path) -> str:
              body("TIME_UNIT_DAY", "America/New_York")),
         ]  # fmt: skip
         rows = []
-        with mgmt_client(dep.control_url, mgmt) as c:
+        with connect(dep.control_url, mgmt) as c:
             for name, request in shapes:
                 path = f"/v1/billing/teams/{team}/usage"
                 first = c.post(path, json=request)

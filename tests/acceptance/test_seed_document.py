@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
-from tests.support.procs import Deployment, control_client, wait_for
+from tests.support.management import ManagementClient, connect
+from tests.support.procs import Deployment, wait_for
 
 DOCUMENT = (Path(__file__).parent / "using-management-api.txt").read_text()
 DOC_BASE = "https://management-api.x.ai"
@@ -112,7 +113,7 @@ def run_curl(
         if data is not None:
             sent["Content-Type"] = "application/x-www-form-urlencoded"
         sent.update(h.split(": ", 1) for h in headers)
-        r = httpx.request(curl.method, url, headers=sent, content=data, timeout=10)
+        r = httpx2.request(curl.method, url, headers=sent, content=data, timeout=10)
         return Answer(r.status_code, r.content)
     # The URL is one argument: in a shell the list URL's unquoted "&" would end the command,
     # which the document plainly does not mean.
@@ -145,8 +146,8 @@ class Team:
     def auth(self) -> str:
         return f"Authorization: Bearer {self.secret}"
 
-    def client(self) -> httpx.Client:
-        return control_client(self.base, self.secret)
+    def client(self) -> ManagementClient:
+        return ManagementClient(self.team_id, self.secret, connect(self.base, self.secret))
 
     def create(self, **values: str) -> dict[str, Any]:
         answer = run_curl(CREATE, self.base, values={**self.values, **values})
@@ -163,9 +164,7 @@ def team(module_deployment: Deployment) -> Team:
 
 def listed(team: Team) -> dict[str, dict[str, Any]]:
     with team.client() as c:
-        r = c.get(f"/auth/teams/{team.team_id}/api-keys")
-    assert r.status_code == 200, r.text
-    return {k["apiKeyId"]: k for k in r.json()["apiKeys"]}
+        return {k["apiKeyId"]: k for k in c.list_keys()}
 
 
 # -- the document, request by request -----------------------------------------------------------
@@ -314,9 +313,7 @@ def test_list_models(team: Team, module_deployment: Deployment) -> None:
     # "The model names in the output can be used ... as api-key:model:<model-name>"
     acls = [f"api-key:model:{name}" for name in sorted(names)]
     with team.client() as c:
-        r = c.post(f"/auth/teams/{team.team_id}/api-keys", json={"name": "models", "acls": acls})
-    assert r.status_code == 200, r.text
-    assert r.json()["aclStrings"] == acls
+        assert c.create_key(acls, name="models")["aclStrings"] == acls
 
 
 def test_list_endpoint_acls(team: Team) -> None:
@@ -332,9 +329,7 @@ def test_list_endpoint_acls(team: Team) -> None:
         assert entry["description"]
     # "You can then apply the endpoint ACL strings to your API keys."
     with team.client() as c:
-        r = c.post(f"/auth/teams/{team.team_id}/api-keys", json={"name": "eps", "acls": acls})
-    assert r.status_code == 200, r.text
-    assert r.json()["aclStrings"] == acls
+        assert c.create_key(acls, name="eps")["aclStrings"] == acls
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from keyplane.ratelimit import (
     RequestLimit,
     TokenLimit,
 )
-from tests.contract.ratelimit_fixtures import RedisServer, require_redis_server
+from tests.support.redis import RedisServer, require_redis_server
 
 
 @pytest.fixture

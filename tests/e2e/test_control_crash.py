@@ -7,11 +7,12 @@ import threading
 import time
 import uuid
 
-import httpx
+import httpx2
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.support.procs import Deployment, control_client, wait_for
+from tests.support.management import connect
+from tests.support.procs import Deployment, wait_for
 
 WRITERS = 3
 KILL_AFTER = 100
@@ -28,14 +29,14 @@ class Creator(threading.Thread):
         self.failed: BaseException | None = None
 
     def run(self) -> None:
-        with control_client(self.url, self.secret) as client:
+        with connect(self.url, self.secret) as client:
             while time.monotonic() < self.deadline:
                 try:
                     r = client.post(
                         f"/auth/teams/{self.team_id}/api-keys",
                         json={"name": f"crash {uuid.uuid4()}", "acls": ["api-key:model:*"]},
                     )
-                except httpx.TransportError:
+                except httpx2.TransportError:
                     return  # the server is gone: whatever was in flight is unknown, not confirmed
                 if r.status_code != 200:
                     self.failed = AssertionError(f"{r.status_code}: {r.text}")
@@ -87,7 +88,7 @@ def test_sigkill_mid_writes_loses_no_confirmed_key_and_leaves_no_gap(
     assert len(answered) >= KILL_AFTER
 
     deployment.start_control()
-    with control_client(deployment.control_url, secret) as client:
+    with connect(deployment.control_url, secret) as client:
         r = client.get(f"/auth/teams/{team_id}/api-keys")
         assert r.status_code == 200, r.text
         listed = {k["apiKeyId"] for k in r.json()["apiKeys"]}

@@ -9,18 +9,13 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.support.procs import (
-    Deployment,
-    admin_context,
-    control_client,
-    create_team_in,
-    wait_for,
-)
+from tests.support.management import connect
+from tests.support.procs import Deployment, admin_context, create_team_in, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +28,7 @@ def new_team(dep: Deployment, admin: Any) -> tuple[str, str]:
     return create_team_in(admin, f"pages-{uuid.uuid4()}")
 
 
-def create(client: httpx.Client, team_id: str, **fields: Any) -> dict[str, Any]:
+def create(client: httpx2.Client, team_id: str, **fields: Any) -> dict[str, Any]:
     r = client.post(f"/auth/teams/{team_id}/api-keys", json={"name": "k", **fields})
     assert r.status_code == 200, r.text
     created: dict[str, Any] = r.json()
@@ -41,7 +36,7 @@ def create(client: httpx.Client, team_id: str, **fields: Any) -> dict[str, Any]:
 
 
 def pages(
-    client: httpx.Client, team_id: str, params: dict[str, Any], between: Any = None
+    client: httpx2.Client, team_id: str, params: dict[str, Any], between: Any = None
 ) -> Iterator[list[dict[str, Any]]]:
     token = ""
     while True:
@@ -68,7 +63,7 @@ class Writer(threading.Thread):
     ) -> None:
         super().__init__(daemon=True)
         self.creates = creates
-        self.client = control_client(dep.control_url, secret)
+        self.client = connect(dep.control_url, secret)
         self.team_id = team_id
         self.old = old
         self.created: list[str] = []
@@ -100,7 +95,7 @@ def test_every_key_appears_exactly_once_while_others_are_written(
     module_deployment: Deployment, admin: Any, page_size: int
 ) -> None:
     team_id, secret = new_team(module_deployment, admin)
-    with control_client(module_deployment.control_url, secret) as client:
+    with connect(module_deployment.control_url, secret) as client:
         before = [create(client, team_id, name=f"old {i}")["apiKeyId"] for i in range(30)]
         writer = Writer(module_deployment, team_id, secret, before, creates=20)
         writer.start()
@@ -163,7 +158,7 @@ def test_acl_filters_match_the_brute_force_answer(
     active_only: bool,
 ) -> None:
     team_id, secret = new_team(module_deployment, admin)
-    with control_client(module_deployment.control_url, secret) as client:
+    with connect(module_deployment.control_url, secret) as client:
         keys = []
         for acls, expired in specs:
             fields: dict[str, Any] = {"acls": acls}

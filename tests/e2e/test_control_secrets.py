@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.procs import Deployment, admin_context, control_client, create_team_in
+from tests.support.management import connect
+from tests.support.procs import Deployment, admin_context, create_team_in
 
 
 def digest(secret: str) -> str:
@@ -44,7 +45,7 @@ def exercised(module_deployment: Deployment) -> dict[str, Any]:
     live: dict[str, str] = {}  # key id -> its current secret
     retired: list[str] = []  # secrets replaced by a rotation
     errors: list[str] = []  # the text of every error answer
-    with control_client(dep.control_url, management_secret) as c:
+    with connect(dep.control_url, management_secret) as c:
         for i in range(5):
             body = {"name": f"key {i}", "acls": ["api-key:model:*"], "qps": i + 1, "tpm": "100"}
             created = c.post(path, json=body).json()
@@ -81,7 +82,7 @@ def exercised(module_deployment: Deployment) -> dict[str, Any]:
     # A management key that looks right but is not one, and an API key in its place.
     impostor = "xai-mgmt-" + "Q" * 80
     for bearer in (impostor, secret):
-        with control_client(dep.control_url, bearer) as c:
+        with connect(dep.control_url, bearer) as c:
             r = c.get(path)
             assert r.status_code == 401
             errors.append(r.text)

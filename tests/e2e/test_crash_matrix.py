@@ -25,11 +25,12 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
+from tests.support.management import connect
 from tests.support.postgres import PostgresServer, require_postgres
-from tests.support.procs import Deployment, Proc, admin_context, control_client, wait_for
+from tests.support.procs import Deployment, Proc, admin_context, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -73,7 +74,7 @@ class Writer(threading.Thread):
         threading.Thread.__init__(self, daemon=True)
 
     def run(self) -> None:
-        with control_client(self.url, self.management) as client:
+        with connect(self.url, self.management) as client:
             for n in itertools.count():
                 if self.done.is_set() or time.monotonic() > self.deadline:
                     return
@@ -81,12 +82,12 @@ class Writer(threading.Thread):
                     return
 
     def _send(
-        self, client: httpx.Client, method: str, path: str, body: Any = None
-    ) -> httpx.Response | None:
+        self, client: httpx2.Client, method: str, path: str, body: Any = None
+    ) -> httpx2.Response | None:
         """The answer, or None when the server went away (or failed) before acknowledging."""
         try:
             r = client.request(method, path, json=body)
-        except httpx.TransportError:
+        except httpx2.TransportError:
             return None
         if r.status_code >= 500:
             return None  # not acknowledged: its outcome is unknown, like a lost connection
@@ -95,7 +96,7 @@ class Writer(threading.Thread):
             return None
         return r
 
-    def _cycle(self, client: httpx.Client, n: int) -> bool:
+    def _cycle(self, client: httpx2.Client, n: int) -> bool:
         """One key's life: create, two updates, a rotation, a delete. False: stop."""
         name = f"crash-{uuid.uuid4()}"
         self.pending_create = name
@@ -243,7 +244,7 @@ def test_acknowledged_changes_survive_sigkill_and_nothing_half_exists(case: Case
             assert not writer.is_alive()
         writers_so_far += writers
         # The control plane answers again (after PostgreSQL's recovery, too) ...
-        with control_client(case.dep.control_url, management) as client:
+        with connect(case.dep.control_url, management) as client:
             listing = f"/auth/teams/{team}/api-keys"
             wait_for(
                 partial(lambda c, path: c.get(path).status_code == 200, client, listing),

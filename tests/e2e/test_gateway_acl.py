@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from tests.support.gateway import (
@@ -22,8 +22,6 @@ from tests.support.gateway import (
     chat_body,
     error_of,
     from_now,
-    start_stack,
-    stop_stack,
 )
 from tests.support.procs import wait_for
 
@@ -42,38 +40,27 @@ CALLS: list[tuple[str, str, str, dict[str, Any] | None]] = [
 ]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    running = start_stack(tmp_path_factory.mktemp("gateway-acl"), (US, EU))
-    yield running
-    stop_stack(running)
+STACK_CLUSTERS = (US, EU)
 
 
 @pytest.fixture
-def team(stack: Stack) -> Iterator[Team]:
-    fresh = stack.new_team("acl")
-    yield fresh
-    fresh.close()
-
-
-@pytest.fixture
-def us(stack: Stack) -> Iterator[httpx.Client]:
+def us(stack: Stack) -> Iterator[httpx2.Client]:
     with stack.client(cluster=US) as client:
         yield client
 
 
 def call(
-    client: httpx.Client, key: Key | None, method: str, path: str, body: Any = None
-) -> httpx.Response:
+    client: httpx2.Client, key: Key | None, method: str, path: str, body: Any = None
+) -> httpx2.Response:
     headers = key.auth if key is not None else {}
     return client.request(method, path, json=body, headers=headers)
 
 
-def chat(client: httpx.Client, key: Key, model: str = "grok-4") -> httpx.Response:
+def chat(client: httpx2.Client, key: Key, model: str = "grok-4") -> httpx2.Response:
     return call(client, key, "POST", "/v1/chat/completions", chat_body(model, max_tokens=3))
 
 
-def assert_denied(response: httpx.Response, *fragments: str) -> str:
+def assert_denied(response: httpx2.Response, *fragments: str) -> str:
     status, code, message = error_of(response)
     assert (status, code) == (403, "permission-denied"), response.text
     for fragment in fragments:
@@ -84,7 +71,7 @@ def assert_denied(response: httpx.Response, *fragments: str) -> str:
 # -- ACLs ---------------------------------------------------------------------------------------
 
 
-def test_endpoint_denied(team: Team, us: httpx.Client) -> None:
+def test_endpoint_denied(team: Team, us: httpx2.Client) -> None:
     key = team.create_key(["api-key:endpoint:embed", "api-key:model:*"])
     message = assert_denied(chat(us, key), "Access to the chat endpoint is denied")
     assert key.redacted in message
@@ -94,7 +81,7 @@ def test_endpoint_denied(team: Team, us: httpx.Client) -> None:
     assert ok.status_code == 200, ok.text
 
 
-def test_model_denied_names_the_model(team: Team, us: httpx.Client) -> None:
+def test_model_denied_names_the_model(team: Team, us: httpx2.Client) -> None:
     key = team.create_key(["api-key:endpoint:chat", "api-key:model:grok-3"])
     assert_denied(
         chat(us, key, "grok-4"),
@@ -106,7 +93,7 @@ def test_model_denied_names_the_model(team: Team, us: httpx.Client) -> None:
     assert_denied(chat(us, key, "grok-4-latest"), "against grok-4-latest")
 
 
-def test_alias_grants(team: Team, us: httpx.Client) -> None:
+def test_alias_grants(team: Team, us: httpx2.Client) -> None:
     by_alias = team.create_key(["api-key:endpoint:chat", "api-key:model:grok-4-latest"])
     response = chat(us, by_alias, "grok-4-latest")
     assert response.status_code == 200, response.text
@@ -121,7 +108,7 @@ def test_alias_grants(team: Team, us: httpx.Client) -> None:
         assert response.status_code == 200, (name, response.text)
 
 
-def test_wildcards_open_every_endpoint(team: Team, us: httpx.Client) -> None:
+def test_wildcards_open_every_endpoint(team: Team, us: httpx2.Client) -> None:
     key = team.create_key(["api-key:endpoint:*", "api-key:model:*"])
     for name, method, path, body in CALLS:
         response = call(us, key, method, path, body)
@@ -131,7 +118,7 @@ def test_wildcards_open_every_endpoint(team: Team, us: httpx.Client) -> None:
     assert "grok-code-fast-1" in listed  # served in us-east-1
 
 
-def test_no_acls_can_do_nothing_but_introspect(team: Team, us: httpx.Client) -> None:
+def test_no_acls_can_do_nothing_but_introspect(team: Team, us: httpx2.Client) -> None:
     key = team.create_key([])
     for name, method, path, body in CALLS:
         response = call(us, key, method, path, body)
@@ -144,7 +131,7 @@ def test_no_acls_can_do_nothing_but_introspect(team: Team, us: httpx.Client) -> 
     assert call(us, key, "GET", "/v1/me").json()["api_key"]["api_key_id"] == key.key_id
 
 
-def test_unknown_model_is_not_found(team: Team, us: httpx.Client) -> None:
+def test_unknown_model_is_not_found(team: Team, us: httpx2.Client) -> None:
     key = team.create_key(["api-key:endpoint:*", "api-key:model:*"])
     for response in (
         chat(us, key, "no-such-model"),
@@ -169,7 +156,7 @@ def test_model_not_served_in_the_cluster_is_not_found(stack: Stack, team: Team) 
         assert us.post("/v1/chat/completions", json=body).status_code == 200
 
 
-def test_models_lists_only_what_the_key_may_use(team: Team, us: httpx.Client) -> None:
+def test_models_lists_only_what_the_key_may_use(team: Team, us: httpx2.Client) -> None:
     key = team.create_key(["api-key:endpoint:models", "api-key:model:grok-3"])
     response = call(us, key, "GET", "/v1/models")
     assert response.status_code == 200, response.text
@@ -182,7 +169,7 @@ def test_models_lists_only_what_the_key_may_use(team: Team, us: httpx.Client) ->
 # -- key states ---------------------------------------------------------------------------------
 
 
-def test_disabled_key(team: Team, us: httpx.Client) -> None:
+def test_disabled_key(team: Team, us: httpx2.Client) -> None:
     key = team.create_key(["api-key:endpoint:*", "api-key:model:*"])
     assert chat(us, key).status_code == 200
     team.update_key(key, "disabled", disabled=True)
@@ -198,7 +185,7 @@ def test_disabled_key(team: Team, us: httpx.Client) -> None:
     assert chat(us, key).status_code == 200
 
 
-def test_expired_key(team: Team, us: httpx.Client) -> None:
+def test_expired_key(team: Team, us: httpx2.Client) -> None:
     key = team.create_key(["api-key:endpoint:*", "api-key:model:*"], expireTime=from_now(-60))
     assert_denied(chat(us, key), "expired", key.redacted)
     info = call(us, key, "GET", "/v1/api-key")
@@ -206,7 +193,7 @@ def test_expired_key(team: Team, us: httpx.Client) -> None:
     assert info.json()["api_key_id"] == key.key_id
 
 
-def test_key_expiring_while_in_use(team: Team, us: httpx.Client) -> None:
+def test_key_expiring_while_in_use(team: Team, us: httpx2.Client) -> None:
     key = team.create_key(["api-key:endpoint:*", "api-key:model:*"], expireTime=from_now(3))
     first = chat(us, key)
     if first.status_code == 403:  # the start-up took longer than the key's life: nothing to see
@@ -219,7 +206,7 @@ def test_key_expiring_while_in_use(team: Team, us: httpx.Client) -> None:
     assert_denied(chat(us, key), "expired")
 
 
-def test_rotated_key_grace_then_only_the_new_secret(team: Team, us: httpx.Client) -> None:
+def test_rotated_key_grace_then_only_the_new_secret(team: Team, us: httpx2.Client) -> None:
     key = team.create_key(["api-key:endpoint:*", "api-key:model:*"])
     assert chat(us, key).status_code == 200
     grace = 3.0
@@ -241,7 +228,7 @@ def test_rotated_key_grace_then_only_the_new_secret(team: Team, us: httpx.Client
     assert chat(us, new).status_code == 200
 
 
-def test_deleted_key(team: Team, us: httpx.Client) -> None:
+def test_deleted_key(team: Team, us: httpx2.Client) -> None:
     key = team.create_key(["api-key:endpoint:*", "api-key:model:*"])
     assert chat(us, key).status_code == 200
     team.delete_key(key)
@@ -252,7 +239,7 @@ def test_deleted_key(team: Team, us: httpx.Client) -> None:
         assert key.secret not in message
 
 
-def test_missing_and_malformed_credentials(stack: Stack, us: httpx.Client) -> None:
+def test_missing_and_malformed_credentials(stack: Stack, us: httpx2.Client) -> None:
     body = chat_body(max_tokens=3)
     response = us.post("/v1/chat/completions", json=body)
     assert error_of(response) == (
@@ -279,7 +266,7 @@ def test_missing_and_malformed_credentials(stack: Stack, us: httpx.Client) -> No
 # -- the order of checks ------------------------------------------------------------------------
 
 
-def test_state_is_checked_before_acls(team: Team, us: httpx.Client) -> None:
+def test_state_is_checked_before_acls(team: Team, us: httpx2.Client) -> None:
     key = team.create_key(["api-key:endpoint:embed"])
     team.update_key(key, "disabled", disabled=True)
     assert_denied(chat(us, key), "disabled")
@@ -289,7 +276,7 @@ def test_state_is_checked_before_acls(team: Team, us: httpx.Client) -> None:
     assert "disabled" in message
 
 
-def test_endpoint_is_checked_before_the_model(team: Team, us: httpx.Client) -> None:
+def test_endpoint_is_checked_before_the_model(team: Team, us: httpx2.Client) -> None:
     key = team.create_key(["api-key:endpoint:embed", "api-key:model:*"])
     assert_denied(chat(us, key, "no-such-model"), "Access to the chat endpoint is denied")
     # With the endpoint granted the same request is a 404, so the 403 above was the ACL.
@@ -297,12 +284,12 @@ def test_endpoint_is_checked_before_the_model(team: Team, us: httpx.Client) -> N
     assert chat(us, granted, "no-such-model").status_code == 404
 
 
-def test_model_existence_is_checked_before_the_model_acl(team: Team, us: httpx.Client) -> None:
+def test_model_existence_is_checked_before_the_model_acl(team: Team, us: httpx2.Client) -> None:
     key = team.create_key(["api-key:endpoint:chat", "api-key:model:grok-3"])
     assert chat(us, key, "no-such-model").status_code == 404
 
 
-def test_rejected_requests_consume_no_quota(team: Team, us: httpx.Client) -> None:
+def test_rejected_requests_consume_no_quota(team: Team, us: httpx2.Client) -> None:
     # qpm, not qps: all of this surely happens inside one 60 s window, however slow the machine.
     key = team.create_key(["api-key:endpoint:chat", "api-key:model:grok-3"], qpm=1)
     for _ in range(5):

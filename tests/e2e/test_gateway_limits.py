@@ -10,15 +10,14 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
-from tests.support.gateway import Key, Stack, Team, error_of, start_stack, stop_stack
+from tests.support.gateway import Key, Stack, Team, error_of
 
 CATALOG = """
 [[models]]
@@ -44,18 +43,7 @@ TOKEN_HEADERS = (
 )
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    running = start_stack(tmp_path_factory.mktemp("gateway-limits"), extra_config=CATALOG)
-    yield running
-    stop_stack(running)
-
-
-@pytest.fixture
-def team(stack: Stack) -> Iterator[Team]:
-    fresh = stack.new_team("limits")
-    yield fresh
-    fresh.close()
+STACK_CONFIG = CATALOG
 
 
 def chat_body(model: str = "free", prompt: str = "Count", **extra: Any) -> dict[str, Any]:
@@ -66,7 +54,7 @@ def small(model: str = "free") -> dict[str, Any]:
     return chat_body(model, max_tokens=1)
 
 
-def assert_429(response: httpx.Response, *fragments: str, tokens: bool = False) -> str:
+def assert_429(response: httpx2.Response, *fragments: str, tokens: bool = False) -> str:
     status, code, message = error_of(response)
     assert (status, code) == (429, "resource-exhausted"), response.text
     retry_after = response.headers.get("retry-after")
@@ -88,7 +76,7 @@ class LoadResult:
     #: (send, receive, status) of every request, times from time.monotonic().
     calls: list[tuple[float, float, int]] = field(default_factory=list)
     #: One refused answer, kept whole for its headers and body.
-    refusal: httpx.Response | None = None
+    refusal: httpx2.Response | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def admitted(self) -> list[tuple[float, float]]:
@@ -184,7 +172,7 @@ def test_qpm_never_exceeded_and_nearly_reached(stack: Stack, team: Team) -> None
 # -- tpm ----------------------------------------------------------------------------------------
 
 
-def remaining_tokens(response: httpx.Response) -> int:
+def remaining_tokens(response: httpx2.Response) -> int:
     assert response.headers["x-ratelimit-limit-tokens"] == "1000"
     return int(response.headers["x-ratelimit-remaining-tokens"])
 
@@ -338,7 +326,7 @@ def test_team_model_limit_is_shared_by_the_team_s_keys(stack: Stack, team: Team)
     try:
         outsider = other.create_key(acls)
         statuses: list[int] = []
-        refusals: list[httpx.Response] = []
+        refusals: list[httpx2.Response] = []
         with stack.client() as client:
             for i in range(8):
                 # Both keys, and the model by its name and by its alias: one counter.

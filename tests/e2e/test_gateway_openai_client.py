@@ -8,28 +8,13 @@ from __future__ import annotations
 
 import base64
 import struct
-from collections.abc import Iterator
 from typing import Any
 
-import httpx
+import httpx2
 import openai
 import pytest
 
-from tests.support.gateway import HELLO, WILDCARD, Key, Stack, Team, start_stack, stop_stack
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    running = start_stack(tmp_path_factory.mktemp("gateway-openai"))
-    yield running
-    stop_stack(running)
-
-
-@pytest.fixture
-def team(stack: Stack) -> Iterator[Team]:
-    fresh = stack.new_team("openai")
-    yield fresh
-    fresh.close()
+from tests.support.gateway import HELLO, WILDCARD, Key, Stack, Team
 
 
 @pytest.fixture
@@ -42,7 +27,7 @@ def sdk(stack: Stack, secret: str) -> openai.OpenAI:
 
 
 def direct(stack: Stack, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    response = httpx.post(stack.dep.model_url + path, json=body, timeout=15.0)
+    response = httpx2.post(stack.dep.model_url + path, json=body, timeout=15.0)
     assert response.status_code == 200, response.text
     answer: dict[str, Any] = response.json()
     return answer

@@ -18,10 +18,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
-from tests.support.procs import Deployment, control_client, wait_for
+from tests.support.management import connect
+from tests.support.procs import Deployment, wait_for
 
 CLUSTER = "us-east-1"
 UPSTREAM_KEY = "upstream-token-" + uuid.uuid4().hex
@@ -136,8 +137,8 @@ def world(tmp_path: Path) -> Iterator[World]:
         server.server_close()
 
 
-def chat(url: str, secret: str, model: str, **extra: Any) -> httpx.Response:
-    return httpx.post(
+def chat(url: str, secret: str, model: str, **extra: Any) -> httpx2.Response:
+    return httpx2.post(
         url + "/v1/chat/completions",
         json={"model": model, "messages": [{"role": "user", "content": "hi"}], **extra},
         headers={
@@ -156,7 +157,7 @@ def test_no_secret_reaches_the_model_server_a_gateway_log_or_its_replica(world: 
     acls = ["api-key:endpoint:*", "api-key:model:*"]
     secrets: list[str] = [world.management, world.credential]
     digests: list[str] = []
-    with control_client(dep.control_url, world.management) as c:
+    with connect(dep.control_url, world.management) as c:
 
         def make() -> tuple[str, str]:
             r = c.post(f"/auth/teams/{world.team}/api-keys", json={"name": "k", "acls": acls})
@@ -191,7 +192,7 @@ def test_no_secret_reaches_the_model_server_a_gateway_log_or_its_replica(world: 
         assert chat(gateway_url, unknown, "keyed").status_code == 400
         assert chat(gateway_url, "not-a-key-" + rotated, "keyed").status_code in (400, 401)
         assert chat(gateway_url, world.management, "keyed").status_code == 400
-        query = httpx.get(gateway_url + "/v1/models", params={"api_key": rotated}, timeout=5)
+        query = httpx2.get(gateway_url + "/v1/models", params={"api_key": rotated}, timeout=5)
         assert query.status_code in (400, 401)
         disabled_id, disabled = make()
         secrets.append(disabled)

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from tests.support.gateway import (
@@ -23,46 +22,30 @@ from tests.support.gateway import (
     chat_body,
     error_of,
     sse_data,
-    start_stack,
-    stop_stack,
     stream_chat,
 )
 from tests.support.procs import wait_for
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    running = start_stack(tmp_path_factory.mktemp("gateway-streaming"))
-    yield running
-    stop_stack(running)
-
-
-@pytest.fixture
-def team(stack: Stack) -> Iterator[Team]:
-    fresh = stack.new_team("streaming")
-    yield fresh
-    fresh.close()
-
-
 def direct(stack: Stack, path: str, body: dict[str, Any]) -> dict[str, Any]:
     """The model server's own answer to ``body``, bypassing the gateway."""
-    response = httpx.post(stack.dep.model_url + path, json=body, timeout=15.0)
+    response = httpx2.post(stack.dep.model_url + path, json=body, timeout=15.0)
     assert response.status_code == 200, response.text
     answer: dict[str, Any] = response.json()
     return answer
 
 
-def tpm_refusal(client: httpx.Client, key: Key, tpm: int) -> int:
+def tpm_refusal(client: httpx2.Client, key: Key, tpm: int) -> int:
     """Wait until ``key`` is refused by tpm; return the tokens charged that the 429 reports.
 
     Polls GET /v1/models/{id}, which passes the key's limits but is charged no tokens itself.
     """
 
-    def refused() -> httpx.Response | None:
+    def refused() -> httpx2.Response | None:
         response = client.get("/v1/models/grok-4", headers=key.auth)
         return response if response.status_code == 429 else None
 
-    response: httpx.Response = wait_for(refused, timeout=10.0, what="tpm to refuse the key")
+    response: httpx2.Response = wait_for(refused, timeout=10.0, what="tpm to refuse the key")
     status, code, message = error_of(response)
     assert (status, code) == (429, "resource-exhausted")
     marker = "tpm limit exceeded: "
@@ -217,13 +200,13 @@ def test_client_giving_up_before_the_first_byte_frees_the_upstream_and_costs_not
     before = stack.model_stats()
     with (
         stack.client(key.secret) as client,
-        pytest.raises(httpx.ReadTimeout),
+        pytest.raises(httpx2.ReadTimeout),
     ):
         client.post(
             "/v1/chat/completions",
             json=chat_body(max_tokens=50),
             headers={"x-keyplane-latency-ms": "30000"},
-            timeout=httpx.Timeout(15.0, read=0.5),
+            timeout=httpx2.Timeout(15.0, read=0.5),
         )
 
     def upstream_released() -> bool:

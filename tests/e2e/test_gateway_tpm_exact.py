@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from tests.support.gateway import Key, Stack, Team, error_of, start_stack, stop_stack
@@ -34,7 +34,7 @@ def team(stack: Stack) -> Iterator[Team]:
     fresh.close()
 
 
-def ask(client: httpx.Client, completion: int, **extra: Any) -> httpx.Response:
+def ask(client: httpx2.Client, completion: int, **extra: Any) -> httpx2.Response:
     """A request whose usage is exactly 1 + ``completion`` tokens."""
     body = {
         "model": "free",
@@ -45,7 +45,7 @@ def ask(client: httpx.Client, completion: int, **extra: Any) -> httpx.Response:
     return client.post("/v1/chat/completions", json=body)
 
 
-def admitted(response: httpx.Response, *, remaining: int, total: int | None = None) -> None:
+def admitted(response: httpx2.Response, *, remaining: int, total: int | None = None) -> None:
     assert response.status_code == 200, response.text
     assert response.headers["x-ratelimit-limit-tokens"] == "10"
     assert response.headers["x-ratelimit-remaining-tokens"] == str(remaining)
@@ -54,7 +54,7 @@ def admitted(response: httpx.Response, *, remaining: int, total: int | None = No
         assert (usage["prompt_tokens"], usage["total_tokens"]) == (1, total)
 
 
-def refused(response: httpx.Response, charged: int, key: Key) -> None:
+def refused(response: httpx2.Response, charged: int, key: Key) -> None:
     status, code, message = error_of(response)
     assert (status, code) == (429, "resource-exhausted"), response.text
     assert f"tpm limit exceeded: {charged}/10" in message, message

@@ -28,12 +28,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 
-from tests.contract.ratelimit_fixtures import RedisServer, require_redis_server
 from tests.support.load import Shot, count, loaded_key, run_load
 from tests.support.procs import OPERATOR, Deployment, wait_for
+from tests.support.redis import RedisServer, require_redis_server
 
 pytestmark = pytest.mark.slow
 
@@ -131,7 +131,7 @@ def cluster_for(
 
 
 def limiter_states(urls: Sequence[str]) -> list[str]:
-    return [str(httpx.get(u + "/healthz", timeout=5).json()["limiter"]) for u in urls]
+    return [str(httpx2.get(u + "/healthz", timeout=5).json()["limiter"]) for u in urls]
 
 
 def metric(text: str, name: str) -> float:
@@ -263,7 +263,7 @@ def test_limits_hold_through_a_redis_fault(
     # (1 s for a loaded machine's event loop; tests/contract/test_ratelimit_failover.py holds the
     # tight bound).
     for url in urls:
-        page = httpx.get(url + "/metrics", headers=OPERATOR, timeout=5).text
+        page = httpx2.get(url + "/metrics", headers=OPERATOR, timeout=5).text
         assert metric(page, 'keyplane_ratelimit_transitions_total{to="down"}') >= 1
         assert metric(page, 'keyplane_ratelimit_transitions_total{to="up"}') >= 1
         assert metric(page, "keyplane_ratelimit_redis_up") == 1

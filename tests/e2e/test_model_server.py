@@ -1,5 +1,5 @@
 """The built-in model server as a real process, spoken to over HTTP by the official openai client
-and by raw httpx: what a gateway or benchmark in front of it will see.
+and by raw httpx2: what a gateway or benchmark in front of it will see.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
@@ -82,8 +82,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         def accepts() -> bool:
             assert proc.poll() is None, log.read_text()
             try:
-                return httpx.get(url + "/health", timeout=1).status_code == 200
-            except httpx.TransportError:
+                return httpx2.get(url + "/health", timeout=1).status_code == 200
+            except httpx2.TransportError:
                 return False
 
         _wait_until(accepts, 15, "the model server to accept connections")
@@ -110,17 +110,17 @@ def client(server: Server) -> Iterator[openai.OpenAI]:
 
 
 @pytest.fixture(scope="module")
-def http(server: Server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=10) as c:
+def http(server: Server) -> Iterator[httpx2.Client]:
+    with httpx2.Client(base_url=server.url, timeout=10) as c:
         yield c
 
 
-def count_tokens(http: httpx.Client, text: str) -> int:
+def count_tokens(http: httpx2.Client, text: str) -> int:
     response = http.post("/v1/tokenize-text", json={"model": "keyplane-mini", "text": text})
     return len(response.json()["token_ids"])
 
 
-def stats(http: httpx.Client) -> dict[str, int]:
+def stats(http: httpx2.Client) -> dict[str, int]:
     result: dict[str, int] = http.get("/_stats").json()
     return result
 
@@ -148,7 +148,7 @@ def decode_png(data: bytes) -> tuple[int, int]:
 # -- chat through the openai client ---------------------------------------------------------------
 
 
-def test_chat_plain(client: openai.OpenAI, http: httpx.Client) -> None:
+def test_chat_plain(client: openai.OpenAI, http: httpx2.Client) -> None:
     completion = client.chat.completions.create(model="keyplane-mini", messages=PROMPT)
     assert completion.model == "keyplane-mini"
     choice = completion.choices[0]
@@ -240,7 +240,7 @@ def test_responses_and_legacy_completions(client: openai.OpenAI) -> None:
 # -- embeddings and images ------------------------------------------------------------------------
 
 
-def test_embeddings_float_and_base64(client: openai.OpenAI, http: httpx.Client) -> None:
+def test_embeddings_float_and_base64(client: openai.OpenAI, http: httpx2.Client) -> None:
     inputs = ["the quick brown fox", "jumps over"]
     as_float = client.embeddings.create(
         model="keyplane-embed", input=inputs, encoding_format="float"
@@ -283,7 +283,7 @@ def test_images_are_real_pngs(client: openai.OpenAI) -> None:
 # -- raw HTTP: tokenize, models, errors, knobs ----------------------------------------------------
 
 
-def test_tokenize_text(http: httpx.Client) -> None:
+def test_tokenize_text(http: httpx2.Client) -> None:
     text = "Hello, wörld!  42"
     tokens = http.post("/v1/tokenize-text", json={"model": "keyplane-mini", "text": text}).json()
     pieces = tokens["token_ids"]
@@ -292,14 +292,14 @@ def test_tokenize_text(http: httpx.Client) -> None:
     assert all(isinstance(p["token_id"], int) for p in pieces)
 
 
-def test_models(http: httpx.Client) -> None:
+def test_models(http: httpx2.Client) -> None:
     listed = http.get("/v1/models").json()
     assert [m["id"] for m in listed["data"]] == MODELS
     assert http.get("/v1/models/keyplane-embed").json()["object"] == "model"
     assert http.get("/v1/models/gpt-4o").status_code == 404
 
 
-def test_errors_in_openai_shape(http: httpx.Client) -> None:
+def test_errors_in_openai_shape(http: httpx2.Client) -> None:
     missing = http.get("/v1/nothing-here")
     assert missing.status_code == 404
     assert missing.json()["error"]["type"] == "invalid_request_error"
@@ -319,7 +319,7 @@ def test_errors_in_openai_shape(http: httpx.Client) -> None:
     assert failed.json()["error"]["type"] == "server_error"
 
 
-def test_latency_header(http: httpx.Client) -> None:
+def test_latency_header(http: httpx2.Client) -> None:
     started = time.monotonic()
     response = http.post(
         "/v1/embeddings",
@@ -330,12 +330,12 @@ def test_latency_header(http: httpx.Client) -> None:
     assert time.monotonic() - started >= 0.15
 
 
-def test_mid_stream_disconnect_frees_the_stream(server: Server, http: httpx.Client) -> None:
+def test_mid_stream_disconnect_frees_the_stream(server: Server, http: httpx2.Client) -> None:
     before = stats(http)
     body = {"model": "keyplane-mini", "messages": PROMPT, "stream": True, "max_tokens": 100_000}
     # Its own client, so closing the response closes its connection.
     with (
-        httpx.Client(base_url=server.url, timeout=10) as streaming,
+        httpx2.Client(base_url=server.url, timeout=10) as streaming,
         streaming.stream(
             "POST",
             "/v1/chat/completions",

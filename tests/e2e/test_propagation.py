@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import httpx
+import httpx2
 import pytest
 
-from tests.support.procs import Deployment, mgmt_client, wait_for
+from tests.support.management import connect
+from tests.support.procs import Deployment, wait_for
 
 CLUSTERS = ("us-east-1", "eu-west-1")
 
@@ -20,28 +21,28 @@ def running(deployment: Deployment) -> Deployment:
     return deployment
 
 
-def whoami(dep: Deployment, cluster: str, secret: str) -> httpx.Response:
-    return httpx.get(
+def whoami(dep: Deployment, cluster: str, secret: str) -> httpx2.Response:
+    return httpx2.get(
         dep.gateway_url(cluster) + "/v1/api-key",
         headers={"Authorization": f"Bearer {secret}"},
         timeout=5,
     )
 
 
-def propagation(client: httpx.Client, key_id: str) -> dict[str, bool]:
+def propagation(client: httpx2.Client, key_id: str) -> dict[str, bool]:
     response = client.get(f"/auth/api-keys/{key_id}/propagation")
     assert response.status_code == 200, response.text
     status: dict[str, bool] = response.json()["icPropagation"]
     return status
 
 
-def all_true(client: httpx.Client, key_id: str) -> bool:
+def all_true(client: httpx2.Client, key_id: str) -> bool:
     status = propagation(client, key_id)
     assert set(status) == {f"{c}.api.test" for c in CLUSTERS}
     return all(status.values())
 
 
-def create(client: httpx.Client, team: str, **body: object) -> dict[str, object]:
+def create(client: httpx2.Client, team: str, **body: object) -> dict[str, object]:
     response = client.post(f"/auth/teams/{team}/api-keys", json={"name": "k", **body})
     assert response.status_code == 200, response.text
     created: dict[str, object] = response.json()
@@ -50,7 +51,7 @@ def create(client: httpx.Client, team: str, **body: object) -> dict[str, object]
 
 def test_every_change_reaches_both_gateways(running: Deployment) -> None:
     team, mgmt = running.create_team("acme")
-    with mgmt_client(running.control_url, mgmt) as c:
+    with connect(running.control_url, mgmt) as c:
         key = create(c, team, acls=["api-key:endpoint:*"], qps=5)
         key_id, secret = str(key["apiKeyId"]), str(key["apiKey"])
         wait_for(lambda: all_true(c, key_id), what="create propagated")
@@ -128,7 +129,7 @@ def test_killed_gateway_serves_its_last_state_at_once_then_catches_up(running: D
     team, mgmt = running.create_team("acme")
     gateway = next(p for p in running.procs if p.name == "gateway-us-east-1-0")
     control = next(p for p in running.procs if p.name == "control")
-    with mgmt_client(running.control_url, mgmt) as c:
+    with connect(running.control_url, mgmt) as c:
         before = create(c, team)
         wait_for(lambda: all_true(c, str(before["apiKeyId"])), what="first key everywhere")
         gateway.kill()
@@ -145,7 +146,7 @@ def test_killed_gateway_serves_its_last_state_at_once_then_catches_up(running: D
     gateway.start()
     assert whoami(running, "us-east-1", str(before["apiKey"])).status_code == 200
     assert whoami(running, "us-east-1", str(after["apiKey"])).status_code == 400
-    health = httpx.get(running.gateway_url("us-east-1") + "/healthz").json()
+    health = httpx2.get(running.gateway_url("us-east-1") + "/healthz").json()
     assert health["synced"] is False
 
     # The control plane returns: the gateway catches up from its revision.
@@ -154,7 +155,7 @@ def test_killed_gateway_serves_its_last_state_at_once_then_catches_up(running: D
         lambda: whoami(running, "us-east-1", str(after["apiKey"])).status_code == 200,
         what="restarted gateway catches up",
     )
-    with mgmt_client(running.control_url, mgmt) as c:
+    with connect(running.control_url, mgmt) as c:
         wait_for(lambda: all_true(c, str(after["apiKeyId"])), what="both clusters true again")
     assert "snapshot_applied" not in gateway.log().split("gateway_starting")[-1], (
         "a restart resumes from its revision, it does not take a new snapshot"
@@ -163,7 +164,7 @@ def test_killed_gateway_serves_its_last_state_at_once_then_catches_up(running: D
 
 def test_gateways_keep_enforcing_while_the_control_plane_is_down(running: Deployment) -> None:
     team, mgmt = running.create_team("acme")
-    with mgmt_client(running.control_url, mgmt) as c:
+    with connect(running.control_url, mgmt) as c:
         key = create(c, team)
         wait_for(lambda: all_true(c, str(key["apiKeyId"])), what="key everywhere")
     next(p for p in running.procs if p.name == "control").kill()
@@ -176,7 +177,7 @@ def test_a_cut_off_cluster_reports_false_and_recovers(running: Deployment) -> No
     team, mgmt = running.create_team("acme")
     eu = next(p for p in running.procs if p.name == "gateway-eu-west-1-0")
     eu.stop()
-    with mgmt_client(running.control_url, mgmt) as c:
+    with connect(running.control_url, mgmt) as c:
         key = create(c, team)
         key_id = str(key["apiKeyId"])
         wait_for(lambda: propagation(c, key_id)["us-east-1.api.test"], what="us-east-1 true")
@@ -190,10 +191,10 @@ def test_feed_refuses_anything_but_a_cluster_credential(running: Deployment) -> 
     _team, mgmt = running.create_team("acme")
     url = running.control_url + "/internal/v1/changes?after=0&wait=0"
     headers = {"x-keyplane-gateway": "intruder"}
-    assert httpx.get(url, headers=headers).status_code == 401
+    assert httpx2.get(url, headers=headers).status_code == 401
     for token in (mgmt, "kpgw-" + "a" * 80, "garbage"):
-        r = httpx.get(url, headers={**headers, "Authorization": f"Bearer {token}"})
+        r = httpx2.get(url, headers={**headers, "Authorization": f"Bearer {token}"})
         assert r.status_code == 401, r.text
-    assert httpx.get(running.control_url + "/internal/v1/snapshot").status_code == 401
-    paths = httpx.get(running.control_url + "/openapi.json").json()["paths"]
+    assert httpx2.get(running.control_url + "/internal/v1/snapshot").status_code == 401
+    paths = httpx2.get(running.control_url + "/openapi.json").json()["paths"]
     assert not any(p.startswith("/internal") for p in paths)

@@ -9,22 +9,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
-from tests.support.procs import Deployment, admin_context, control_client, wait_for
+from tests.support.management import connect
+from tests.support.procs import Deployment, admin_context, wait_for
 
 US, EU = "us-east-1", "eu-west-1"
 
 
-def status(client: httpx.Client, key_id: str) -> dict[str, bool]:
+def status(client: httpx2.Client, key_id: str) -> dict[str, bool]:
     r = client.get(f"/auth/api-keys/{key_id}/propagation")
     assert r.status_code == 200, r.text
     raw: dict[str, bool] = r.json()["icPropagation"]
     return {name: raw[f"{name}.api.test"] for name in (US, EU)}
 
 
-def create(client: httpx.Client, team: str) -> tuple[str, str]:
+def create(client: httpx2.Client, team: str) -> tuple[str, str]:
     r = client.post(f"/auth/teams/{team}/api-keys", json={"name": "k"})
     assert r.status_code == 200, r.text
     return r.json()["apiKeyId"], r.json()["apiKey"]
@@ -43,7 +44,7 @@ class FakeFollower:
         self.applied = 0
 
     def poll(self) -> dict[str, Any]:
-        r = httpx.get(
+        r = httpx2.get(
             self.url + "/internal/v1/changes",
             params={"after": self.applied, "wait": 0},
             headers={
@@ -68,7 +69,7 @@ def test_a_follower_that_never_applies_keeps_the_key_false(control_and_us: Deplo
     dep = control_and_us
     team, mgmt = dep.create_team("acme")
     fake = FakeFollower(dep, EU)
-    with control_client(dep.control_url, mgmt) as client:
+    with connect(dep.control_url, mgmt) as client:
         key_id, _ = create(client, team)
         wait_for(lambda: status(client, key_id)[US], what="the real gateway applied it")
         # The fake is sent the change, again and again, and stays live by polling ...
@@ -104,7 +105,7 @@ def test_a_cluster_silent_past_the_liveness_window_reads_false(
     dep = short_liveness
     team, mgmt = dep.create_team("acme")
     eu = next(p for p in dep.procs if p.name == f"gateway-{EU}-0")
-    with control_client(dep.control_url, mgmt) as client:
+    with connect(dep.control_url, mgmt) as client:
         key_id, secret = create(client, team)
         wait_for(lambda: status(client, key_id) == {US: True, EU: True}, what="everywhere")
         eu.kill()  # it had applied the key; now it is silent
@@ -112,7 +113,7 @@ def test_a_cluster_silent_past_the_liveness_window_reads_false(
         # The live cluster stays true: only silence past the window made eu false.
         eu.start()
         wait_for(lambda: status(client, key_id) == {US: True, EU: True}, what="eu back")
-    r = httpx.get(
+    r = httpx2.get(
         dep.gateway_url(EU) + "/v1/api-key", headers={"Authorization": f"Bearer {secret}"}
     )
     assert r.status_code == 200

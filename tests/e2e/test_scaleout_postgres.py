@@ -10,12 +10,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
-import httpx
+import httpx2
 import psycopg
 import pytest
 
+from tests.support.management import connect
 from tests.support.postgres import PostgresServer, require_postgres
-from tests.support.procs import OPERATOR, Deployment, free_port, mgmt_client, wait_for
+from tests.support.procs import OPERATOR, Deployment, free_port, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +47,7 @@ def test_two_control_planes_one_database(pg_deployment: tuple[Deployment, str]) 
     lock = threading.Lock()
 
     def writer(url: str, n: int) -> None:
-        with mgmt_client(url, mgmt) as c:
+        with connect(url, mgmt) as c:
             for i in range(n):
                 r = c.post(f"/auth/teams/{team}/api-keys", json={"name": f"k{i}"})
                 with lock:
@@ -78,19 +79,19 @@ def test_two_control_planes_one_database(pg_deployment: tuple[Deployment, str]) 
     # Every gateway converges; ask either replica about propagation.
     def converged() -> bool:
         for cluster in dep.clusters:
-            health = httpx.get(dep.gateway_url(cluster) + "/healthz", headers=OPERATOR).json()
+            health = httpx2.get(dep.gateway_url(cluster) + "/healthz", headers=OPERATOR).json()
             if health["revision"] != 240:
                 return False
         return True
 
     wait_for(converged, timeout=30, what="gateways at revision 240")
-    with mgmt_client(second.url, mgmt) as c2, mgmt_client(first.url, mgmt) as c1:
+    with connect(second.url, mgmt) as c2, connect(first.url, mgmt) as c1:
         for i, key in enumerate(created[::20]):
             client = c1 if i % 2 else c2
             status = client.get(f"/auth/api-keys/{key['apiKeyId']}/propagation").json()
             assert all(status["icPropagation"].values()), status
     for cluster in dep.clusters:
-        r = httpx.get(
+        r = httpx2.get(
             dep.gateway_url(cluster) + "/v1/api-key",
             headers={"Authorization": f"Bearer {created[-1]['apiKey']}"},
         )
@@ -106,11 +107,11 @@ def test_a_change_through_one_replica_wakes_followers_of_the_other(
     second = dep.start_control(port=free_port())
     dep.start_gateway("us-east-1")
     team, mgmt = dep.create_team("acme")
-    with mgmt_client(second.url, mgmt) as c:
+    with connect(second.url, mgmt) as c:
         key = c.post(f"/auth/teams/{team}/api-keys", json={"name": "via two"}).json()
     wait_for(
         lambda: (
-            httpx.get(
+            httpx2.get(
                 dep.gateway_url("us-east-1") + "/v1/api-key",
                 headers={"Authorization": f"Bearer {key['apiKey']}"},
             ).status_code

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import httpx
+import httpx2
 import pytest
 
-from tests.contract.ratelimit_fixtures import RedisServer, require_redis_server
 from tests.support.load import count, loaded_key, max_certainly_admitted, run_load
 from tests.support.procs import OPERATOR, Deployment, wait_for
+from tests.support.redis import RedisServer, require_redis_server
 
 pytestmark = pytest.mark.slow
 
@@ -89,7 +89,7 @@ def test_tpm_is_shared_across_replicas(cluster: tuple[Deployment, list[str]]) ->
     charged = 0
     statuses = []
     for i in range(8):
-        r = httpx.post(
+        r = httpx2.post(
             urls[i % 2] + "/v1/chat/completions",
             json=body,
             headers={"Authorization": f"Bearer {secret}"},
@@ -114,24 +114,24 @@ def test_redis_down_applies_the_policy_then_recovers(
     redis_server.stop()
     try:
         down = run_load(urls, secret, clients=16, seconds=3, body=CHAT)
-        assert all(httpx.get(u + "/healthz").json()["limiter"] == "degraded" for u in urls)
+        assert all(httpx2.get(u + "/healthz").json()["limiter"] == "degraded" for u in urls)
     finally:
         redis_server.start()
     assert {s.status for s in down} <= {200, 429}, "no 5xx while Redis is down"
     # local policy: each of the two replicas enforces 20 / 2 = 10 per second on its own.
     assert max_certainly_admitted(down, 1.0) <= 20
     assert count(down, 200) > 0
-    metrics = [httpx.get(u + "/metrics", headers=OPERATOR).text for u in urls]
+    metrics = [httpx2.get(u + "/metrics", headers=OPERATOR).text for u in urls]
     assert any("keyplane_ratelimit_failures_total" in m for m in metrics)
 
     # Redis is back (and empty). Once each replica has used it again, the shared bound is exact.
     def back_on_redis(url: str) -> bool:
-        httpx.post(
+        httpx2.post(
             url + "/v1/chat/completions",
             json=CHAT,
             headers={"Authorization": f"Bearer {secret}"},
         )
-        return bool(httpx.get(url + "/healthz").json()["limiter"] == "ok")
+        return bool(httpx2.get(url + "/healthz").json()["limiter"] == "ok")
 
     for url in urls:
         wait_for(lambda u=url: back_on_redis(u), what="replica back on Redis")

@@ -18,7 +18,7 @@ from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 
 from keyplane.trial import CONTROL_OFFSETS, GATEWAY_OFFSETS, MODEL_SERVER_OFFSET, Ports
@@ -53,7 +53,7 @@ def free_port_base() -> int:
 
 
 def synced(url: str) -> bool:
-    return bool(httpx.get(url + "/healthz").json()["synced"])
+    return bool(httpx2.get(url + "/healthz").json()["synced"])
 
 
 class Trial:
@@ -71,9 +71,9 @@ class Trial:
             for replica, port in enumerate(ports)
         }
 
-    def client(self, index: int) -> httpx.Client:
+    def client(self, index: int) -> httpx2.Client:
         secret = (self.data_dir / "bootstrap-management-key").read_text().split()[-1]
-        return httpx.Client(
+        return httpx2.Client(
             base_url=self.control_url(index),
             headers={"Authorization": f"Bearer {secret}"},
             timeout=10,
@@ -163,7 +163,7 @@ def test_trial_restarts_each_child_alone_and_gateways_keep_serving(trial: Trial)
         sup.wait_restarted("gateway us-east-1/0", old)
         url = trial.gateways["gateway us-east-1/0"]
         wait_for(lambda: whoami(url, second) == 200, what="restarted gateway serving")
-        assert httpx.get(url + "/healthz").json()["synced"] is False
+        assert httpx2.get(url + "/healthz").json()["synced"] is False
         trial.answering([first, second])
     for index, old in enumerate(olds):
         sup.wait_restarted(f"control plane {index}", old)

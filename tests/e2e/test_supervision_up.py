@@ -11,10 +11,11 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 
-from tests.support.procs import Deployment, control_client, wait_for
+from tests.support.management import connect
+from tests.support.procs import Deployment, wait_for
 from tests.support.supervised import Supervised, alive, port_held, whoami
 
 CLUSTERS = ("us-east-1", "eu-west-1")
@@ -39,13 +40,13 @@ def bootstrap(supervised: Supervised, dep: Deployment) -> tuple[str, str]:
     return match.group(1), secret
 
 
-def create_key(client: httpx.Client, team: str) -> tuple[str, str]:
+def create_key(client: httpx2.Client, team: str) -> tuple[str, str]:
     r = client.post(f"/auth/teams/{team}/api-keys", json={"name": "k"})
     assert r.status_code == 200, r.text
     return r.json()["apiKeyId"], r.json()["apiKey"]
 
 
-def everywhere_true(client: httpx.Client, key_id: str) -> bool:
+def everywhere_true(client: httpx2.Client, key_id: str) -> bool:
     r = client.get(f"/auth/api-keys/{key_id}/propagation")
     return r.status_code == 200 and all(r.json()["icPropagation"].values())
 
@@ -67,7 +68,7 @@ def test_up_restarts_what_dies_and_keeps_the_rest_serving(
         "model server",
         *(f"gateway {c}" for c in CLUSTERS),
     }
-    with control_client(dep.control_url, secret) as client:
+    with connect(dep.control_url, secret) as client:
         first_id, first = create_key(client, team)
         wait_for(lambda: everywhere_true(client, first_id), what="first key propagated")
 
@@ -75,7 +76,7 @@ def test_up_restarts_what_dies_and_keeps_the_rest_serving(
     old = supervised.kill("control plane")
     answering(dep, [first])
     supervised.wait_restarted("control plane", old)
-    with control_client(dep.control_url, secret) as client:
+    with connect(dep.control_url, secret) as client:
         second_id, second = wait_for(lambda: create_key(client, team), what="control plane back")
         wait_for(lambda: everywhere_true(client, second_id), what="second key propagated")
     answering(dep, [first, second])
@@ -97,7 +98,7 @@ def test_up_restarts_what_dies_and_keeps_the_rest_serving(
         gateway = dep.gateway_url("us-east-1")
         wait_for(lambda: whoami(gateway, first) == 200, what="restarted gateway serving")
         answering(dep, [first, second])
-        assert httpx.get(gateway + "/healthz").json()["synced"] is False
+        assert httpx2.get(gateway + "/healthz").json()["synced"] is False
         wait_for(
             lambda: len(re.findall(r"control plane exited with", supervised.console())) >= 3,
             what="a failed restart of the control plane, retried",
@@ -105,7 +106,7 @@ def test_up_restarts_what_dies_and_keeps_the_rest_serving(
 
     # The control plane returns: everything catches up.
     supervised.wait_restarted("control plane", old_control)
-    with control_client(dep.control_url, secret) as client:
+    with connect(dep.control_url, secret) as client:
         third_id, third = wait_for(lambda: create_key(client, team), what="control plane back")
         wait_for(lambda: everywhere_true(client, third_id), timeout=40, what="all caught up")
         assert everywhere_true(client, first_id)

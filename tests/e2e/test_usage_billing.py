@@ -8,18 +8,14 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from keyplane.usage import ingest
 from keyplane.usage.record import UsageRecord, frame
 from tests.support.gateway import WILDCARD
-from tests.support.procs import (
-    Deployment,
-    admin_context,
-    control_client,
-    create_management_key,
-)
+from tests.support.management import connect
+from tests.support.procs import Deployment, admin_context, create_management_key
 
 NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
 
@@ -71,7 +67,7 @@ def usage_body(**request: Any) -> dict[str, Any]:
 class Team:
     def __init__(self, dep: Deployment, name: str) -> None:
         self.team_id, self.secret = dep.create_team(f"{name}-{uuid.uuid4().hex[:8]}")
-        self.client = control_client(dep.control_url, self.secret)
+        self.client = connect(dep.control_url, self.secret)
         self.keys = [self.create_key(f"{name} key {i}") for i in range(2)]
 
     def create_key(self, name: str) -> str:
@@ -82,7 +78,7 @@ class Team:
         key_id: str = response.json()["apiKeyId"]
         return key_id
 
-    def usage(self, team_id: str | None = None, **request: Any) -> httpx.Response:
+    def usage(self, team_id: str | None = None, **request: Any) -> httpx2.Response:
         return self.client.post(
             f"/v1/billing/teams/{team_id or self.team_id}/usage", json=usage_body(**request)
         )
@@ -167,12 +163,12 @@ def test_billing_acls_guard_the_rpcs(
         module_deployment, a.team_id, name="read", acls=["team-token:endpoint:BillingRead"]
     )
     limits = f"/v1/billing/teams/{a.team_id}/postpaid/spending-limits"
-    with control_client(module_deployment.control_url, none) as c:
+    with connect(module_deployment.control_url, none) as c:
         response = c.post(f"/v1/billing/teams/{a.team_id}/usage", json=usage_body())
         assert response.status_code == 403
         assert "BillingRead" in response.json()["error"]
         assert c.get(limits).status_code == 403
-    with control_client(module_deployment.control_url, read) as c:
+    with connect(module_deployment.control_url, read) as c:
         assert c.post(f"/v1/billing/teams/{a.team_id}/usage", json=usage_body()).status_code == 200
         assert c.get(limits).status_code == 200
         denied = c.post(limits, json={"desiredSoftSpendingLimit": {"val": "100"}})
@@ -195,7 +191,7 @@ def test_spending_limits_read_and_set_as_cent_objects(teams: tuple[Team, Team]) 
 
 
 def test_the_billing_rpcs_are_in_openapi(module_deployment: Deployment) -> None:
-    paths = httpx.get(module_deployment.control_url + "/openapi.json").json()["paths"]
+    paths = httpx2.get(module_deployment.control_url + "/openapi.json").json()["paths"]
     assert "post" in paths["/v1/billing/teams/{teamId}/usage"]
     assert {"get", "post"} <= set(paths["/v1/billing/teams/{teamId}/postpaid/spending-limits"])
     assert not any(p.startswith("/internal") for p in paths)

@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 
 from tests.support.gateway import WILDCARD, Key, Stack, chat_body, start_stack, stop_stack
@@ -38,14 +38,14 @@ class Traffic:
         self._threads = [threading.Thread(target=self._run) for _ in range(WORKERS)]
 
     def _run(self) -> None:
-        with httpx.Client(base_url=self.url, headers=self.key.auth, timeout=5.0) as client:
+        with httpx2.Client(base_url=self.url, headers=self.key.auth, timeout=5.0) as client:
             while not self._stop.is_set():
                 try:
                     ok = (
                         client.post("/v1/chat/completions", json=chat_body("free")).status_code
                         == 200
                     )
-                except httpx.HTTPError:
+                except httpx2.HTTPError:
                     ok = False
                     time.sleep(0.01)  # the gateway is down: don't spin
                 with self._lock:

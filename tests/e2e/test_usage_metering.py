@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
+import httpx2
 import pytest
 
 from tests.support.gateway import WILDCARD, Stack, chat_body, start_stack, stop_stack
@@ -37,7 +37,7 @@ def test_concurrent_requests_are_counted_exactly_with_the_model_servers_tokens(
 ) -> None:
     team = stack.new_team("metering")
     key = team.create_key(WILDCARD)
-    httpx.delete(stack.dep.model_url + "/_stats", headers=OPERATOR, timeout=5.0)
+    httpx2.delete(stack.dep.model_url + "/_stats", headers=OPERATOR, timeout=5.0)
     n = 120
 
     def one(i: int) -> int:

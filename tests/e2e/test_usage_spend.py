@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import httpx
+import httpx2
 import pytest
 
 from tests.support.gateway import WILDCARD, Key, Stack, Team, chat_body, start_stack, stop_stack
@@ -186,4 +186,4 @@ def test_a_team_at_its_spending_limit_is_refused_everywhere_until_it_is_raised(
         for e in team.mgmt.get(f"/audit/teams/{team.team_id}/events").json()["events"]
     }
     assert {"SetSpendingLimit", "BlockTeam", "UnblockTeam"} <= operations
-    assert httpx.get(stack.dep.control_url + "/healthz").status_code == 200
+    assert httpx2.get(stack.dep.control_url + "/healthz").status_code == 200

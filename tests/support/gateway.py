@@ -17,9 +17,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 
-from tests.support.procs import OPERATOR, Deployment, Proc, mgmt_client, wait_for
+from tests.support.management import ManagementClient, connect
+from tests.support.procs import OPERATOR, Deployment, Proc, wait_for
 
 #: A request to the built-in model server that is cheap and deterministic.
 HELLO = [{"role": "user", "content": "Say hello"}]
@@ -48,18 +49,21 @@ class Stack:
     def url(self, cluster: str | None = None) -> str:
         return self.dep.gateway_url(cluster or self.clusters[0])
 
-    def client(self, secret: str | None = None, cluster: str | None = None) -> httpx.Client:
+    def client(self, secret: str | None = None, cluster: str | None = None) -> httpx2.Client:
         """An HTTP client for a gateway, sending ``secret`` as the bearer token if given."""
         headers = {"Authorization": f"Bearer {secret}"} if secret is not None else {}
-        return httpx.Client(base_url=self.url(cluster), headers=headers, timeout=15.0)
+        return httpx2.Client(base_url=self.url(cluster), headers=headers, timeout=15.0)
 
     def new_team(self, prefix: str = "team") -> Team:
         self._teams += 1
         team_id, secret = self.dep.create_team(f"{prefix}-{self._teams}")
-        return Team(self, team_id, mgmt_client(self.dep.control_url, secret))
+        mgmt = ManagementClient(
+            team_id, secret, connect(self.dep.control_url, secret), defaults={"name": "e2e"}
+        )
+        return Team(self, mgmt)
 
     def model_stats(self) -> dict[str, int]:
-        response = httpx.get(self.dep.model_url + "/_stats", headers=OPERATOR, timeout=5.0)
+        response = httpx2.get(self.dep.model_url + "/_stats", headers=OPERATOR, timeout=5.0)
         assert response.status_code == 200, response.text
         stats: dict[str, int] = response.json()
         return stats
@@ -134,17 +138,21 @@ class Key:
 
 @dataclass
 class Team:
+    """A fresh team of a stack: its Management API client, and waits for its changes to reach
+    every gateway."""
+
     stack: Stack
-    team_id: str
-    mgmt: httpx.Client
+    mgmt: ManagementClient
+
+    @property
+    def team_id(self) -> str:
+        return self.mgmt.team_id
 
     def close(self) -> None:
         self.mgmt.close()
 
     def propagated(self, key_id: str) -> bool:
-        response = self.mgmt.get(f"/auth/api-keys/{key_id}/propagation")
-        assert response.status_code == 200, response.text
-        status: dict[str, bool] = response.json()["icPropagation"]
+        status = self.mgmt.propagation(key_id)
         assert set(status) == {f"{c}.api.test" for c in self.stack.clusters}, status
         return all(status.values())
 
@@ -154,42 +162,30 @@ class Team:
     def create_key(
         self, acls: Sequence[str] | None = None, *, wait: bool = True, **body: Any
     ) -> Key:
-        payload: dict[str, Any] = {"name": "e2e", **body}
-        if acls is not None:
-            payload["acls"] = list(acls)
-        response = self.mgmt.post(f"/auth/teams/{self.team_id}/api-keys", json=payload)
-        assert response.status_code == 200, response.text
-        created: dict[str, Any] = response.json()
+        created = self.mgmt.create_key(acls, **body)
         key = Key(created["apiKeyId"], created["apiKey"], created["redactedApiKey"], created)
         if wait:
             self.wait_propagated(key.key_id, "create")
         return key
 
     def update_key(self, key: Key, mask: str, *, wait: bool = True, **fields: Any) -> None:
-        response = self.mgmt.put(
-            f"/auth/api-keys/{key.key_id}", json={"apiKey": fields, "fieldMask": mask}
-        )
-        assert response.status_code == 200, response.text
+        self.mgmt.update_key(key.key_id, mask, **fields)
         if wait:
             self.wait_propagated(key.key_id, f"update of {mask}")
 
     def rotate_key(self, key: Key, *, wait: bool = True, **body: Any) -> Key:
-        response = self.mgmt.post(f"/auth/api-keys/{key.key_id}/rotate", json=body)
-        assert response.status_code == 200, response.text
-        rotated: dict[str, Any] = response.json()
-        assert rotated["apiKeyId"] == key.key_id
+        rotated = self.mgmt.rotate_key(key.key_id, **body)
         if wait:
             self.wait_propagated(key.key_id, "rotation")
         return Key(key.key_id, rotated["apiKey"], rotated["redactedApiKey"], rotated)
 
     def delete_key(self, key: Key, *, wait: bool = True) -> None:
-        response = self.mgmt.delete(f"/auth/api-keys/{key.key_id}")
-        assert response.status_code == 200, response.text
+        self.mgmt.delete_key(key.key_id)
         if wait:
             self.wait_propagated(key.key_id, "deletion")
 
 
-def error_of(response: httpx.Response) -> tuple[int, str, str]:
+def error_of(response: httpx2.Response) -> tuple[int, str, str]:
     """``(status, code, message)`` of a keyplane error answer; fails if it is not one."""
     body = response.json()
     assert set(body) == {"code", "error"}, body
@@ -242,7 +238,7 @@ def sse_data(lines: Iterator[str]) -> Iterator[str]:
 
 
 def stream_chat(
-    client: httpx.Client,
+    client: httpx2.Client,
     body: dict[str, Any],
     headers: dict[str, str] | None = None,
     *,

@@ -13,9 +13,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import httpx
+import httpx2
 
-from tests.support.procs import Deployment, mgmt_client, wait_for
+from tests.support.management import connect
+from tests.support.procs import Deployment, wait_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +44,7 @@ def run_load(
 
     def client(url: str) -> None:
         mine: list[Shot] = []
-        with httpx.Client(
+        with httpx2.Client(
             base_url=url, headers={"Authorization": f"Bearer {secret}"}, timeout=10
         ) as http:
             while time.monotonic() < deadline:
@@ -54,7 +55,7 @@ def run_load(
                 sent = time.monotonic()
                 try:
                     status = http.post(path, json=body).status_code
-                except httpx.HTTPError:
+                except httpx2.HTTPError:
                     status = -1
                 mine.append(Shot(sent, time.monotonic(), status))
         with lock:
@@ -88,7 +89,7 @@ def loaded_key(dep: Deployment, urls: Sequence[str], **limits: object) -> str:
     """A new team's API key with ``limits`` (e.g. ``qps=20``), once every gateway in ``urls``
     knows it."""
     team, mgmt = dep.create_team(f"team-{len(dep.procs)}-{time.monotonic_ns()}")
-    with mgmt_client(dep.control_url, mgmt) as c:
+    with connect(dep.control_url, mgmt) as c:
         r = c.post(
             f"/auth/teams/{team}/api-keys",
             json={"name": "load", "acls": ["api-key:endpoint:*", "api-key:model:*"], **limits},
@@ -98,7 +99,7 @@ def loaded_key(dep: Deployment, urls: Sequence[str], **limits: object) -> str:
     headers = {"Authorization": f"Bearer {secret}"}
 
     def known_everywhere() -> bool:
-        return all(httpx.get(u + "/v1/api-key", headers=headers).status_code == 200 for u in urls)
+        return all(httpx2.get(u + "/v1/api-key", headers=headers).status_code == 200 for u in urls)
 
     wait_for(known_everywhere, what="the key on every replica")
     return secret

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-import httpx
+import httpx2
 import pytest
 
 PYTHON = sys.executable
@@ -54,7 +53,7 @@ def wait_for(
     while time.monotonic() < deadline:
         try:
             result = condition()
-        except (httpx.HTTPError, OSError) as error:
+        except (httpx2.HTTPError, OSError) as error:
             last_error = error
             result = None
         if result:
@@ -82,7 +81,7 @@ class Proc:
         def ready() -> bool:
             if self.popen is not None and self.popen.poll() is not None:
                 raise AssertionError(f"{self.name} exited early:\n{self.log()}")
-            return httpx.get(self.url + ready_path, timeout=1.0).status_code < 500
+            return httpx2.get(self.url + ready_path, timeout=1.0).status_code < 500
 
         wait_for(ready, timeout=timeout, what=f"{self.name} at {self.url}")
         return self
@@ -258,12 +257,6 @@ class Deployment:
             proc.stop()
 
 
-def mgmt_client(base_url: str, secret: str) -> httpx.Client:
-    return httpx.Client(
-        base_url=base_url, headers={"Authorization": f"Bearer {secret}"}, timeout=10.0
-    )
-
-
 # -- operator shortcuts for control-plane tests (what the CLI would do, done in-process) ---------
 
 
@@ -304,16 +297,6 @@ def create_team_in(ctx: Any, name: str) -> tuple[str, str]:
     team = admin.create_team(ctx, name=name)
     key = admin.create_management_key(ctx, team_id=team.team_id, name=f"{name} key")
     return team.team_id, key.secret
-
-
-_TLS = ssl.create_default_context()
-
-
-def control_client(base_url: str, secret: str | None = None) -> httpx.Client:
-    """``mgmt_client``, sharing one TLS context: httpx builds a new one per client otherwise (about
-    80 ms each, which adds up over hundreds of short tests)."""
-    headers = {} if secret is None else {"Authorization": f"Bearer {secret}"}
-    return httpx.Client(base_url=base_url, headers=headers, timeout=10.0, verify=_TLS)
 
 
 def revoke_management_key(dep: Deployment, key_id: str) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
+import httpx2
 
 from tests.support.procs import PYTHON, wait_for
 
@@ -111,7 +111,7 @@ def alive(pid: int) -> bool:
 
 def whoami(url: str, secret: str) -> int:
     """The status a gateway answers ``GET /v1/api-key`` with for ``secret``."""
-    return httpx.get(
+    return httpx2.get(
         url + "/v1/api-key", headers={"Authorization": f"Bearer {secret}"}, timeout=5
     ).status_code
 

@@ -109,7 +109,7 @@ class BackgroundModelServer:
     Usage::
 
         with BackgroundModelServer(ModelServerConfig(latency_s=0.01)) as models:
-            httpx.get(models.url + "/v1/models")
+            httpx2.get(models.url + "/v1/models")
             models.app.stats  # the live counters
 
     Uses the plain asyncio loop: uvloop's policy is process-wide and the caller's tests own it.

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from keyplane.modelserver import BackgroundModelServer, ModelServerConfig, create_app
@@ -527,6 +527,6 @@ async def test_lifespan_is_acknowledged(app: ModelServerApp) -> None:
 
 def test_background_server_serves_over_real_http() -> None:
     with BackgroundModelServer(ModelServerConfig(models=["only"])) as server:
-        response = httpx.get(server.url + "/v1/models", timeout=5)
+        response = httpx2.get(server.url + "/v1/models", timeout=5)
         assert [m["id"] for m in response.json()["data"]] == ["only"]
         assert server.app.stats.requests == 1

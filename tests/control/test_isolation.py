@@ -2,77 +2,42 @@
 
 With team A's management key, every RPC on team B's objects is refused: a team in the path that is
 not A's is a 403, a key id of B's is a 404 that reads exactly like the 404 of an id that never
-existed, and B's key is untouched afterwards (as B's own management key sees it).
+existed, and B's key is untouched afterwards (as B's own management key sees it). In-process:
+``create_app(...)`` behind an ASGI transport, since no process boundary is under test.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
-from tests.support.procs import (
-    Deployment,
-    admin_context,
-    control_client,
-    create_management_key,
-    create_team_in,
-    revoke_management_key,
-)
+from tests.support.inprocess import ControlApp, control_app
+from tests.support.management import ManagementClient
+from tests.support.procs import create_management_key, revoke_management_key
 
-
-@dataclass
-class Team:
-    team_id: str
-    secret: str
-    client: httpx.Client
-
-    def create_key(self, **fields: Any) -> dict[str, Any]:
-        body = {"name": "k", "acls": ["api-key:endpoint:chat"], **fields}
-        r = self.client.post(f"/auth/teams/{self.team_id}/api-keys", json=body)
-        assert r.status_code == 200, r.text
-        created: dict[str, Any] = r.json()
-        return created
-
-    def list_keys(self) -> list[dict[str, Any]]:
-        r = self.client.get(f"/auth/teams/{self.team_id}/api-keys")
-        assert r.status_code == 200, r.text
-        keys: list[dict[str, Any]] = r.json()["apiKeys"]
-        return keys
-
-    def events(self) -> list[dict[str, Any]]:
-        r = self.client.get(f"/audit/teams/{self.team_id}/events", params={"pageSize": 1000})
-        assert r.status_code == 200, r.text
-        events: list[dict[str, Any]] = r.json()["events"]
-        return events
+#: What every key of these tests is created with unless a test says otherwise.
+DEFAULTS = {"name": "k", "acls": ["api-key:endpoint:chat"]}
 
 
 @pytest.fixture(scope="module")
-def admin(module_deployment: Deployment) -> Iterator[Any]:
-    with admin_context(module_deployment) as ctx:
-        yield ctx
-
-
-def make_team(dep: Deployment, admin: Any) -> Team:
-    team_id, secret = create_team_in(admin, f"iso-{uuid.uuid4()}")
-    return Team(team_id, secret, control_client(dep.control_url, secret))
+def control(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlApp]:
+    with control_app(tmp_path_factory.mktemp("isolation")) as running:
+        yield running
 
 
 @pytest.fixture
-def a(module_deployment: Deployment, admin: Any) -> Iterator[Team]:
-    team = make_team(module_deployment, admin)
-    with team.client:
+def a(control: ControlApp) -> Iterator[ManagementClient]:
+    with control.new_team(f"iso-{uuid.uuid4()}", DEFAULTS) as team:
         yield team
 
 
 @pytest.fixture
-def b(module_deployment: Deployment, admin: Any) -> Iterator[Team]:
-    team = make_team(module_deployment, admin)
-    with team.client:
+def b(control: ControlApp) -> Iterator[ManagementClient]:
+    with control.new_team(f"iso-{uuid.uuid4()}", DEFAULTS) as team:
         yield team
 
 
@@ -100,7 +65,7 @@ KEY_PATH_RPCS = [
 ]
 
 
-def send(client: httpx.Client, method: str, path: str, body: Any, key: str) -> httpx.Response:
+def send(client: httpx2.Client, method: str, path: str, body: Any, key: str) -> httpx2.Response:
     if body == "patch":
         body = patch_body()
     elif body == "patch-with-key":
@@ -110,13 +75,13 @@ def send(client: httpx.Client, method: str, path: str, body: Any, key: str) -> h
 
 @pytest.mark.parametrize(("method", "path", "body"), TEAM_PATH_RPCS)
 def test_another_teams_path_is_403_and_says_nothing_of_that_team(
-    a: Team, b: Team, method: str, path: str, body: Any
+    a: ManagementClient, b: ManagementClient, method: str, path: str, body: Any
 ) -> None:
     b_key = b.create_key(qps=7)
     before = b.list_keys()
 
-    refused = send(a.client, method, path.format(team=b.team_id), body, b_key["apiKeyId"])
-    nowhere = send(a.client, method, path.format(team=uuid.uuid4()), body, b_key["apiKeyId"])
+    refused = send(a.http, method, path.format(team=b.team_id), body, b_key["apiKeyId"])
+    nowhere = send(a.http, method, path.format(team=uuid.uuid4()), body, b_key["apiKeyId"])
 
     assert refused.status_code == 403, refused.text
     assert refused.json()["code"] == "permission-denied"
@@ -128,45 +93,45 @@ def test_another_teams_path_is_403_and_says_nothing_of_that_team(
 
 @pytest.mark.parametrize(("method", "path", "body"), KEY_PATH_RPCS)
 def test_another_teams_key_is_404_exactly_like_a_key_that_never_was(
-    a: Team, b: Team, method: str, path: str, body: Any
+    a: ManagementClient, b: ManagementClient, method: str, path: str, body: Any
 ) -> None:
     b_key = b.create_key(qps=7, tpm="500")
     before = b.list_keys()
 
-    refused = send(a.client, method, path.format(key=b_key["apiKeyId"]), body, "")
-    never = send(a.client, method, path.format(key=uuid.uuid4()), body, "")
+    refused = send(a.http, method, path.format(key=b_key["apiKeyId"]), body, "")
+    never = send(a.http, method, path.format(key=uuid.uuid4()), body, "")
 
     assert refused.status_code == 404, refused.text
     assert refused.json()["code"] == "not-found"
     assert never.status_code == 404
     assert refused.content == never.content, "the 404 must not hint that the key exists"
     assert b.list_keys() == before
-    r = b.client.get(f"/auth/api-keys/{b_key['apiKeyId']}/propagation")
+    r = b.http.get(f"/auth/api-keys/{b_key['apiKeyId']}/propagation")
     assert r.status_code == 200, "B still sees its own key"
 
 
 def test_the_seed_update_path_of_ones_own_team_cannot_reach_another_teams_key(
-    a: Team, b: Team
+    a: ManagementClient, b: ManagementClient
 ) -> None:
     b_key = b.create_key()
     before = b.list_keys()
 
     path = f"/auth/teams/{a.team_id}/api-keys"
-    refused = a.client.put(path, json=patch_body(b_key["apiKeyId"]))
-    never = a.client.put(path, json=patch_body(str(uuid.uuid4())))
+    refused = a.http.put(path, json=patch_body(b_key["apiKeyId"]))
+    never = a.http.put(path, json=patch_body(str(uuid.uuid4())))
 
     assert refused.status_code == 404, refused.text
     assert refused.content == never.content
     assert b.list_keys() == before
 
 
-def test_a_team_lists_only_its_own_keys(a: Team, b: Team) -> None:
+def test_a_team_lists_only_its_own_keys(a: ManagementClient, b: ManagementClient) -> None:
     mine = a.create_key()
     b.create_key()
     b.create_key()
 
     assert [k["apiKeyId"] for k in a.list_keys()] == [mine["apiKeyId"]]
-    r = a.client.get(
+    r = a.http.get(
         f"/auth/teams/{a.team_id}/api-keys", params={"aclFilters": "api-key:endpoint:chat"}
     )
     assert [k["apiKeyId"] for k in r.json()["apiKeys"]] == [mine["apiKeyId"]]
@@ -174,19 +139,19 @@ def test_a_team_lists_only_its_own_keys(a: Team, b: Team) -> None:
 
 
 def test_a_management_key_may_only_call_the_rpcs_of_its_acls(
-    module_deployment: Deployment, a: Team
+    control: ControlApp, a: ManagementClient
 ) -> None:
     key = a.create_key(qps=3)
     before = a.list_keys()
     _, secret = create_management_key(
-        module_deployment, a.team_id, name="list only", acls=["team-token:endpoint:ListApiKeys"]
+        control.dep, a.team_id, name="list only", acls=["team-token:endpoint:ListApiKeys"]
     )
-    with control_client(module_deployment.control_url, secret) as limited:
+    with control.client(secret) as limited:
         _only_list_api_keys(limited, a, key)
     assert a.list_keys() == before
 
 
-def _only_list_api_keys(limited: httpx.Client, a: Team, key: dict[str, Any]) -> None:
+def _only_list_api_keys(limited: httpx2.Client, a: ManagementClient, key: dict[str, Any]) -> None:
     before = a.list_keys()
     ids = {"team": a.team_id, "key": key["apiKeyId"]}
 
@@ -210,12 +175,12 @@ def _only_list_api_keys(limited: httpx.Client, a: Team, key: dict[str, Any]) -> 
         assert (other.status_code, other.content) == (403, r.content)
 
 
-def test_a_revoked_management_key_is_refused(module_deployment: Deployment, a: Team) -> None:
-    key_id, secret = create_management_key(module_deployment, a.team_id, name="soon revoked")
-    with control_client(module_deployment.control_url, secret) as client:
+def test_a_revoked_management_key_is_refused(control: ControlApp, a: ManagementClient) -> None:
+    key_id, secret = create_management_key(control.dep, a.team_id, name="soon revoked")
+    with control.client(secret) as client:
         assert client.get(f"/auth/teams/{a.team_id}/api-keys").status_code == 200
 
-        revoke_management_key(module_deployment, key_id)
+        revoke_management_key(control.dep, key_id)
 
         r = client.get(f"/auth/teams/{a.team_id}/api-keys")
         assert r.status_code == 401, r.text
@@ -223,17 +188,17 @@ def test_a_revoked_management_key_is_refused(module_deployment: Deployment, a: T
         r = client.post(f"/auth/teams/{a.team_id}/api-keys", json={"name": "after revocation"})
         assert r.status_code == 401
     assert a.list_keys() == []
-    assert a.client.get(f"/auth/teams/{a.team_id}/api-keys").status_code == 200, (
+    assert a.http.get(f"/auth/teams/{a.team_id}/api-keys").status_code == 200, (
         "the team's other management key still works"
     )
 
 
 @pytest.mark.parametrize(("method", "path", "body"), TEAM_PATH_RPCS + KEY_PATH_RPCS)
 def test_no_credentials_is_401(
-    module_deployment: Deployment, a: Team, method: str, path: str, body: Any
+    control: ControlApp, a: ManagementClient, method: str, path: str, body: Any
 ) -> None:
     key = a.create_key()
-    with control_client(module_deployment.control_url) as anonymous:
+    with control.client() as anonymous:
         r = send(anonymous, method, path.format(team=a.team_id, key=key["apiKeyId"]), body, "")
 
     assert r.status_code == 401, r.text
@@ -244,10 +209,10 @@ def test_no_credentials_is_401(
     assert a.list_keys() == [{k: v for k, v in key.items() if k != "apiKey"}]
 
 
-def test_an_api_key_is_not_a_management_key(module_deployment: Deployment, a: Team) -> None:
+def test_an_api_key_is_not_a_management_key(control: ControlApp, a: ManagementClient) -> None:
     api_key = a.create_key(acls=["api-key:endpoint:*", "api-key:model:*"])["apiKey"]
 
-    with control_client(module_deployment.control_url, api_key) as as_api_key:
+    with control.client(api_key) as as_api_key:
         r = as_api_key.get(f"/auth/teams/{a.team_id}/api-keys")
 
     assert r.status_code == 401, r.text
@@ -267,9 +232,9 @@ def test_an_api_key_is_not_a_management_key(module_deployment: Deployment, a: Te
     ],
 )
 def test_malformed_or_unknown_credentials_are_401(
-    module_deployment: Deployment, a: Team, authorization: str
+    control: ControlApp, a: ManagementClient, authorization: str
 ) -> None:
-    with control_client(module_deployment.control_url) as client:
+    with control.client() as client:
         r = client.get(
             f"/auth/teams/{a.team_id}/api-keys", headers={"Authorization": authorization}
         )

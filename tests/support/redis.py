@@ -1,7 +1,7 @@
-"""A throwaway ``redis-server`` for the rate-limit contract tests, and the limiter factories.
+"""A throwaway ``redis-server`` for tests, beside ``tests.support.postgres``.
 
-Imported explicitly by the ``test_ratelimit_*`` modules (not a conftest, which the lead owns).
-The server listens on 127.0.0.1 only, persists nothing and lives in a temporary directory.
+It listens on 127.0.0.1 only, persists nothing and lives in a temporary directory. A missing
+binary fails the run (KEYPLANE_TEST_ALLOW_MISSING_REDIS=1: skip).
 """
 
 from __future__ import annotations

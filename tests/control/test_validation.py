@@ -1,5 +1,6 @@
 """What the Management API accepts, what it refuses, and what an update, a rotation, an
-Idempotency-Key, ``activeOnly`` and the audit trail do — over HTTP against a real control plane.
+Idempotency-Key, ``activeOnly`` and the audit trail do — over HTTP, in-process: ``create_app(...)``
+on a real SQLite file behind an ASGI transport, since no process boundary is under test here.
 
 Every refusal is a 4xx whose ``code`` is ``invalid-argument`` and whose ``error`` names the field at
 fault; never a 500, and never a half-done change.
@@ -12,22 +13,18 @@ import re
 import sqlite3
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.support.procs import (
-    Deployment,
-    admin_context,
-    control_client,
-    create_management_key,
-    create_team_in,
-)
+from keyplane.services.context import Context
+from tests.support.inprocess import ControlApp, control_app
+from tests.support.management import ManagementClient
+from tests.support.procs import Deployment, create_management_key, create_team_in
 
 SECRET = re.compile(r"xai-[A-Za-z0-9]{80}")
 JSON_HEADERS = {"content-type": "application/json"}
@@ -41,59 +38,24 @@ def parse(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-@dataclass
-class Team:
-    dep: Deployment
-    team_id: str
-    secret: str
-    client: httpx.Client
-
-    @property
-    def keys_path(self) -> str:
-        return f"/auth/teams/{self.team_id}/api-keys"
-
-    def create(self, **fields: Any) -> dict[str, Any]:
-        r = self.client.post(self.keys_path, json={"name": "k", **fields})
-        assert r.status_code == 200, r.text
-        created: dict[str, Any] = r.json()
-        return created
-
-    def update(self, key_id: str, api_key: dict[str, Any], mask: Any) -> httpx.Response:
-        return self.client.put(
-            f"/auth/api-keys/{key_id}", json={"apiKey": api_key, "fieldMask": mask}
-        )
-
-    def list_keys(self, **params: Any) -> list[dict[str, Any]]:
-        r = self.client.get(self.keys_path, params=params)
-        assert r.status_code == 200, r.text
-        keys: list[dict[str, Any]] = r.json()["apiKeys"]
-        return keys
-
-    def get(self, key_id: str) -> dict[str, Any]:
-        (key,) = [k for k in self.list_keys() if k["apiKeyId"] == key_id]
-        return key
-
-    def events(self, **params: Any) -> list[dict[str, Any]]:
-        r = self.client.get(f"/audit/teams/{self.team_id}/events", params=params)
-        assert r.status_code == 200, r.text
-        events: list[dict[str, Any]] = r.json()["events"]
-        return events
+@pytest.fixture(scope="module")
+def control(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlApp]:
+    with control_app(tmp_path_factory.mktemp("validation")) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
-def admin(module_deployment: Deployment) -> Iterator[Any]:
-    with admin_context(module_deployment) as ctx:
-        yield ctx
+def admin(control: ControlApp) -> Context:
+    return control.ctx
 
 
 @pytest.fixture
-def team(module_deployment: Deployment, admin: Any) -> Iterator[Team]:
-    team_id, secret = create_team_in(admin, f"val-{uuid.uuid4()}")
-    with control_client(module_deployment.control_url, secret) as client:
-        yield Team(module_deployment, team_id, secret, client)
+def team(control: ControlApp) -> Iterator[ManagementClient]:
+    with control.new_team(f"val-{uuid.uuid4()}") as client:
+        yield client
 
 
-def assert_invalid(r: httpx.Response, field: str, status: int = 400) -> None:
+def assert_invalid(r: httpx2.Response, field: str, status: int = 400) -> None:
     assert r.status_code == status, (r.status_code, r.text)
     body = r.json()
     assert set(body) == {"code", "error"}
@@ -158,8 +120,8 @@ BAD_CREATE = [
 @pytest.mark.parametrize(
     ("body", "field"), [pytest.param(b, f, id=f"{f}: {b[:40]}") for b, f in BAD_CREATE]
 )
-def test_create_refuses(team: Team, body: str, field: str) -> None:
-    r = team.client.post(team.keys_path, content=body, headers=JSON_HEADERS)
+def test_create_refuses(team: ManagementClient, body: str, field: str) -> None:
+    r = team.http.post(team.keys_path, content=body, headers=JSON_HEADERS)
 
     assert_invalid(r, field)
     assert team.list_keys() == [], "a refused create creates nothing"
@@ -203,23 +165,23 @@ BAD_UPDATE: list[tuple[Any, str]] = [
 
 
 @pytest.mark.parametrize(("body", "field"), BAD_UPDATE)
-def test_update_refuses(team: Team, body: Any, field: str) -> None:
-    key = team.create(**GOOD_KEY)
+def test_update_refuses(team: ManagementClient, body: Any, field: str) -> None:
+    key = team.create_key(**GOOD_KEY)
     before = team.list_keys()
 
-    r = team.client.put(f"/auth/api-keys/{key['apiKeyId']}", json=body)
+    r = team.http.put(f"/auth/api-keys/{key['apiKeyId']}", json=body)
     assert_invalid(r, field)
     if isinstance(body.get("apiKey"), dict):
         seed_path = {**body, "apiKey": {**body["apiKey"], "apiKeyId": key["apiKeyId"]}}
-        assert_invalid(team.client.put(team.keys_path, json=seed_path), field)
+        assert_invalid(team.http.put(team.keys_path, json=seed_path), field)
     assert team.list_keys() == before, "a refused update changes nothing"
 
 
-def test_the_seed_update_path_needs_the_key_id_in_the_body(team: Team) -> None:
-    team.create(**GOOD_KEY)
+def test_the_seed_update_path_needs_the_key_id_in_the_body(team: ManagementClient) -> None:
+    team.create_key(**GOOD_KEY)
     before = team.list_keys()
 
-    r = team.client.put(team.keys_path, json={"apiKey": {"qps": 1}, "fieldMask": "qps"})
+    r = team.http.put(team.keys_path, json={"apiKey": {"qps": 1}, "fieldMask": "qps"})
 
     assert_invalid(r, "apiKey.apiKeyId")
     assert team.list_keys() == before
@@ -234,30 +196,30 @@ def test_the_seed_update_path_needs_the_key_id_in_the_body(team: Team) -> None:
         ("[]", "body"),
     ],
 )
-def test_rotate_refuses(team: Team, body: Any, field: str) -> None:
-    key = team.create(**GOOD_KEY)
+def test_rotate_refuses(team: ManagementClient, body: Any, field: str) -> None:
+    key = team.create_key(**GOOD_KEY)
     before = team.list_keys()
 
     path = f"/auth/api-keys/{key['apiKeyId']}/rotate"
     if isinstance(body, str):
-        r = team.client.post(path, content=body, headers=JSON_HEADERS)
+        r = team.http.post(path, content=body, headers=JSON_HEADERS)
     else:
-        r = team.client.post(path, json=body)
+        r = team.http.post(path, json=body)
 
     assert_invalid(r, field)
     assert team.list_keys() == before
 
 
-def test_rotate_refuses_a_grace_period_beyond_seven_days(team: Team) -> None:
-    key = team.create(**GOOD_KEY)
+def test_rotate_refuses_a_grace_period_beyond_seven_days(team: ManagementClient) -> None:
+    key = team.create_key(**GOOD_KEY)
     before = team.list_keys()
     path = f"/auth/api-keys/{key['apiKeyId']}/rotate"
     too_far = datetime.now(UTC) + timedelta(days=7, minutes=5)
 
-    assert_invalid(team.client.post(path, json={"oldSecretExpireTime": ts(too_far)}), "old")
+    assert_invalid(team.http.post(path, json={"oldSecretExpireTime": ts(too_far)}), "old")
     assert team.list_keys() == before
     within = datetime.now(UTC) + timedelta(days=7, minutes=-5)
-    assert team.client.post(path, json={"oldSecretExpireTime": ts(within)}).status_code == 200
+    assert team.http.post(path, json={"oldSecretExpireTime": ts(within)}).status_code == 200
 
 
 BAD_LIST_QUERIES = [
@@ -276,20 +238,20 @@ BAD_LIST_QUERIES = [
 
 
 @pytest.mark.parametrize(("params", "field"), BAD_LIST_QUERIES)
-def test_list_refuses(team: Team, params: dict[str, str], field: str) -> None:
-    team.create()
-    assert_invalid(team.client.get(team.keys_path, params=params), field)
+def test_list_refuses(team: ManagementClient, params: dict[str, str], field: str) -> None:
+    team.create_key()
+    assert_invalid(team.http.get(team.keys_path, params=params), field)
 
 
-def test_list_refuses_page_tokens_it_did_not_issue_for_this_list(team: Team, admin: Any) -> None:
+def test_list_refuses_page_tokens_it_did_not_issue_for_this_list(
+    team: ManagementClient, admin: Context, control: ControlApp
+) -> None:
     for _ in range(3):
-        team.create(acls=["api-key:endpoint:chat"])
-    first = team.client.get(team.keys_path, params={"pageSize": 1}).json()
+        team.create_key(acls=["api-key:endpoint:chat"])
+    first = team.http.get(team.keys_path, params={"pageSize": 1}).json()
     token = first["paginationToken"]
     assert (
-        team.client.get(
-            team.keys_path, params={"pageSize": 1, "paginationToken": token}
-        ).status_code
+        team.http.get(team.keys_path, params={"pageSize": 1, "paginationToken": token}).status_code
         == 200
     )
 
@@ -298,22 +260,20 @@ def test_list_refuses_page_tokens_it_did_not_issue_for_this_list(team: Team, adm
     for i in range(0, len(token), max(1, len(token) // 12)):
         for replacement in (alphabet[(alphabet.index(token[i]) + 1) % 64], "."):
             tampered = token[:i] + replacement + token[i + 1 :]
-            r = team.client.get(team.keys_path, params={"pageSize": 1, "paginationToken": tampered})
+            r = team.http.get(team.keys_path, params={"pageSize": 1, "paginationToken": tampered})
             assert_invalid(r, "paginationToken")
     for tampered in (token + "A", token[:-1], "A" + token, token + "=="):
-        r = team.client.get(team.keys_path, params={"pageSize": 1, "paginationToken": tampered})
+        r = team.http.get(team.keys_path, params={"pageSize": 1, "paginationToken": tampered})
         assert_invalid(r, "paginationToken")
 
     # Another query of the same team: the token is bound to what it pages over.
     for other in ({"activeOnly": "true"}, {"aclFilters": "api-key:endpoint:chat"}):
-        r = team.client.get(
-            team.keys_path, params={"pageSize": 1, "paginationToken": token, **other}
-        )
+        r = team.http.get(team.keys_path, params={"pageSize": 1, "paginationToken": token, **other})
         assert_invalid(r, "paginationToken")
 
     # Another team's list, with that team's own management key.
     other_id, other_secret = create_team_in(admin, f"val-{uuid.uuid4()}")
-    with control_client(team.dep.control_url, other_secret) as other_client:
+    with control.client(other_secret) as other_client:
         other_client.post(f"/auth/teams/{other_id}/api-keys", json={"name": "o"})
         r = other_client.get(
             f"/auth/teams/{other_id}/api-keys", params={"pageSize": 1, "paginationToken": token}
@@ -334,17 +294,17 @@ def test_list_refuses_page_tokens_it_did_not_issue_for_this_list(team: Team, adm
         ({"eventFilter.query": "q" * 257}, "eventFilter.query"),
     ],
 )
-def test_audit_refuses(team: Team, params: dict[str, str], field: str) -> None:
-    assert_invalid(team.client.get(f"/audit/teams/{team.team_id}/events", params=params), field)
+def test_audit_refuses(team: ManagementClient, params: dict[str, str], field: str) -> None:
+    assert_invalid(team.http.get(f"/audit/teams/{team.team_id}/events", params=params), field)
 
 
-def test_a_body_over_the_limit_is_413(team: Team) -> None:
-    limit = team.dep.settings().max_body_bytes
+def test_a_body_over_the_limit_is_413(team: ManagementClient, control: ControlApp) -> None:
+    limit = control.settings.max_body_bytes
     assert limit == 64 * 1024
     big = json.dumps({"name": "x", "padding": "p" * limit}).encode()
 
-    declared = team.client.post(team.keys_path, content=big, headers=JSON_HEADERS)
-    chunked = team.client.post(
+    declared = team.http.post(team.keys_path, content=big, headers=JSON_HEADERS)
+    chunked = team.http.post(
         team.keys_path,
         content=(big[i : i + 4096] for i in range(0, len(big), 4096)),
         headers=JSON_HEADERS,
@@ -354,15 +314,15 @@ def test_a_body_over_the_limit_is_413(team: Team) -> None:
         assert r.status_code == 413, r.text
         assert r.json()["code"] == "invalid-argument"
     just_under = json.dumps({"name": "x", "padding": "p" * (limit - 100)})
-    assert team.client.post(team.keys_path, content=just_under, headers=JSON_HEADERS).is_success
+    assert team.http.post(team.keys_path, content=just_under, headers=JSON_HEADERS).is_success
     assert len(team.list_keys()) == 1
 
 
 @pytest.mark.parametrize(
     "content_type", ["application/xml", "multipart/form-data; boundary=x", "text/html", "image/png"]
 )
-def test_an_unsupported_content_type_is_415(team: Team, content_type: str) -> None:
-    r = team.client.post(
+def test_an_unsupported_content_type_is_415(team: ManagementClient, content_type: str) -> None:
+    r = team.http.post(
         team.keys_path, content='{"name": "x"}', headers={"content-type": content_type}
     )
 
@@ -381,8 +341,8 @@ def test_an_unsupported_content_type_is_415(team: Team, content_type: str) -> No
         "/auth/api-keys",
     ],
 )
-def test_an_unknown_route_is_404(team: Team, path: str) -> None:
-    r = team.client.get(path.format(team=team.team_id))
+def test_an_unknown_route_is_404(team: ManagementClient, path: str) -> None:
+    r = team.http.get(path.format(team=team.team_id))
 
     assert r.status_code == 404, r.text
     assert r.json()["code"] == "not-found"
@@ -399,9 +359,9 @@ def test_an_unknown_route_is_404(team: Team, path: str) -> None:
         ("POST", "/auth/teams/{team}/models"),
     ],
 )
-def test_a_wrong_method_is_405(team: Team, method: str, path: str) -> None:
-    key = team.create()
-    r = team.client.request(method, path.format(team=team.team_id, key=key["apiKeyId"]))
+def test_a_wrong_method_is_405(team: ManagementClient, method: str, path: str) -> None:
+    key = team.create_key()
+    r = team.http.request(method, path.format(team=team.team_id, key=key["apiKeyId"]))
 
     assert r.status_code == 405, r.text
     assert r.json()["code"] == "invalid-argument"
@@ -413,39 +373,39 @@ def test_a_wrong_method_is_405(team: Team, method: str, path: str) -> None:
 
 @pytest.mark.parametrize(("sent", "answered"), [(1000, "1000"), ("1000", "1000"), (0, "0")])
 def test_tpm_is_accepted_as_an_integer_or_a_string_and_answered_as_a_string(
-    team: Team, sent: Any, answered: str
+    team: ManagementClient, sent: Any, answered: str
 ) -> None:
-    key = team.create(tpm=sent)
+    key = team.create_key(tpm=sent)
     assert key["tpm"] == answered
     r = team.update(key["apiKeyId"], {"tpm": sent}, "tpm")
     assert r.json()["tpm"] == answered
-    assert team.get(key["apiKeyId"])["tpm"] == answered
+    assert team.get_key(key["apiKeyId"])["tpm"] == answered
 
 
-def test_qps_and_qpm_as_digit_strings_are_numbers_in_the_answer(team: Team) -> None:
-    key = team.create(qps="5", qpm=" 60 ")
+def test_qps_and_qpm_as_digit_strings_are_numbers_in_the_answer(team: ManagementClient) -> None:
+    key = team.create_key(qps="5", qpm=" 60 ")
     assert (key["qps"], key["qpm"]) == (5, 60)
 
 
 @pytest.mark.parametrize("alias", ["acls", "aclStrings", "acl_strings"])
-def test_acls_may_be_sent_under_either_name(team: Team, alias: str) -> None:
+def test_acls_may_be_sent_under_either_name(team: ManagementClient, alias: str) -> None:
     acls = ["api-key:endpoint:chat", "api-key:model:grok-4"]
 
-    key = team.create(**{alias: acls})
+    key = team.create_key(**{alias: acls})
 
     assert key["aclStrings"] == acls
     updated = team.update(key["apiKeyId"], {alias: acls[:1]}, "aclStrings").json()
     assert updated["aclStrings"] == acls[:1]
 
 
-def test_a_model_acl_may_name_a_model_the_catalog_does_not_have_yet(team: Team) -> None:
+def test_a_model_acl_may_name_a_model_the_catalog_does_not_have_yet(team: ManagementClient) -> None:
     acls = ["api-key:model:grok-99-preview", "api-key:model:meta-llama/Llama-3.1-8B:q4"]
-    assert team.create(acls=acls)["aclStrings"] == acls
+    assert team.create_key(acls=acls)["aclStrings"] == acls
 
 
-def test_duplicate_acls_are_kept_once_in_order(team: Team) -> None:
+def test_duplicate_acls_are_kept_once_in_order(team: ManagementClient) -> None:
     acls = ["api-key:model:*", "api-key:endpoint:chat", "api-key:model:*"]
-    assert team.create(acls=acls)["aclStrings"] == ["api-key:model:*", "api-key:endpoint:chat"]
+    assert team.create_key(acls=acls)["aclStrings"] == ["api-key:model:*", "api-key:endpoint:chat"]
 
 
 @pytest.mark.parametrize(
@@ -461,9 +421,9 @@ def test_duplicate_acls_are_kept_once_in_order(team: Team) -> None:
     ],
 )
 def test_field_masks_in_any_of_their_spellings(
-    team: Team, mask: Any, api_key: dict[str, Any], expected: dict[str, Any]
+    team: ManagementClient, mask: Any, api_key: dict[str, Any], expected: dict[str, Any]
 ) -> None:
-    key = team.create(**GOOD_KEY)
+    key = team.create_key(**GOOD_KEY)
 
     r = team.update(key["apiKeyId"], api_key, mask)
 
@@ -476,26 +436,28 @@ def test_field_masks_in_any_of_their_spellings(
             assert value in str(got[name])
         else:
             assert got[name] == value
-    assert got == team.get(key["apiKeyId"])
+    assert got == team.get_key(key["apiKeyId"])
 
 
 @pytest.mark.parametrize(("sent", "answered"), [("true", True), ("false", False), (True, True)])
-def test_disabled_as_a_boolean_or_a_string(team: Team, sent: Any, answered: bool) -> None:
-    key = team.create()
+def test_disabled_as_a_boolean_or_a_string(
+    team: ManagementClient, sent: Any, answered: bool
+) -> None:
+    key = team.create_key()
     r = team.update(key["apiKeyId"], {"disabled": sent}, "disabled")
     assert r.status_code == 200, r.text
     assert r.json()["disabled"] is answered
-    assert team.get(key["apiKeyId"])["disabled"] is answered
+    assert team.get_key(key["apiKeyId"])["disabled"] is answered
 
 
 @pytest.mark.parametrize("content_type", [None, "application/x-www-form-urlencoded", "text/plain"])
 def test_json_is_read_whatever_the_jsonish_content_type_and_trailing_commas_forgiven(
-    team: Team, content_type: str | None
+    team: ManagementClient, content_type: str | None
 ) -> None:
     body = '{"name": "lenient", "acls": ["api-key:endpoint:chat",], "qps": 2,}'
     headers = {} if content_type is None else {"content-type": content_type}
 
-    r = team.client.post(team.keys_path, content=body, headers=headers)
+    r = team.http.post(team.keys_path, content=body, headers=headers)
 
     assert r.status_code == 200, r.text
     assert (r.json()["name"], r.json()["aclStrings"], r.json()["qps"]) == (
@@ -505,10 +467,10 @@ def test_json_is_read_whatever_the_jsonish_content_type_and_trailing_commas_forg
     )
 
 
-def test_a_comma_inside_a_string_is_not_taken_for_a_trailing_one(team: Team) -> None:
+def test_a_comma_inside_a_string_is_not_taken_for_a_trailing_one(team: ManagementClient) -> None:
     name = 'a ,} b ,] "c",}'
     body = json.dumps({"name": name})[:-1] + ",}"
-    r = team.client.post(team.keys_path, content=body, headers=JSON_HEADERS)
+    r = team.http.post(team.keys_path, content=body, headers=JSON_HEADERS)
     assert r.status_code == 200, r.text
     assert r.json()["name"] == name
 
@@ -516,8 +478,8 @@ def test_a_comma_inside_a_string_is_not_taken_for_a_trailing_one(team: Team) -> 
 # -- update semantics ------------------------------------------------------------------------------
 
 
-def test_a_masked_field_absent_or_null_is_cleared(team: Team) -> None:
-    key = team.create(**GOOD_KEY)
+def test_a_masked_field_absent_or_null_is_cleared(team: ManagementClient) -> None:
+    key = team.create_key(**GOOD_KEY)
     key_id = key["apiKeyId"]
 
     absent = team.update(key_id, {}, "qps").json()
@@ -533,23 +495,23 @@ def test_a_masked_field_absent_or_null_is_cleared(team: Team) -> None:
     cleared = team.update(key_id, {"disabled": True}, "disabled").json()
     assert cleared["disabled"] is True
     assert team.update(key_id, {}, "disabled,aclStrings").json()["disabled"] is False
-    final = team.get(key_id)
+    final = team.get_key(key_id)
     assert final["aclStrings"] == []
     assert final["name"] == "before"
     assert not {"qps", "qpm", "tpm", "expireTime"} & set(final)
 
 
-def test_lists_are_replaced_not_merged(team: Team) -> None:
-    key = team.create(acls=["api-key:endpoint:chat", "api-key:model:grok-4"])
+def test_lists_are_replaced_not_merged(team: ManagementClient) -> None:
+    key = team.create_key(acls=["api-key:endpoint:chat", "api-key:model:grok-4"])
 
     r = team.update(key["apiKeyId"], {"aclStrings": ["api-key:endpoint:image"]}, "aclStrings")
 
     assert r.json()["aclStrings"] == ["api-key:endpoint:image"]
-    assert team.get(key["apiKeyId"])["aclStrings"] == ["api-key:endpoint:image"]
+    assert team.get_key(key["apiKeyId"])["aclStrings"] == ["api-key:endpoint:image"]
 
 
-def test_a_field_outside_the_mask_is_untouched(team: Team) -> None:
-    key = team.create(**GOOD_KEY)
+def test_a_field_outside_the_mask_is_untouched(team: ManagementClient) -> None:
+    key = team.create_key(**GOOD_KEY)
     everything = {
         "name": "changed",
         "aclStrings": ["api-key:endpoint:image"],
@@ -569,7 +531,7 @@ def test_a_field_outside_the_mask_is_untouched(team: Team) -> None:
     assert r.status_code == 200, r.text
     expected = {k: v for k, v in key.items() if k not in ("apiKey", "modifyTime")}
     expected["qpm"] = 99
-    got = team.get(key["apiKeyId"])
+    got = team.get_key(key["apiKeyId"])
     assert {k: v for k, v in got.items() if k != "modifyTime"} == expected
     assert got["modifyTime"] > key["modifyTime"]
 
@@ -599,12 +561,14 @@ def micros(value: datetime) -> int:
     return int(value.timestamp() * 1_000_000)
 
 
-def test_rotate_gives_a_new_secret_under_the_same_id(team: Team) -> None:
-    key = team.create(**GOOD_KEY)
+def test_rotate_gives_a_new_secret_under_the_same_id(
+    team: ManagementClient, control: ControlApp
+) -> None:
+    key = team.create_key(**GOOD_KEY)
     path = f"/auth/api-keys/{key['apiKeyId']}/rotate"
 
     before = datetime.now(UTC)
-    r = team.client.post(path)
+    r = team.http.post(path)
     after = datetime.now(UTC)
 
     assert r.status_code == 200, r.text
@@ -615,9 +579,9 @@ def test_rotate_gives_a_new_secret_under_the_same_id(team: Team) -> None:
     assert rotated["redactedApiKey"] == "xai-..." + rotated["apiKey"][-4:]
     assert rotated["createTime"] == key["createTime"]
     assert rotated["expireTime"] == key["expireTime"], "the new secret inherits the expiry"
-    assert team.get(key["apiKeyId"])["redactedApiKey"] == rotated["redactedApiKey"]
+    assert team.get_key(key["apiKeyId"])["redactedApiKey"] == rotated["redactedApiKey"]
     # Default grace: the old secret lives 24 h more; the new one as long as the key.
-    rows = secret_rows(team.dep, key["apiKeyId"])
+    rows = secret_rows(control.dep, key["apiKeyId"])
     assert rows[digest(rotated["apiKey"])] is None
     old_expiry = rows[digest(key["apiKey"])]
     assert old_expiry is not None
@@ -628,27 +592,29 @@ def test_rotate_gives_a_new_secret_under_the_same_id(team: Team) -> None:
     # Again, with an explicit grace and expiry: the oldest secret dies now, at most two live.
     grace = (datetime.now(UTC) + timedelta(days=2)).replace(microsecond=0)
     body = {"oldSecretExpireTime": ts(grace), "expireTime": "2097-05-05T00:00:00Z"}
-    again = team.client.post(path, json=body).json()
+    again = team.http.post(path, json=body).json()
     assert again["expireTime"] == "2097-05-05T00:00:00.000000Z"
-    rows = secret_rows(team.dep, key["apiKeyId"])
+    rows = secret_rows(control.dep, key["apiKeyId"])
     assert rows == {digest(again["apiKey"]): None, digest(rotated["apiKey"]): micros(grace)}
 
     # A grace in the past: the old secret dies at once.
-    past = team.client.post(path, json={"oldSecretExpireTime": "2000-01-01T00:00:00Z"}).json()
-    assert secret_rows(team.dep, key["apiKeyId"]) == {digest(past["apiKey"]): None}
+    past = team.http.post(path, json={"oldSecretExpireTime": "2000-01-01T00:00:00Z"}).json()
+    assert secret_rows(control.dep, key["apiKeyId"]) == {digest(past["apiKey"]): None}
 
 
 # -- Idempotency-Key -------------------------------------------------------------------------------
 
 
-def test_the_same_idempotency_key_and_body_answers_the_first_answer_again(team: Team) -> None:
+def test_the_same_idempotency_key_and_body_answers_the_first_answer_again(
+    team: ManagementClient,
+) -> None:
     body = {"name": "once", "acls": ["api-key:model:*"], "qps": 1}
     headers = {"Idempotency-Key": f"create-{uuid.uuid4()}"}
 
-    first = team.client.post(team.keys_path, json=body, headers=headers)
-    second = team.client.post(team.keys_path, json=body, headers=headers)
+    first = team.http.post(team.keys_path, json=body, headers=headers)
+    second = team.http.post(team.keys_path, json=body, headers=headers)
     # The same request, spelled differently, is still the same request.
-    respelled = team.client.post(
+    respelled = team.http.post(
         team.keys_path,
         content='{"qps": "1", "aclStrings": ["api-key:model:*"], "name": "once",}',
         headers={**headers, "content-type": "text/plain"},
@@ -662,11 +628,11 @@ def test_the_same_idempotency_key_and_body_answers_the_first_answer_again(team: 
     assert [k["apiKeyId"] for k in team.list_keys()] == [first.json()["apiKeyId"]]
 
 
-def test_the_same_idempotency_key_with_another_body_is_409(team: Team) -> None:
+def test_the_same_idempotency_key_with_another_body_is_409(team: ManagementClient) -> None:
     headers = {"Idempotency-Key": "k-1"}
-    first = team.client.post(team.keys_path, json={"name": "one"}, headers=headers)
+    first = team.http.post(team.keys_path, json={"name": "one"}, headers=headers)
 
-    other = team.client.post(team.keys_path, json={"name": "two"}, headers=headers)
+    other = team.http.post(team.keys_path, json={"name": "two"}, headers=headers)
 
     assert first.status_code == 200
     assert other.status_code == 409, other.text
@@ -675,10 +641,10 @@ def test_the_same_idempotency_key_with_another_body_is_409(team: Team) -> None:
     assert [k["name"] for k in team.list_keys()] == ["one"]
 
 
-def test_different_idempotency_keys_make_different_keys(team: Team) -> None:
-    a = team.client.post(team.keys_path, json={"name": "x"}, headers={"Idempotency-Key": "a"})
-    b = team.client.post(team.keys_path, json={"name": "x"}, headers={"Idempotency-Key": "b"})
-    plain = team.client.post(team.keys_path, json={"name": "x"})
+def test_different_idempotency_keys_make_different_keys(team: ManagementClient) -> None:
+    a = team.http.post(team.keys_path, json={"name": "x"}, headers={"Idempotency-Key": "a"})
+    b = team.http.post(team.keys_path, json={"name": "x"}, headers={"Idempotency-Key": "b"})
+    plain = team.http.post(team.keys_path, json={"name": "x"})
 
     ids = {a.json()["apiKeyId"], b.json()["apiKeyId"], plain.json()["apiKeyId"]}
     assert len(ids) == 3
@@ -686,12 +652,12 @@ def test_different_idempotency_keys_make_different_keys(team: Team) -> None:
 
 
 def test_an_idempotency_key_belongs_to_one_team(
-    team: Team, module_deployment: Deployment, admin: Any
+    team: ManagementClient, control: ControlApp, admin: Context
 ) -> None:
     headers = {"Idempotency-Key": "shared-name"}
-    mine = team.client.post(team.keys_path, json={"name": "x"}, headers=headers)
+    mine = team.http.post(team.keys_path, json={"name": "x"}, headers=headers)
     other_id, other_secret = create_team_in(admin, f"val-{uuid.uuid4()}")
-    with control_client(module_deployment.control_url, other_secret) as other:
+    with control.client(other_secret) as other:
         theirs = other.post(f"/auth/teams/{other_id}/api-keys", json={"name": "x"}, headers=headers)
 
     assert mine.status_code == theirs.status_code == 200
@@ -699,8 +665,8 @@ def test_an_idempotency_key_belongs_to_one_team(
     assert mine.json()["apiKeyId"] != theirs.json()["apiKeyId"]
 
 
-def test_an_overlong_idempotency_key_is_refused(team: Team) -> None:
-    r = team.client.post(team.keys_path, json={"name": "x"}, headers={"Idempotency-Key": "k" * 256})
+def test_an_overlong_idempotency_key_is_refused(team: ManagementClient) -> None:
+    r = team.http.post(team.keys_path, json={"name": "x"}, headers={"Idempotency-Key": "k" * 256})
     assert_invalid(r, "Idempotency-Key")
     assert team.list_keys() == []
 
@@ -708,13 +674,13 @@ def test_an_overlong_idempotency_key_is_refused(team: Team) -> None:
 # -- activeOnly -----------------------------------------------------------------------------------
 
 
-def test_active_only_drops_expired_keys(team: Team) -> None:
+def test_active_only_drops_expired_keys(team: ManagementClient) -> None:
     # A key may be created already expired (a past expireTime is accepted): that is how an
     # expired key is made here without waiting for one to expire.
-    expired = team.create(name="expired", expireTime="2020-01-01T00:00:00Z")
-    future = team.create(name="future", expireTime=ts(datetime.now(UTC) + timedelta(days=1)))
-    forever = team.create(name="forever")
-    later = team.create(name="expired later")
+    expired = team.create_key(name="expired", expireTime="2020-01-01T00:00:00Z")
+    future = team.create_key(name="future", expireTime=ts(datetime.now(UTC) + timedelta(days=1)))
+    forever = team.create_key(name="forever")
+    later = team.create_key(name="expired later")
     team.update(later["apiKeyId"], {"expireTime": "2021-01-01T00:00:00Z"}, "expireTime")
 
     all_names = [k["name"] for k in team.list_keys()]
@@ -725,7 +691,7 @@ def test_active_only_drops_expired_keys(team: Team) -> None:
     paged = []
     token = ""
     while True:
-        page = team.client.get(
+        page = team.http.get(
             team.keys_path, params={"activeOnly": "true", "pageSize": 1, "paginationToken": token}
         ).json()
         paged += [k["name"] for k in page["apiKeys"]]
@@ -740,15 +706,15 @@ def test_active_only_drops_expired_keys(team: Team) -> None:
 # -- audit ----------------------------------------------------------------------------------------
 
 
-def test_every_mutation_leaves_one_event(team: Team) -> None:
-    owner = team.client.get("/auth/management-keys/validation").json()["ownerUserId"]
-    key = team.create(**GOOD_KEY)
+def test_every_mutation_leaves_one_event(team: ManagementClient) -> None:
+    owner = team.http.get("/auth/management-keys/validation").json()["ownerUserId"]
+    key = team.create_key(**GOOD_KEY)
     key_id = key["apiKeyId"]
     assert team.update(key_id, {"qps": "x"}, "qps").status_code == 400  # a refusal: no event
     assert team.update(key_id, {"qps": 9}, "qps").status_code == 200
-    assert team.client.post(f"/auth/api-keys/{key_id}/rotate").status_code == 200
-    assert team.client.delete(f"/auth/api-keys/{key_id}").status_code == 200
-    assert team.client.delete(f"/auth/api-keys/{key_id}").status_code == 404  # no event either
+    assert team.http.post(f"/auth/api-keys/{key_id}/rotate").status_code == 200
+    assert team.http.delete(f"/auth/api-keys/{key_id}").status_code == 200
+    assert team.http.delete(f"/auth/api-keys/{key_id}").status_code == 404  # no event either
 
     events = [e for e in team.events() if e["entityId"] == key_id]
 
@@ -771,9 +737,9 @@ def test_every_mutation_leaves_one_event(team: Team) -> None:
     assert descending == events[::-1]
 
 
-def test_audit_pages_cover_every_event_once_in_both_orders(team: Team) -> None:
+def test_audit_pages_cover_every_event_once_in_both_orders(team: ManagementClient) -> None:
     for i in range(6):
-        key = team.create(name=f"k{i}")
+        key = team.create_key(name=f"k{i}")
         team.update(key["apiKeyId"], {"qps": i}, "qps")
 
     for order in ("TIME_ASCENDING", "TIME_DESCENDING"):
@@ -785,7 +751,7 @@ def test_audit_pages_cover_every_event_once_in_both_orders(team: Team) -> None:
             params: dict[str, Any] = {"orderBy": order, "pageSize": 5}
             if token:
                 params["pageToken"] = token
-            r = team.client.get(f"/audit/teams/{team.team_id}/events", params=params)
+            r = team.http.get(f"/audit/teams/{team.team_id}/events", params=params)
             assert r.status_code == 200, r.text
             pages += r.json()["events"]
             token = r.json().get("nextPageToken")
@@ -795,20 +761,18 @@ def test_audit_pages_cover_every_event_once_in_both_orders(team: Team) -> None:
         keyed = [(e["eventTime"], e["eventId"]) for e in whole]
         assert keyed == sorted(keyed, reverse=order == "TIME_DESCENDING")
     # A page token only continues the query it came from.
-    r = team.client.get(f"/audit/teams/{team.team_id}/events", params={"pageSize": 2}).json()
+    r = team.http.get(f"/audit/teams/{team.team_id}/events", params={"pageSize": 2}).json()
     other = {"pageSize": 2, "pageToken": r["nextPageToken"], "orderBy": "TIME_DESCENDING"}
-    assert_invalid(
-        team.client.get(f"/audit/teams/{team.team_id}/events", params=other), "pageToken"
-    )
+    assert_invalid(team.http.get(f"/audit/teams/{team.team_id}/events", params=other), "pageToken")
 
 
-def test_audit_filters_by_text_user_and_time(team: Team, module_deployment: Deployment) -> None:
+def test_audit_filters_by_text_user_and_time(team: ManagementClient, control: ControlApp) -> None:
     other_user = str(uuid.uuid4())
     _, other_secret = create_management_key(
-        module_deployment, team.team_id, name="second operator", owner_user_id=other_user
+        control.dep, team.team_id, name="second operator", owner_user_id=other_user
     )
-    mine = team.create(name="alpha")
-    with control_client(module_deployment.control_url, other_secret) as other:
+    mine = team.create_key(name="alpha")
+    with control.client(other_secret) as other:
         theirs = other.post(team.keys_path, json={"name": "beta"}).json()
         other.post(f"/auth/api-keys/{mine['apiKeyId']}/rotate")
     team.update(theirs["apiKeyId"], {"qps": 1}, "qps")
@@ -852,8 +816,8 @@ ROUTES = {
 CAMEL = re.compile(r"[a-z][a-zA-Z0-9]*")
 
 
-def test_openapi_describes_every_route_in_camel_case(module_deployment: Deployment) -> None:
-    with control_client(module_deployment.control_url) as client:
+def test_openapi_describes_every_route_in_camel_case(control: ControlApp) -> None:
+    with control.client() as client:
         spec = client.get("/openapi.json").json()
     schemas = spec["components"]["schemas"]
 
@@ -951,14 +915,12 @@ masks = (
 
 
 @pytest.fixture(scope="module")
-def fuzz(module_deployment: Deployment, admin: Any) -> Iterator[Team]:
-    team_id, secret = create_team_in(admin, f"fuzz-{uuid.uuid4()}")
-    with control_client(module_deployment.control_url, secret) as client:
-        team = Team(module_deployment, team_id, secret, client)
+def fuzz(control: ControlApp) -> Iterator[ManagementClient]:
+    with control.new_team(f"fuzz-{uuid.uuid4()}") as team:
         yield team
 
 
-def assert_answered(r: httpx.Response, allowed: tuple[int, ...] = (200, 400)) -> None:
+def assert_answered(r: httpx2.Response, allowed: tuple[int, ...] = (200, 400)) -> None:
     assert r.status_code in allowed, (r.status_code, r.text)
     body = r.json()
     if r.status_code != 200:
@@ -978,8 +940,10 @@ def assert_answered(r: httpx.Response, allowed: tuple[int, ...] = (200, 400)) ->
 
 @settings(max_examples=60, deadline=None)
 @given(body=st.dictionaries(st.sampled_from(KEY_FIELDS), field_values, max_size=5))
-def test_create_answers_any_body_with_200_or_400(fuzz: Team, body: dict[str, Any]) -> None:
-    assert_answered(fuzz.client.post(fuzz.keys_path, json={"name": "fuzz", **body}))
+def test_create_answers_any_body_with_200_or_400(
+    fuzz: ManagementClient, body: dict[str, Any]
+) -> None:
+    assert_answered(fuzz.http.post(fuzz.keys_path, json={"name": "fuzz", **body}))
 
 
 @settings(max_examples=60, deadline=None)
@@ -988,13 +952,13 @@ def test_create_answers_any_body_with_200_or_400(fuzz: Team, body: dict[str, Any
     mask=masks,
 )
 def test_update_answers_any_body_with_200_or_400(
-    fuzz: Team, api_key: dict[str, Any], mask: Any
+    fuzz: ManagementClient, api_key: dict[str, Any], mask: Any
 ) -> None:
-    key = fuzz.create()
+    key = fuzz.create_key()
     r = fuzz.update(key["apiKeyId"], api_key, mask)
     assert_answered(r)
     if r.status_code != 200:
-        assert fuzz.get(key["apiKeyId"]) == {k: v for k, v in key.items() if k != "apiKey"}
+        assert fuzz.get_key(key["apiKeyId"]) == {k: v for k, v in key.items() if k != "apiKey"}
 
 
 @settings(max_examples=30, deadline=None)
@@ -1003,9 +967,11 @@ def test_update_answers_any_body_with_200_or_400(
         st.sampled_from(["expireTime", "oldSecretExpireTime", "x"]), field_values, max_size=2
     )
 )
-def test_rotate_answers_any_body_with_200_or_400(fuzz: Team, body: dict[str, Any]) -> None:
-    key = fuzz.create()
-    assert_answered(fuzz.client.post(f"/auth/api-keys/{key['apiKeyId']}/rotate", json=body))
+def test_rotate_answers_any_body_with_200_or_400(
+    fuzz: ManagementClient, body: dict[str, Any]
+) -> None:
+    key = fuzz.create_key()
+    assert_answered(fuzz.http.post(f"/auth/api-keys/{key['apiKeyId']}/rotate", json=body))
 
 
 query_values = st.text(max_size=30) | st.integers().map(str)
@@ -1034,7 +1000,7 @@ query_values = st.text(max_size=30) | st.integers().map(str)
     ),
 )
 def test_list_queries_are_answered_with_200_or_400(
-    fuzz: Team, params: dict[str, str], audit: dict[str, str]
+    fuzz: ManagementClient, params: dict[str, str], audit: dict[str, str]
 ) -> None:
-    assert_answered(fuzz.client.get(fuzz.keys_path, params=params))
-    assert_answered(fuzz.client.get(f"/audit/teams/{fuzz.team_id}/events", params=audit))
+    assert_answered(fuzz.http.get(fuzz.keys_path, params=params))
+    assert_answered(fuzz.http.get(f"/audit/teams/{fuzz.team_id}/events", params=audit))
