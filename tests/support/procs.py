@@ -73,7 +73,7 @@ class Proc:
     log_path: Path
     popen: subprocess.Popen[bytes] | None = None
 
-    def start(self, *, ready_path: str = "/healthz", timeout: float = 20.0) -> Proc:
+    def start(self, *, ready_path: str = "/healthz", timeout: float = 60.0) -> Proc:
         log = self.log_path.open("ab")
         self.popen = subprocess.Popen(self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
