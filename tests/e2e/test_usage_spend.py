@@ -138,9 +138,9 @@ def test_a_key_over_its_budget_is_refused_on_every_cluster_within_the_aim(
     for cluster in CLUSTERS:
         with stack.client(key.secret, cluster) as client:
             assert client.post("/v1/chat/completions", json=REQUEST).status_code == 200
-    events = team.mgmt.get(f"/audit/teams/{team.team_id}/events").json()["events"]
+    events = team.mgmt.http.get(f"/audit/teams/{team.team_id}/events").json()["events"]
     assert "BlockApiKey" in {e["operation"] for e in events}
-    shown = team.mgmt.get(f"/auth/teams/{team.team_id}/api-keys").json()["apiKeys"][0]
+    shown = team.mgmt.http.get(f"/auth/teams/{team.team_id}/api-keys").json()["apiKeys"][0]
     assert shown["budget"] == {"cents": str(budget * 10), "period": "DAY"}
 
 
@@ -151,7 +151,7 @@ def test_a_team_at_its_spending_limit_is_refused_everywhere_until_it_is_raised(
     cents = request_cost(stack, key)
     path = f"/v1/billing/teams/{team.team_id}/postpaid/spending-limits"
     assert (
-        team.mgmt.post(
+        team.mgmt.http.post(
             path, json={"desiredSoftSpendingLimit": {"val": str(20 * cents)}}
         ).status_code
         == 200
@@ -170,7 +170,9 @@ def test_a_team_at_its_spending_limit_is_refused_everywhere_until_it_is_raised(
     late = team.create_key(WILDCARD)
     with stack.client(late.secret, CLUSTERS[1]) as client:
         assert client.post("/v1/chat/completions", json=REQUEST).status_code == 403
-    raised = team.mgmt.post(path, json={"desiredSoftSpendingLimit": {"val": str(10_000 * cents)}})
+    raised = team.mgmt.http.post(
+        path, json={"desiredSoftSpendingLimit": {"val": str(10_000 * cents)}}
+    )
     assert raised.status_code == 200
 
     def works_everywhere() -> bool:
@@ -183,7 +185,7 @@ def test_a_team_at_its_spending_limit_is_refused_everywhere_until_it_is_raised(
     wait_for(works_everywhere, timeout=10.0, what="the raised limit unblocks every cluster")
     operations = {
         e["operation"]
-        for e in team.mgmt.get(f"/audit/teams/{team.team_id}/events").json()["events"]
+        for e in team.mgmt.http.get(f"/audit/teams/{team.team_id}/events").json()["events"]
     }
     assert {"SetSpendingLimit", "BlockTeam", "UnblockTeam"} <= operations
     assert httpx2.get(stack.dep.control_url + "/healthz").status_code == 200
