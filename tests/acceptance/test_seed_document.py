@@ -112,7 +112,7 @@ def run_curl(
         sent = {"User-Agent": "curl/8", "Accept": "*/*"}
         if data is not None:
             sent["Content-Type"] = "application/x-www-form-urlencoded"
-        sent.update(h.split(": ", 1) for h in headers)
+        sent.update(tuple(h.split(": ", 1)) for h in headers)  # type: ignore[misc]
         r = httpx2.request(curl.method, url, headers=sent, content=data, timeout=10)
         return Answer(r.status_code, r.content)
     # The URL is one argument: in a shell the list URL's unquoted "&" would end the command,

@@ -49,7 +49,9 @@ def patch_body(key_id: str | None = None) -> dict[str, Any]:
 
 
 # (method, path, body): {team} is the team in the path, {key} a key id.
-TEAM_PATH_RPCS = [
+#: (method, path, body): a body is JSON, a placeholder the test fills in, or none.
+Rpc = tuple[str, str, Any]
+TEAM_PATH_RPCS: list[Rpc] = [
     ("POST", "/auth/teams/{team}/api-keys", {"name": "intruder", "acls": ["api-key:model:*"]}),
     ("GET", "/auth/teams/{team}/api-keys", None),
     ("PUT", "/auth/teams/{team}/api-keys", "patch-with-key"),
@@ -57,7 +59,7 @@ TEAM_PATH_RPCS = [
     ("GET", "/auth/teams/{team}/endpoints", None),
     ("GET", "/audit/teams/{team}/events", None),
 ]
-KEY_PATH_RPCS = [
+KEY_PATH_RPCS: list[Rpc] = [
     ("PUT", "/auth/api-keys/{key}", "patch"),
     ("POST", "/auth/api-keys/{key}/rotate", {}),
     ("DELETE", "/auth/api-keys/{key}", None),

@@ -127,7 +127,7 @@ def test_create_refuses(team: ManagementClient, body: str, field: str) -> None:
     assert team.list_keys() == [], "a refused create creates nothing"
 
 
-GOOD_KEY = {
+GOOD_KEY: dict[str, Any] = {
     "name": "before",
     "acls": ["api-key:endpoint:chat"],
     "qps": 3,

@@ -7,6 +7,7 @@ nothing fails; when Redis returns, limits are exact again.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 import httpx2
@@ -134,7 +135,7 @@ def test_redis_down_applies_the_policy_then_recovers(
         return bool(httpx2.get(url + "/healthz").json()["limiter"] == "ok")
 
     for url in urls:
-        wait_for(lambda u=url: back_on_redis(u), what="replica back on Redis")
+        wait_for(functools.partial(back_on_redis, url), what="replica back on Redis")
     secret_after = loaded_key(dep, urls, qps=20)
     up = run_load(urls, secret_after, clients=32, seconds=4, body=CHAT)
     assert {s.status for s in up} <= {200, 429}

@@ -7,4 +7,10 @@ Owns the routes, the request and response schemas (``schemas``), rendering domai
 
 May import: ``keyplane.domain``, ``keyplane.services``, ``keyplane.storage`` (for wiring only),
 ``keyplane.propagation`` (to mount the feed), ``keyplane.catalog`` and ``keyplane.settings``.
+
+The app factory is ``keyplane.control.app.create_app``; this ``__init__`` imports nothing, so the
+rooms that reuse a piece of the control plane (the console's rendering, usage's body reading) do
+not load the whole app, nor loop back into themselves through it.
 """
+
+__all__: list[str] = []

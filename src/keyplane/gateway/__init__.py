@@ -10,3 +10,14 @@ May import: ``keyplane.domain``, ``keyplane.ratelimit``, ``keyplane.propagation.
 ``keyplane.private_files``. Never storage or services: it reaches the control
 plane over HTTP only.
 """
+
+from keyplane.gateway.app import Gateway, GatewayConfig
+from keyplane.gateway.inference import Inference
+from keyplane.gateway.server import GatewayProcess
+
+__all__ = [
+    "Gateway",
+    "GatewayConfig",
+    "GatewayProcess",
+    "Inference",
+]

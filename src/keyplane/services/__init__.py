@@ -7,3 +7,12 @@ per-process wiring they run with (``context``). Each use case is one transaction
 May import: ``keyplane.domain`` and ``keyplane.storage``. Never control, propagation or gateway,
 which call it.
 """
+
+from keyplane.services.auth import Principal, authenticate
+from keyplane.services.context import Context
+
+__all__ = [
+    "Context",
+    "Principal",
+    "authenticate",
+]

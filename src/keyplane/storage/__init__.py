@@ -6,3 +6,9 @@ business rules: those are ``keyplane.services``.
 
 May import: ``keyplane.domain``. Never services, control, propagation or gateway.
 """
+
+from keyplane.storage.db import Database
+
+__all__ = [
+    "Database",
+]

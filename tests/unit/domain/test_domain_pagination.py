@@ -14,7 +14,7 @@ from keyplane.domain.pagination import decode_token, encode_token
 
 ALPHABET = string.ascii_letters + string.digits + "-_"
 secrets = st.binary(min_size=1, max_size=64)
-scopes = st.text(st.characters(exclude_categories=("Cs",)), max_size=60)
+scopes = st.text(st.characters(exclude_categories=["Cs"]), max_size=60)
 # What the services page by: (create time in µs, id), and other JSON they might put there.
 positions = st.tuples(st.integers(-(2**63), 2**63 - 1), st.uuids().map(str)).map(list) | st.lists(
     st.integers() | st.text(max_size=12) | st.booleans() | st.none(), max_size=4
