@@ -161,7 +161,7 @@ class Watch(threading.Thread):
         self.stretches: list[tuple[float, float]] = []
 
     def counters(self) -> list[tuple[float, float]]:
-        pages = [httpx.get(u + "/metrics", headers=OPERATOR, timeout=5).text for u in self.urls]
+        pages = [httpx2.get(u + "/metrics", headers=OPERATOR, timeout=5).text for u in self.urls]
         return [
             (
                 metric(page, 'keyplane_ratelimit_transitions_total{to="down"}'),
@@ -175,7 +175,7 @@ class Watch(threading.Thread):
         while not self.stopping.wait(0.05):
             try:
                 now = self.counters()
-            except httpx.HTTPError:  # unknown: count the stretch as switched, the safe side
+            except httpx2.HTTPError:  # unknown: count the stretch as switched, the safe side
                 now = [(-1.0, -1.0)]
             at = time.monotonic()
             # Went down or came back since the last poll, or is down now: a decision may have
