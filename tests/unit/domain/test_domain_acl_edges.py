@@ -10,6 +10,7 @@ from keyplane.domain.acl import (
     ENDPOINTS,
     MAX_ACL_LENGTH,
     MAX_ACLS,
+    RPCS,
     CompiledAcls,
     normalize_api_key_acls,
     parse_management_acl,
@@ -38,8 +39,7 @@ def test_a_colon_after_the_key_belongs_to_the_rpc_part() -> None:
 
 def test_an_unknown_rpc_names_itself_and_the_known_ones() -> None:
     message = refusal("team-token:endpoint:DropEverything")
-    assert "unknown RPC 'DropEverything'; known: " in message
-    assert "ListApiKeys" in message
+    assert message == f"acls: unknown RPC 'DropEverything'; known: {', '.join(RPCS)}, or *"
 
 
 def api_key_refusal(value: object, field: str = "apiKey.acls") -> str:
@@ -50,8 +50,8 @@ def api_key_refusal(value: object, field: str = "apiKey.acls") -> str:
 
 
 def test_api_key_acl_refusals_name_the_callers_field() -> None:
-    assert "each ACL must be a string" in api_key_refusal([7])
-    assert "must be a list of ACL strings" in api_key_refusal("api-key:endpoint:*")
+    assert api_key_refusal([7]) == "apiKey.acls: each ACL must be a string"
+    assert api_key_refusal("api-key:endpoint:*") == "apiKey.acls: must be a list of ACL strings"
     too_many = [f"api-key:model:m{i}" for i in range(MAX_ACLS + 1)]
     assert f"at most {MAX_ACLS} ACLs per key" in api_key_refusal(too_many)
     assert "is not an ACL" in api_key_refusal(["nonsense"])
