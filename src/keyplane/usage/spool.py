@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +46,8 @@ class Spool:
             int(m.group(1)) for p in directory.iterdir() if (m := _SEGMENT.fullmatch(p.name))
         )
         self.cursor = self._read_cursor() or ((segments[0], 0) if segments else (1, 0))
+        self.cursor_dirty = False
+        self._cursor_lock = threading.Lock()
         for old in [s for s in segments if s < self.cursor[0]]:
             self._path(old).unlink(missing_ok=True)  # acked before a crash, not yet removed
         self.segment = max([self.cursor[0], *segments])
@@ -69,9 +72,12 @@ class Spool:
             return None
 
     def _write_cursor(self) -> None:
-        tmp = self.directory / (CURSOR + ".tmp")
-        tmp.write_text(f"{self.cursor[0]} {self.cursor[1]}\n")
-        tmp.replace(self.directory / CURSOR)
+        with self._cursor_lock:  # ``sync`` writes it from a thread
+            self.cursor_dirty = False
+            segment, offset = self.cursor
+            tmp = self.directory / (CURSOR + ".tmp")
+            tmp.write_text(f"{segment} {offset}\n")
+            tmp.replace(self.directory / CURSOR)
 
     def _open(self, segment: int) -> None:
         if self._fd >= 0:
@@ -148,18 +154,22 @@ class Spool:
         return Batch(segment, start, last, data[: last - start])
 
     def ack(self, batch: Batch) -> None:
+        """Move the cursor past ``batch``. The cursor file is written by ``sync`` (once a second)
+        or when a segment is dropped: a cursor lost to a crash only means a resend, which the
+        control plane recognizes by offset."""
         if (batch.segment, batch.start) != self.cursor:
             return  # an old answer; the cursor has moved on
         self.cursor = (batch.segment, batch.end)
+        self.cursor_dirty = True
         if batch.segment != self.segment:
             with contextlib.suppress(FileNotFoundError):
                 if batch.end >= self._path(batch.segment).stat().st_size:
                     self._advance()
         elif batch.end >= self.size and self.size >= ROTATE_BYTES:
             self._open(self.segment + 1)
-            self._path(batch.segment).unlink(missing_ok=True)
             self.cursor = (self.segment, 0)
-        self._write_cursor()
+            self._write_cursor()  # before the old segment goes
+            self._path(batch.segment).unlink(missing_ok=True)
 
     def _advance(self) -> None:
         old = self.cursor[0]
@@ -170,12 +180,17 @@ class Spool:
     # -- durability -------------------------------------------------------------------------------
 
     def sync(self) -> None:
-        """Power-loss durability for what is appended so far (call it off the hot path)."""
+        """Power-loss durability for what is appended so far, and the cursor to disk (call it
+        off the hot path)."""
         self.dirty = False
         with contextlib.suppress(OSError):
-            os.fsync(self._fd)
+            os.fdatasync(self._fd)  # the data and the size: all an append-only file needs
+        if self.cursor_dirty:
+            self._write_cursor()
 
     def close(self) -> None:
+        if self.cursor_dirty:
+            self._write_cursor()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
