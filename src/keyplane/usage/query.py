@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import ColumnElement, Connection, and_, func, not_, select
+from sqlalchemy import ColumnElement, Connection, and_, func, literal, not_, select
 
 from keyplane.catalog import Catalog
 from keyplane.domain.errors import InvalidArgument
@@ -300,9 +300,13 @@ def run(conn: Connection, team_id: str, q: UsageQuery, catalog: Catalog) -> Answ
     table = _resolution([lo, hi, *epochs[1:-1]])
     columns = sorted({c for g in q.group_by for c in _COLUMNS[g]})
     by_key = "api_key_id" in q.group_by or any(f.field == "api_key_id" for f in q.filters)
+    n = len(edges) - 1
+    # One answer bucket (TIME_UNIT_NONE, or a range inside one bucket): no need to group by the
+    # table's buckets, so a month of daily rows per key comes back as one row per key.
+    bucket_column = literal(epochs[0]) if n == 1 else table.c.bucket
     query = (
         select(
-            table.c.bucket,
+            bucket_column,
             *(table.c[c] for c in columns),
             func.sum(table.c.requests),
             func.sum(table.c.prompt_tokens),
@@ -317,9 +321,8 @@ def run(conn: Connection, team_id: str, q: UsageQuery, catalog: Catalog) -> Answ
             table.c.bucket < hi,
             *(_condition(table, f, catalog) for f in q.filters),
         )
-        .group_by(table.c.bucket, *(table.c[c] for c in columns))
+        .group_by(*([] if n == 1 else [table.c.bucket]), *(table.c[c] for c in columns))
     )
-    n = len(edges) - 1
     groups: dict[tuple[str, ...], list[list[int]]] = defaultdict(
         lambda: [[0, 0, 0, 0] for _ in range(n)]
     )

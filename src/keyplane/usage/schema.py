@@ -28,6 +28,8 @@ def _rollup(name: str) -> Table:
         Column("completion_tokens", BigInteger, nullable=False),
         Column("cost", BigInteger, nullable=False),
         Index(f"ix_{name}_bucket", "bucket"),
+        # The team's totals (api_key_id = ALL_KEYS) and one key's rows, without the others.
+        Index(f"ix_{name}_team_key", "team_id", "api_key_id", "bucket"),
     )
 
 
