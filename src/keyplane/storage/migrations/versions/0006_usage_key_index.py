@@ -1,7 +1,7 @@
 """usage rollups: an index by (team, key, bucket) for team totals and one key's usage
 
-Revision ID: 0005_usage_key_index
-Revises: 0004_sec
+Revision ID: 0006_usage_key_index
+Revises: 0005_sec
 Create Date: 2026-12-04 18:30:00
 """
 
@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0005_usage_key_index"
-down_revision: str | None = "0004_sec"
+revision: str = "0006_usage_key_index"
+down_revision: str | None = "0005_sec"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
