@@ -22,6 +22,13 @@ name = "priced"
 [models.prices]
 prompt_text_token_price = "2000"
 completion_text_token_price = "10000"
+
+[[models]]
+name = "pix"
+kind = "image"
+output_modalities = ["IMAGE"]
+[models.prices]
+image_price = "700000000"
 """
 
 
@@ -92,3 +99,16 @@ def test_requests_without_credentials_are_counted_for_no_team(stack: Stack) -> N
         for _ in range(4):
             assert client.post("/v1/chat/completions", json=chat_body()).status_code == 401
     wait_counted(stack.dep, "", before + 4)
+
+
+def test_images_are_priced_per_image(stack: Stack) -> None:
+    team = stack.new_team("images")
+    key = team.create_key(WILDCARD)
+    with stack.client(key.secret) as client:
+        response = client.post(
+            "/v1/images/generations", json={"model": "pix", "prompt": "a cat", "n": 2}
+        )
+    assert response.status_code == 200, response.text
+    totals = wait_counted(stack.dep, team.team_id, 1)
+    assert totals.cost == 2 * 700_000_000  # the catalog's imagePrice, per image
+    team.close()

@@ -464,6 +464,9 @@ class _Call:
                 self.usage = _with_usage.decode(data).usage
             except msgspec.MsgspecError:
                 self.usage = None
+        if ok and self.tally is not None and self.tally.endpoint == "image":
+            # Priced per image (usage.record.Prices): one "b64_json" or "url" field each.
+            self.tally.images = data.count(b'"b64_json"') + data.count(b'"url"')
         await self.settle()
         await self.send(
             {
