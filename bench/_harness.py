@@ -29,6 +29,7 @@ if str(ROOT / "src") not in sys.path:
 from tests.support.management import connect  # noqa: E402
 from tests.support.procs import (  # noqa: E402
     OPERATOR,
+    PYTHON,
     Deployment,
     Proc,
     free_port,
@@ -37,6 +38,7 @@ from tests.support.procs import (  # noqa: E402
 
 __all__ = [
     "OPERATOR",
+    "PYTHON",
     "Deployment",
     "Proc",
     "connect",

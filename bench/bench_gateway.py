@@ -8,9 +8,12 @@ loopback port and stops at the end).
 Prints Markdown: (a) admission decisions/s in process (auth + ACL + qps/qpm/tpm limiters): the
 synchronous in-memory fast path, then ``await limiter.acquire`` with a MemoryLimiter and with a
 RedisLimiter, one decision at a time and from 32 concurrent tasks; (b) p50/p99 latency,
-requests/s and CPU per request, direct vs through a gateway with in-memory limits vs through a
-gateway with Redis limits, plain and streaming; (c) if py-spy is on PATH, each gateway's hottest
-functions during the plain load. Without redis-server on PATH the Redis parts are left out.
+requests/s and CPU per request, direct vs through the reference pass-through (bench/_passthrough.py:
+raw ASGI, one aiohttp session, a dict key lookup, no limits) vs through a gateway with in-memory
+limits vs through a gateway with Redis limits, plain and streaming, in interleaved rounds, and each
+gateway's CPU per request ÷ the pass-through's; (c) if py-spy is on PATH (or in .venv/bin), each
+server's hottest functions during the plain load. Without redis-server on PATH the Redis parts are
+left out.
 """
 
 from __future__ import annotations
@@ -30,10 +33,13 @@ import aiohttp
 import httpx2
 from _harness import (
     OPERATOR,
+    PYTHON,
     Deployment,
+    Proc,
     connect,
     cpu_seconds,
     footer,
+    free_port,
     header,
     log,
     percentile,
@@ -43,7 +49,10 @@ from _harness import (
 )
 
 CONCURRENCY = 16
-SECONDS = 5.0
+#: Each target is driven ROUNDS times for SECONDS, interleaved with the others, after a warm-up.
+SECONDS = 3.0
+ROUNDS = 3
+WARMUP = 2.0
 MAX_REQUESTS = 40_000
 PLAIN = {
     "model": "grok-3-mini",
@@ -86,14 +95,18 @@ def _admission_setup() -> tuple[Any, Any, dict[str, Any]]:
     return gateway, catalog, scope
 
 
-def admission_rate(iterations: int = 200_000) -> tuple[float, float]:
+def admission_rate(iterations: int = 200_000) -> tuple[float, float, float]:
     """Decisions per second through the gateway's own code: authenticate the bearer key,
-    check state, endpoint and model ACLs, build the limits and acquire them in memory."""
-    from keyplane.gateway.inference import limits_for
+    check state, endpoint and model ACLs, take the limits from a cache keyed by (key, revision,
+    model) as the gateway does, and acquire them in memory. Returns decisions per wall-clock
+    second, per CPU-second of this process (fairer on a shared machine), and CPU µs each."""
+    from keyplane.gateway.inference import Limits, limits_for
     from keyplane.ratelimit import MemoryLimiter
 
     gateway, catalog, scope = _admission_setup()
     limiter = MemoryLimiter()
+    cache: dict[tuple[str, int, str], Limits] = {}
+    cpu0 = time.process_time()
     started = time.perf_counter()
     for _ in range(iterations):
         key = gateway.authenticate(scope)
@@ -102,10 +115,14 @@ def admission_rate(iterations: int = 200_000) -> tuple[float, float]:
         model = catalog.resolve("grok-3-mini", CLUSTER)
         assert model is not None
         assert key.acls.allows_model("grok-3-mini", model.name)
-        limits = limits_for(key, model)
+        cache_key = (key.api_key_id, key.revision, model.name)
+        limits = cache.get(cache_key)
+        if limits is None:
+            limits = cache[cache_key] = limits_for(key, model)
         limiter.acquire_now(limits.requests, limits.tokens)
     elapsed = time.perf_counter() - started
-    return iterations / elapsed, elapsed / iterations * 1e6
+    cpu = time.process_time() - cpu0
+    return iterations / elapsed, iterations / cpu, cpu / iterations * 1e6
 
 
 async def admission_async(make_limiter: Callable[[], Any], tasks: int) -> dict[str, Any]:
@@ -199,10 +216,12 @@ def admission_table(redis_url: str | None) -> str:
     )
 
 
-async def drive(url: str, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+async def drive(
+    url: str, body: dict[str, Any], headers: dict[str, str], seconds: float = SECONDS
+) -> dict[str, Any]:
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
-    deadline = time.monotonic() + SECONDS
+    deadline = time.monotonic() + seconds
     budget = [MAX_REQUESTS]
     connector = aiohttp.TCPConnector(limit=CONCURRENCY)
     async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
@@ -340,41 +359,60 @@ def http_section(tmp: Path, redis: Redis) -> list[str]:
                 lambda gw=gw: aiohttp_get_status(gw.url + "/v1/api-key", auth) == 200,
                 what=f"key on {gw.name}",
             )
+        passthrough = start_passthrough(dep, models.url, key["apiKey"])
         redis_pid = redis.pid()
         rows = []
         summary: dict[tuple[str, str], dict[str, Any]] = {}
         profiles: dict[str, list[tuple[str, str]]] = {}
         for label, body in (("plain", PLAIN), ("stream", STREAM)):
-            targets = [("direct", "direct", models.url, {}, None)] + [
-                (tag, name, gw.url, auth, gw) for tag, name, gw in gateways
-            ]
-            for tag, name, url, headers, gw in targets:
-                log(f"{label} via {name}")
-                asyncio.run(drive(url + "/v1/chat/completions", body, headers))  # warm-up
-                g0 = cpu_seconds(pid_of(gw)) if gw is not None else 0.0
-                m0 = cpu_seconds(pid_of(models))
-                r0 = cpu_seconds(redis_pid) if redis_pid is not None else 0.0
-                spy = None
-                raw = tmp / f"profile-{label}-{tag}.txt"
-                if gw is not None:
-                    spy = profile(pid_of(gw), int(SECONDS) - 1, raw)
-                result = asyncio.run(drive(url + "/v1/chat/completions", body, headers))
-                if spy is not None:
-                    spy.wait(timeout=30)
-                    if label == "plain":
+            targets: list[tuple[str, str, str, dict[str, str], Proc | None]] = [
+                ("direct", "direct", models.url, {}, None),
+                ("passthrough", "pass-through (reference)", passthrough.url, auth, passthrough),
+            ] + [(tag, name, gw.url, auth, gw) for tag, name, gw in gateways]
+            for _, name, url, headers, _ in targets:
+                log(f"{label}: warm-up via {name}")
+                asyncio.run(drive(url + "/v1/chat/completions", body, headers, WARMUP))
+            # Interleaved: every round drives each target once, so a change in the machine's
+            # load during the run touches them all alike.
+            acc: dict[str, dict[str, Any]] = {
+                tag: {"latencies": [], "statuses": Counter(), "elapsed": 0.0, "cpu": 0.0,
+                      "model": 0.0, "redis": 0.0}
+                for tag, *_ in targets
+            }  # fmt: skip
+            for round_ in range(ROUNDS):
+                for tag, name, url, headers, proc in targets:
+                    log(f"{label} round {round_ + 1}/{ROUNDS} via {name}")
+                    g0 = cpu_seconds(pid_of(proc)) if proc is not None else 0.0
+                    m0 = cpu_seconds(pid_of(models))
+                    r0 = cpu_seconds(redis_pid) if redis_pid is not None else 0.0
+                    spy = None
+                    raw = tmp / f"profile-{label}-{tag}.txt"
+                    if proc is not None and round_ == 0 and label == "plain":
+                        spy = profile(pid_of(proc), int(SECONDS) - 1, raw)
+                    result = asyncio.run(drive(url + "/v1/chat/completions", body, headers))
+                    a = acc[tag]
+                    if proc is not None:
+                        a["cpu"] += cpu_seconds(pid_of(proc)) - g0
+                    a["model"] += cpu_seconds(pid_of(models)) - m0
+                    if redis_pid is not None:
+                        a["redis"] += cpu_seconds(redis_pid) - r0
+                    a["latencies"] += result["latencies"]
+                    a["statuses"].update(result["statuses"])
+                    a["elapsed"] += result["elapsed"]
+                    if spy is not None:
+                        spy.wait(timeout=30)
                         profiles[name] = hottest(raw)
-                n = len(result["latencies"])
-                g_cpu = cpu_seconds(pid_of(gw)) - g0 if gw is not None else None
-                m_cpu = cpu_seconds(pid_of(models)) - m0
-                r_cpu = cpu_seconds(redis_pid) - r0 if redis_pid is not None else None
+            for tag, name, _, _, proc in targets:
+                a = acc[tag]
+                n = len(a["latencies"])
                 stats = {
                     "n": n,
-                    "rate": n / result["elapsed"],
-                    "p50": percentile(result["latencies"], 50) * 1000,
-                    "p99": percentile(result["latencies"], 99) * 1000,
-                    "gw_us": g_cpu / n * 1e6 if g_cpu is not None else None,
-                    "model_us": m_cpu / n * 1e6,
-                    "redis_us": r_cpu / n * 1e6 if r_cpu is not None else None,
+                    "rate": n / a["elapsed"],
+                    "p50": percentile(a["latencies"], 50) * 1000,
+                    "p99": percentile(a["latencies"], 99) * 1000,
+                    "gw_us": a["cpu"] / n * 1e6 if proc is not None else None,
+                    "model_us": a["model"] / n * 1e6,
+                    "redis_us": a["redis"] / n * 1e6 if redis_pid is not None else None,
                 }
                 summary[label, tag] = stats
                 rows.append([
@@ -384,10 +422,10 @@ def http_section(tmp: Path, redis: Redis) -> list[str]:
                     f"{stats['rate']:,.0f}",
                     f"{stats['p50']:.2f}",
                     f"{stats['p99']:.2f}",
-                    f"{stats['gw_us']:.0f}" if gw is not None else "—",
+                    f"{stats['gw_us']:.0f}" if proc is not None else "—",
                     f"{stats['model_us']:.0f}",
                     f"{stats['redis_us']:.0f}" if tag == "gateway-redis" else "—",
-                    dict(result["statuses"]),
+                    dict(a["statuses"]),
                 ])  # fmt: skip
         check = ""
         if redis.url is not None:
@@ -401,14 +439,19 @@ def http_section(tmp: Path, redis: Redis) -> list[str]:
             if fell_back:
                 check += " **The Redis rows are not all Redis decisions.**"
         out.append("")
-        out.append(f"{CONCURRENCY} concurrent connections, {SECONDS:.0f} s per row (after a "
-                   f"{SECONDS:.0f} s warm-up), chat completions of 8 tokens (stream: 8 SSE "
-                   f"chunks + usage), load from this process.{check}\n")  # fmt: skip
+        out.append(f"{CONCURRENCY} concurrent connections; each path driven {ROUNDS} times "
+                   f"{SECONDS:.0f} s, interleaved with the others (after a {WARMUP:.0f} s "
+                   "warm-up each); chat completions of 8 tokens (stream: 8 SSE chunks + usage), "
+                   "load from this process. The pass-through is bench/_passthrough.py: raw ASGI, "
+                   "one aiohttp session, a dict key lookup, no limits, on the gateway's uvicorn "
+                   f"settings. The gateway has usage metering on.{check}\n")  # fmt: skip
         out.append(table(
             ["body", "path", "requests", "req/s", "p50 ms", "p99 ms", "gateway CPU µs/req",
              "model server CPU µs/req", "redis-server CPU µs/req", "statuses"],
             rows,
         ))  # fmt: skip
+        out.append("")
+        out.append(against_reference(summary, [tag for tag, _, _ in gateways]))
         if redis.url is not None:
             out.append("")
             out.append(side_by_side(summary))
@@ -423,6 +466,36 @@ def http_section(tmp: Path, redis: Redis) -> list[str]:
     finally:
         dep.stop_all()
     return out
+
+
+def start_passthrough(dep: Deployment, upstream: str, secret: str) -> Proc:
+    """The reference pass-through (bench/_passthrough.py), stopped with the deployment."""
+    port = free_port()
+    proc = Proc(
+        name="passthrough",
+        args=[PYTHON, str(Path(__file__).with_name("_passthrough.py")), "--port", str(port),
+              "--upstream", upstream, "--key", secret],
+        env=dict(dep.env),
+        url=f"http://127.0.0.1:{port}",
+        log_path=dep.root / "passthrough.log",
+    )  # fmt: skip
+    dep.procs.append(proc)
+    return proc.start(ready_path="/")
+
+
+def against_reference(summary: dict[tuple[str, str], dict[str, Any]], tags: list[str]) -> str:
+    """Server CPU per request of each gateway ÷ the pass-through's, per body (the #11 aim)."""
+    rows = []
+    for label in ("plain", "stream"):
+        ref = summary[label, "passthrough"]["gw_us"]
+        for tag in tags:
+            gw = summary[label, tag]["gw_us"]
+            rows.append([label, tag, f"{ref:.0f}", f"{gw:.0f}", f"×{gw / ref:.2f}"])
+    return table(
+        ["body", "gateway", "pass-through CPU µs/req", "gateway CPU µs/req",
+         "gateway ÷ pass-through"],
+        rows,
+    )  # fmt: skip
 
 
 def side_by_side(summary: dict[tuple[str, str], dict[str, Any]]) -> str:
@@ -463,10 +536,11 @@ def side_by_side(summary: dict[tuple[str, str], dict[str, Any]]) -> str:
 
 def main() -> None:
     print(header("Gateway: admission cost, and added latency and CPU per request"))
-    rate, micros = admission_rate()
+    rate, per_cpu, micros = admission_rate()
     print(table(["in-process admission (auth + ACL + qps/qpm/tpm)", "value"], [
-        ["decisions per second (one core)", f"{rate:,.0f}"],
-        ["µs per decision", f"{micros:.1f}"],
+        ["decisions per wall-clock second", f"{rate:,.0f}"],
+        ["decisions per CPU-second (one core)", f"{per_cpu:,.0f}"],
+        ["CPU µs per decision", f"{micros:.1f}"],
     ]))  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp, Redis() as redis:
         print()
