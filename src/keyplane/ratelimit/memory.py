@@ -32,8 +32,8 @@ from keyplane.ratelimit.base import (
     Quota,
     RequestLimit,
     SystemClock,
-    Tally,
     TokenLimit,
+    Violation,
 )
 
 __all__ = ["MemoryLimiter"]
@@ -152,7 +152,10 @@ class MemoryLimiter:
             self._sweep(now, self._sweep_budget)
         if not requests and not tokens:
             return ALLOWED
-        tally = Tally()
+        # What Tally does for the other backends, inlined: scalars instead of a Tally object and
+        # one Quota per better candidate; the same choices (see Tally for the rules).
+        violated: Violation | None = None
+        retry_after = 0.0
         counters = self._requests
         # Check every limit first; nothing is written until all of them have passed.
         checked: list[tuple[RequestLimit, _Log | None, int]] = []
@@ -170,26 +173,38 @@ class MemoryLimiter:
             checked.append((lim, log, count))
             if count >= limit:
                 retry = log.release(count - limit + 1) + lim.window - now
-                tally.violate("requests", lim, count, retry)
+                if violated is None or retry > retry_after:
+                    violated = Violation("requests", lim.name, lim.counter, count, limit, retry)
+                    retry_after = retry
         token_counters = self._tokens
+        tok_remaining = tok_limit = _NONE
+        tok_reset = 0.0
         for tlim in tokens:
             limit = tlim.limit
             if limit <= 0:
                 continue
             log = token_counters.get(tlim.counter)
             if log is None:
-                tally.token(limit, 0, 0.0)
-                continue
-            used = log.expire(now - tlim.window)
-            if used > limit:
-                retry = log.release(used - limit) + tlim.window - now
-                tally.violate("tokens", tlim, used, retry)
-            tally.token(limit, used, log.newest() + tlim.window - now if used else 0.0)
+                used = 0
+                reset = 0.0
+            else:
+                cutoff = now - tlim.window
+                entries = log.entries
+                used = log.expire(cutoff) if entries and entries[0][0] <= cutoff else log.total
+                if used > limit:
+                    retry = log.release(used - limit) + tlim.window - now
+                    if violated is None or retry > retry_after:
+                        violated = Violation("tokens", tlim.name, tlim.counter, used, limit, retry)
+                        retry_after = retry
+                reset = entries[-1][0] + tlim.window - now if used else 0.0
+            remaining = limit - used if used < limit else 0
+            if remaining < tok_remaining or (remaining == tok_remaining and limit < tok_limit):
+                tok_remaining, tok_limit, tok_reset = remaining, limit, reset
 
         # The tightest request limit: fewest remaining, then smallest limit.
         best_remaining = best_limit = _NONE
         best_reset = 0.0
-        if tally.violated is None:
+        if violated is None:
             exact_max = self._exact_max
             for lim, log, count in checked:
                 window = lim.window
@@ -225,9 +240,13 @@ class MemoryLimiter:
                 ):
                     best_remaining, best_limit = remaining, limit
                     best_reset = log.newest() + lim.window - now if log and count else 0.0
-        if best_limit != _NONE:
-            tally.requests = Quota(best_limit, best_remaining, best_reset)
-        return tally.decision()
+        return Decision(
+            violated is None,
+            retry_after,
+            violated,
+            Quota(best_limit, best_remaining, best_reset) if best_limit != _NONE else None,
+            Quota(tok_limit, tok_remaining, tok_reset) if tok_limit != _NONE else None,
+        )
 
     def record_now(self, requests: Sequence[RequestLimit]) -> None:
         """Record one admission in every request limit without checking any: for an admission
