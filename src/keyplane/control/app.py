@@ -36,6 +36,13 @@ JSON = "application/json"
 #: Path parameters: snake_case in Python, the contract's camelCase on the wire.
 TeamId = Annotated[str, Path(alias="teamId")]
 ApiKeyId = Annotated[str, Path(alias="apiKeyId")]
+#: What the query parameters' schemas say, beyond their types: the bounds keyplane.services checks.
+PAGE_SIZE: dict[str, Any] = {"minimum": 1, "maximum": keys.MAX_PAGE_SIZE}
+PAGE_TOKEN: dict[str, Any] = {"description": "A token from the previous page's answer, as is."}
+ACL_FILTERS: dict[str, Any] = {
+    "maxItems": keys.MAX_ACL_FILTERS,
+    "items": {"type": "string", "minLength": 1, "maxLength": 300},
+}
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": schemas.ErrorOut} for code in (400, 401, 403, 404, 413, 415)
 }
@@ -143,7 +150,13 @@ def create_app(settings: Settings, ctx: Context, notifier: ChangeNotifier | None
         team_id: TeamId,
         body: schemas.CreateApiKeyRequest,
         principal: Annotated[Principal, team_check("CreateApiKey")],
-        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+        idempotency_key: Annotated[
+            str | None,
+            Header(
+                alias="Idempotency-Key",
+                json_schema_extra={"minLength": 1, "maxLength": keys.MAX_IDEMPOTENCY_KEY},
+            ),
+        ] = None,
     ) -> Response:
         spec = keys.parse_new_key(body.model_dump(by_alias=True, exclude_unset=True))
         created, replay = keys.create_key(
@@ -169,9 +182,15 @@ def create_app(settings: Settings, ctx: Context, notifier: ChangeNotifier | None
     def list_api_keys(
         team_id: TeamId,
         principal: Annotated[Principal, team_check("ListApiKeys")],
-        page_size: Annotated[int | None, Query(alias="pageSize")] = None,
-        pagination_token: Annotated[str | None, Query(alias="paginationToken")] = None,
-        acl_filters: Annotated[list[str] | None, Query(alias="aclFilters")] = None,
+        page_size: Annotated[
+            int | None, Query(alias="pageSize", json_schema_extra=PAGE_SIZE)
+        ] = None,
+        pagination_token: Annotated[
+            str | None, Query(alias="paginationToken", json_schema_extra=PAGE_TOKEN)
+        ] = None,
+        acl_filters: Annotated[
+            list[str] | None, Query(alias="aclFilters", json_schema_extra=ACL_FILTERS)
+        ] = None,
         active_only: Annotated[bool, Query(alias="activeOnly")] = False,
     ) -> schemas.ListApiKeysResponse:
         page = keys.list_keys(
@@ -224,7 +243,7 @@ def create_app(settings: Settings, ctx: Context, notifier: ChangeNotifier | None
     )
     def update_api_key_in_team(
         team_id: TeamId,
-        body: schemas.UpdateApiKeyRequest,
+        body: schemas.UpdateApiKeyInTeamRequest,
         principal: Annotated[Principal, team_check("UpdateApiKey")],
     ) -> schemas.ApiKeyOut:
         if not body.api_key.api_key_id:
@@ -306,13 +325,30 @@ def create_app(settings: Settings, ctx: Context, notifier: ChangeNotifier | None
     def list_audit_events(
         team_id: TeamId,
         principal: Annotated[Principal, team_check("ListAuditEvents")],
-        page_size: Annotated[int | None, Query(alias="pageSize")] = None,
-        page_token: Annotated[str | None, Query(alias="pageToken")] = None,
-        event_time_from: Annotated[str | None, Query(alias="eventTimeFrom")] = None,
-        event_time_to: Annotated[str | None, Query(alias="eventTimeTo")] = None,
-        query: Annotated[str | None, Query(alias="eventFilter.query")] = None,
-        user_id: Annotated[str | None, Query(alias="eventFilter.userId")] = None,
-        order_by: Annotated[str | None, Query(alias="orderBy")] = None,
+        page_size: Annotated[
+            int | None, Query(alias="pageSize", json_schema_extra=PAGE_SIZE)
+        ] = None,
+        page_token: Annotated[
+            str | None, Query(alias="pageToken", json_schema_extra=PAGE_TOKEN)
+        ] = None,
+        event_time_from: Annotated[
+            str | None, Query(alias="eventTimeFrom", json_schema_extra=schemas.TIMESTAMP_SCHEMA)
+        ] = None,
+        event_time_to: Annotated[
+            str | None, Query(alias="eventTimeTo", json_schema_extra=schemas.TIMESTAMP_SCHEMA)
+        ] = None,
+        query: Annotated[
+            str | None, Query(alias="eventFilter.query", json_schema_extra={"maxLength": 256})
+        ] = None,
+        user_id: Annotated[
+            str | None, Query(alias="eventFilter.userId", json_schema_extra={"maxLength": 64})
+        ] = None,
+        order_by: Annotated[
+            str | None,
+            Query(
+                alias="orderBy", json_schema_extra={"enum": ["TIME_ASCENDING", "TIME_DESCENDING"]}
+            ),
+        ] = None,
     ) -> schemas.ListAuditEventsResponse:
         if order_by not in (None, "", "TIME_ASCENDING", "TIME_DESCENDING"):
             raise InvalidArgument("must be TIME_ASCENDING or TIME_DESCENDING", field="orderBy")

@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from keyplane.domain.errors import KeyplaneError, Unauthenticated, http_status
 
@@ -27,6 +28,30 @@ def error_response(status: int, code: str, message: str, **headers: str) -> JSON
 def _field(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
     return ".".join(parts)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route of this path answers (RFC 9110 wants them in a 405's ``Allow``):
+    Starlette names only the methods of the first route that matched the path."""
+    methods: set[str] = set()
+
+    def visit(routes: Any, scope: dict[str, Any]) -> None:
+        for route in routes:
+            match, child = route.matches(scope)
+            if match == Match.NONE:
+                continue
+            if getattr(route, "methods", None):
+                methods.update(route.methods)
+                continue
+            # An included router: its own routes decide.
+            inner = getattr(route, "routes", None)
+            if inner is None:
+                inner = getattr(getattr(route, "original_router", None), "routes", None)
+            if inner is not None:
+                visit(inner, {**scope, **child})
+
+    visit(request.app.routes, {**request.scope, "method": "GET"})
+    return sorted(methods)
 
 
 def install(app: FastAPI) -> None:
@@ -49,11 +74,16 @@ def install(app: FastAPI) -> None:
         return error_response(400, "invalid-argument", "; ".join(problems) or "invalid request")
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, error: StarletteHTTPException) -> JSONResponse:
         if error.status_code == 404:
             return error_response(404, "not-found", "No such route.")
         if error.status_code == 405:
-            return error_response(405, "invalid-argument", "Method not allowed on this route.")
+            return error_response(
+                405,
+                "invalid-argument",
+                "Method not allowed on this route.",
+                allow=", ".join(_allowed_methods(request)),
+            )
         detail = error.detail if isinstance(error.detail, str) else json.dumps(error.detail)
         return error_response(error.status_code, "invalid-argument", detail)
 

@@ -6,7 +6,7 @@ Request models are deliberately lenient (``tpm`` as a string or an integer, ``ac
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AliasChoices,
@@ -17,8 +17,14 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     StrictStr,
+    WithJsonSchema,
 )
 from pydantic.alias_generators import to_camel
+
+from keyplane.domain.acl import ENDPOINTS, MAX_ACL_LENGTH, MAX_ACLS
+from keyplane.domain.fieldmask import MASKABLE
+from keyplane.domain.model import INT32_MAX, INT64_MAX, MAX_NAME_LENGTH
+from keyplane.usage.periods import PERIODS
 
 
 class Wire(BaseModel):
@@ -30,6 +36,75 @@ class Wire(BaseModel):
 Number = StrictInt | StrictFloat | StrictStr | None
 Flag = StrictBool | StrictStr | None
 
+# What /openapi.json says of each field: exactly what keyplane.services accepts (checked by
+# schemathesis against a live control plane, tests/e2e/test_openapi_truth.py), so a generated
+# client's own validation agrees with the server's. The models stay lenient; the schema is the
+# documented canonical form.
+
+
+def _doc(schema: dict[str, Any], *, nullable: bool = False) -> WithJsonSchema:
+    return WithJsonSchema({"anyOf": [schema, {"type": "null"}]} if nullable else schema)
+
+
+NAME_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_NAME_LENGTH,
+    "pattern": r"\S",
+    "description": f"1-{MAX_NAME_LENGTH} characters, not all blank.",
+}
+_ENDPOINT_NAMES = "|".join(["\\*", *sorted(ENDPOINTS)])
+ACL_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "maxLength": MAX_ACL_LENGTH,
+    "pattern": (
+        f"^api-key:(endpoint:({_ENDPOINT_NAMES})|model:(\\*|[A-Za-z0-9][A-Za-z0-9._:/@+-]{{0,127}}))$"
+    ),
+    "examples": ["api-key:model:*", "api-key:endpoint:chat"],
+}
+ACLS_SCHEMA: dict[str, Any] = {"type": "array", "items": ACL_SCHEMA, "maxItems": MAX_ACLS}
+INT32_SCHEMA: dict[str, Any] = {"type": "integer", "minimum": 0, "maximum": INT32_MAX}
+#: An int64 travels as a decimal string (an integer is accepted too).
+INT64_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string", "pattern": "^[0-9]{1,18}$"},
+        {"type": "integer", "minimum": 0, "maximum": INT64_MAX},
+    ]
+}
+TIMESTAMP_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "format": "date-time",
+    "minLength": 20,
+    "maxLength": 64,
+    "description": "RFC 3339 with a zone, e.g. 2026-01-02T03:04:05Z; at most 9999-12-31T23:59:59Z.",
+}
+FLAG_SCHEMA: dict[str, Any] = {"anyOf": [{"type": "boolean"}, {"enum": ["true", "false"]}]}
+_PATH = "|".join(MASKABLE)
+FIELD_MASK_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {
+            "type": "string",
+            "maxLength": 1024,
+            "pattern": f"^ *({_PATH}) *( *, *({_PATH}) *)*$",
+            "examples": ["name,qpm"],
+        },
+        {"type": "array", "items": {"enum": list(MASKABLE)}, "minItems": 1, "maxItems": 32},
+        {
+            "type": "object",
+            "properties": {
+                "paths": {
+                    "type": "array",
+                    "items": {"enum": list(MASKABLE)},
+                    "minItems": 1,
+                    "maxItems": 32,
+                }
+            },
+            "required": ["paths"],
+        },
+    ],
+    "description": 'Which fields to update: "name,qpm", ["name", "qpm"] or {"paths": [...]}.',
+}
+
 
 BUDGET_DOC = (
     "keyplane's own (not in the hosted API): the key is refused while its spend in the current "
@@ -38,52 +113,106 @@ BUDGET_DOC = (
 
 
 class Budget(Wire):
-    cents: StrictStr | StrictInt | None = Field(default=None, description="USD cents, a string.")
-    period: str | None = Field(default=None, description="DAY, WEEK or MONTH (UTC); default MONTH.")
+    cents: Annotated[StrictStr | StrictInt | None, _doc(INT64_SCHEMA)] = Field(
+        default=None, description="USD cents, a string; required."
+    )
+    period: Annotated[str | None, _doc({"enum": list(PERIODS)}, nullable=True)] = Field(
+        default=None, description="DAY, WEEK or MONTH (UTC); default MONTH."
+    )
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="ignore",
+        json_schema_extra={"required": ["cents"]},
+    )
+
+
+OptionalBudget = Annotated[
+    Budget | None,
+    WithJsonSchema({"anyOf": [{"$ref": "#/components/schemas/Budget"}, {"type": "null"}]}),
+]
 
 
 class CreateApiKeyRequest(Wire):
-    name: str | None = Field(default=None, description="Required; 1-256 characters.")
-    acls: list[str] | None = Field(
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="ignore",
+        json_schema_extra={"required": ["name"]},
+    )
+
+    name: Annotated[str | None, _doc(NAME_SCHEMA)] = Field(default=None)
+    acls: Annotated[list[str] | None, _doc(ACLS_SCHEMA, nullable=True)] = Field(
         default=None,
         validation_alias=AliasChoices("acls", "aclStrings", "acl_strings"),
         description="ACL strings, e.g. api-key:model:*, api-key:endpoint:chat.",
     )
-    qps: Number = Field(default=None, description="Queries per second; null = none.")
-    qpm: Number = Field(default=None, description="Queries per minute; null = none.")
-    tpm: Number = Field(
+    qps: Annotated[Number, _doc(INT32_SCHEMA, nullable=True)] = Field(
+        default=None, description="Queries per second; null = none."
+    )
+    qpm: Annotated[Number, _doc(INT32_SCHEMA, nullable=True)] = Field(
+        default=None, description="Queries per minute; null = none."
+    )
+    tpm: Annotated[Number, _doc(INT64_SCHEMA, nullable=True)] = Field(
         default=None, description="Tokens per minute, an integer string; null = none."
     )
-    expire_time: str | None = Field(default=None, description="RFC 3339; null = never.")
-    budget: Budget | None = Field(default=None, description=BUDGET_DOC)
+    expire_time: Annotated[str | None, _doc(TIMESTAMP_SCHEMA, nullable=True)] = Field(
+        default=None, description="RFC 3339; null = never."
+    )
+    budget: OptionalBudget = Field(default=None, description=BUDGET_DOC)
 
 
 class ApiKeyPatch(Wire):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
 
-    api_key_id: str | None = None
-    name: str | None = None
-    acl_strings: list[str] | None = Field(
+    api_key_id: Annotated[str | None, _doc({"type": "string"}, nullable=True)] = None
+    name: Annotated[str | None, _doc(NAME_SCHEMA, nullable=True)] = Field(
+        default=None, description="Required when masked."
+    )
+    acl_strings: Annotated[list[str] | None, _doc(ACLS_SCHEMA, nullable=True)] = Field(
         default=None, validation_alias=AliasChoices("aclStrings", "acls", "acl_strings")
     )
-    qps: Number = None
-    qpm: Number = None
-    tpm: Number = None
-    disabled: Flag = None
-    expire_time: str | None = None
-    budget: Budget | None = None
+    qps: Annotated[Number, _doc(INT32_SCHEMA, nullable=True)] = None
+    qpm: Annotated[Number, _doc(INT32_SCHEMA, nullable=True)] = None
+    tpm: Annotated[Number, _doc(INT64_SCHEMA, nullable=True)] = None
+    disabled: Annotated[Flag, _doc(FLAG_SCHEMA, nullable=True)] = None
+    expire_time: Annotated[str | None, _doc(TIMESTAMP_SCHEMA, nullable=True)] = None
+    budget: OptionalBudget = None
+
+
+class ApiKeyPatchInTeam(ApiKeyPatch):
+    """On the team path the key is named in the body: ``apiKeyId`` is required."""
+
+    api_key_id: Annotated[str | None, _doc({"type": "string", "minLength": 1})] = None
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="allow",
+        json_schema_extra={"required": ["apiKeyId"]},
+    )
+
+
+FieldMask = Annotated[str | list[str] | dict[str, list[str]], WithJsonSchema(FIELD_MASK_SCHEMA)]
 
 
 class UpdateApiKeyRequest(Wire):
     api_key: ApiKeyPatch = Field(description="The key with the new values of the masked fields.")
-    field_mask: str | list[str] | dict[str, list[str]] = Field(
-        description='Comma-separated paths, e.g. "name,qpm".'
+    field_mask: FieldMask
+
+
+class UpdateApiKeyInTeamRequest(UpdateApiKeyRequest):
+    api_key: ApiKeyPatchInTeam = Field(
+        description="The key (apiKeyId required) with the new values of the masked fields."
     )
 
 
 class RotateApiKeyRequest(Wire):
-    expire_time: str | None = Field(default=None, description="Of the new secret; default inherit.")
-    old_secret_expire_time: str | None = Field(
+    expire_time: Annotated[str | None, _doc(TIMESTAMP_SCHEMA, nullable=True)] = Field(
+        default=None, description="Of the new secret; default inherit."
+    )
+    old_secret_expire_time: Annotated[str | None, _doc(TIMESTAMP_SCHEMA, nullable=True)] = Field(
         default=None, description="When the old secret stops working; default now + 24 h, max 7 d."
     )
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import msgspec
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, WithJsonSchema
 from pydantic.alias_generators import to_camel
 from starlette.concurrency import run_in_threadpool
 
@@ -123,7 +123,11 @@ class UsageResponse(_Wire):
 
 
 class Cent(_Wire):
-    val: str | int | None = Field(default=None, description="USD cents, as a string.")
+    # Strict: pydantic's lax int would read ``false`` as 0 before the real check could refuse it.
+    val: Annotated[
+        StrictStr | StrictInt | None,
+        WithJsonSchema({"type": "string", "pattern": "^[0-9]{1,18}$"}),
+    ] = Field(default=None, description="USD cents, as a string.")
 
 
 class SpendingLimitsOut(_Wire):
