@@ -111,7 +111,7 @@ def test_wait_propagated_times_out_with_the_pending_clusters(client: Client, sta
         assert caught.value.propagation is not None
         assert caught.value.propagation.pending() == ["eu-west-1.api.test"]
     finally:
-        stack.gateways["eu-west-1"] = stack.dep.start_gateway("eu-west-1")
+        stack.gateways["eu-west-1"].start()  # the same gateway: its own id and credential
     client.wait_propagated(key.api_key_id, timeout=15)
 
 
