@@ -44,6 +44,7 @@ from enum import StrEnum
 from importlib.resources import files
 from typing import Any
 
+import msgspec
 import redis.exceptions
 from prometheus_client import Counter, Gauge, Histogram
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -574,7 +575,7 @@ class RedisLimiter:
                 self._seq += 1
                 self._journal.admit(now, self._seq, reqs)
                 self._local.record_now([self._scaled(lim) for lim in reqs])
-            return replace(ALLOWED, degraded=True)
+            return msgspec.structs.replace(ALLOWED, degraded=True)
         if policy is FailurePolicy.LOCAL_STRICT:
             lost = self._lost_at
             wait = max(
@@ -596,7 +597,7 @@ class RedisLimiter:
         if decision.allowed and reqs:
             self._seq += 1
             self._journal.admit(now, self._seq, reqs)
-        return replace(decision, degraded=True)
+        return msgspec.structs.replace(decision, degraded=True)
 
     def _scaled(self, lim: RequestLimit) -> RequestLimit:
         return replace(lim, limit=max(1, lim.limit // self.replicas))
