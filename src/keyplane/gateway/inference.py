@@ -330,24 +330,20 @@ class Inference:
             charge=functools.partial(self.limiter.charge, limits.tokens) if limits.tokens else None,
             tally=scope.get(TALLY),
         )
-        task = asyncio.ensure_future(
-            self._relay(model.upstream_url + path[3:], body, headers, call)
-        )
-        watcher = asyncio.ensure_future(_wait_disconnect(receive))
+        # The relay runs in this task; one watcher task cancels it if the client goes away (no
+        # second task and no asyncio.wait per request: this is the hot path).
+        this = asyncio.current_task()
+        assert this is not None
+        watcher = asyncio.ensure_future(_cancel_on_disconnect(receive, this, call))
         try:
-            await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            await self._relay(model.upstream_url + path[3:], body, headers, call)
+        except asyncio.CancelledError:
+            if not call.client_gone:
+                raise
+            this.uncancel()  # ours, not the server's: the request ends normally
         finally:
-            if not task.done():
-                task.cancel()  # the client went away: stop the upstream request
-                call.client_gone = True
             watcher.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                if not call.client_gone:
-                    raise
-            finally:
-                await call.settle()  # a no-op if the answer's end already charged it
+            await call.settle()  # a no-op if the answer's end already charged it
 
     async def _relay(self, url: str, body: bytes, headers: Mapping[str, str], call: _Call) -> None:
         assert self._session is not None, "Inference.start() was not awaited"
@@ -376,10 +372,13 @@ def _model_object(name: str) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": 0, "owned_by": "keyplane"}
 
 
-async def _wait_disconnect(receive: Receive) -> None:
+async def _cancel_on_disconnect(receive: Receive, relay: asyncio.Task[Any], call: _Call) -> None:
+    """Stop the upstream request (cancel ``relay``) when the client goes away."""
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
+            call.client_gone = True
+            relay.cancel()
             return
 
 
