@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.support.procs import Deployment
+
+# Under mutation testing (scripts/mutants) every call is traced and the machine is busy: a
+# hypothesis deadline would fail the clean run on timing alone.
+settings.register_profile("mutants", deadline=None)
+if "MUTANT_UNDER_TEST" in os.environ:
+    settings.load_profile("mutants")
 
 
 @pytest.fixture
