@@ -22,6 +22,7 @@ PACKAGES = [
     "keyplane.gateway",
     "keyplane.ratelimit",
     "keyplane.modelserver",
+    "keyplane.usage",
 ]
 
 

@@ -10,3 +10,5 @@ Two sides in one room, cut by process:
   change feed.
 Shared: ``wire`` (the ingest format), ``schema`` (the usage RPC's request model), ``periods``.
 """
+
+__all__: list[str] = []
