@@ -40,8 +40,18 @@ ApiKeyId = Annotated[str, Path(alias="apiKeyId")]
 PAGE_SIZE: dict[str, Any] = {"minimum": 1, "maximum": keys.MAX_PAGE_SIZE}
 PAGE_TOKEN: dict[str, Any] = {"description": "A token from the previous page's answer, as is."}
 ACL_FILTERS: dict[str, Any] = {
-    "maxItems": keys.MAX_ACL_FILTERS,
-    "items": {"type": "string", "minLength": 1, "maxLength": 300},
+    "anyOf": [
+        {
+            "type": "array",
+            "items": {"type": "string", "minLength": 1, "maxLength": 300},
+            "maxItems": keys.MAX_ACL_FILTERS,
+        },
+        {"type": "null"},
+    ]
+}
+#: An empty time is no bound.
+TIME_BOUND: dict[str, Any] = {
+    "anyOf": [schemas.TIMESTAMP_SCHEMA, {"type": "string", "maxLength": 0}, {"type": "null"}]
 }
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": schemas.ErrorOut} for code in (400, 401, 403, 404, 413, 415)
@@ -332,10 +342,10 @@ def create_app(settings: Settings, ctx: Context, notifier: ChangeNotifier | None
             str | None, Query(alias="pageToken", json_schema_extra=PAGE_TOKEN)
         ] = None,
         event_time_from: Annotated[
-            str | None, Query(alias="eventTimeFrom", json_schema_extra=schemas.TIMESTAMP_SCHEMA)
+            str | None, Query(alias="eventTimeFrom", json_schema_extra=TIME_BOUND)
         ] = None,
         event_time_to: Annotated[
-            str | None, Query(alias="eventTimeTo", json_schema_extra=schemas.TIMESTAMP_SCHEMA)
+            str | None, Query(alias="eventTimeTo", json_schema_extra=TIME_BOUND)
         ] = None,
         query: Annotated[
             str | None, Query(alias="eventFilter.query", json_schema_extra={"maxLength": 256})

@@ -63,12 +63,41 @@ ACL_SCHEMA: dict[str, Any] = {
     "examples": ["api-key:model:*", "api-key:endpoint:chat"],
 }
 ACLS_SCHEMA: dict[str, Any] = {"type": "array", "items": ACL_SCHEMA, "maxItems": MAX_ACLS}
-INT32_SCHEMA: dict[str, Any] = {"type": "integer", "minimum": 0, "maximum": INT32_MAX}
+
+
+def _whole(maximum: int) -> dict[str, Any]:
+    """A JSON integer 0..``maximum``; a number with no fraction (``5.0``) is read as one too."""
+    return {
+        "anyOf": [
+            {"type": "integer", "minimum": 0, "maximum": maximum},
+            {"type": "number", "multipleOf": 1, "minimum": 0, "maximum": maximum},
+        ]
+    }
+
+
+INT32_SCHEMA: dict[str, Any] = _whole(INT32_MAX)
 #: An int64 travels as a decimal string (an integer is accepted too).
+
+
+def _at_most(limit: int) -> str:
+    """A regular expression of the decimal numbers 0..``limit`` (no leading zeros)."""
+    digits = str(limit)
+    shorter = f"0|[1-9][0-9]{{0,{len(digits) - 2}}}" if len(digits) > 1 else "0"
+    same = []
+    for i, d in enumerate(digits):
+        rest = len(digits) - i - 1
+        low = "1" if i == 0 else "0"
+        if int(d) > int(low):
+            tail = f"[0-9]{{{rest}}}" if rest else ""
+            same.append(f"{digits[:i]}[{low}-{int(d) - 1}]{tail}")
+    same.append(digits)
+    return "^(" + "|".join([shorter, *same]) + ")$"
+
+
 INT64_SCHEMA: dict[str, Any] = {
     "anyOf": [
-        {"type": "string", "pattern": "^[0-9]{1,18}$"},
-        {"type": "integer", "minimum": 0, "maximum": INT64_MAX},
+        {"type": "string", "pattern": _at_most(INT64_MAX)},
+        *_whole(INT64_MAX)["anyOf"],
     ]
 }
 TIMESTAMP_SCHEMA: dict[str, Any] = {
@@ -100,6 +129,7 @@ FIELD_MASK_SCHEMA: dict[str, Any] = {
                 }
             },
             "required": ["paths"],
+            "additionalProperties": {"type": "array", "items": {"type": "string"}},
         },
     ],
     "description": 'Which fields to update: "name,qpm", ["name", "qpm"] or {"paths": [...]}.',
@@ -113,7 +143,7 @@ BUDGET_DOC = (
 
 
 class Budget(Wire):
-    cents: Annotated[StrictStr | StrictInt | None, _doc(INT64_SCHEMA)] = Field(
+    cents: Annotated[Number, _doc(INT64_SCHEMA)] = Field(
         default=None, description="USD cents, a string; required."
     )
     period: Annotated[str | None, _doc({"enum": list(PERIODS)}, nullable=True)] = Field(

@@ -9,16 +9,18 @@ the router's own dependencies, at definition time.
 
 from collections.abc import Callable
 from typing import Annotated, Any
+from zoneinfo import available_timezones
 
 import msgspec
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, WithJsonSchema
 from pydantic.alias_generators import to_camel
 from starlette.concurrency import run_in_threadpool
 
 from keyplane.catalog import Catalog
 from keyplane.control.lenient import read_capped
+from keyplane.control.schemas import INT64_SCHEMA
 from keyplane.domain.errors import InvalidArgument
 from keyplane.propagation import feed
 from keyplane.propagation.wire import GATEWAY_HEADER
@@ -74,33 +76,128 @@ class _Wire(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
 
+_RFC3339 = {"type": "string", "format": "date-time", "minLength": 20, "maxLength": 64}
+_FILTER = (
+    "^ *(NOT +)?((description|api_key_id|model|cluster|endpoint) *: *\\S.*"
+    f"|status *: *({'|'.join(query.STATUS_CLASSES)}) *)$"
+)
+
+
+def _one_of(names: tuple[str, ...]) -> WithJsonSchema:
+    return WithJsonSchema({"anyOf": [{"enum": list(names)}, {"type": "null"}]})
+
+
 class TimeRange(_Wire):
-    start_time: str | None = Field(default=None, description="YYYY-MM-DD HH:MM:SS or RFC 3339.")
-    end_time: str | None = Field(default=None, description="Exclusive.")
-    timezone: str | None = Field(default=None, description="IANA name; default Etc/GMT.")
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="ignore",
+        json_schema_extra={"required": ["startTime", "endTime"]},
+    )
+
+    start_time: Annotated[str | None, WithJsonSchema(_RFC3339)] = Field(
+        default=None, description="RFC 3339, or YYYY-MM-DD HH:MM:SS in the timezone."
+    )
+    end_time: Annotated[str | None, WithJsonSchema(_RFC3339)] = Field(
+        default=None,
+        description=f"Exclusive; after startTime, at most {query.MAX_RANGE.days} days later.",
+    )
+    timezone: Annotated[str | None, _one_of(("", *sorted(available_timezones())))] = Field(
+        default=None, description="IANA name; default Etc/GMT."
+    )
 
 
 class ValueSpec(_Wire):
-    name: str | None = Field(
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="ignore",
+        json_schema_extra={"required": ["name"]},
+    )
+
+    name: Annotated[str | None, WithJsonSchema({"enum": list(query.VALUES)})] = Field(
         default=None, description="usd, requests, prompt_tokens, completion_tokens, total_tokens"
     )
-    aggregation: str | None = Field(
+    aggregation: Annotated[str | None, _one_of(query.AGGREGATIONS)] = Field(
         default=None, description="AGGREGATION_SUM (default), AGGREGATION_COUNT, AGGREGATION_AVG"
     )
 
 
 class AnalyticsRequest(_Wire):
-    time_range: TimeRange | None = None
-    time_unit: str | None = Field(default=None, description="TIME_UNIT_MINUTE … TIME_UNIT_NONE")
-    values: list[ValueSpec] | None = None
-    group_by: list[str] | None = Field(
-        default=None, description="description, api_key_id, model, cluster, endpoint, status"
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="ignore",
+        json_schema_extra={"required": ["timeRange"]},
     )
-    filters: list[str] | None = Field(default=None, description="(NOT) field:value, ANDed")
+
+    # Required, not nullable: typed so (a missing one reaches the service, which says so).
+    time_range: TimeRange = None  # type: ignore[assignment]
+    time_unit: Annotated[str | None, _one_of(query.TIME_UNITS)] = Field(
+        default=None, description="TIME_UNIT_MINUTE … TIME_UNIT_NONE"
+    )
+    values: Annotated[
+        list[ValueSpec] | None,
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {
+                        "type": "array",
+                        "items": {"$ref": "#/components/schemas/ValueSpec"},
+                        "maxItems": query.MAX_VALUES,
+                    },
+                    {"type": "null"},
+                ]
+            }
+        ),
+    ] = None
+    group_by: Annotated[
+        list[str] | None,
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {
+                        "type": "array",
+                        "items": {"enum": list(query.GROUPS)},
+                        "uniqueItems": True,
+                        "maxItems": len(query.GROUPS),
+                    },
+                    {"type": "null"},
+                ]
+            }
+        ),
+    ] = Field(default=None, description="description, api_key_id, model, cluster, endpoint, status")
+    filters: Annotated[
+        list[str] | None,
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {
+                        "type": "array",
+                        "items": {
+                            "type": "string",
+                            "minLength": 3,
+                            "maxLength": 300,
+                            "pattern": _FILTER,
+                        },
+                        "maxItems": query.MAX_FILTERS,
+                    },
+                    {"type": "null"},
+                ]
+            }
+        ),
+    ] = Field(default=None, description="(NOT) field:value, ANDed")
 
 
 class UsageRequest(_Wire):
-    analytics_request: AnalyticsRequest | None = None
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="ignore",
+        json_schema_extra={"required": ["analyticsRequest"]},
+    )
+
+    analytics_request: AnalyticsRequest = None  # type: ignore[assignment]
 
 
 class DataPoint(_Wire):
@@ -123,11 +220,18 @@ class UsageResponse(_Wire):
 
 
 class Cent(_Wire):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="ignore",
+        json_schema_extra={"required": ["val"]},
+    )
+
     # Strict: pydantic's lax int would read ``false`` as 0 before the real check could refuse it.
     val: Annotated[
-        StrictStr | StrictInt | None,
-        WithJsonSchema({"type": "string", "pattern": "^[0-9]{1,18}$"}),
-    ] = Field(default=None, description="USD cents, as a string.")
+        StrictStr | StrictInt | StrictFloat | None,
+        WithJsonSchema({"anyOf": [*INT64_SCHEMA["anyOf"], {"type": "null"}]}),
+    ] = Field(default=None, description="USD cents, as a string; null removes the limit.")
 
 
 class SpendingLimitsOut(_Wire):
@@ -143,6 +247,13 @@ class GetSpendingLimitsResponse(_Wire):
 
 
 class SetSpendingLimitRequest(_Wire):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="ignore",
+        json_schema_extra={"required": ["desiredSoftSpendingLimit"]},
+    )
+
     desired_soft_spending_limit: Cent | None = None
 
 
