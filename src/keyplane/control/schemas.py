@@ -27,6 +27,17 @@ from keyplane.domain.model import INT32_MAX, INT64_MAX, MAX_NAME_LENGTH
 from keyplane.usage.periods import PERIODS
 
 
+def wire_config(*required: str, extra: Literal["ignore", "allow"] = "ignore") -> ConfigDict:
+    """camelCase on the wire; ``required``: what the schema lists as required (the services
+    say so when one is missing, naming it)."""
+    return ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra=extra,
+        json_schema_extra={"required": list(required)} if required else None,
+    )
+
+
 class Wire(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
@@ -150,12 +161,7 @@ class Budget(Wire):
         default=None, description="DAY, WEEK or MONTH (UTC); default MONTH."
     )
 
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="ignore",
-        json_schema_extra={"required": ["cents"]},
-    )
+    model_config = wire_config("cents")
 
 
 OptionalBudget = Annotated[
@@ -165,12 +171,7 @@ OptionalBudget = Annotated[
 
 
 class CreateApiKeyRequest(Wire):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="ignore",
-        json_schema_extra={"required": ["name"]},
-    )
+    model_config = wire_config("name")
 
     name: Annotated[str | None, _doc(NAME_SCHEMA)] = Field(default=None)
     acls: Annotated[list[str] | None, _doc(ACLS_SCHEMA, nullable=True)] = Field(
@@ -216,12 +217,7 @@ class ApiKeyPatchInTeam(ApiKeyPatch):
 
     api_key_id: Annotated[str | None, _doc({"type": "string", "minLength": 1})] = None
 
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="allow",
-        json_schema_extra={"required": ["apiKeyId"]},
-    )
+    model_config = wire_config("apiKeyId", extra="allow")
 
 
 FieldMask = Annotated[str | list[str] | dict[str, list[str]], WithJsonSchema(FIELD_MASK_SCHEMA)]

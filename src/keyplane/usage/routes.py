@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from keyplane.catalog import Catalog
 from keyplane.control.lenient import read_capped
-from keyplane.control.schemas import INT64_SCHEMA
+from keyplane.control.schemas import INT64_SCHEMA, wire_config
 from keyplane.domain.errors import InvalidArgument
 from keyplane.propagation import feed
 from keyplane.propagation.wire import GATEWAY_HEADER
@@ -88,12 +88,7 @@ def _one_of(names: tuple[str, ...]) -> WithJsonSchema:
 
 
 class TimeRange(_Wire):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="ignore",
-        json_schema_extra={"required": ["startTime", "endTime"]},
-    )
+    model_config = wire_config("startTime", "endTime")
 
     start_time: Annotated[str | None, WithJsonSchema(_RFC3339)] = Field(
         default=None, description="RFC 3339, or YYYY-MM-DD HH:MM:SS in the timezone."
@@ -108,12 +103,7 @@ class TimeRange(_Wire):
 
 
 class ValueSpec(_Wire):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="ignore",
-        json_schema_extra={"required": ["name"]},
-    )
+    model_config = wire_config("name")
 
     name: Annotated[str | None, WithJsonSchema({"enum": list(query.VALUES)})] = Field(
         default=None, description="usd, requests, prompt_tokens, completion_tokens, total_tokens"
@@ -124,12 +114,7 @@ class ValueSpec(_Wire):
 
 
 class AnalyticsRequest(_Wire):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="ignore",
-        json_schema_extra={"required": ["timeRange"]},
-    )
+    model_config = wire_config("timeRange")
 
     # Required, not nullable: typed so (a missing one reaches the service, which says so).
     time_range: TimeRange = None  # type: ignore[assignment]
@@ -190,12 +175,7 @@ class AnalyticsRequest(_Wire):
 
 
 class UsageRequest(_Wire):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="ignore",
-        json_schema_extra={"required": ["analyticsRequest"]},
-    )
+    model_config = wire_config("analyticsRequest")
 
     analytics_request: AnalyticsRequest = None  # type: ignore[assignment]
 
@@ -220,12 +200,7 @@ class UsageResponse(_Wire):
 
 
 class Cent(_Wire):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="ignore",
-        json_schema_extra={"required": ["val"]},
-    )
+    model_config = wire_config("val")
 
     # Strict: pydantic's lax int would read ``false`` as 0 before the real check could refuse it.
     val: Annotated[
@@ -247,12 +222,7 @@ class GetSpendingLimitsResponse(_Wire):
 
 
 class SetSpendingLimitRequest(_Wire):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="ignore",
-        json_schema_extra={"required": ["desiredSoftSpendingLimit"]},
-    )
+    model_config = wire_config("desiredSoftSpendingLimit")
 
     desired_soft_spending_limit: Cent | None = None
 
