@@ -55,10 +55,18 @@ def _mask_what_is_sent(method: str, body: dict[str, Any]) -> None:
     """UpdateApiKey reads only the fields its mask names, and ignores the others, whatever they
     hold. A field made invalid on purpose is one the mask must name for the server to read it."""
     key, mask = body.get("apiKey"), body.get("fieldMask")
-    if method != "PUT" or not isinstance(key, dict) or not isinstance(mask, list):
+    if method != "PUT" or not isinstance(key, dict):
         return
-    if all(isinstance(p, str) and p in MASKABLE for p in mask):
-        mask.extend(name for name in MASKABLE if name in key and name not in mask)
+    paths = mask.get("paths") if isinstance(mask, dict) else mask
+    if isinstance(paths, str):
+        paths = [p.strip() for p in paths.split(",")]
+    if not isinstance(paths, list) or not all(isinstance(p, str) and p in MASKABLE for p in paths):
+        return  # the mask itself is what is invalid
+    wider = [*paths, *(name for name in MASKABLE if name in key and name not in paths)]
+    if isinstance(mask, dict):
+        mask["paths"] = wider
+    else:
+        body["fieldMask"] = wider
 
 
 def _mask_paths(mask: object) -> set[str]:

@@ -84,8 +84,12 @@ def test_schemathesis_finds_no_failure(
             "--request-timeout",
             "10",
         ],
-        env={**os.environ, "SCHEMATHESIS_HOOKS": "tests.e2e.schemathesis_hooks"},
-        cwd=Path(__file__).parents[2],
+        env={
+            **os.environ,
+            "SCHEMATHESIS_HOOKS": "tests.e2e.schemathesis_hooks",
+            "PYTHONPATH": str(Path(__file__).parents[2]),
+        },
+        cwd=tmp_path,  # schemathesis keeps a cache in its working directory
         capture_output=True,
         text=True,
         timeout=300,

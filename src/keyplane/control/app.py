@@ -43,7 +43,7 @@ ACL_FILTERS: dict[str, Any] = {
     "anyOf": [
         {
             "type": "array",
-            "items": {"type": "string", "minLength": 1, "maxLength": 300},
+            "items": schemas.ACL_SCHEMA,
             "maxItems": keys.MAX_ACL_FILTERS,
         },
         {"type": "null"},
