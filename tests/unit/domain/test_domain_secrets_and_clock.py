@@ -1,0 +1,36 @@
+"""Secrets' shape checks and redaction, and the clock seam (written against mutants mutation testing
+left alive)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from keyplane.domain.clock import ManualClock, SystemClock
+from keyplane.domain.keysecrets import SECRET_LENGTH, generate_secret, looks_like, redact
+
+
+def test_redaction_keeps_the_prefix_and_the_last_four_characters() -> None:
+    secret = "xai-" + "a" * (SECRET_LENGTH - 4) + "wxyz"
+    assert redact(secret, "xai-") == "xai-...wxyz"
+
+
+def test_a_secret_needs_both_the_prefix_and_the_body() -> None:
+    secret = generate_secret("xai-")
+    assert looks_like(secret, "xai-")
+    assert not looks_like("kpgw-" + secret[len("xai-") :], "xai-")  # right body, wrong prefix
+    assert not looks_like("xai-" + "!" * SECRET_LENGTH, "xai-")  # right prefix, wrong body
+
+
+def test_a_manual_clock_starts_at_its_origin_and_moves_only_forward_when_told() -> None:
+    clock = ManualClock()
+    assert clock.now() == datetime(2026, 1, 1, tzinfo=UTC)
+    assert clock.monotonic() == 1000.0
+    clock.advance(5)
+    clock.advance(2.5)
+    assert clock.now() == datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=7.5)
+    assert clock.monotonic() == 1007.5
+
+
+def test_the_system_clock_is_aware_utc() -> None:
+    now = SystemClock().now()
+    assert now.tzinfo is UTC
