@@ -27,13 +27,23 @@ DEFAULT_MAX_HEADERS = 100
 DEFAULT_MAX_DRAIN_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_LINGER_SECONDS = 10.0
 
-_BODY_431 = b'{"code":"invalid-argument","error":"Request line and headers are too large."}'
-_RESPONSE_431 = (
-    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-    b"content-type: application/json\r\n"
-    b"content-length: " + str(len(_BODY_431)).encode() + b"\r\n"
-    b"connection: close\r\n\r\n" + _BODY_431
+
+def _refusal(status: bytes, message: bytes) -> bytes:
+    """A whole answer in keyplane's error shape, closing the connection."""
+    body = b'{"code":"invalid-argument","error":"' + message + b'"}'
+    return (
+        b"HTTP/1.1 " + status + b"\r\n"
+        b"content-type: application/json\r\n"
+        b"content-length: " + str(len(body)).encode() + b"\r\n"
+        b"connection: close\r\n\r\n" + body
+    )
+
+
+_RESPONSE_431 = _refusal(
+    b"431 Request Header Fields Too Large", b"Request line and headers are too large."
 )
+#: What a request no HTTP parser accepts (an unknown method, a broken line) is answered.
+_RESPONSE_400 = _refusal(b"400 Bad Request", b"Invalid HTTP request.")
 
 
 class _HeadTooLarge(Exception):
@@ -168,6 +178,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._linger = None
         if not self.transport.is_closing():
             self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request its parser refused, in keyplane's error shape."""
+        self.transport.write(_RESPONSE_400)
+        self.transport.close()
 
     def _refuse(self) -> None:
         if self.logger.isEnabledFor(10):
