@@ -9,6 +9,12 @@ connection just means the same range is sent again, later, perhaps to another re
 The client is aiohttp, as for the gateway's other connections (upstreams, the feed): a post
 costs the gateway about a quarter of what httpx2 costs (measured: ~0.25 ms against ~1.1 ms), and
 the shipper posts several times a second inside the process that serves requests.
+
+A batch the control plane refuses outright (400: a frame that is whole and checksummed but does
+not decode as a record, from a bug or a foreign writer) would be refused again forever. The
+shipper halves the batch until the refused part is one frame, keeps that frame in the spool's
+``dead-letter`` directory (``Spool.quarantine``), counts it (``keyplane_usage_quarantined_*``),
+logs it once, and moves on: the good records around it are still counted.
 """
 
 from __future__ import annotations
@@ -18,8 +24,10 @@ import contextlib
 
 import aiohttp
 import structlog
+from prometheus_client import Counter
 
 from keyplane.propagation.wire import GATEWAY_HEADER
+from keyplane.usage.record import iter_frames
 from keyplane.usage.spool import Batch, Spool
 from keyplane.usage.wire import INGEST_PATH, MAX_BATCH_BYTES
 
@@ -28,6 +36,27 @@ log = structlog.get_logger("keyplane.usage")
 SHIP_INTERVAL = 0.2
 SYNC_INTERVAL = 1.0
 MAX_BACKOFF = 2.0
+#: Answers that refuse the batch itself: sending the same bytes again gets the same answer.
+REFUSED = frozenset({400, 413, 422})
+
+QUARANTINED_BATCHES = Counter(
+    "keyplane_usage_quarantined_batches",
+    "Usage batches the control plane refused (400) and the gateway moved to its dead-letter "
+    "directory instead of retrying.",
+)
+QUARANTINED_BYTES = Counter(
+    "keyplane_usage_quarantined_bytes",
+    "Bytes of usage frames moved to the dead-letter directory.",
+)
+
+
+class Refused(Exception):
+    """The control plane refused a batch as malformed (an answer in ``REFUSED``)."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"usage ingest answered {status}")
+        self.status = status
+        self.detail = detail
 
 
 class Shipper:
@@ -52,7 +81,10 @@ class Shipper:
         self._interval = interval
         self._wake_bytes = wake_bytes
         self.shipped = 0
+        self.quarantined = 0
         self.connected = False
+        #: The most bytes the next batch may hold; smaller while a refused batch is narrowed down.
+        self._limit = MAX_BATCH_BYTES
         self._wake = asyncio.Event()
 
     async def run(self) -> None:
@@ -96,20 +128,52 @@ class Shipper:
         if span is None:
             return False
         segment, start, end = span
-        batch: Batch = await asyncio.to_thread(
-            self.spool.read, segment, start, end, MAX_BATCH_BYTES
-        )
+        batch: Batch = await asyncio.to_thread(self.spool.read, segment, start, end, self._limit)
         if batch.data:
-            params = {"segment": str(segment), "start": str(batch.start), "end": str(batch.end)}
-            async with client.post(
-                self._urls[self._turn] + INGEST_PATH, params=params, data=batch.data
-            ) as response:
-                await response.read()
-                if response.status != 200:
-                    raise ValueError(f"usage ingest answered {response.status}")
-            self.connected = True
-            self.shipped += batch.end - batch.start
+            try:
+                await self._post(client, batch)
+            except Refused as refused:
+                if not await self._refused(batch, refused):
+                    return True  # narrowed: the next read takes the first half
+            else:
+                self.shipped += batch.end - batch.start
+                # Back to full batches once past a refused part (or a refusal that went away).
+                self._limit = min(MAX_BATCH_BYTES, self._limit * 2)
         self.spool.ack(batch)
+        return True
+
+    async def _post(self, client: aiohttp.ClientSession, batch: Batch) -> None:
+        params = {"segment": str(batch.segment), "start": str(batch.start), "end": str(batch.end)}
+        async with client.post(
+            self._urls[self._turn] + INGEST_PATH, params=params, data=batch.data
+        ) as response:
+            body = await response.read()
+            self.connected = True
+            if response.status in REFUSED:
+                raise Refused(response.status, body[:300].decode(errors="replace"))
+            if response.status != 200:
+                raise ValueError(f"usage ingest answered {response.status}")
+
+    async def _refused(self, batch: Batch, refused: Refused) -> bool:
+        """Narrow a refused batch down to one frame, then quarantine that frame; whether
+        ``batch`` was quarantined (and may be acked)."""
+        if sum(1 for _ in iter_frames(batch.data)) > 1:
+            self._limit = max(1, len(batch.data) // 2)
+            return False
+        path = await asyncio.to_thread(self.spool.quarantine, batch)
+        self._limit = MAX_BATCH_BYTES
+        self.quarantined += 1
+        QUARANTINED_BATCHES.inc()
+        QUARANTINED_BYTES.inc(len(batch.data))
+        log.error(
+            "usage_batch_quarantined",
+            status=refused.status,
+            detail=refused.detail,
+            segment=batch.segment,
+            start=batch.start,
+            end=batch.end,
+            file=str(path),
+        )
         return True
 
     async def flush(self, within: float) -> bool:

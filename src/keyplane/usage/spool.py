@@ -20,10 +20,13 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from keyplane.private_files import FILE_MODE, private_dir
 from keyplane.usage.record import HEADER_SIZE, MAX_FRAME, iter_frames
 
 _SEGMENT = re.compile(r"(\d{12})\.spool")
 CURSOR = "cursor"
+#: Where batches the control plane refused (400) are kept, one file per batch.
+DEAD_LETTER = "dead-letter"
 #: An acknowledged segment at least this large is replaced by a fresh one.
 ROTATE_BYTES = 4 * 1024 * 1024
 #: A segment still waiting for its ack is closed for appends past this size.
@@ -146,6 +149,8 @@ class Spool:
             data = f.read(min(end - start, max(limit, HEADER_SIZE + MAX_FRAME)))
         last = start
         for _, frame_end, _ in iter_frames(data, start):
+            if frame_end - start > limit and last > start:
+                break
             last = frame_end
         if last == start and end > start:
             # A damaged frame (the disk, not us: torn tails are cut at open): nothing after it
@@ -176,6 +181,23 @@ class Spool:
         self.cursor = (old + 1, 0)
         self._write_cursor()
         self._path(old).unlink(missing_ok=True)
+
+    def quarantine(self, batch: Batch) -> Path:
+        """Keep a batch the control plane refuses outright on disk, synced, before it is acked:
+        ``dead-letter/<segment>-<start>-<end>.spool`` holds its frames as they were (the same
+        format as a segment, so it can be inspected or replayed). A resend after a crash
+        rewrites the same file."""
+        directory = private_dir(self.directory / DEAD_LETTER)
+        path = directory / f"{batch.segment:012d}-{batch.start}-{batch.end}.spool"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        try:
+            view = memoryview(batch.data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return path
 
     # -- durability -------------------------------------------------------------------------------
 
