@@ -21,6 +21,8 @@ import asyncio
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from keyplane.asgi import error_body
+
 DEFAULT_MAX_HEAD_BYTES = 64 * 1024
 DEFAULT_MAX_HEADERS = 100
 #: How much of a refused body is read and dropped, and for how long, so the client reads the answer.
@@ -28,9 +30,9 @@ DEFAULT_MAX_DRAIN_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_LINGER_SECONDS = 10.0
 
 
-def _refusal(status: bytes, message: bytes) -> bytes:
+def _refusal(status: bytes, message: str) -> bytes:
     """A whole answer in keyplane's error shape, closing the connection."""
-    body = b'{"code":"invalid-argument","error":"' + message + b'"}'
+    body = error_body("invalid-argument", message)
     return (
         b"HTTP/1.1 " + status + b"\r\n"
         b"content-type: application/json\r\n"
@@ -40,10 +42,10 @@ def _refusal(status: bytes, message: bytes) -> bytes:
 
 
 _RESPONSE_431 = _refusal(
-    b"431 Request Header Fields Too Large", b"Request line and headers are too large."
+    b"431 Request Header Fields Too Large", "Request line and headers are too large."
 )
 #: What a request no HTTP parser accepts (an unknown method, a broken line) is answered.
-_RESPONSE_400 = _refusal(b"400 Bad Request", b"Invalid HTTP request.")
+_RESPONSE_400 = _refusal(b"400 Bad Request", "Invalid HTTP request.")
 
 
 class _HeadTooLarge(Exception):

@@ -12,9 +12,10 @@ from typing import Annotated, Any
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response
 from starlette.requests import ClientDisconnect
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from keyplane import __version__, console
+from keyplane.asgi import Message, Receive, Scope, Send, error_body, send_json_bytes
 from keyplane.catalog import Catalog
 from keyplane.control import errors, render, schemas
 from keyplane.control.lenient import make_route_class
@@ -463,19 +464,7 @@ class AccessLog:
             # the server drop the client's keep-alive connection and log the trace twice.
             log.error("unhandled_error", path=scope["path"], exc_info=error)
             if status == 500 and not started:
-                await sending(
-                    {
-                        "type": "http.response.start",
-                        "status": 500,
-                        "headers": [(b"content-type", b"application/json")],
-                    }
-                )
-                await sending(
-                    {
-                        "type": "http.response.body",
-                        "body": b'{"code":"internal","error":"Internal error."}',
-                    }
-                )
+                await send_json_bytes(sending, 500, error_body("internal", "Internal error."))
         finally:
             # Probes and the gateways' feed (a long-poll every few seconds, per gateway) are
             # routine: at debug, unless they failed.

@@ -6,7 +6,7 @@ relaying requests and streams to the upstream and counting tokens (``inference``
 error map (``http``). It holds digests only, never a secret.
 
 May import: ``keyplane.domain``, ``keyplane.ratelimit``, ``keyplane.propagation.wire``,
-``keyplane.catalog``, ``keyplane.settings``, ``keyplane.httpbounds`` and
+``keyplane.catalog``, ``keyplane.settings``, ``keyplane.httpbounds``, ``keyplane.asgi`` and
 ``keyplane.private_files``. Never storage or services: it reaches the control
 plane over HTTP only.
 """

@@ -15,6 +15,7 @@ from typing import Any
 import prometheus_client
 import structlog
 
+from keyplane.asgi import Message, Receive, Scope, Send, header, send_json
 from keyplane.domain import keysecrets
 from keyplane.domain.errors import (
     InvalidArgument,
@@ -25,15 +26,7 @@ from keyplane.domain.errors import (
     Unauthenticated,
     http_status,
 )
-from keyplane.gateway.http import (
-    Message,
-    Receive,
-    Scope,
-    Send,
-    header,
-    send_error,
-    send_json,
-)
+from keyplane.gateway.http import send_error
 from keyplane.gateway.replica import KeyRecord, Replica
 from keyplane.usage.meter import TALLY, Meter, Tally
 

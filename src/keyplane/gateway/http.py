@@ -1,15 +1,12 @@
-"""The few ASGI helpers the gateway's lean path needs: read a bounded body, send JSON or an error.
+"""The gateway's own ASGI helpers: read a bounded body, send an error.
 
-The one place the inference plane turns a ``KeyplaneError`` into an HTTP answer.
+The one place the inference plane turns a ``KeyplaneError`` into an HTTP answer. The ASGI types
+and ``send_json`` are every server's: :mod:`keyplane.asgi`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import Any
-
-import msgspec
-
+from keyplane.asgi import Receive, Send, error_body, send_json_bytes
 from keyplane.domain.errors import (
     KeyplaneError,
     PayloadTooLarge,
@@ -17,32 +14,6 @@ from keyplane.domain.errors import (
     Unauthenticated,
     http_status,
 )
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
-_encoder = msgspec.json.Encoder()
-JSON_HEADERS = [(b"content-type", b"application/json")]
-
-
-async def send_json(
-    send: Send, status: int, body: Any, headers: Iterable[tuple[bytes, bytes]] = ()
-) -> None:
-    payload = _encoder.encode(body)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                *JSON_HEADERS,
-                (b"content-length", str(len(payload)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})
 
 
 async def send_error(send: Send, error: KeyplaneError) -> None:
@@ -52,7 +23,7 @@ async def send_error(send: Send, error: KeyplaneError) -> None:
         headers.append((b"retry-after", str(max(1, round(error.retry_after + 0.4999))).encode()))
     elif isinstance(error, Unauthenticated):
         headers.append((b"www-authenticate", b"Bearer"))
-    await send_json(send, http_status(error), {"code": error.code, "error": error.message}, headers)
+    await send_json_bytes(send, http_status(error), error_body(error.code, error.message), headers)
 
 
 async def read_body(receive: Receive, limit: int) -> bytes:
@@ -69,10 +40,3 @@ async def read_body(receive: Receive, limit: int) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
-
-
-def header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value).decode("latin-1")
-    return None

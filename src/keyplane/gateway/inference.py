@@ -20,6 +20,7 @@ import aiohttp
 import msgspec
 import structlog
 
+from keyplane.asgi import Receive, Scope, Send, send_json
 from keyplane.catalog import Catalog, CatalogModel
 from keyplane.domain.errors import (
     InvalidArgument,
@@ -30,7 +31,7 @@ from keyplane.domain.errors import (
 )
 from keyplane.gateway.app import Gateway
 from keyplane.gateway.bounds import check_shape
-from keyplane.gateway.http import Receive, Scope, Send, read_body, send_json
+from keyplane.gateway.http import read_body
 from keyplane.gateway.replica import KeyRecord
 from keyplane.ratelimit import Decision, Limiter, Quota, RequestLimit, TokenLimit
 from keyplane.usage.meter import TALLY, Tally

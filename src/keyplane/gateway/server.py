@@ -16,9 +16,9 @@ from typing import Any
 
 import structlog
 
+from keyplane.asgi import Receive, Scope, Send
 from keyplane.catalog import Catalog
 from keyplane.gateway.app import Gateway, GatewayConfig
-from keyplane.gateway.http import Receive, Scope, Send
 from keyplane.gateway.inference import Inference
 from keyplane.gateway.replica import Replica, ReplicaStore
 from keyplane.gateway.sync import FeedFollower

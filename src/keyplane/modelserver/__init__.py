@@ -9,8 +9,9 @@ and benchmarks an upstream whose answers, token counts and speed are known in ad
 - :class:`BackgroundModelServer` runs it on a thread, for in-process tests.
 
 May import: the standard library, msgspec and uvicorn, ``keyplane.httpbounds`` (the request-head
-caps every keyplane server shares) and ``keyplane.modelserver`` only: it knows nothing of keys,
-limits or the control plane.
+caps every keyplane server shares), ``keyplane.asgi`` (the ASGI types and JSON answers every
+keyplane server shares) and ``keyplane.modelserver`` only: it knows nothing of keys, limits or the
+control plane.
 """
 
 from keyplane.modelserver.app import ModelServerApp, ModelServerStats, create_app

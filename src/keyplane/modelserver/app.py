@@ -39,23 +39,19 @@ import itertools
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 import msgspec
 
+from keyplane.asgi import Receive, Scope, Send, send_json_bytes
 from keyplane.modelserver import protocol
 from keyplane.modelserver.config import ModelServerConfig
 from keyplane.modelserver.embeddings import MAX_DIMENSIONS, embed, embed_token_ids, to_base64
 from keyplane.modelserver.png import IMAGE_SIZE, image_for_prompt
 from keyplane.modelserver.textgen import generate_tokens, seed_for
 from keyplane.modelserver.tokenizer import count_tokens, token_id, tokenize
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 _T = TypeVar("_T")
 
@@ -67,7 +63,6 @@ MODEL_CREATED: Final = 1_735_689_600  # 2025-01-01T00:00:00Z; a fixed "created" 
 _DISCARD_LIMIT: Final = 64 * 1024 * 1024
 _YIELD_EVERY: Final = 32
 
-_JSON_HEADERS: Final = [(b"content-type", b"application/json")]
 _SSE_HEADERS: Final = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -338,7 +333,7 @@ class ModelServerApp:
             ):
                 # As if there were no such route: who may not read it need not learn it exists.
                 error = HTTPError(404, f"Unknown request URL: {method} {path}.", code="unknown_url")
-                await self._send_json(send, error.status, error.body(), error.headers)
+                await send_json_bytes(send, error.status, error.body(), error.headers)
                 return
             await self._stats_route(method, send)
             return
@@ -359,11 +354,11 @@ class ModelServerApp:
                 body = (
                     get() if get is not None else self._retrieve_model(path[len("/v1/models/") :])
                 )
-                await self._send_json(send, 200, body)
+                await send_json_bytes(send, 200, body)
                 return
             raise HTTPError(404, f"Unknown request URL: {method} {path}.", code="unknown_url")
         except HTTPError as exc:
-            await self._send_json(send, exc.status, exc.body(), exc.headers)
+            await send_json_bytes(send, exc.status, exc.body(), exc.headers)
         except _ClientGone:
             pass
 
@@ -387,9 +382,9 @@ class ModelServerApp:
             self.stats.prompt_tokens = self.stats.completion_tokens = 0
         elif method != "GET":
             error = self._not_allowed(method, "/_stats", b"GET, DELETE")
-            await self._send_json(send, error.status, error.body(), error.headers)
+            await send_json_bytes(send, error.status, error.body(), error.headers)
             return
-        await self._send_json(send, 200, _encode(self.stats))
+        await send_json_bytes(send, 200, _encode(self.stats))
 
     def _check_auth(self, scope: Scope) -> None:
         if self._auth is None:
@@ -480,7 +475,7 @@ class ModelServerApp:
             await asyncio.sleep(knobs.latency_s)
         try:
             if reply.body is not None:
-                await self._send_json(send, reply.status, reply.body)
+                await send_json_bytes(send, reply.status, reply.body)
                 return True
             assert reply.chunks is not None
             await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
@@ -502,16 +497,6 @@ class ModelServerApp:
             # Some servers (uvicorn's h11 protocol) raise on send after a disconnect.
             return False
         return True
-
-    @staticmethod
-    async def _send_json(
-        send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
-    ) -> None:
-        headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
-        if extra:
-            headers.extend(extra)
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
 
     # -- helpers shared by the generating routes -----------------------------------------------
 
