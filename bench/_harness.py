@@ -164,7 +164,8 @@ def populate(
     from keyplane.domain.model import ApiKey, SecretDigest, enforcement_view
     from keyplane.runtime import open_context
     from keyplane.storage import tables
-    from keyplane.storage.repository import _api_key_values, current_revision
+    from keyplane.storage.api_keys import api_key_values
+    from keyplane.storage.changelog import current_revision
 
     rng = random.Random(0xB0B)
     ctx = open_context(deployment.settings())
@@ -211,7 +212,7 @@ def populate(
                     )
                     if seq < 4:
                         samples.append((key.api_key_id, secret))
-                    keys_rows.append({"api_key_id": key.api_key_id, **_api_key_values(key)})
+                    keys_rows.append({"api_key_id": key.api_key_id, **api_key_values(key)})
                     secret_rows.append(
                         {
                             "digest": key.secrets[0].digest,
@@ -300,7 +301,7 @@ def _json(value: Any) -> str:
 
 def current_revision(deployment: Deployment) -> int:
     from keyplane.runtime import open_context
-    from keyplane.storage.repository import current_revision as read
+    from keyplane.storage.changelog import current_revision as read
 
     ctx = open_context(deployment.settings(), migrate=False)
     try:

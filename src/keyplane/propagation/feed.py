@@ -19,7 +19,8 @@ from keyplane.services.auth import Principal
 from keyplane.services.context import Context
 from keyplane.services.keys import TOMBSTONE_WINDOW
 from keyplane.settings import Settings
-from keyplane.storage import repository as repo
+from keyplane.storage import api_keys, changelog
+from keyplane.storage import gateways as gateway_rows
 
 #: The feed's default long-poll wait (gateways pass the ``feed_poll_seconds`` setting).
 POLL_WAIT = 5.0
@@ -33,7 +34,7 @@ def issue_credential(ctx: Context, *, cluster: str) -> str:
     """A new credential for ``cluster``'s gateways; the secret is returned once."""
     secret = keysecrets.generate_secret(CREDENTIAL_PREFIX)
     with ctx.db.write() as conn:
-        repo.insert_cluster_credential(
+        gateway_rows.insert_cluster_credential(
             conn, digest=keysecrets.digest(secret), cluster=cluster, now=ctx.clock.now()
         )
     return secret
@@ -41,7 +42,7 @@ def issue_credential(ctx: Context, *, cluster: str) -> str:
 
 def credential_is_valid(ctx: Context, secret: str) -> bool:
     with ctx.db.read() as conn:
-        return repo.cluster_of_credential(conn, keysecrets.digest(secret)) is not None
+        return gateway_rows.cluster_of_credential(conn, keysecrets.digest(secret)) is not None
 
 
 def _credential_digest(authorization: str | None) -> str:
@@ -58,7 +59,7 @@ def authenticate_gateway(ctx: Context, authorization: str | None) -> str:
     """The cluster a gateway's credential belongs to."""
     digest = _credential_digest(authorization)
     with ctx.db.read() as conn:
-        cluster = repo.cluster_of_credential(conn, digest)
+        cluster = gateway_rows.cluster_of_credential(conn, digest)
     if cluster is None:
         raise Unauthenticated.bad_credentials()
     return cluster
@@ -69,14 +70,14 @@ def authenticate_gateway_as(ctx: Context, authorization: str | None, gateway_id:
     first use it registers that gateway; another id is refused while the bound one is live."""
     digest = _credential_digest(authorization)
     with ctx.db.read() as conn:
-        found = repo.credential_binding(conn, digest)
+        found = gateway_rows.credential_binding(conn, digest)
     if found is None:
         raise Unauthenticated.bad_credentials()
     cluster, bound_to = found
     if bound_to == gateway_id:
         return cluster
     with ctx.db.write() as conn:
-        bound = repo.bind_credential(
+        bound = gateway_rows.bind_credential(
             conn,
             digest=digest,
             gateway_id=gateway_id,
@@ -91,36 +92,36 @@ def authenticate_gateway_as(ctx: Context, authorization: str | None, gateway_id:
 
 def current_revision(ctx: Context) -> int:
     with ctx.db.read() as conn:
-        return repo.current_revision(conn)
+        return changelog.current_revision(conn)
 
 
 def snapshot_lines(ctx: Context) -> Iterator[dict[str, object]]:
     """A consistent snapshot: the revision, then every key's view, all from one read transaction."""
     with ctx.db.read() as conn:
-        yield {"revision": repo.current_revision(conn)}
-        for key in repo.iter_api_key_views(conn):
+        yield {"revision": changelog.current_revision(conn)}
+        for key in api_keys.iter_api_key_views(conn):
             yield enforcement_view(key)
 
 
 @dataclass(frozen=True, slots=True)
 class ChangesAnswer:
     revision: int
-    changes: list[repo.Change]
+    changes: list[changelog.Change]
     snapshot_required: bool
 
 
 def read_changes(ctx: Context, *, after: int, limit: int) -> ChangesAnswer:
     with ctx.db.read() as conn:
-        current = repo.current_revision(conn)
+        current = changelog.current_revision(conn)
         if after > current:
             # The gateway knows revisions this store never made (a restored backup): start over.
             return ChangesAnswer(current, [], True)
         if after == current:
             return ChangesAnswer(current, [], False)
-        oldest = repo.oldest_retained_revision(conn)
+        oldest = changelog.oldest_retained_revision(conn)
         if oldest is None or after < oldest - 1:
             return ChangesAnswer(current, [], True)
-        changes = repo.changes_after(conn, after, limit)
+        changes = changelog.changes_after(conn, after, limit)
     return ChangesAnswer(changes[-1].revision if changes else after, changes, False)
 
 
@@ -141,7 +142,7 @@ class AckBook:
         if last is not None and last[0] == revision and now - last[1] < refresh:
             return
         with ctx.db.write() as conn:
-            applied = repo.record_ack(
+            applied = gateway_rows.record_ack(
                 conn, gateway_id=gateway_id, cluster=cluster, revision=revision, now=now
             )
         if applied == revision:
@@ -154,7 +155,7 @@ class AckBook:
         if self._served.get(gateway_id) == revision:
             return
         with ctx.db.write() as conn:
-            repo.record_served(
+            gateway_rows.record_served(
                 conn, gateway_id=gateway_id, cluster=cluster, revision=revision, now=ctx.clock.now()
             )
         self._served[gateway_id] = revision
@@ -178,12 +179,12 @@ def propagation_statuses(
     now = ctx.clock.now()
     with ctx.db.read() as conn:
         revisions = {
-            key_id: repo.key_revision(
+            key_id: api_keys.key_revision(
                 conn, key_id, team_id=principal.team_id, since=now - TOMBSTONE_WINDOW
             )
             for key_id in api_key_ids
         }
-        gateways = repo.list_gateways(conn)
+        gateways = gateway_rows.list_gateways(conn)
     live = {
         cluster.host: [
             g.applied_revision
@@ -213,8 +214,8 @@ class GatewayRow:
 def cluster_view(ctx: Context) -> tuple[int, list[GatewayRow]]:
     now = ctx.clock.now()
     with ctx.db.read() as conn:
-        current = repo.current_revision(conn)
-        gateways = repo.list_gateways(conn)
+        current = changelog.current_revision(conn)
+        gateways = gateway_rows.list_gateways(conn)
     return current, [
         GatewayRow(
             cluster=g.cluster,
@@ -231,7 +232,7 @@ def cluster_view(ctx: Context) -> tuple[int, list[GatewayRow]]:
 def compact(ctx: Context, *, keep: int) -> int:
     """Drop all but the newest ``keep`` changes; followers further behind get a snapshot."""
     with ctx.db.write() as conn:
-        current = repo.current_revision(conn)
-        removed = repo.compact_change_log(conn, through_revision=current - keep)
-        repo.forget_gateways(conn, last_seen_before=ctx.clock.now() - FORGET_AFTER)
+        current = changelog.current_revision(conn)
+        removed = changelog.compact_change_log(conn, through_revision=current - keep)
+        gateway_rows.forget_gateways(conn, last_seen_before=ctx.clock.now() - FORGET_AFTER)
     return removed

@@ -13,9 +13,8 @@ from sqlalchemy.exc import IntegrityError
 from keyplane.domain import keysecrets
 from keyplane.domain.acl import MANAGEMENT_NAMESPACE, RPCS, WILDCARD, parse_management_acl
 from keyplane.domain.errors import Conflict, InvalidArgument, NotFound, Unauthenticated
-from keyplane.domain.model import AuditEvent, ManagementKey, Operator, Team, validate_name
+from keyplane.domain.model import ManagementKey, Operator, Team, validate_name
 from keyplane.services.context import Context
-from keyplane.storage import repository as repo
 
 ALL_RPCS: tuple[str, ...] = tuple(f"{MANAGEMENT_NAMESPACE}:endpoint:{rpc}" for rpc in RPCS)
 
@@ -27,21 +26,21 @@ def create_team(ctx: Context, *, name: str) -> Team:
         create_time=ctx.clock.now(),
     )
     try:
-        with ctx.db.write() as conn:
-            repo.insert_team(conn, team)
+        with ctx.write() as uow:
+            uow.teams.add(team)
     except IntegrityError:
         raise Conflict(f"a team named {name!r} already exists") from None
     return team
 
 
 def list_teams(ctx: Context) -> list[Team]:
-    with ctx.db.read() as conn:
-        return repo.list_teams(conn)
+    with ctx.read() as uow:
+        return uow.teams.all()
 
 
 def find_team(ctx: Context, team_ref: str) -> Team:
-    with ctx.db.read() as conn:
-        team = repo.find_team(conn, team_ref)
+    with ctx.read() as uow:
+        team = uow.teams.find(team_ref)
     if team is None:
         raise NotFound(f"no team with id or name {team_ref!r}")
     return team
@@ -70,62 +69,51 @@ def create_management_key(
             owner_user_id = str(uuid.UUID(owner_user_id))
         except ValueError:
             raise InvalidArgument("must be a UUID", field="owner_user_id") from None
-    now = ctx.clock.now()
+    name = validate_name(name, field="name")
     secret = keysecrets.generate_secret(ctx.management_key_prefix)
-    key = ManagementKey(
-        key_id=str(uuid.uuid4()),
-        team_id=team_id,
-        name=validate_name(name, field="name"),
-        owner_user_id=owner_user_id or str(uuid.uuid4()),
-        acls=chosen,
-        redacted=keysecrets.redact(secret, ctx.management_key_prefix),
-        create_time=now,
-        modify_time=now,
-    )
-    with ctx.db.write() as conn:
-        if repo.get_team(conn, team_id) is None:
+    with ctx.write() as uow:
+        if uow.teams.get(team_id) is None:
             raise NotFound(f"no team {team_id}")
-        repo.insert_management_key(conn, key, keysecrets.digest(secret))
-        repo.append_audit(
-            conn,
-            AuditEvent(
-                event_id=str(uuid.uuid4()),
-                team_id=team_id,
-                event_time=now,
-                user_id=key.owner_user_id,
-                operation="CreateManagementKey",
-                entity_type="MANAGEMENT_KEY",
-                entity_id=key.key_id,
-                description=f"Created management key {key.name!r} ({key.redacted})",
-            ),
+        key = ManagementKey(
+            key_id=str(uuid.uuid4()),
+            team_id=team_id,
+            name=name,
+            owner_user_id=owner_user_id or str(uuid.uuid4()),
+            acls=chosen,
+            redacted=keysecrets.redact(secret, ctx.management_key_prefix),
+            create_time=uow.now,
+            modify_time=uow.now,
+        )
+        uow.management_keys.add(key, keysecrets.digest(secret))
+        uow.record(
+            team_id=team_id,
+            user_id=key.owner_user_id,
+            operation="CreateManagementKey",
+            entity_type="MANAGEMENT_KEY",
+            entity_id=key.key_id,
+            description=f"Created management key {key.name!r} ({key.redacted})",
         )
     return NewManagementKey(key, secret)
 
 
 def list_management_keys(ctx: Context, *, team_id: str | None = None) -> list[ManagementKey]:
-    with ctx.db.read() as conn:
-        return repo.list_management_keys(conn, team_id)
+    with ctx.read() as uow:
+        return uow.management_keys.all(team_id)
 
 
 def revoke_management_key(ctx: Context, *, key_id: str) -> ManagementKey:
-    now = ctx.clock.now()
-    with ctx.db.write() as conn:
-        keys = [k for k in repo.list_management_keys(conn, None) if k.key_id == key_id]
-        if not keys or not repo.revoke_management_key(conn, key_id, now):
+    with ctx.write() as uow:
+        keys = [k for k in uow.management_keys.all(None) if k.key_id == key_id]
+        if not keys or not uow.management_keys.revoke(key_id, uow.now):
             raise NotFound(f"no live management key {key_id}")
         key = keys[0]
-        repo.append_audit(
-            conn,
-            AuditEvent(
-                event_id=str(uuid.uuid4()),
-                team_id=key.team_id,
-                event_time=now,
-                user_id=key.owner_user_id,
-                operation="RevokeManagementKey",
-                entity_type="MANAGEMENT_KEY",
-                entity_id=key.key_id,
-                description=f"Revoked management key {key.name!r} ({key.redacted})",
-            ),
+        uow.record(
+            team_id=key.team_id,
+            user_id=key.owner_user_id,
+            operation="RevokeManagementKey",
+            entity_type="MANAGEMENT_KEY",
+            entity_id=key.key_id,
+            description=f"Revoked management key {key.name!r} ({key.redacted})",
         )
     return key
 
@@ -151,27 +139,27 @@ def create_operator(ctx: Context, *, name: str) -> NewOperator:
         redacted=keysecrets.redact(secret, OPERATOR_PREFIX),
         create_time=ctx.clock.now(),
     )
-    with ctx.db.write() as conn:
-        repo.insert_operator(conn, operator, keysecrets.digest(secret))
+    with ctx.write() as uow:
+        uow.operators.add(operator, keysecrets.digest(secret))
     return NewOperator(operator, secret)
 
 
 def list_operators(ctx: Context) -> list[Operator]:
-    with ctx.db.read() as conn:
-        return repo.list_operators(conn)
+    with ctx.read() as uow:
+        return uow.operators.all()
 
 
 def revoke_operator(ctx: Context, *, operator_id: str) -> None:
-    with ctx.db.write() as conn:
-        if not repo.revoke_operator(conn, operator_id, ctx.clock.now()):
+    with ctx.write() as uow:
+        if not uow.operators.revoke(operator_id, uow.now):
             raise NotFound(f"no live operator {operator_id}")
 
 
 def authenticate_operator(ctx: Context, secret: str) -> Operator:
     if not keysecrets.looks_like(secret, OPERATOR_PREFIX):
         raise Unauthenticated.bad_credentials()
-    with ctx.db.read() as conn:
-        operator = repo.live_operator(conn, digest=keysecrets.digest(secret))
+    with ctx.read() as uow:
+        operator = uow.operators.live(digest=keysecrets.digest(secret))
     if operator is None:
         raise Unauthenticated.bad_credentials()
     return operator
@@ -179,8 +167,8 @@ def authenticate_operator(ctx: Context, secret: str) -> Operator:
 
 def reauthenticate_operator(ctx: Context, operator_id: str) -> Operator:
     """The operator a console session names, re-read now: revoked ends the session."""
-    with ctx.db.read() as conn:
-        operator = repo.live_operator(conn, operator_id=operator_id)
+    with ctx.read() as uow:
+        operator = uow.operators.live(operator_id=operator_id)
     if operator is None:
         raise Unauthenticated.bad_credentials()
     return operator

@@ -12,7 +12,7 @@ from keyplane.domain.pagination import decode_token, encode_token
 from keyplane.domain.timefmt import to_micros
 from keyplane.services.auth import Principal
 from keyplane.services.context import Context
-from keyplane.storage import repository as repo
+from keyplane.storage.audit import AuditQuery
 
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
@@ -45,7 +45,7 @@ def list_events(
         raise InvalidArgument("at most 256 characters", field="eventFilter.query")
     if user_id is not None and len(user_id) > 64:
         raise InvalidArgument("at most 64 characters", field="eventFilter.userId")
-    query = repo.AuditQuery(
+    query = AuditQuery(
         team_id=team_id,
         limit=size + 1,
         time_from=time_from,
@@ -60,8 +60,8 @@ def list_events(
         if len(position) != 2 or not isinstance(position[0], int):
             raise InvalidArgument("is not a valid page token", field="pageToken")
         query = replace(query, after=(position[0], str(position[1])))
-    with ctx.db.read() as conn:
-        events = repo.list_audit_events(conn, query)
+    with ctx.read() as uow:
+        events = uow.audit.page(query)
     token = None
     if len(events) > size:
         events = events[:size]

@@ -8,7 +8,6 @@ from keyplane.domain import acl, keysecrets
 from keyplane.domain.errors import PermissionDenied, Unauthenticated
 from keyplane.domain.model import ManagementKey
 from keyplane.services.context import Context
-from keyplane.storage import repository as repo
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +47,8 @@ def authenticate(ctx: Context, authorization: str | None) -> Principal:
         raise Unauthenticated.bad_credentials()
     if not keysecrets.looks_like(token, ctx.management_key_prefix):
         raise Unauthenticated.bad_credentials()
-    with ctx.db.read() as conn:
-        key = repo.live_management_key(conn, keysecrets.digest(token))
+    with ctx.read() as uow:
+        key = uow.management_keys.live(keysecrets.digest(token))
     if key is None:
         raise Unauthenticated.bad_credentials()
     return Principal(key)
@@ -58,8 +57,8 @@ def authenticate(ctx: Context, authorization: str | None) -> Principal:
 def reauthenticate(ctx: Context, key_id: str) -> Principal:
     """The management key a console session names, re-read now: revoked (or its team blocked)
     means the session is over, at once."""
-    with ctx.db.read() as conn:
-        key = repo.live_management_key_by_id(conn, key_id)
+    with ctx.read() as uow:
+        key = uow.management_keys.live_by_id(key_id)
     if key is None:
         raise Unauthenticated.bad_credentials()
     return Principal(key)

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 from keyplane.domain.clock import Clock, SystemClock
 from keyplane.storage.db import Database
+from keyplane.storage.unit_of_work import UnitOfWork, unit_of_work
+from keyplane.usage import budgets
+
+#: Opens a unit of work: a write one (True) or a read one (False).
+UnitsOfWork = Callable[[bool], AbstractContextManager[UnitOfWork]]
 
 
 @dataclass(frozen=True)
@@ -24,3 +30,25 @@ class Context:
     on_commit: Callable[[int], None] = field(default=lambda _revision: None)
     #: Secrets rotated out, still accepted when opening what they sealed.
     previous_secrets: tuple[bytes, ...] = ()
+    #: Where the use cases' units of work come from; None: transactions on ``db``. The service
+    #: tests pass in-memory ones (``tests/support/fake_uow.py``).
+    units: UnitsOfWork | None = None
+
+    def write(self) -> AbstractContextManager[UnitOfWork]:
+        """A unit of work on a write transaction: commits at the end of the ``with`` block."""
+        return self._open(write=True)
+
+    def read(self) -> AbstractContextManager[UnitOfWork]:
+        """A unit of work on a read transaction (a consistent view; writes nothing)."""
+        return self._open(write=False)
+
+    def _open(self, *, write: bool) -> AbstractContextManager[UnitOfWork]:
+        if self.units is not None:
+            return self.units(write)
+        return unit_of_work(
+            self.db,
+            write=write,
+            clock=self.clock,
+            on_commit=self.on_commit,
+            refine=budgets.refine,
+        )

@@ -14,15 +14,14 @@ import hashlib
 import hmac
 import os
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import Connection
 
 from keyplane.domain.errors import Conflict
 from keyplane.services.context import Context
-from keyplane.storage import repository as repo
+from keyplane.storage.unit_of_work import UnitOfWork
 
 WINDOW = timedelta(hours=24)
 
@@ -48,13 +47,11 @@ class Caller:
         return self._derive(secret, "keyplane idempotency seal v2")
 
 
-def replay(
-    ctx: Context, conn: Connection, caller: Caller, request_digest: str, now: datetime
-) -> bytes | None:
+def replay(ctx: Context, uow: UnitOfWork, caller: Caller, request_digest: str) -> bytes | None:
     """The first answer to this caller's request, or None if there was none in the window."""
     secrets = (ctx.server_secret, *ctx.previous_secrets)
     by_locator = {caller.locator(secret): secret for secret in secrets}
-    found = repo.find_idempotent(conn, locators=list(by_locator), since=now - WINDOW)
+    found = uow.idempotency.find(locators=list(by_locator), since=uow.now - WINDOW)
     if found is None:
         return None
     if found.request_digest != request_digest:
@@ -73,32 +70,30 @@ def replay(
 
 def remember(
     ctx: Context,
-    conn: Connection,
+    uow: UnitOfWork,
     caller: Caller,
     *,
     api_key_id: str,
     request_digest: str,
     answer: bytes,
-    now: datetime,
 ) -> None:
     nonce = os.urandom(12)
     sealed = nonce + AESGCM(caller.sealing_key(ctx.server_secret)).encrypt(nonce, answer, None)
-    repo.purge_idempotency(conn, before=now - WINDOW)
-    repo.store_idempotent(
-        conn,
+    uow.idempotency.purge(before=uow.now - WINDOW)
+    uow.idempotency.store(
         locator=caller.locator(ctx.server_secret),
         api_key_id=api_key_id,
         request_digest=request_digest,
         sealed=sealed,
-        now=now,
+        now=uow.now,
     )
 
 
-def forget_answers(conn: Connection, api_key_id: str) -> None:
+def forget_answers(uow: UnitOfWork, api_key_id: str) -> None:
     """The key was rotated or deleted: its first secret is dead, so is any sealed copy of it."""
-    repo.erase_idempotent_answers(conn, api_key_id=api_key_id)
+    uow.idempotency.erase_answers(api_key_id=api_key_id)
 
 
 def purge_expired(ctx: Context) -> None:
-    with ctx.db.write() as conn:
-        repo.purge_idempotency(conn, before=ctx.clock.now() - WINDOW)
+    with ctx.write() as uow:
+        uow.idempotency.purge(before=uow.now - WINDOW)

@@ -14,17 +14,13 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection
-
 from keyplane.domain import keysecrets
 from keyplane.domain.acl import normalize_api_key_acls, parse_api_key_acl
 from keyplane.domain.errors import InvalidArgument, NotFound
 from keyplane.domain.fieldmask import parse_field_mask
 from keyplane.domain.model import (
     ApiKey,
-    AuditEvent,
     SecretDigest,
-    enforcement_view,
     validate_bool,
     validate_int32_limit,
     validate_int64_limit,
@@ -35,7 +31,7 @@ from keyplane.domain.timefmt import parse_ts, to_micros
 from keyplane.services import idempotency
 from keyplane.services.auth import Principal
 from keyplane.services.context import Context
-from keyplane.storage import repository as repo
+from keyplane.storage.api_keys import ApiKeyQuery
 from keyplane.usage import budgets
 
 MAX_PAGE_SIZE = 1000
@@ -85,45 +81,6 @@ def parse_new_key(body: Mapping[str, Any]) -> NewKeySpec:
     )
 
 
-def _record(
-    conn: Connection,
-    ctx: Context,
-    *,
-    principal: Principal,
-    key: ApiKey,
-    op: str,
-    operation: str,
-    description: str,
-    now: datetime,
-) -> None:
-    """The change-log row and the audit event that go with every key mutation."""
-    view = {"apiKeyId": key.api_key_id, "teamId": key.team_id, "deleted": True}
-    if op != "delete":
-        view = enforcement_view(key)
-    repo.append_change(
-        conn,
-        revision=key.revision,
-        api_key_id=key.api_key_id,
-        team_id=key.team_id,
-        op=op,
-        view=view,
-        now=now,
-    )
-    repo.append_audit(
-        conn,
-        AuditEvent(
-            event_id=str(uuid.uuid4()),
-            team_id=key.team_id,
-            event_time=now,
-            user_id=principal.user_id,
-            operation=operation,
-            entity_type="API_KEY",
-            entity_id=key.api_key_id,
-            description=description,
-        ),
-    )
-
-
 def create_key(
     ctx: Context,
     *,
@@ -140,7 +97,6 @@ def create_key(
     Returns ``(created, None)`` or ``(None, replayed_answer)``.
     """
     principal.require_team(team_id)
-    now = ctx.clock.now()
     request_digest = ""
     if idempotency_key is not None:
         if not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
@@ -158,9 +114,9 @@ def create_key(
         if idempotency_key is None
         else idempotency.Caller(team_id, principal.key.key_id, idempotency_key)
     )
-    with ctx.db.write() as conn:
+    with ctx.write() as uow:
         if caller is not None:
-            answer = idempotency.replay(ctx, conn, caller, request_digest, now)
+            answer = idempotency.replay(ctx, uow, caller, request_digest)
             if answer is not None:
                 return None, answer
         key = ApiKey(
@@ -169,43 +125,37 @@ def create_key(
             user_id=principal.user_id,
             name=spec.name,
             redacted=keysecrets.redact(secret, ctx.api_key_prefix),
-            create_time=now,
-            modify_time=now,
+            create_time=uow.now,
+            modify_time=uow.now,
             modified_by=principal.user_id,
             expire_time=spec.expire_time,
             qps=spec.qps,
             qpm=spec.qpm,
             tpm=spec.tpm,
             acl_strings=spec.acls,
-            revision=repo.next_revision(conn),
+            revision=uow.next_revision(),
             secrets=(SecretDigest(keysecrets.digest(secret)),),
             budget_cents=spec.budget_cents,
             budget_period=spec.budget_period,
         )
-        key = budgets.refine(conn, key, now)  # born blocked while its team is
-        repo.insert_api_key(conn, key, now=now)
-        _record(
-            conn,
-            ctx,
-            principal=principal,
-            key=key,
-            op="upsert",
+        key = uow.refine_key(key)  # born blocked while its team is
+        uow.api_keys.add(key, now=uow.now)
+        uow.key_changed(
+            key,
+            by=principal.user_id,
             operation="CreateApiKey",
             description=f"Created API key {key.name!r} ({key.redacted})",
-            now=now,
         )
         result = KeyWithSecret(key, secret)
         if caller is not None and render is not None:
             idempotency.remember(
                 ctx,
-                conn,
+                uow,
                 caller,
                 api_key_id=key.api_key_id,
                 request_digest=request_digest,
                 answer=render(result),
-                now=now,
             )
-    ctx.on_commit(key.revision)
     return result, None
 
 
@@ -251,16 +201,16 @@ def list_keys(
         ):
             raise InvalidArgument("is not a valid page token", field="paginationToken")
         after = (position[0], position[1])
-    now = ctx.clock.now()
-    with ctx.db.read() as conn:
-        keys = repo.list_api_keys(
-            conn,
-            team_id=team_id,
-            after=after,
-            limit=None if page_size is None else page_size + 1,
-            acl_filters=filters,
-            active_at=now if active_only else None,
-            name_contains=name_contains or None,
+    with ctx.read() as uow:
+        keys = uow.api_keys.page(
+            ApiKeyQuery(
+                team_id=team_id,
+                after=after,
+                limit=None if page_size is None else page_size + 1,
+                acl_filters=tuple(filters),
+                active_at=uow.now if active_only else None,
+                name_contains=name_contains or None,
+            )
         )
     next_token = None
     if page_size is not None and len(keys) > page_size:
@@ -273,8 +223,8 @@ def list_keys(
 
 
 def get_key(ctx: Context, *, principal: Principal, api_key_id: str) -> ApiKey:
-    with ctx.db.read() as conn:
-        key = repo.get_api_key(conn, api_key_id, team_id=principal.team_id)
+    with ctx.read() as uow:
+        key = uow.api_keys.get(api_key_id, team_id=principal.team_id)
     if key is None:
         raise _not_found()
     return key
@@ -393,54 +343,38 @@ def _mutate(
 ) -> ApiKey:
     """Read the team's key, apply ``change``, and commit it with its revision and audit event.
     ``secret_replaced``: any sealed idempotent answer holding the old secret is erased."""
-    now = ctx.clock.now()
-    with ctx.db.write() as conn:
-        current = repo.get_api_key(conn, api_key_id, team_id=principal.team_id)
+    with ctx.write() as uow:
+        current = uow.api_keys.get(api_key_id, team_id=principal.team_id)
         if current is None:
             raise _not_found()
         key = replace(
             current,
-            **change(current, now),
-            modify_time=now,
+            **change(current, uow.now),
+            modify_time=uow.now,
             modified_by=principal.user_id,
-            revision=repo.next_revision(conn),
+            revision=uow.next_revision(),
         )
-        key = budgets.refine(conn, key, now)  # a new budget blocks or unblocks at once
-        repo.replace_api_key(conn, key, now=now)
+        key = uow.refine_key(key)  # a new budget blocks or unblocks at once
+        uow.api_keys.replace(key, now=uow.now)
         if secret_replaced:
-            idempotency.forget_answers(conn, key.api_key_id)
-        _record(
-            conn,
-            ctx,
-            principal=principal,
-            key=key,
-            op="upsert",
-            operation=operation,
-            description=describe(key),
-            now=now,
-        )
-    ctx.on_commit(key.revision)
+            idempotency.forget_answers(uow, key.api_key_id)
+        uow.key_changed(key, by=principal.user_id, operation=operation, description=describe(key))
     return key
 
 
 def delete_key(ctx: Context, *, principal: Principal, api_key_id: str) -> None:
-    now = ctx.clock.now()
-    with ctx.db.write() as conn:
-        current = repo.get_api_key(conn, api_key_id, team_id=principal.team_id)
+    with ctx.write() as uow:
+        current = uow.api_keys.get(api_key_id, team_id=principal.team_id)
         if current is None:
             raise _not_found()
-        key = replace(current, revision=repo.next_revision(conn))
-        repo.delete_api_key(conn, key, revision=key.revision, now=now)
-        repo.purge_tombstones(conn, before=now - TOMBSTONE_WINDOW)
-        idempotency.forget_answers(conn, key.api_key_id)
-        _record(
-            conn,
-            ctx,
-            principal=principal,
-            key=key,
-            op="delete",
+        key = replace(current, revision=uow.next_revision())
+        uow.api_keys.delete(key, now=uow.now)
+        uow.api_keys.purge_tombstones(before=uow.now - TOMBSTONE_WINDOW)
+        idempotency.forget_answers(uow, key.api_key_id)
+        uow.key_changed(
+            key,
+            by=principal.user_id,
             operation="DeleteApiKey",
             description=f"Deleted API key {key.name!r} ({key.redacted})",
-            now=now,
+            deleted=True,
         )
-    ctx.on_commit(key.revision)

@@ -14,7 +14,7 @@ import psycopg
 import structlog
 from sqlalchemy.engine import URL
 
-from keyplane.storage.repository import CHANGES_CHANNEL
+from keyplane.storage.changelog import CHANGES_CHANNEL
 
 log = structlog.get_logger("keyplane.storage")
 

@@ -17,7 +17,7 @@ from keyplane.domain.model import AuditEvent, validate_int64_limit
 from keyplane.domain.timefmt import to_micros
 from keyplane.services.auth import Principal
 from keyplane.services.context import Context
-from keyplane.storage import repository as repo
+from keyplane.storage.audit import append_audit
 from keyplane.usage import limits, query, store
 
 
@@ -89,7 +89,7 @@ def set_limit(
             now=now,
         )
         shown = "none" if cents is None else f"{cents} cents"
-        repo.append_audit(
+        append_audit(
             conn,
             AuditEvent(
                 event_id=str(uuid.uuid4()),

@@ -19,8 +19,10 @@ from sqlalchemy import Connection, update
 
 from keyplane.domain.model import AuditEvent, enforcement_view
 from keyplane.domain.timefmt import from_micros, to_micros
-from keyplane.storage import repository as repo
+from keyplane.storage import changelog
 from keyplane.storage import tables as t
+from keyplane.storage.api_keys import ApiKeys
+from keyplane.storage.audit import append_audit
 from keyplane.usage import store
 from keyplane.usage.periods import period_bounds
 from keyplane.usage.record import COST_SCALE
@@ -52,7 +54,7 @@ def _audit(
     text: str,
     now: datetime,
 ) -> None:
-    repo.append_audit(
+    append_audit(
         conn,
         AuditEvent(
             event_id=str(uuid.uuid4()),
@@ -77,16 +79,16 @@ def _set_key_column(
     now: datetime,
 ) -> int | None:
     """Set a block column of one key with a new revision and its change-log row."""
-    revision = repo.next_revision(conn)
+    revision = changelog.next_revision(conn)
     conn.execute(
         update(t.api_keys)
         .where(t.api_keys.c.api_key_id == api_key_id)
         .values({column: None if until is None else to_micros(until), "revision": revision})
     )
-    key = repo.get_api_key(conn, api_key_id, team_id=team_id)
+    key = ApiKeys(conn).get(api_key_id, team_id=team_id)
     if key is None:  # pragma: no cover - the row was just updated in this transaction
         return None
-    repo.append_change(
+    changelog.append_change(
         conn,
         revision=revision,
         api_key_id=api_key_id,
@@ -284,7 +286,7 @@ def lift_expired(conn: Connection, *, now: datetime) -> list[int]:
             soft_limit_cents=None if row is None else row.soft_limit_cents,
         )
     for row in store.blocked_keys(conn, until_before=now_us + 1):
-        key = repo.get_api_key(conn, row.api_key_id, team_id=row.team_id)
+        key = ApiKeys(conn).get(row.api_key_id, team_id=row.team_id)
         if key is None:
             continue
         if key.budget_blocked_until is not None and to_micros(key.budget_blocked_until) <= now_us:
