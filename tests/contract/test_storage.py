@@ -8,17 +8,21 @@ idempotency and tombstones behave alike.
 from __future__ import annotations
 
 import secrets
+import shutil
 import threading
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
-from keyplane.domain.errors import Conflict, NotFound
+from keyplane.domain.errors import Conflict, NotFound, Unavailable
 from keyplane.propagation import feed
 from keyplane.services import admin, keys
 from keyplane.services.auth import Principal
 from keyplane.services.context import Context
 from keyplane.storage import tables
+from keyplane.storage.db import Database
+from tests.support.procs import free_port
 
 
 def principal_of(ctx: Context, name: str = "team") -> Principal:
@@ -207,3 +211,24 @@ def test_idempotent_answers_expire_and_survive_a_secret_rotation(ctx: Context) -
     assert replay is None
     assert again is not None
     assert again.secret != first.secret
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_a_store_out_of_reach_is_unavailable_not_an_internal_error(
+    engine: str, tmp_path: Path
+) -> None:
+    """PostgreSQL down (nothing listens on its port) or SQLite's file gone with its directory:
+    reads and writes raise ``Unavailable`` (the planes' 503, which clients retry)."""
+    if engine == "sqlite":
+        url = f"sqlite:///{tmp_path / 'gone' / 'keyplane.db'}"
+    else:
+        url = f"postgresql://postgres@127.0.0.1:{free_port()}/keyplane"
+    db = Database(url)
+    shutil.rmtree(tmp_path / "gone", ignore_errors=True)
+    try:
+        for transaction in (db.read, db.write):
+            with pytest.raises(Unavailable) as raised, transaction() as conn:
+                conn.execute(select(1))
+            assert raised.value.status == 503
+    finally:
+        db.dispose()

@@ -12,15 +12,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import structlog
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, create_engine, delete, event, insert, select
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from keyplane.domain.errors import Unavailable
 from keyplane.private_files import private_file
 from keyplane.storage import tables
 
+log = structlog.get_logger("keyplane.storage")
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK = 0x6B6579706C616E  # "keyplan": any constant shared by every replica
 
@@ -45,6 +49,18 @@ def _sqlite_pragmas(synchronous: str) -> Any:
         cursor.close()
 
     return on_connect
+
+
+@contextmanager
+def _unavailable_store() -> Iterator[None]:
+    """A store that cannot be reached (PostgreSQL down or restarting, a connection dropped, SQLite
+    busy past its timeout) is ``Unavailable``: a 503 that clients retry, not an internal error.
+    The transaction is rolled back first, so nothing of it is half-applied."""
+    try:
+        yield
+    except OperationalError as error:
+        log.warning("store_unavailable", error=str(error.orig).strip().splitlines()[0][:200])
+        raise Unavailable("The store is unavailable; retry shortly.") from error
 
 
 class Database:
@@ -114,12 +130,12 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
-        with self.writer.begin() as conn:
+        with _unavailable_store(), self.writer.begin() as conn:
             yield conn
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        with self.reader.begin() as conn:
+        with _unavailable_store(), self.reader.begin() as conn:
             yield conn
 
     def dispose(self) -> None:
