@@ -100,7 +100,7 @@ def admission_rate(iterations: int = 200_000) -> tuple[float, float, float]:
     check state, endpoint and model ACLs, take the limits from a cache keyed by (key, revision,
     model) as the gateway does, and acquire them in memory. Returns decisions per wall-clock
     second, per CPU-second of this process (fairer on a shared machine), and CPU µs each."""
-    from keyplane.gateway.inference import Limits, limits_for
+    from keyplane.gateway.admission import Limits, limits_for
     from keyplane.ratelimit import MemoryLimiter
 
     gateway, catalog, scope = _admission_setup()
@@ -128,7 +128,7 @@ def admission_rate(iterations: int = 200_000) -> tuple[float, float, float]:
 async def admission_async(make_limiter: Callable[[], Any], tasks: int) -> dict[str, Any]:
     """The same decision as :func:`admission_rate`, but ``await limiter.acquire(...)`` as the
     gateway does, from ``tasks`` concurrent tasks, for ASYNC_OPS decisions or ASYNC_SECONDS."""
-    from keyplane.gateway.inference import limits_for
+    from keyplane.gateway.admission import limits_for
 
     gateway, catalog, scope = _admission_setup()
     limiter = make_limiter()

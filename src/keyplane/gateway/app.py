@@ -15,7 +15,7 @@ from typing import Any
 import prometheus_client
 import structlog
 
-from keyplane.asgi import Message, Receive, Scope, Send, header, send_json
+from keyplane.asgi import Receive, Scope, Send, header, send_json
 from keyplane.domain import keysecrets
 from keyplane.domain.errors import (
     InvalidArgument,
@@ -26,6 +26,7 @@ from keyplane.domain.errors import (
     Unauthenticated,
     http_status,
 )
+from keyplane.gateway import accounting
 from keyplane.gateway.http import send_error
 from keyplane.gateway.replica import KeyRecord, Replica
 from keyplane.usage.meter import TALLY, Meter, Tally
@@ -44,25 +45,6 @@ class GatewayConfig:
     metrics_token: str | None = None
     #: Forward clients' x-keyplane-* headers upstream (tests and demos only).
     forward_test_headers: bool = False
-
-
-def _metered(send: Send, tally: Tally, meter: Meter) -> Send:
-    """``send``, recording the request's usage just before its answer's last bytes go out: a
-    client that has its whole answer has been counted, even if the gateway dies right after."""
-
-    async def metered(message: Message) -> None:
-        kind = message["type"]
-        if kind == "http.response.start":
-            tally.status = message["status"]
-        elif (
-            kind == "http.response.body"
-            and not message.get("more_body", False)
-            and not tally.finished
-        ):
-            meter.finish(tally)
-        await send(message)
-
-    return metered
 
 
 def incorrect_key(redacted: str | None) -> InvalidArgument:
@@ -132,7 +114,7 @@ class Gateway:
         meter = self.meter
         tally = None if meter is None else self._tally(scope)
         if tally is not None and meter is not None:
-            send = _metered(send, tally, meter)
+            send = accounting.metered(send, tally, meter)
         try:
             await self._dispatch(scope, receive, send)
         except KeyplaneError as error:
@@ -143,8 +125,8 @@ class Gateway:
             if tally is not None:
                 tally.status = 499  # the client went away before the answer
         finally:
-            if tally is not None and meter is not None and not tally.finished:
-                meter.finish(tally)
+            if tally is not None and meter is not None:
+                accounting.close(tally, meter)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         method, path = scope["method"], scope["path"]

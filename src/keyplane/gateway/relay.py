@@ -1,0 +1,214 @@
+"""Forwarding an admitted request upstream and its answer back, as it comes.
+
+Bodies go upstream untouched, but for one change: a stream whose client did not ask for usage is
+asked for it (``upstream_body``), and the extra usage chunk is dropped on the way back, so ``tpm``
+is charged the real count while the client sees exactly what it asked for. A whole answer is sent
+with its length; a stream is relayed event by event. A client that goes away cancels the upstream
+exchange; an upstream that fails before answering is a 502 (504 if it stayed silent), one that
+fails mid-answer leaves the client a truncated stream. What it all costs is
+``keyplane.gateway.accounting``'s; the upstream is reached only through ``Upstream``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import msgspec
+import structlog
+
+from keyplane.asgi import Receive, Scope, Send
+from keyplane.domain.errors import Unavailable
+from keyplane.gateway.accounting import Account
+from keyplane.gateway.upstream import Upstream, UpstreamError, UpstreamResponse
+
+__all__ = ["Relay", "upstream_body", "upstream_headers"]
+
+log = structlog.get_logger("keyplane.gateway")
+
+#: Streams whose usage comes only when asked for with stream_options.include_usage.
+_USAGE_ON_REQUEST = frozenset({"/v1/chat/completions", "/v1/completions"})
+_FORWARDED_HEADERS = (b"accept", b"openai-organization", b"openai-project", b"x-request-id")
+_TEST_HEADER_PREFIX = b"x-keyplane-"
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "content-length",
+        "content-encoding",
+        "date",
+        "server",
+    }
+)
+_top_level = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
+def upstream_body(
+    path: str, body: bytes, stream: bool | None, stream_options: dict[str, Any] | None
+) -> tuple[bytes, bool]:
+    """The body to send upstream, and whether the stream's usage chunk is ours to drop."""
+    if not stream or path not in _USAGE_ON_REQUEST:
+        return body, False
+    options = stream_options or {}
+    if options.get("include_usage"):
+        return body, False
+    # Top-level fields only, the rest passed through as it came: no number the client sent is
+    # re-read (msgspec refuses integers past 64 bits).
+    document = _top_level.decode(body)
+    document["stream_options"] = msgspec.Raw(
+        msgspec.json.encode({**options, "include_usage": True})
+    )
+    return msgspec.json.encode(document), True
+
+
+def upstream_headers(
+    scope: Scope, *, test_headers: bool, authorization: str | None
+) -> dict[str, str]:
+    """The headers sent upstream: ours, the few of the client's an upstream may use, and the
+    model's own upstream credential."""
+    headers = {"content-type": "application/json", "accept-encoding": "identity"}
+    # keyplane's own headers (the model server's test knobs among them) are the project's, not a
+    # client's to send upstream, unless a test deployment asks for them.
+    for name, value in scope["headers"]:
+        if name in _FORWARDED_HEADERS or (test_headers and name.startswith(_TEST_HEADER_PREFIX)):
+            headers[name.decode()] = bytes(value).decode("latin-1")
+    if authorization:
+        headers["authorization"] = authorization
+    return headers
+
+
+class Relay:
+    """One forwarded request: sends it upstream, relays the answer to the client."""
+
+    def __init__(
+        self,
+        send: Send,
+        account: Account,
+        *,
+        strip_usage: bool,
+        extra_headers: Sequence[tuple[bytes, bytes]],
+    ) -> None:
+        self.send = send
+        self.account = account
+        self.strip_usage = strip_usage
+        self.extra_headers = extra_headers
+        self.started = False
+        self.client_gone = False
+        self._buffer = b""
+        self._status = 0
+        self._headers: list[tuple[bytes, bytes]] = []
+
+    async def run(
+        self,
+        upstream: Upstream,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        receive: Receive,
+    ) -> None:
+        """Forward, relay, and charge: cancelled (and charged what was sent) if the client goes."""
+        # The relay runs in this task; one watcher task cancels it if the client goes away (no
+        # second task and no asyncio.wait per request: this is the hot path).
+        this = asyncio.current_task()
+        assert this is not None
+        watcher = asyncio.ensure_future(self._cancel_on_disconnect(receive, this))
+        try:
+            await self._exchange(upstream, url, body, headers)
+        except asyncio.CancelledError:
+            if not self.client_gone:
+                raise
+            this.uncancel()  # ours, not the server's: the request ends normally
+        finally:
+            watcher.cancel()
+            await self.account.settle()  # a no-op if the answer's end already charged it
+
+    async def _cancel_on_disconnect(self, receive: Receive, relay: asyncio.Task[Any]) -> None:
+        """Stop the upstream exchange (cancel ``relay``) when the client goes away."""
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self.client_gone = True
+                relay.cancel()
+                return
+
+    async def _exchange(
+        self, upstream: Upstream, url: str, body: bytes, headers: Mapping[str, str]
+    ) -> None:
+        try:
+            async with upstream.post(url, body, headers) as response:
+                self._start(response)
+                if response.is_stream:
+                    async for chunk in response:
+                        await self._stream_chunk(chunk)
+                    await self._stream_end()
+                else:
+                    data = await response.read()
+                    await self._whole(data, ok=response.status < 400)
+        except TimeoutError:
+            if self.started:
+                return
+            raise Unavailable("The model server did not answer in time.", status=504) from None
+        except UpstreamError as error:
+            if self.started:
+                return  # mid-response failure: the client sees a truncated stream
+            log.warning("upstream_error", url=url, error=str(error))
+            raise Unavailable("The model server is unavailable.", status=502) from None
+
+    def _start(self, response: UpstreamResponse) -> None:
+        headers = [
+            (k.lower().encode(), v.encode("latin-1"))
+            for k, v in response.header_items()
+            if k.lower() not in _HOP_BY_HOP
+        ]
+        self._status = response.status
+        self._headers = headers + list(self.extra_headers)
+
+    async def _whole(self, data: bytes, *, ok: bool) -> None:
+        if ok:
+            self.account.read_whole(data)
+        await self.account.settle()
+        await self.send(
+            {
+                "type": "http.response.start",
+                "status": self._status,
+                "headers": [*self._headers, (b"content-length", str(len(data)).encode())],
+            }
+        )
+        self.started = True
+        await self.send({"type": "http.response.body", "body": data})
+
+    async def _send_head(self) -> None:
+        await self.send(
+            {"type": "http.response.start", "status": self._status, "headers": self._headers}
+        )
+        self.started = True
+
+    async def _stream_chunk(self, chunk: bytes) -> None:
+        if not self.started:
+            await self._send_head()
+        self._buffer += chunk
+        out: list[bytes] = []
+        account = self.account
+        while True:
+            end = self._buffer.find(b"\n\n")
+            if end < 0:
+                break
+            event, self._buffer = self._buffer[: end + 2], self._buffer[end + 2 :]
+            if not (account.read_event(event) and self.strip_usage):
+                out.append(event)  # all but the usage chunk only we asked for
+        if account.final_usage:
+            await account.settle()
+        if out:
+            account.events_sent += len(out)
+            await self.send(
+                {"type": "http.response.body", "body": b"".join(out), "more_body": True}
+            )
+
+    async def _stream_end(self) -> None:
+        await self.account.settle()  # before the last bytes: the answer's end is charged, metered
+        if not self.started:
+            await self._send_head()
+        await self.send({"type": "http.response.body", "body": self._buffer, "more_body": False})
+        self._buffer = b""
