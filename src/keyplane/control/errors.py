@@ -1,7 +1,10 @@
 """The one place the Management API turns errors into HTTP answers: ``{"code", "error"}``.
 
-Nothing else in the control plane builds an error body. Unexpected exceptions become a bare 500
-with no detail; the trace goes to the log, never to the client.
+Owns the control plane's error map (which ``keyplane.domain.errors`` kind is which HTTP status:
+``http_status``), the error responses the OpenAPI document lists (``RESPONSES``), the exception
+handlers, and the bare 500 the access log sends when an exception escapes them. Nothing else in
+the control plane builds an error body. Unexpected exceptions become a 500 with no detail; the
+trace goes to the log, never to the client.
 """
 
 from __future__ import annotations
@@ -16,9 +19,59 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from keyplane.domain.errors import KeyplaneError, Unauthenticated, http_status
+from keyplane.asgi import Send, error_body, send_json_bytes
+from keyplane.control import schemas
+from keyplane.domain.errors import (
+    Conflict,
+    InvalidArgument,
+    KeyplaneError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    RateLimited,
+    Unauthenticated,
+    Unavailable,
+    UnsupportedMediaType,
+)
 
 log = structlog.get_logger("keyplane.control")
+
+#: The control plane's error map: the status of each kind of error; a subclass's own entry wins
+#: over its base's (``http_status`` walks the class's MRO).
+STATUS: dict[type[KeyplaneError], int] = {
+    InvalidArgument: 400,
+    MethodNotAllowed: 405,
+    PayloadTooLarge: 413,
+    UnsupportedMediaType: 415,
+    Unauthenticated: 401,
+    PermissionDenied: 403,
+    NotFound: 404,
+    Conflict: 409,
+    RateLimited: 429,
+}
+
+#: The error answers every operation of the OpenAPI document lists.
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": schemas.ErrorOut} for code in (400, 401, 403, 404, 413, 415)
+}
+
+_INTERNAL = ("internal", "Internal error.")
+
+
+def http_status(error: KeyplaneError) -> int:
+    """The HTTP status the Management API answers ``error`` with."""
+    if isinstance(error, Unavailable):
+        return error.status  # 502, 503 or 504: the raiser knows which
+    for kind in type(error).__mro__:
+        if kind in STATUS:
+            return STATUS[kind]
+    return 500
+
+
+async def send_internal_error(send: Send) -> None:
+    """The bare 500, sent on plain ASGI (the access log, when an exception escaped the app)."""
+    await send_json_bytes(send, 500, error_body(*_INTERNAL))
 
 
 def error_response(status: int, code: str, message: str, **headers: str) -> JSONResponse:
@@ -90,4 +143,4 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:
         log.error("unhandled_error", path=request.url.path, exc_info=error)
-        return error_response(500, "internal", "Internal error.")
+        return error_response(500, *_INTERNAL)

@@ -69,10 +69,10 @@ async def read_capped(request: Request, limit: int) -> bytes:
 
 
 def make_route_class(
-    limit: int, authenticate: Callable[[Request], Awaitable[None]]
+    limit: Callable[[Request], int], authenticate: Callable[[Request], Awaitable[None]]
 ) -> type[APIRoute]:
     """Routes that ``authenticate`` the caller before reading a body, then read it capped at
-    ``limit`` bytes and hand the handler plain JSON."""
+    ``limit(request)`` bytes and hand the handler plain JSON."""
 
     class LenientJsonRoute(APIRoute):
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
@@ -81,7 +81,7 @@ def make_route_class(
             async def lenient(request: Request) -> Response:
                 if request.method in ("POST", "PUT", "PATCH"):
                     await authenticate(request)
-                    request = await _normalized(request, limit)
+                    request = await _normalized(request, limit(request))
                 return await handler(request)
 
             return lenient

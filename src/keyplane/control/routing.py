@@ -1,0 +1,129 @@
+"""What every Management API route shares: where the app's context comes from, who is calling,
+how a body is read, and how a route is declared.
+
+The routers in ``keyplane.control.routes`` are module-level: what they need at request time (the
+``Context``, the ``Settings``, the ``Catalog``) is in ``app.state``, put there by ``create_app``,
+and reaches a route as a dependency. ``Rpcs`` declares a family's routes once: the family's tag
+on its router, each route's summary (the RPC's name) and response model, and ``exclude_none`` on
+by default.
+
+No ``from __future__ import annotations``: FastAPI reads the annotations at definition time.
+"""
+
+import asyncio
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Depends, Header, Path, Request
+
+from keyplane.catalog import Catalog
+from keyplane.control.lenient import make_route_class
+from keyplane.services.auth import Principal, authenticate
+from keyplane.services.context import Context
+from keyplane.settings import Settings
+
+
+def _context(request: Request) -> Context:
+    ctx: Context = request.app.state.ctx
+    return ctx
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def _catalog(request: Request) -> Catalog:
+    catalog: Catalog = request.app.state.catalog
+    return catalog
+
+
+AppContext = Annotated[Context, Depends(_context)]
+AppSettings = Annotated[Settings, Depends(_settings)]
+AppCatalog = Annotated[Catalog, Depends(_catalog)]
+
+#: Path parameters: snake_case in Python, the contract's camelCase on the wire.
+TeamId = Annotated[str, Path(alias="teamId")]
+ApiKeyId = Annotated[str, Path(alias="apiKeyId")]
+
+
+async def _authenticate_first(request: Request) -> None:
+    # Before the body is read: an unauthenticated caller costs no parsing work.
+    found = await asyncio.to_thread(
+        authenticate, _context(request), request.headers.get("authorization")
+    )
+    request.state.principal = found
+
+
+def _body_limit(request: Request) -> int:
+    return _settings(request).max_body_bytes
+
+
+#: The Management API's route class: the caller authenticated before a body is read, the body
+#: capped at ``max_body_bytes`` and read leniently (``keyplane.control.lenient``).
+ManagementRoute = make_route_class(_body_limit, _authenticate_first)
+
+
+def current_principal(
+    request: Request,
+    ctx: AppContext,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Principal:
+    """The calling management key (already authenticated by the route class, on a body route)."""
+    known: Principal | None = getattr(request.state, "principal", None)
+    return known if known is not None else authenticate(ctx, authorization)
+
+
+# The checks do no I/O: async, so they cost no thread-pool hop.
+def rpc(name: str) -> Any:
+    """A dependency: the caller, holding the ACL of RPC ``name``."""
+
+    async def check(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+        principal.require(name)
+        return principal
+
+    return Depends(check)
+
+
+def team_rpc(name: str) -> Any:
+    """``rpc(name)``, and the team in the path must be the key's own."""
+
+    async def check(
+        team_id: TeamId, principal: Annotated[Principal, Depends(current_principal)]
+    ) -> Principal:
+        principal.require(name)
+        principal.require_team(team_id)
+        return principal
+
+    return Depends(check)
+
+
+Route = TypeVar("Route", bound=Callable[..., Any])
+
+
+class Rpcs:
+    """A family of Management API routes: ``router`` (tagged ``tag``) and a declaration per RPC."""
+
+    def __init__(self, tag: str) -> None:
+        self.router = APIRouter(route_class=ManagementRoute, tags=[tag])
+
+    def route(
+        self,
+        method: str,
+        path: str,
+        summary: str,
+        model: type[Any],
+        *,
+        exclude_none: bool = True,
+        **extra: Any,
+    ) -> Callable[[Route], Route]:
+        """Declare the route answering ``method path``: the RPC ``summary``, answering ``model``
+        (``None`` fields left out unless ``exclude_none`` is False); ``extra`` as FastAPI takes."""
+        return self.router.api_route(
+            path,
+            methods=[method],
+            response_model=model,
+            response_model_exclude_none=exclude_none,
+            summary=summary,
+            **extra,
+        )
