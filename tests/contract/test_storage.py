@@ -232,3 +232,11 @@ def test_a_store_out_of_reach_is_unavailable_not_an_internal_error(
             assert raised.value.status == 503
     finally:
         db.dispose()
+
+
+def test_a_team_name_is_taken_once_and_the_refusal_leaves_the_store_usable(ctx: Context) -> None:
+    team = admin.create_team(ctx, name="taken")
+    with pytest.raises(Conflict, match="already exists"):
+        admin.create_team(ctx, name="taken")
+    assert admin.list_teams(ctx) == [team]
+    assert admin.create_team(ctx, name="free").name == "free"

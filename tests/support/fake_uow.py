@@ -16,9 +16,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy.exc import IntegrityError
-
 from keyplane.domain.clock import ManualClock
+from keyplane.domain.errors import Conflict
 from keyplane.domain.model import ApiKey, AuditEvent, ManagementKey, Operator, Team
 from keyplane.domain.timefmt import to_micros
 from keyplane.services.context import Context
@@ -67,7 +66,7 @@ class _Teams:
 
     def add(self, team: Team) -> None:
         if any(t.name == team.name for t in self._s.teams):
-            raise IntegrityError("INSERT INTO teams", None, ValueError("name taken"))
+            raise Conflict(f"a team named {team.name!r} already exists")
         self._s.teams.append(team)
 
     def get(self, team_id: str) -> Team | None:

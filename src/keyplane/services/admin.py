@@ -8,11 +8,9 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy.exc import IntegrityError
-
 from keyplane.domain import keysecrets
 from keyplane.domain.acl import MANAGEMENT_NAMESPACE, RPCS, WILDCARD, parse_management_acl
-from keyplane.domain.errors import Conflict, InvalidArgument, NotFound, Unauthenticated
+from keyplane.domain.errors import InvalidArgument, NotFound, Unauthenticated
 from keyplane.domain.model import ManagementKey, Operator, Team, validate_name
 from keyplane.services.context import Context
 
@@ -25,11 +23,8 @@ def create_team(ctx: Context, *, name: str) -> Team:
         name=validate_name(name, field="name"),
         create_time=ctx.clock.now(),
     )
-    try:
-        with ctx.write() as uow:
-            uow.teams.add(team)
-    except IntegrityError:
-        raise Conflict(f"a team named {name!r} already exists") from None
+    with ctx.write() as uow:
+        uow.teams.add(team)
     return team
 
 

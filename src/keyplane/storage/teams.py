@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import Connection, Row, insert, or_, select
+from sqlalchemy.exc import IntegrityError
 
+from keyplane.domain.errors import Conflict
 from keyplane.domain.model import Team
 from keyplane.domain.timefmt import from_micros, to_micros
 from keyplane.storage import tables as t
@@ -27,15 +29,18 @@ class Teams:
         self._conn = conn
 
     def add(self, team: Team) -> None:
-        """Raises SQLAlchemy's ``IntegrityError`` if the name is taken."""
-        self._conn.execute(
-            insert(t.teams).values(
-                team_id=team.team_id,
-                name=team.name,
-                create_time=to_micros(team.create_time),
-                blocked=team.blocked,
+        """Raises ``Conflict`` if the name is taken (the transaction is then done for)."""
+        try:
+            self._conn.execute(
+                insert(t.teams).values(
+                    team_id=team.team_id,
+                    name=team.name,
+                    create_time=to_micros(team.create_time),
+                    blocked=team.blocked,
+                )
             )
-        )
+        except IntegrityError:
+            raise Conflict(f"a team named {team.name!r} already exists") from None
 
     def get(self, team_id: str) -> Team | None:
         row = self._conn.execute(select(t.teams).where(t.teams.c.team_id == team_id)).first()

@@ -100,6 +100,7 @@ def test_a_refused_update_leaves_nothing(world: FakeWorld, principal: Principal)
     after = (dict(world.store.api_keys), list(world.store.changes), len(world.store.audit))
     assert after == before
     assert world.store.revision == key.revision
+    assert world.store.committed == [key.revision]  # the feed was not woken for it
 
 
 def test_rotation_keeps_the_old_secret_for_its_grace_then_only_two_live(
