@@ -24,10 +24,9 @@ from keyplane.domain.errors import (
     NotFound,
     PermissionDenied,
     Unauthenticated,
-    http_status,
 )
 from keyplane.gateway import accounting
-from keyplane.gateway.http import send_error
+from keyplane.gateway.http import send_error, status_of
 from keyplane.gateway.replica import KeyRecord, Replica
 from keyplane.usage.meter import TALLY, Meter, Tally
 
@@ -119,7 +118,7 @@ class Gateway:
             await self._dispatch(scope, receive, send)
         except KeyplaneError as error:
             if tally is not None:
-                tally.status = http_status(error)
+                tally.status = status_of(error)
             await send_error(send, error)
         except ConnectionResetError:
             if tally is not None:

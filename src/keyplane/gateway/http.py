@@ -1,19 +1,72 @@
-"""The gateway's own ASGI helpers: read a bounded body, send an error.
+"""The gateway's HTTP edge: its error map, the one place the inference plane turns an error into
+an HTTP answer, and the bounded read of a request body.
 
-The one place the inference plane turns a ``KeyplaneError`` into an HTTP answer. The ASGI types
-and ``send_json`` are every server's: :mod:`keyplane.asgi`.
+The map is the gateway's own (the control plane keeps its own in ``keyplane.control.errors``):
+each error class of ``keyplane.domain.errors``, and the gateway's two upstream failures below,
+has its status here, found along the class's MRO; anything else is a 500. The body is keyplane's
+error shape (``keyplane.asgi.error_body``); nothing else in the gateway writes one.
 """
 
 from __future__ import annotations
 
 from keyplane.asgi import Receive, Send, error_body, send_json_bytes
 from keyplane.domain.errors import (
+    Conflict,
+    InvalidArgument,
     KeyplaneError,
+    MethodNotAllowed,
+    NotFound,
     PayloadTooLarge,
+    PermissionDenied,
     RateLimited,
     Unauthenticated,
-    http_status,
+    Unavailable,
+    UnsupportedMediaType,
 )
+
+__all__ = [
+    "STATUS",
+    "UpstreamTimeout",
+    "UpstreamUnreachable",
+    "read_body",
+    "send_error",
+    "status_of",
+]
+
+
+class UpstreamUnreachable(Unavailable):
+    """The model server could not be reached, or failed before answering."""
+
+
+class UpstreamTimeout(Unavailable):
+    """The model server stayed silent past the gateway's bound."""
+
+
+#: Error class → HTTP status. A subclass not listed takes its nearest listed base's.
+STATUS: dict[type[KeyplaneError], int] = {
+    InvalidArgument: 400,
+    PayloadTooLarge: 413,
+    MethodNotAllowed: 405,
+    UnsupportedMediaType: 415,
+    Unauthenticated: 401,
+    PermissionDenied: 403,
+    NotFound: 404,
+    Conflict: 409,
+    RateLimited: 429,
+    Unavailable: 503,
+    UpstreamUnreachable: 502,
+    UpstreamTimeout: 504,
+}
+_UNMAPPED = 500
+
+
+def status_of(error: KeyplaneError) -> int:
+    """The HTTP status the gateway answers ``error`` with."""
+    for cls in type(error).__mro__:
+        status = STATUS.get(cls)
+        if status is not None:
+            return status
+    return _UNMAPPED
 
 
 async def send_error(send: Send, error: KeyplaneError) -> None:
@@ -23,7 +76,7 @@ async def send_error(send: Send, error: KeyplaneError) -> None:
         headers.append((b"retry-after", str(max(1, round(error.retry_after + 0.4999))).encode()))
     elif isinstance(error, Unauthenticated):
         headers.append((b"www-authenticate", b"Bearer"))
-    await send_json_bytes(send, http_status(error), error_body(error.code, error.message), headers)
+    await send_json_bytes(send, status_of(error), error_body(error.code, error.message), headers)
 
 
 async def read_body(receive: Receive, limit: int) -> bytes:

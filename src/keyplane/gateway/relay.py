@@ -19,8 +19,8 @@ import msgspec
 import structlog
 
 from keyplane.asgi import Receive, Scope, Send
-from keyplane.domain.errors import Unavailable
 from keyplane.gateway.accounting import Account
+from keyplane.gateway.http import UpstreamTimeout, UpstreamUnreachable
 from keyplane.gateway.upstream import Upstream, UpstreamError, UpstreamResponse
 
 __all__ = ["Relay", "upstream_body", "upstream_headers"]
@@ -149,12 +149,12 @@ class Relay:
         except TimeoutError:
             if self.started:
                 return
-            raise Unavailable("The model server did not answer in time.", status=504) from None
+            raise UpstreamTimeout("The model server did not answer in time.") from None
         except UpstreamError as error:
             if self.started:
                 return  # mid-response failure: the client sees a truncated stream
             log.warning("upstream_error", url=url, error=str(error))
-            raise Unavailable("The model server is unavailable.", status=502) from None
+            raise UpstreamUnreachable("The model server is unavailable.") from None
 
     def _start(self, response: UpstreamResponse) -> None:
         headers = [
