@@ -21,7 +21,6 @@ one.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -31,7 +30,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from tests.support.load import Shot, count, loaded_key, run_load
+from tests.support.load import Shot, count, loaded_key, metric, run_load
 from tests.support.procs import OPERATOR, Deployment, wait_for
 from tests.support.redis import RedisServer, require_redis_server
 
@@ -132,12 +131,6 @@ def cluster_for(
 
 def limiter_states(urls: Sequence[str]) -> list[str]:
     return [str(httpx2.get(u + "/healthz", timeout=5).json()["limiter"]) for u in urls]
-
-
-def metric(text: str, name: str) -> float:
-    """The sum of every sample of ``name`` in a Prometheus text page."""
-    pattern = re.compile(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", re.MULTILINE)
-    return sum(float(v) for v in pattern.findall(text))
 
 
 def windows(shots: Sequence[Shot], window: float) -> Iterator[tuple[float, int]]:

@@ -8,6 +8,7 @@ bound. (The converse is not checkable from outside, hence "sound", not "complete
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -103,3 +104,9 @@ def loaded_key(dep: Deployment, urls: Sequence[str], **limits: object) -> str:
 
     wait_for(known_everywhere, what="the key on every replica")
     return secret
+
+
+def metric(text: str, name: str) -> float:
+    """The sum of every sample of ``name`` in a Prometheus text page."""
+    pattern = re.compile(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", re.MULTILINE)
+    return sum(float(v) for v in pattern.findall(text))
