@@ -60,7 +60,7 @@ REDIS_TIMEOUT = 0.25  # limiter.redis_timeout, the default the trial runs with
 LOAD_KEYS = 12
 QPS = 3  # each load key's limit: well under what the clients offer it
 CLIENTS = 8
-CHAOS_SECONDS = 90.0  # faults start until then (each kind at least once): the chaos is bounded
+CHAOS_SECONDS = 60.0  # faults start until then (each kind at least once): the chaos is bounded
 WARM_UP, CALM = 3.0, 4.0
 
 

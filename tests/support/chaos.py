@@ -130,10 +130,13 @@ def most_in_a_window(
 
 
 class LimiterWatch(threading.Thread):
-    """Polls each gateway replica's limiter transition counters. A replica whose counters moved
-    since its last good poll (or that is down on Redis now, or was restarted) spent some of that
-    span on its failure policy: the span, widened by ``timeout`` (a decision may wait that long
-    before switching), is a stretch. A replica that cannot be read is not judged until it can."""
+    """Polls each gateway replica's limiter transition counters, to find every stretch a replica
+    may have spent on its failure policy (the Redis faults, and any slow reply on a loaded
+    machine). Counters that moved between two reads of one process, or a replica down on Redis
+    now, make the span from the start of the earlier read to the end of the later one a stretch,
+    widened by ``timeout`` (a decision may wait that long before switching). A replica restarted
+    in between (another process start time): its old process's span ends where its port was
+    first found closed, and its new process is judged by its own counters."""
 
     def __init__(self, urls: Sequence[str], timeout: float) -> None:
         super().__init__(daemon=True)
@@ -141,30 +144,43 @@ class LimiterWatch(threading.Thread):
         self.stopping = threading.Event()
         self.stretches: list[tuple[float, float]] = []
 
-    def _read(self, url: str) -> tuple[float, float] | None:
+    def _read(self, url: str) -> tuple[float, float, float] | str:
+        """(process start time, transitions down, transitions up), or the error's kind."""
         try:
             page = httpx2.get(url + "/metrics", headers=OPERATOR, timeout=5).text
-        except httpx2.HTTPError:
-            return None
+        except httpx2.HTTPError as failure:
+            return error_kind(failure)
         return (
+            metric(page, "process_start_time_seconds"),
             metric(page, 'keyplane_ratelimit_transitions_total{to="down"}'),
             metric(page, 'keyplane_ratelimit_transitions_total{to="up"}'),
         )
 
     def run(self) -> None:
-        last: dict[str, tuple[float, tuple[float, float] | None]] = {
-            url: (time.monotonic(), self._read(url)) for url in self.urls
-        }
-        while not self.stopping.wait(0.1):
+        started = time.monotonic()
+        last: dict[str, tuple[float, tuple[float, float, float]]] = {}
+        closed: dict[str, float] = {}  # when the port was first found closed since the last read
+        while True:
             for url in self.urls:
+                began = time.monotonic()
                 now = self._read(url)
-                if now is None:
-                    continue
                 at = time.monotonic()
-                since, before = last[url]
-                if now != before or now[0] > now[1]:
+                if isinstance(now, str):
+                    if now == "ConnectError":
+                        closed.setdefault(url, at)
+                    continue
+                since, before = last.get(url, (started, (now[0], 0.0, 0.0)))
+                if now[0] != before[0]:  # a new process: the old one's span, then its own
+                    died = closed.get(url, at)
+                    self.stretches.append((since - self.timeout, died))
+                    if now[1:] != (0.0, 0.0):
+                        self.stretches.append((died - self.timeout, at))
+                elif now != before or now[1] > now[2]:
                     self.stretches.append((since - self.timeout, at))
-                last[url] = (at, now)
+                last[url] = (began, now)
+                closed.pop(url, None)
+            if self.stopping.wait(0.1):
+                return
 
     def overlaps(self, start: float, end: float) -> bool:
         return any(start < hi and end > lo for lo, hi in self.stretches)
