@@ -4,7 +4,8 @@ It lets keyplane run with no external model service (the embedded default setup)
 and benchmarks an upstream whose answers, token counts and speed are known in advance.
 
 - :func:`create_app` builds the ASGI application (:mod:`keyplane.modelserver.app` lists the routes
-  and the ``x-keyplane-*`` test headers);
+  and the ``x-keyplane-*`` test headers; each endpoint family is a module of
+  :mod:`keyplane.modelserver.routes`);
 - :func:`serve` runs it under uvicorn; ``python -m keyplane.modelserver`` is its command line;
 - :class:`BackgroundModelServer` runs it on a thread, for in-process tests.
 
@@ -14,9 +15,10 @@ keyplane server shares) and ``keyplane.modelserver`` only: it knows nothing of k
 control plane.
 """
 
-from keyplane.modelserver.app import ModelServerApp, ModelServerStats, create_app
+from keyplane.modelserver.app import ModelServerApp, create_app
 from keyplane.modelserver.config import DEFAULT_MODELS, ModelServerConfig
 from keyplane.modelserver.server import BackgroundModelServer, serve
+from keyplane.modelserver.state import ModelServerStats
 
 __all__ = [
     "DEFAULT_MODELS",

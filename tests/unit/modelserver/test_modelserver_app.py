@@ -12,9 +12,10 @@ import httpx2
 import pytest
 
 from keyplane.modelserver import BackgroundModelServer, ModelServerConfig, create_app
-from keyplane.modelserver.app import IMAGE_OUTPUT_TOKENS, ModelServerApp
+from keyplane.modelserver.app import ModelServerApp
 from keyplane.modelserver.embeddings import from_base64
 from keyplane.modelserver.png import PNG_SIGNATURE
+from keyplane.modelserver.routes.images import IMAGE_OUTPUT_TOKENS
 from keyplane.modelserver.tokenizer import count_tokens, tokenize
 
 MESSAGES = [
