@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from keyplane.control import errors as control_errors
 from keyplane.domain.errors import Conflict, NotFound, Unavailable
+from keyplane.gateway import http as gateway_http
 from keyplane.propagation import feed
 from keyplane.services import admin, keys
 from keyplane.services.auth import Principal
@@ -218,7 +220,8 @@ def test_a_store_out_of_reach_is_unavailable_not_an_internal_error(
     engine: str, tmp_path: Path
 ) -> None:
     """PostgreSQL down (nothing listens on its port) or SQLite's file gone with its directory:
-    reads and writes raise ``Unavailable`` (the planes' 503, which clients retry)."""
+    reads and writes raise ``Unavailable``, which both planes' error maps answer 503 (clients
+    retry it)."""
     if engine == "sqlite":
         url = f"sqlite:///{tmp_path / 'gone' / 'keyplane.db'}"
     else:
@@ -229,7 +232,8 @@ def test_a_store_out_of_reach_is_unavailable_not_an_internal_error(
         for transaction in (db.read, db.write):
             with pytest.raises(Unavailable) as raised, transaction() as conn:
                 conn.execute(select(1))
-            assert raised.value.status == 503
+            assert control_errors.http_status(raised.value) == 503
+            assert gateway_http.status_of(raised.value) == 503
     finally:
         db.dispose()
 

@@ -49,6 +49,7 @@ STATUS: dict[type[KeyplaneError], int] = {
     NotFound: 404,
     Conflict: 409,
     RateLimited: 429,
+    Unavailable: 503,
 }
 
 #: The error answers every operation of the OpenAPI document lists.
@@ -61,8 +62,6 @@ _INTERNAL = ("internal", "Internal error.")
 
 def http_status(error: KeyplaneError) -> int:
     """The HTTP status the Management API answers ``error`` with."""
-    if isinstance(error, Unavailable):
-        return error.status  # 502, 503 or 504: the raiser knows which
     for kind in type(error).__mro__:
         if kind in STATUS:
             return STATUS[kind]

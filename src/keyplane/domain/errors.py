@@ -1,16 +1,18 @@
-"""The errors every layer raises, and nothing else; each plane maps them to HTTP in one place.
+"""The errors every layer raises, and nothing else. What HTTP status each one is belongs to the
+plane that answers it: each has one error map (``keyplane.control.errors``,
+``keyplane.gateway.http``).
 
     KeyplaneError                 base: a stable ``code`` plus a message fit for a person
-    ├── InvalidArgument           400 invalid-argument (the field is named when there is one)
-    │   ├── PayloadTooLarge       413 invalid-argument
-    │   ├── MethodNotAllowed      405 invalid-argument
-    │   └── UnsupportedMediaType  415 invalid-argument
-    ├── Unauthenticated           401 unauthenticated:no-credentials | :bad-credentials
-    ├── PermissionDenied          403 permission-denied
-    ├── NotFound                  404 not-found
-    ├── Conflict                  409 failed-precondition (Idempotency-Key reused, other body)
-    ├── RateLimited               429 resource-exhausted, with retry-after and quota headers
-    └── Unavailable               502/503/504 (upstream failures, the store being busy)
+    ├── InvalidArgument           invalid-argument (the field is named when there is one)
+    │   ├── PayloadTooLarge       invalid-argument, the body past a limit
+    │   ├── MethodNotAllowed      invalid-argument, a method the route does not answer
+    │   └── UnsupportedMediaType  invalid-argument, a body that is not JSON
+    ├── Unauthenticated           unauthenticated:no-credentials | :bad-credentials
+    ├── PermissionDenied          permission-denied
+    ├── NotFound                  not-found
+    ├── Conflict                  failed-precondition (Idempotency-Key reused, other body)
+    ├── RateLimited               resource-exhausted, with retry-after and quota headers
+    └── Unavailable               unavailable (the store out of reach; the gateway's upstream)
 
 Messages never carry a secret, a stack trace, or a hint that another team's object exists.
 """
@@ -96,33 +98,3 @@ class RateLimited(KeyplaneError):
 
 class Unavailable(KeyplaneError):
     code = "unavailable"
-
-    def __init__(self, message: str, *, status: int = 503) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def http_status(error: KeyplaneError) -> int:
-    """The HTTP status of an error, the same on both planes (each renders the body itself)."""
-    match error:
-        case MethodNotAllowed():
-            return 405
-        case UnsupportedMediaType():
-            return 415
-        case PayloadTooLarge():
-            return 413
-        case InvalidArgument():
-            return 400
-        case Unauthenticated():
-            return 401
-        case PermissionDenied():
-            return 403
-        case NotFound():
-            return 404
-        case Conflict():
-            return 409
-        case RateLimited():
-            return 429
-        case Unavailable():
-            return error.status
-    return 500
