@@ -1,34 +1,45 @@
-"""Benchmark of keyplane.ratelimit: admission decisions per second and per-decision latency.
+"""Benchmark of keyplane.ratelimit: CPU and latency per admission decision, memory vs Redis.
 
-Run: ``.venv/bin/python bench/bench_limiter.py [--seconds S] [--ops N]``
+Run: ``.venv/bin/python bench/bench_limiter.py [--rounds R] [--seconds S] [--ops N]``
 
 Every request carries the gateway's realistic set of six limits — per key qps, qpm and tpm, per
 team×model rps, rpm and tpm — and each admitted request is charged 150 tokens afterwards (the
-charge is not timed). Scenarios: one hot key (far over its qps, so mostly refusals) and 10,000
-keys in rotation over 100 teams (mostly admissions), on the memory backend (synchronous
-``acquire_now``) and, if ``redis-server`` is installed, on a Redis the benchmark starts on a free
-loopback port: one request at a time (latency) and 32 concurrent tasks (throughput). Each
-scenario stops after ``--ops`` decisions or ``--seconds`` seconds, whichever comes first.
+charge is not timed, but its CPU is counted: it is part of what a request costs). Workloads: one
+hot key (far over its qps, so mostly refusals) and 10,000 keys in rotation over 100 teams (mostly
+admissions). Backends: memory through its synchronous ``acquire_now`` (what the gateway calls),
+memory through ``await acquire``, and — if ``redis-server`` is installed — a ``RedisLimiter`` on a
+Redis the benchmark starts on a free loopback port; the async ones with 1 request at a time and
+with 32 in flight. Every scenario runs once per round, the rounds interleaved (so that a shared
+machine's load falls on all of them alike), each for ``--ops`` decisions or ``--seconds``
+seconds, whichever comes first; the tables give the median over the rounds.
 
-Columns: decisions per wall-clock second (the loop includes the charges of admitted requests),
-decisions per CPU-second of this process (a fairer figure on a shared machine; for Redis it leaves
-out the server's CPU), share admitted, and p50/p99 latency of one decision.
+Columns: decisions per wall-clock second, CPU µs per decision of this process (user + system:
+the client's share of the socket work included) and of redis-server, share admitted, and p50/p99
+latency of one decision. The last table divides the Redis limiter's CPU per decision by the
+memory limiter's (``await acquire``, same workload, same concurrency), within the run.
+
+The Redis limiter runs with a 5 s timeout here (default 0.25 s): on a loaded machine a slow
+answer would otherwise count as an outage, and the failure policy would decide instead of Redis
+(the bench fails if any decision did).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from keyplane.ratelimit import (
     MemoryLimiter,
@@ -70,27 +81,49 @@ class Result:
     ops: int
     seconds: float
     cpu_seconds: float  # this process only: on a shared machine, wall time also counts others
+    server_cpu_seconds: float | None  # redis-server, for the Redis scenarios
     admitted: int
     latencies_ns: list[int]
 
-    def row(self) -> str:
+    @property
+    def cpu_us(self) -> float:
+        return self.cpu_seconds / self.ops * 1e6
+
+    def pct(self, p: float) -> float:
         lat = sorted(self.latencies_ns)
+        return lat[min(len(lat) - 1, int(p * len(lat)))] / 1000
 
-        def pct(p: float) -> float:
-            return lat[min(len(lat) - 1, int(p * len(lat)))] / 1000
 
+@dataclass
+class Scenario:
+    name: str
+    run: Callable[[], Result]
+    results: list[Result] = field(default_factory=list)
+
+    def median(self, value: Callable[[Result], float]) -> float:
+        return statistics.median(value(r) for r in self.results)
+
+    def row(self) -> str:
+        server = (
+            f"{self.median(lambda r: (r.server_cpu_seconds or 0) / r.ops * 1e6):>10.1f}"
+            if self.results[0].server_cpu_seconds is not None
+            else f"{'—':>10}"
+        )
         return (
-            f"| {self.scenario:<34} | {self.ops:>8,} | {self.ops / self.seconds:>12,.0f} "
-            f"| {self.ops / self.cpu_seconds:>12,.0f} "
-            f"| {100 * self.admitted / self.ops:>6.1f} % | {pct(0.5):>8.1f} | {pct(0.99):>8.1f} |"
+            f"| {self.name:<34} | {sum(r.ops for r in self.results):>9,} "
+            f"| {self.median(lambda r: r.ops / r.seconds):>12,.0f} "
+            f"| {self.median(lambda r: r.cpu_us):>10.1f} | {server} "
+            f"| {self.median(lambda r: 100 * r.admitted / r.ops):>6.1f} % "
+            f"| {self.median(lambda r: r.pct(0.5)):>8.1f} "
+            f"| {self.median(lambda r: r.pct(0.99)):>8.1f} |"
         )
 
 
 HEADER = (
-    "| scenario                           |      ops |  decisions/s |  per CPU-sec | admitted "
-    "| p50 (µs) | p99 (µs) |\n"
-    "|------------------------------------|---------:|-------------:|-------------:|---------:"
-    "|---------:|---------:|"
+    "| scenario (median of the rounds)    | ops, all  |  decisions/s | CPU µs/dec | Redis CPU  "
+    "| admitted | p50 (µs) | p99 (µs) |\n"
+    "|------------------------------------|----------:|-------------:|-----------:|-----------:"
+    "|---------:|---------:|---------:|"
 )
 
 
@@ -100,6 +133,7 @@ def keys_cycle(distinct: int) -> Callable[[int], Request]:
 
 
 def bench_memory(scenario: str, pick: Callable[[int], Request], ops: int, seconds: float) -> Result:
+    """The synchronous fast path the gateway calls: ``acquire_now``, then ``charge_now``."""
     limiter = MemoryLimiter()
     latencies: list[int] = []
     admitted = 0
@@ -124,23 +158,28 @@ def bench_memory(scenario: str, pick: Callable[[int], Request], ops: int, second
         i,
         time.perf_counter() - start,
         time.process_time() - cpu_start,
+        None,
         admitted,
         latencies,
     )
 
 
-async def bench_redis(
+async def bench_async(
     scenario: str,
-    url: str,
+    make: Callable[[], Any],
     pick: Callable[[int], Request],
     ops: int,
     seconds: float,
     concurrency: int,
+    server_pid: int | None,
 ) -> Result:
-    limiter = RedisLimiter.from_url(url, RedisLimiterSettings(prefix=f"bench:{scenario}:"))
+    """``await acquire``, then ``await charge`` when admitted, from ``concurrency`` tasks."""
+    limiter = make()
+    await limiter.acquire(pick(0).limits[:1])  # connect and load the script outside the timing
     latencies: list[int] = []
     admitted = 0
     counter = 0
+    server_start = cpu_seconds(server_pid) if server_pid else 0.0
     start = time.perf_counter()
     cpu_start = time.process_time()
     stop_at = start + seconds
@@ -159,23 +198,26 @@ async def bench_redis(
 
     try:
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        if limiter.failures:
-            raise RuntimeError(f"{limiter.failures} decisions fell back: Redis was not used")
+        cpu = time.process_time() - cpu_start
+        elapsed = time.perf_counter() - start
+        server_cpu = cpu_seconds(server_pid) - server_start if server_pid else None
+        failures = int(getattr(limiter, "failures", 0))
+        if failures:
+            raise RuntimeError(f"{failures} decisions fell back: Redis was not used")
     finally:
         await limiter.aclose()
     # The charges are awaited inside the loop, so throughput counts decisions over wall time.
-    return Result(
-        scenario,
-        len(latencies),
-        time.perf_counter() - start,
-        time.process_time() - cpu_start,
-        admitted,
-        latencies,
-    )
+    return Result(scenario, len(latencies), elapsed, cpu, server_cpu, admitted, latencies)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager
-def redis_server() -> Iterator[str | None]:
+def redis_server() -> Iterator[tuple[str, int] | None]:
     """A throwaway redis-server on a free loopback port; ``None`` if none is installed."""
     executable = shutil.which("redis-server")
     if executable is None:
@@ -204,7 +246,7 @@ def redis_server() -> Iterator[str | None]:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError("redis-server did not start")
                 time.sleep(0.01)
-            yield f"redis://127.0.0.1:{port}/0"
+            yield f"redis://127.0.0.1:{port}/0", proc.pid
         finally:
             proc.kill()
             proc.wait(timeout=10)
@@ -212,39 +254,78 @@ def redis_server() -> Iterator[str | None]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=3.0, help="time cap per scenario")
-    parser.add_argument("--ops", type=int, default=300_000, help="decision cap per scenario")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--seconds", type=float, default=2.0, help="time cap per scenario")
+    parser.add_argument("--ops", type=int, default=100_000, help="decision cap per scenario")
     args = parser.parse_args()
 
-    hot = keys_cycle(1)
-    many = keys_cycle(10_000)
-    results = [
-        bench_memory("memory, 1 hot key", hot, args.ops, args.seconds),
-        bench_memory("memory, 10,000 keys", many, args.ops, args.seconds),
-    ]
-    with redis_server() as url:
-        if url is None:
+    workloads = (("1 hot key", keys_cycle(1)), ("10,000 keys", keys_cycle(10_000)))
+    with redis_server() as server:
+        if server is None:
             print("redis-server not installed: Redis scenarios skipped", file=sys.stderr)
-        else:
-            results.extend(
-                asyncio.run(
-                    bench_redis(
-                        f"redis, {name}, {concurrency} in flight",
-                        url,
-                        pick,
-                        args.ops,
-                        args.seconds,
-                        concurrency,
-                    )
+        scenarios: list[Scenario] = []
+        for name, pick in workloads:
+            label = f"memory sync, {name}"
+            scenarios.append(
+                Scenario(
+                    label, lambda lb=label, p=pick: bench_memory(lb, p, args.ops, args.seconds)
                 )
-                for name, pick in (("1 hot key", hot), ("10,000 keys", many))
-                for concurrency in (1, 32)
             )
-    print(f"python {sys.version.split()[0]}; limits per request: qps, qpm, tpm per key + "
-          "rps, rpm, tpm per team×model")  # fmt: skip
+        backends: list[tuple[str, Callable[[], Any], int | None]] = [
+            ("memory", MemoryLimiter, None)
+        ]
+        if server is not None:
+            url, pid = server
+            prefixes = iter(range(1_000_000))
+
+            def redis_limiter() -> RedisLimiter:
+                settings = RedisLimiterSettings(prefix=f"bench:{next(prefixes)}:", timeout=5.0)
+                return RedisLimiter.from_url(url, settings)
+
+            backends.append(("redis", redis_limiter, pid))
+        for concurrency in (1, 32):
+            for name, pick in workloads:
+                for backend, make, server_pid in backends:
+                    label = f"{backend}, {name}, {concurrency} in flight"
+                    scenarios.append(
+                        Scenario(
+                            label,
+                            lambda lb=label, m=make, p=pick, c=concurrency, sp=server_pid: (
+                                asyncio.run(bench_async(lb, m, p, args.ops, args.seconds, c, sp))
+                            ),
+                        )
+                    )
+        for round_ in range(args.rounds):
+            for scenario in scenarios:
+                print(f"round {round_ + 1}/{args.rounds}: {scenario.name}", file=sys.stderr)
+                scenario.results.append(scenario.run())
+    load = os.getloadavg()
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} · nproc {os.cpu_count()} · "
+          f"python {sys.version.split()[0]} · load avg at end {load[0]:.2f} / {load[1]:.2f} / "
+          f"{load[2]:.2f} · {args.rounds} interleaved rounds, each scenario up to "
+          f"{args.ops:,} decisions or {args.seconds:g} s")  # fmt: skip
+    print("limits per request: qps, qpm, tpm per key + rps, rpm, tpm per team×model\n")
     print(HEADER)
-    for result in results:
-        print(result.row())
+    for scenario in scenarios:
+        print(scenario.row())
+    by_name = {s.name: s for s in scenarios}
+    ratios = []
+    for concurrency in (1, 32):
+        for name, _ in workloads:
+            memory = by_name[f"memory, {name}, {concurrency} in flight"]
+            redis = by_name.get(f"redis, {name}, {concurrency} in flight")
+            if redis is None:
+                continue
+            mem_cpu = memory.median(lambda r: r.cpu_us)
+            redis_cpu = redis.median(lambda r: r.cpu_us)
+            ratios.append(
+                f"| {name}, {concurrency} in flight | {mem_cpu:.1f} | {redis_cpu:.1f} "
+                f"| ×{redis_cpu / mem_cpu:.1f} |"
+            )
+    if ratios:
+        print("\n| workload | memory CPU µs/decision | Redis CPU µs/decision | Redis ÷ memory |")
+        print("|---|---:|---:|---:|")
+        print("\n".join(ratios))
     return 0
 
 
