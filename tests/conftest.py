@@ -18,6 +18,18 @@ if "MUTANT_UNDER_TEST" in os.environ:
     settings.load_profile("mutants")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``scripts/mutants``, only the unit tests that target the package being mutated run
+    (``KEYPLANE_MUTANT_TESTS``: test paths, space-separated); mutmut's own selection is all of
+    tests/unit, and a slow test that merely passes through the code would dominate each mutant."""
+    only = tuple(os.environ.get("KEYPLANE_MUTANT_TESTS", "").split())
+    if not only:
+        return
+    kept = [item for item in items if item.nodeid.startswith(only)]
+    config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+    items[:] = kept
+
+
 @pytest.fixture
 def deployment(tmp_path: Path) -> Iterator[Deployment]:
     dep = Deployment(tmp_path)
