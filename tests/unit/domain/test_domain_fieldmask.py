@@ -92,3 +92,35 @@ def test_an_unknown_path_is_refused_with_the_maskable_ones_listed(path: str) -> 
     with pytest.raises(InvalidArgument, match="unknown path") as refused:
         parse_field_mask(path)
     assert all(p in refused.value.message for p in MASKABLE)
+
+
+EMPTY = (
+    "fieldMask: field mask is empty; name the fields to update, from: "
+    "name, aclStrings, qps, qpm, tpm, disabled, expireTime, budget"
+)
+
+
+@pytest.mark.parametrize(
+    ("mask", "message"),
+    [
+        (None, EMPTY),
+        ({}, EMPTY),
+        ("", EMPTY),
+        ([], EMPTY),
+        (5, "fieldMask: must be a comma-separated string of paths"),
+        (["qps", 5], "fieldMask: must be a comma-separated string of paths"),
+        ("qps" + "," * 1022, "fieldMask: field mask is too long"),
+        (["qps"] * 33, "fieldMask: field mask has too many paths"),
+        ("apiKey", "fieldMask: 'apiKey' is output only and cannot be updated"),
+    ],
+)
+def test_each_refusal_says_why_in_so_many_words(mask: object, message: str) -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        parse_field_mask(mask)
+    assert (refused.value.message, refused.value.field) == (message, "fieldMask")
+
+
+def test_the_longest_mask_and_the_most_paths_are_accepted() -> None:
+    """1,024 characters, and 32 paths (four spellings of each maskable path), are the bounds."""
+    assert parse_field_mask("qps" + "," * 1021) == {"qps"}
+    assert parse_field_mask(["qps"] * 32) == {"qps"}

@@ -102,3 +102,47 @@ def test_a_blank_or_missing_name_is_refused(name: str | None) -> None:
 def test_a_name_longer_than_256_is_refused() -> None:
     with pytest.raises(InvalidArgument):
         validate_name("n" * 257)
+
+
+def test_a_name_of_exactly_256_characters_is_accepted() -> None:
+    assert validate_name("n" * 256) == "n" * 256
+
+
+@pytest.mark.parametrize(
+    ("validate", "value", "message"),
+    [
+        (validate_name, 5, "name: must be a string"),
+        (validate_name, " \t", "name: must not be empty"),
+        (validate_name, "n" * 257, "name: must be at most 256 characters"),
+        (validate_int32_limit, True, "qps: must be an integer, not a boolean"),
+        (validate_int32_limit, "five", "qps: must be an integer"),
+        (validate_int32_limit, -1, "qps: must not be negative"),
+        (validate_int32_limit, INT32_MAX + 1, "qps: must be at most 2147483647"),
+        (validate_int64_limit, False, "qps: must be an integer string, not a boolean"),
+        (validate_int64_limit, "five", "qps: 'five' is not an integer string"),
+        (validate_int64_limit, [5], "qps: must be an integer string"),
+        (validate_int64_limit, "-1", "qps: must not be negative"),
+        (validate_int64_limit, INT64_MAX + 1, "qps: must be at most 9223372036854775807"),
+        (validate_bool, "yes", "qps: must be true or false"),
+    ],
+)
+def test_each_refusal_names_the_field_and_says_why(
+    validate: object, value: object, message: str
+) -> None:
+    """The messages a person reads in a 400, word for word; the field defaults to ``name`` for a
+    name and is otherwise the one the caller gives."""
+    assert callable(validate)
+    kwargs = {} if validate is validate_name else {"field": "qps"}
+    with pytest.raises(InvalidArgument) as refused:
+        validate(value, **kwargs)
+    assert refused.value.message == message
+    assert refused.value.field == kwargs.get("field", "name")
+
+
+def test_a_name_is_checked_under_the_field_it_is_given() -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        validate_name("", field="displayName")
+    assert (refused.value.field, refused.value.message) == (
+        "displayName",
+        "displayName: must not be empty",
+    )

@@ -114,3 +114,30 @@ def test_every_single_character_change_of_a_token_is_refused(padding: int) -> No
             with pytest.raises(InvalidArgument):
                 decode(secret, scope, token[:i] + replacement + token[i + 1 :])
     assert changed >= len(token) * len(ALPHABET) - len(token)
+
+
+REFUSAL = "paginationToken: is not a valid page token from this list"
+
+
+def test_every_refusal_says_the_same_thing_and_names_the_field() -> None:
+    secret = b"k" * 32
+    token = encode_token(secret, "scope", [1, "x"])
+    for forged in ("", "!", token + "A", token[:-1], "A" * 513):
+        with pytest.raises(InvalidArgument) as refused:
+            decode(secret, "scope", forged)
+        assert str(refused.value) == REFUSAL
+        assert refused.value.message == REFUSAL
+
+
+@pytest.mark.parametrize("padding", range(3))
+def test_a_token_of_exactly_the_longest_length_is_read(padding: int) -> None:
+    """512 characters are allowed, one more are not; near that edge, for each base64 remainder."""
+    secret, scope = b"k" * 32, "scope"
+    # 16 MAC bytes + the payload ``["x…x"]`` (length + 4): 384 bytes make 512 characters.
+    longest = encode_token(secret, scope, ["x" * (384 - 16 - 4 - padding)])
+    assert len(longest) == 512 - padding
+    assert decode(secret, scope, longest) == ["x" * (384 - 16 - 4 - padding)]
+    over = encode_token(secret, scope, ["x" * (385 - 16 - 4)])
+    assert len(over) == 514
+    with pytest.raises(InvalidArgument):
+        decode(secret, scope, over)

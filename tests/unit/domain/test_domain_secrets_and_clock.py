@@ -3,7 +3,12 @@ left alive)."""
 
 from __future__ import annotations
 
+import itertools
+import secrets
+import string
 from datetime import UTC, datetime, timedelta
+
+import pytest
 
 from keyplane.domain.clock import ManualClock, SystemClock
 from keyplane.domain.keysecrets import SECRET_LENGTH, generate_secret, looks_like, redact
@@ -34,3 +39,28 @@ def test_a_manual_clock_starts_at_its_origin_and_moves_only_forward_when_told() 
 def test_the_system_clock_is_aware_utc() -> None:
     now = SystemClock().now()
     assert now.tzinfo is UTC
+
+
+def test_secret_characters_come_unbiased_from_the_random_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each byte below 248 (= 4 × 62) picks ``alphabet[byte % 62]``, in order; a byte at or above
+    248 is dropped, as it would make the first eight characters likelier than the rest."""
+    stream = itertools.cycle(range(256))
+    drawn: list[int] = []
+
+    def token_bytes(n: int) -> bytes:
+        batch = [next(stream) for _ in range(n)]
+        drawn.extend(batch)
+        return bytes(batch)
+
+    monkeypatch.setattr(secrets, "token_bytes", token_bytes)  # what keysecrets draws from
+    alphabet = string.ascii_letters + string.digits
+    seen: set[int] = set()
+    for _ in range(8):  # across the stream's wrap, where 248…255 come by
+        drawn.clear()
+        secret = generate_secret("p-")
+        kept = [alphabet[b % 62] for b in drawn if b < 248]
+        assert secret == "p-" + "".join(kept[:SECRET_LENGTH])
+        seen.update(drawn)
+    assert seen == set(range(256))
