@@ -7,16 +7,30 @@ In process, on a real SQLite file, through the same ack path the feed route uses
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from fastapi import FastAPI
+from starlette.testclient import TestClient
 
+from keyplane.control import errors as control_errors
 from keyplane.domain.clock import ManualClock
 from keyplane.domain.errors import NotFound
 from keyplane.propagation import feed
+from keyplane.propagation.notifier import ChangeNotifier
+from keyplane.propagation.routes import feed_router
+from keyplane.propagation.wire import (
+    CHANGES_PATH,
+    GATEWAY_HEADER,
+    MAX_BATCH,
+    MAX_WAIT_SECONDS,
+    SNAPSHOT_PATH,
+)
 from keyplane.services import admin, keys
 from keyplane.services.auth import Principal
 from keyplane.services.context import Context
@@ -304,3 +318,152 @@ def test_a_follower_behind_a_compacted_log_is_told_to_take_a_snapshot(world: Wor
     feed.compact(world.ctx, keep=1)
     answer = feed.read_changes(world.ctx, after=1, limit=10)
     assert (answer.snapshot_required, answer.revision, answer.changes) == (True, current, [])
+
+
+# -- the feed's routes: ``after`` is the ack, believed only up to what was served ----------------
+
+
+class Feed:
+    """The feed router on ``world``'s store, in process, as one gateway of ``cluster`` calls it."""
+
+    def __init__(self, world: World, cluster: str = US) -> None:
+        app = FastAPI()
+        control_errors.install(app)
+        app.include_router(feed_router(world.ctx, ChangeNotifier()))
+        self.http = TestClient(app)
+        self.world = world
+        self.credential = feed.issue_credential(world.ctx, cluster=cluster)
+
+    def headers(self, gateway: str | None = "us-a") -> dict[str, str]:
+        headers = {"Authorization": f"Bearer {self.credential}"}
+        if gateway is not None:
+            headers[GATEWAY_HEADER] = gateway
+        return headers
+
+    def changes(self, after: int, gateway: str = "us-a", **params: int) -> dict[str, Any]:
+        answer = self.http.get(
+            CHANGES_PATH,
+            params={"after": after, "wait": 0, **params},
+            headers=self.headers(gateway),
+        )
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert isinstance(body, dict)
+        return body
+
+    def applied(self, gateway: str = "us-a") -> int:
+        rows = {r.gateway_id: r for r in feed.cluster_view(self.world.ctx)[1]}
+        return rows[gateway].applied_revision
+
+
+@pytest.fixture
+def gateway_feed(world: World) -> Iterator[Feed]:
+    f = Feed(world)
+    with f.http:
+        yield f
+
+
+def test_the_changes_route_answers_what_comes_after_and_acks_only_what_was_applied(
+    world: World, gateway_feed: Feed
+) -> None:
+    first, r1 = world.create()
+    second, r2 = world.create()
+    answer = gateway_feed.changes(0)
+    assert answer["revision"] == r2
+    assert answer["snapshotRequired"] is False
+    assert [c["revision"] for c in answer["changes"]] == list(range(1, r2 + 1))
+    assert {c["op"] for c in answer["changes"]} == {"upsert"}
+    assert answer["changes"][-1]["view"]["apiKeyId"] == second
+    # Sent everything through r2, applied nothing yet: not propagated.
+    assert gateway_feed.applied() == 0
+    assert world.status(first)[US] is False
+    gateway_feed.changes(r1)  # applied through the first key
+    assert (world.status(first)[US], world.status(second)[US]) == (True, False)
+    assert gateway_feed.applied() == r1
+    level = gateway_feed.changes(r2)
+    assert (level["revision"], level["changes"], level["snapshotRequired"]) == (r2, [], False)
+    assert (world.status(first)[US], world.status(second)[US]) == (True, True)
+
+
+def test_a_batch_limit_bounds_what_is_sent_and_so_what_an_ack_may_claim(
+    world: World, gateway_feed: Feed
+) -> None:
+    key, _ = world.create()
+    _, r2 = world.create()
+    answer = gateway_feed.changes(0, limit=1)
+    assert (answer["revision"], [c["revision"] for c in answer["changes"]]) == (1, [1])
+    gateway_feed.changes(r2, limit=1)  # claims more than it was sent: not believed
+    assert gateway_feed.applied() == 0
+    assert world.status(key)[US] is False
+    gateway_feed.changes(r2)  # it was sent the head by the last answer: now believed
+    assert gateway_feed.applied() == r2
+
+
+def test_the_snapshot_streams_the_head_then_every_key_and_counts_as_sent(
+    world: World, gateway_feed: Feed
+) -> None:
+    first, _ = world.create()
+    second, head = world.create()
+    answer = gateway_feed.http.get(SNAPSHOT_PATH, headers=gateway_feed.headers())
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == "application/x-ndjson"
+    assert answer.text.endswith("}\n")
+    lines = [json.loads(line) for line in answer.text.splitlines()]
+    assert lines[0] == {"revision": head}
+    assert [line["apiKeyId"] for line in lines[1:]] == sorted([first, second])  # in id order
+    gateway_feed.changes(head)  # the snapshot sent the head: the ack is believed at once
+    assert gateway_feed.applied() == head
+    assert world.status(first)[US] is True
+
+
+def test_an_empty_store_snapshots_its_revision_alone(world: World) -> None:
+    gateway_feed = Feed(world)
+    with gateway_feed.http:
+        answer = gateway_feed.http.get(SNAPSHOT_PATH, headers=gateway_feed.headers())
+    assert answer.text == '{"revision":0}\n'
+
+
+def test_a_follower_told_to_snapshot_has_been_sent_nothing(
+    world: World, gateway_feed: Feed
+) -> None:
+    key, head = world.create()
+    ahead = gateway_feed.changes(head + 3)  # it knows revisions this store never made
+    assert (ahead["snapshotRequired"], ahead["revision"], ahead["changes"]) == (True, head, [])
+    gateway_feed.changes(head)  # still sent nothing: its ack is not believed
+    assert gateway_feed.applied() == 0
+    assert world.status(key)[US] is False
+
+
+def test_the_snapshot_and_changes_refuse_a_missing_or_malformed_gateway_id(
+    gateway_feed: Feed,
+) -> None:
+    for path in (SNAPSHOT_PATH, CHANGES_PATH):
+        for gateway in (None, "", "g" * 129, "tab\there"):
+            answer = gateway_feed.http.get(
+                path, params={"after": 0, "wait": 0}, headers=gateway_feed.headers(gateway)
+            )
+            assert answer.status_code == 400, (path, gateway)
+            assert answer.json() == {
+                "code": "invalid-argument",
+                "error": f"{GATEWAY_HEADER}: a gateway id of 1-128 characters is required",
+            }
+        # Who is asking comes first: without a credential, a missing id is a 401.
+        anonymous = gateway_feed.http.get(path, params={"after": 0, "wait": 0})
+        assert anonymous.status_code == 401
+        assert anonymous.json()["code"] == "unauthenticated:no-credentials"
+    longest = gateway_feed.changes(0, gateway="g" * 128)
+    assert longest["revision"] == 0
+
+
+def test_the_changes_route_bounds_its_query(gateway_feed: Feed) -> None:
+    for params in (
+        {"after": -1},
+        {"after": 0, "wait": -1},
+        {"after": 0, "wait": MAX_WAIT_SECONDS + 1},
+        {"after": 0, "limit": 0},
+        {"after": 0, "limit": MAX_BATCH + 1},
+        {},
+    ):
+        answer = gateway_feed.http.get(CHANGES_PATH, params=params, headers=gateway_feed.headers())
+        assert answer.status_code == 400, params
+    assert gateway_feed.changes(0, limit=MAX_BATCH)["revision"] == 0
