@@ -46,6 +46,8 @@ def test_each_error_has_its_status_and_code(error: KeyplaneError, status: int, c
 
 
 def test_messages_are_the_ones_a_person_reads() -> None:
+    assert Unauthenticated.no_credentials().code == "unauthenticated:no-credentials"
+    assert Unauthenticated.bad_credentials().code == "unauthenticated:bad-credentials"
     assert Unauthenticated.no_credentials().message == "No credentials presented."
     assert str(Unauthenticated.no_credentials()) == "No credentials presented."
     bad = Unauthenticated.bad_credentials()

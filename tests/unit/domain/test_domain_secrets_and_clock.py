@@ -3,6 +3,7 @@ left alive)."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import secrets
 import string
@@ -11,12 +12,23 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from keyplane.domain.clock import ManualClock, SystemClock
-from keyplane.domain.keysecrets import SECRET_LENGTH, generate_secret, looks_like, redact
+from keyplane.domain.keysecrets import (
+    SECRET_LENGTH,
+    digest,
+    generate_secret,
+    looks_like,
+    redact,
+)
 
 
 def test_redaction_keeps_the_prefix_and_the_last_four_characters() -> None:
     secret = "xai-" + "a" * (SECRET_LENGTH - 4) + "wxyz"
     assert redact(secret, "xai-") == "xai-...wxyz"
+
+
+def test_a_secret_is_stored_as_its_sha256_hex_digest() -> None:
+    assert digest("abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert digest("xai-é") == hashlib.sha256("xai-é".encode()).hexdigest()
 
 
 def test_a_secret_needs_both_the_prefix_and_the_body() -> None:
