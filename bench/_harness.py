@@ -1,7 +1,5 @@
 """Shared bits of the benchmarks: the machine header, percentiles, RSS, Markdown tables, and a fast
-in-process bulk loader that writes API keys exactly as ``services.keys.create_key`` would (key
-row, secret digest, ACL rows, a change-log row with its own revision, an audit event), but in a
-few big transactions instead of one per key.
+in-process bulk load of API keys (``keyplane.storage.bulk``).
 
 Run the benches from the repository root (``bench/run`` does) so ``tests.support.procs`` imports.
 """
@@ -11,12 +9,9 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
-import random
 import sys
 import time
-import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -129,19 +124,6 @@ def pid_of(proc: Proc) -> int:
 
 # -- bulk population ------------------------------------------------------------------------------
 
-BULK_ACLS = ("api-key:endpoint:chat", "api-key:model:grok-4")
-
-
-@dataclass
-class Populated:
-    team_id: str
-    count: int
-    seconds: float
-    first_revision: int
-    last_revision: int
-    #: A few (api_key_id, secret) pairs of the loaded keys, for spot checks.
-    samples: list[tuple[str, str]]
-
 
 def populate(
     deployment: Deployment,
@@ -150,153 +132,27 @@ def populate(
     *,
     batch: int = 10_000,
     progress: Callable[[str], None] | None = None,
-) -> Populated:
-    """Insert ``count`` API keys for ``team_id`` straight into the control plane's store.
-
-    Mirrors what ``create_key`` writes per key, row for row; only the transactions are bigger
-    (``batch`` keys each) and the secrets come from a fast non-cryptographic generator (80 hex
-    digits: valid secrets, bench data only).
-    Run it while the control plane is stopped (or accept that it holds the write lock meanwhile).
-    """
-    from sqlalchemy import select, update
-
-    from keyplane.domain import keysecrets
-    from keyplane.domain.model import ApiKey, SecretDigest, enforcement_view
+    **options: Any,
+) -> Any:
+    """Insert ``count`` API keys for ``team_id`` straight into the control plane's store, with
+    :func:`keyplane.storage.bulk.load_api_keys` (``options`` go to it). Run it while the control
+    plane is stopped (or accept that it holds the write lock meanwhile)."""
     from keyplane.runtime import open_context
-    from keyplane.storage import tables
-    from keyplane.storage.api_keys import api_key_values
-    from keyplane.storage.changelog import current_revision
+    from keyplane.storage.bulk import load_api_keys
 
-    rng = random.Random(0xB0B)
     ctx = open_context(deployment.settings())
-    started = time.perf_counter()
-    samples: list[tuple[str, str]] = []
     try:
-        with ctx.db.read() as conn:
-            user_id = conn.execute(
-                select(tables.management_keys.c.owner_user_id).where(
-                    tables.management_keys.c.team_id == team_id
-                )
-            ).scalar_one()
-        prefix = ctx.api_key_prefix
-        base = ctx.clock.now()
-        first_revision = last_revision = 0
-        done = 0
-        while done < count:
-            n = min(batch, count - done)
-            with ctx.db.write() as conn:
-                start_rev = current_revision(conn) + 1
-                conn.execute(update(tables.revision_counter).values(value=start_rev + n - 1))
-                keys_rows, secret_rows, acl_rows, change_rows, audit_rows = [], [], [], [], []
-                for i in range(n):
-                    seq = done + i
-                    secret = prefix + f"{rng.getrandbits(4 * keysecrets.SECRET_LENGTH):080x}"
-                    now = base + _dt.timedelta(microseconds=seq)
-                    now_us = int(now.timestamp() * 1_000_000)
-                    key = ApiKey(
-                        api_key_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-                        team_id=team_id,
-                        user_id=user_id,
-                        name=f"bulk key {seq}",
-                        redacted=keysecrets.redact(secret, prefix),
-                        create_time=now,
-                        modify_time=now,
-                        modified_by=user_id,
-                        expire_time=None,
-                        qps=10,
-                        qpm=600,
-                        tpm=None,
-                        acl_strings=BULK_ACLS,
-                        revision=start_rev + i,
-                        secrets=(SecretDigest(keysecrets.digest(secret)),),
-                    )
-                    if seq < 4:
-                        samples.append((key.api_key_id, secret))
-                    keys_rows.append({"api_key_id": key.api_key_id, **api_key_values(key)})
-                    secret_rows.append(
-                        {
-                            "digest": key.secrets[0].digest,
-                            "api_key_id": key.api_key_id,
-                            "create_time": now_us,
-                            "expire_time": None,
-                        }
-                    )
-                    acl_rows += [{"api_key_id": key.api_key_id, "acl": a} for a in BULK_ACLS]
-                    change_rows.append(
-                        {
-                            "revision": key.revision,
-                            "api_key_id": key.api_key_id,
-                            "team_id": team_id,
-                            "op": "upsert",
-                            "view": _json(enforcement_view(key)),
-                            "commit_time": now_us,
-                        }
-                    )
-                    audit_rows.append(
-                        {
-                            "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-                            "team_id": team_id,
-                            "event_time": now_us,
-                            "user_id": user_id,
-                            "operation": "CreateApiKey",
-                            "entity_type": "API_KEY",
-                            "entity_id": key.api_key_id,
-                            "description": f"Created API key {key.name!r} ({key.redacted})",
-                        }
-                    )
-                for table, rows in (
-                    (tables.api_keys, keys_rows),
-                    (tables.api_key_secrets, secret_rows),
-                    (tables.api_key_acls, acl_rows),
-                    (tables.change_log, change_rows),
-                    (tables.audit_events, audit_rows),
-                ):
-                    _insert_many(conn, table, rows)
-            if not first_revision:
-                first_revision = start_rev
-            last_revision = start_rev + n - 1
-            done += n
-            if progress:
-                progress(f"populated {done}/{count}")
+        return load_api_keys(
+            ctx.db,
+            team_id=team_id,
+            count=count,
+            prefix=ctx.api_key_prefix,
+            batch=batch,
+            progress=progress,
+            **options,
+        )
     finally:
         ctx.db.dispose()
-    return Populated(
-        team_id=team_id,
-        count=count,
-        seconds=time.perf_counter() - started,
-        first_revision=first_revision,
-        last_revision=last_revision,
-        samples=samples,
-    )
-
-
-def _insert_many(conn: Any, table: Any, rows: list[dict[str, Any]]) -> None:
-    """One executemany of the table's own INSERT (every column, in order), skipping SQLAlchemy's
-    per-row parameter processing: the rows already hold storage values (ints, str, bool)."""
-    from sqlalchemy import insert
-
-    columns = [c.name for c in table.columns]
-    missing = set(rows[0]) ^ set(columns)
-    assert not missing, f"{table.name}: columns differ: {missing}"
-    if conn.dialect.name == "postgresql":
-        # psycopg compiles named placeholders (which positional tuples cannot fill); COPY on the
-        # transaction's own connection is the bulk path there, and by far the fastest.
-        names = ", ".join(f'"{c}"' for c in columns)
-        with (
-            conn.connection.dbapi_connection.cursor() as cursor,
-            cursor.copy(f'COPY "{table.name}" ({names}) FROM STDIN') as copy,
-        ):
-            for r in rows:
-                copy.write_row(tuple(r[c] for c in columns))
-        return
-    sql = str(insert(table).compile(dialect=conn.dialect))
-    conn.exec_driver_sql(sql, [tuple(r[c] for c in columns) for r in rows])
-
-
-def _json(value: Any) -> str:
-    import json
-
-    return json.dumps(value, separators=(",", ":"))
 
 
 def current_revision(deployment: Deployment) -> int:

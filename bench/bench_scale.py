@@ -1,0 +1,468 @@
+"""Scale benchmark (#17): what a million keys cost, against 100,000 (gateway) and 10,000 (paths).
+
+Keys are bulk-loaded through the store layer (``keyplane.storage.bulk``: one team, COPY or
+executemany, no HTTP, no change log: as if it had been compacted after the load), with progress on
+stderr. Then:
+
+* **gateway** (SQLite control plane, one cluster), at each of GATEWAY_KEYS: a fresh gateway's
+  spawn → /healthz at the current revision, its RSS and bytes per key, the replica file's size;
+  a restart on that replica: spawn → a key authenticates; the snapshot itself fetched once more
+  by the bench (bytes per key on the wire, time, and the control plane's RSS peak above its
+  idle RSS while serving it).
+* **control-plane paths** (in-process app over the ASGI transport, SQLite and PostgreSQL), at each
+  of PATH_KEYS: create, update, delete, list page (pageSize 100: first, deep, with a common and a
+  rare aclFilter), propagation status and a usage query; p50/p99 per path and each request's
+  query plans (EXPLAIN QUERY PLAN / EXPLAIN), flagged where they scan a table.
+
+Every phase is bounded (PHASE_SECONDS per path; the load by LOAD_SECONDS). Run from the repository
+root: ``.venv/bin/python bench/bench_scale.py [--backend sqlite|postgresql|both]``; BENCH_SCALE_
+GATEWAY_KEYS and BENCH_SCALE_PATH_KEYS (comma-separated counts) shrink it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _harness as harness
+import httpx2
+
+
+def _counts(name: str, default: str) -> list[int]:
+    return [int(n) for n in os.environ.get(name, default).split(",") if n.strip()]
+
+
+GATEWAY_KEYS = _counts("BENCH_SCALE_GATEWAY_KEYS", "100000,1000000")
+PATH_KEYS = _counts("BENCH_SCALE_PATH_KEYS", "10000,1000000")
+LOAD_SECONDS = float(os.environ.get("BENCH_SCALE_LOAD_SECONDS", "900"))
+PHASE_SECONDS = float(os.environ.get("BENCH_SCALE_PHASE_SECONDS", "8"))
+PATH_REQUESTS = 60
+CLUSTER = "us-east-1"
+RARE_EVERY = 1000  # one key in a thousand holds the rare ACL
+
+
+def load(dep: harness.Deployment, team: str, count: int) -> Any:
+    harness.log(f"loading {count:,} keys ...")
+    loaded = harness.populate(
+        dep,
+        team,
+        count,
+        batch=20_000,
+        change_log=False,
+        audit=False,
+        rare_every=RARE_EVERY,
+        progress=harness.log,
+        time_limit=LOAD_SECONDS,
+    )
+    harness.log(f"loaded {count:,} keys in {loaded.seconds:.1f} s")
+    return loaded
+
+
+def _peak_rss(pid: int, until: threading.Event, into: list[int]) -> None:
+    while not until.is_set():
+        into[0] = max(into[0], harness.rss_kib(pid) or 0)
+        until.wait(0.02)
+
+
+@contextmanager
+def watching(pid: int) -> Iterator[list[int]]:
+    """The peak RSS (KiB) of ``pid`` while the block runs, sampled every 20 ms."""
+    peak = [0]
+    done = threading.Event()
+    watcher = threading.Thread(target=_peak_rss, args=(pid, done, peak), daemon=True)
+    watcher.start()
+    try:
+        yield peak
+    finally:
+        done.set()
+        watcher.join()
+
+
+def wait_synced(url: str, revision: int, timeout: float) -> None:
+    def ok() -> bool:
+        try:
+            got = httpx2.get(url + "/healthz", headers=harness.OPERATOR)
+        except httpx2.HTTPError:
+            return False
+        return got.status_code == 200 and int(got.json().get("revision", -1)) >= revision
+
+    harness.wait_for(ok, timeout=timeout, what=f"gateway at revision {revision}")
+
+
+def snapshot_on_the_wire(dep: harness.Deployment, control_pid: int) -> dict[str, Any]:
+    """Fetch the snapshot as a gateway would; bytes, seconds, the control plane's RSS peak."""
+    from keyplane.propagation import feed
+    from keyplane.propagation.wire import GATEWAY_HEADER, SNAPSHOT_PATH
+    from keyplane.runtime import open_context
+
+    ctx = open_context(dep.settings())
+    try:
+        credential = feed.issue_credential(ctx, cluster=CLUSTER)
+    finally:
+        ctx.db.dispose()
+    headers = {"Authorization": f"Bearer {credential}", GATEWAY_HEADER: f"{CLUSTER}/bench-wire"}
+    size = lines = 0
+    idle = harness.rss_kib(control_pid) or 0
+    started = time.perf_counter()
+    with (
+        watching(control_pid) as peak,
+        httpx2.stream(
+            "GET", dep.control_url + SNAPSHOT_PATH, headers=headers, timeout=120
+        ) as response,
+    ):
+        assert response.status_code == 200, response.read()
+        for chunk in response.iter_raw():
+            size += len(chunk)
+            lines += chunk.count(b"\n")
+    return {
+        "bytes": size,
+        "lines": lines,
+        "seconds": time.perf_counter() - started,
+        "control_idle": idle,
+        "control_peak": peak[0],
+    }
+
+
+def gateway_phase(tmp: Path, count: int) -> dict[str, Any]:
+    dep = harness.Deployment(tmp / f"gateway-{count}", clusters=[CLUSTER])
+    out: dict[str, Any] = {"keys": count}
+    try:
+        team, _secret = dep.create_team("scale")
+        loaded = load(dep, team, count)
+        out["load_s"] = loaded.seconds
+        revision = harness.current_revision(dep)
+        control = dep.start_control()
+        control_pid = harness.pid_of(control)
+        out["control_idle"] = harness.rss_kib(control_pid)
+        key_id, secret = loaded.samples[0]
+        me = {"Authorization": f"Bearer {secret}"}
+
+        harness.log(f"{count:,}: fresh gateway ...")
+        gw = dep.gateway(CLUSTER)
+        with watching(control_pid) as peak:
+            t0 = time.perf_counter()
+            gw.start(timeout=120)
+            out["fresh_port_s"] = time.perf_counter() - t0
+            wait_synced(gw.url, revision, timeout=600)
+            out["fresh_synced_s"] = time.perf_counter() - t0
+        out["control_peak_fresh"] = peak[0]
+        answer = httpx2.get(gw.url + "/v1/api-key", headers=me)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["api_key_id"] == key_id, answer.text
+        gpid = harness.pid_of(gw)
+        out["fresh_rss"] = harness.rss_kib(gpid)
+        time.sleep(2.0)  # what stays resident once the sync's garbage is gone
+        out["fresh_rss_2s"] = harness.rss_kib(gpid)
+        replica = dep.data_dir / "gateways" / CLUSTER
+        out["replica_bytes"] = sum(p.stat().st_size for p in replica.glob("replica.db*"))
+
+        harness.log(f"{count:,}: restart on the replica ...")
+        gw.stop()
+        again = dep.gateway(CLUSTER)
+        t0 = time.perf_counter()
+        again.start(timeout=120)
+        out["restart_port_s"] = time.perf_counter() - t0
+        answer = httpx2.get(again.url + "/v1/api-key", headers=me)
+        out["restart_serves_s"] = time.perf_counter() - t0
+        assert answer.status_code == 200, answer.text
+        wait_synced(again.url, revision, timeout=120)
+        out["restart_synced_s"] = time.perf_counter() - t0
+        out["restart_rss"] = harness.rss_kib(harness.pid_of(again))
+
+        harness.log(f"{count:,}: the snapshot on the wire ...")
+        out["wire"] = snapshot_on_the_wire(dep, control_pid)
+    finally:
+        dep.stop_all()
+    return out
+
+
+# -- control-plane paths, in process --------------------------------------------------------------
+
+_SCAN = re.compile(r"\bSCAN (?!.*USING (?:COVERING )?INDEX)(\w+)|Seq Scan on (\w+)")
+
+
+class Statements:
+    """The SQL each request runs (captured from the engines), to EXPLAIN afterwards."""
+
+    def __init__(self) -> None:
+        self.current: list[tuple[str, Any]] | None = None
+
+    def attach(self, engine: Any) -> None:
+        from sqlalchemy import event
+
+        event.listen(engine, "before_cursor_execute", self._seen)
+
+    def _seen(self, _conn: Any, _cursor: Any, sql: str, params: Any, _ctx: Any, many: bool) -> None:
+        if self.current is not None and not many:
+            self.current.append((sql, params))
+
+    @contextmanager
+    def capture(self) -> Iterator[list[tuple[str, Any]]]:
+        self.current = []
+        try:
+            yield self.current
+        finally:
+            self.current = None
+
+
+def explain(db: Any, statements: list[tuple[str, Any]]) -> list[str]:
+    """Each distinct SELECT/UPDATE/DELETE's plan, one line per plan node."""
+    seen: set[str] = set()
+    out: list[str] = []
+    for sql, params in statements:
+        verb = sql.lstrip().split(None, 1)[0].upper()
+        if verb not in ("SELECT", "UPDATE", "DELETE", "INSERT") or sql in seen:
+            continue
+        if verb == "INSERT" and "SELECT" not in sql.upper():
+            continue
+        seen.add(sql)
+        prefix = "EXPLAIN QUERY PLAN " if db.is_sqlite else "EXPLAIN "
+        with db.read() as conn:
+            rows = conn.exec_driver_sql(prefix + sql, params).fetchall()
+        plan = [str(r[-1]) if db.is_sqlite else str(r[0]) for r in rows]
+        out.append(" ".join(sql.split())[:160])
+        out += [f"    {line}" for line in plan]
+    return out
+
+
+def scans(plan: list[str]) -> list[str]:
+    """Tables a plan reads whole (SQLite ``SCAN t`` without an index, PostgreSQL ``Seq Scan``)."""
+    found = []
+    for line in plan:
+        if line.startswith("    "):
+            m = _SCAN.search(line)
+            if m:
+                found.append(m.group(1) or m.group(2))
+    return found
+
+
+def paths_phase(tmp: Path, backend: str, count: int, pg: Any) -> dict[str, Any]:
+    from starlette.testclient import TestClient
+
+    from keyplane.control.app import create_app
+    from keyplane.propagation.notifier import ChangeNotifier
+    from keyplane.runtime import open_context
+
+    top = f'database_url = "{pg.database(f"paths{count}")}"' if backend == "postgresql" else ""
+    dep = harness.Deployment(tmp / f"paths-{backend}-{count}", clusters=[CLUSTER], top_config=top)
+    team, secret = dep.create_team("scale")
+    load(dep, team, count)
+    if backend == "postgresql":
+        pg.execute("VACUUM ANALYZE", database=f"paths{count}")
+    settings = dep.settings()
+    notifier = ChangeNotifier()
+    ctx = open_context(settings, on_commit=notifier.notify)
+    statements = Statements()
+    statements.attach(ctx.db.reader)
+    statements.attach(ctx.db.writer)
+    app = create_app(settings, ctx, notifier)
+    auth = {"Authorization": f"Bearer {secret}"}
+    keys_path = f"/auth/teams/{team}/api-keys"
+    out: dict[str, Any] = {"keys": count, "paths": {}}
+    try:
+        with TestClient(app, headers=auth) as client:
+            made: list[str] = []
+
+            def create() -> Any:
+                body = {"name": "scale", "acls": ["api-key:model:*"], "qps": 5}
+                answer = client.post(keys_path, json=body)
+                made.append(answer.json()["apiKeyId"])
+                return answer
+
+            def update() -> Any:
+                body = {"apiKey": {"qpm": 100 + len(made)}, "fieldMask": "qpm"}
+                return client.put(f"/auth/api-keys/{made[-1]}", json=body)
+
+            def delete() -> Any:
+                return client.delete(f"/auth/api-keys/{made.pop()}")
+
+            deep_token = _deep_token(ctx, team, count)
+
+            def page(**params: Any) -> Callable[[], Any]:
+                return lambda: client.get(keys_path, params={"pageSize": 100, **params})
+
+            usage_body = {
+                "analyticsRequest": {
+                    "timeRange": {
+                        "startTime": "2026-11-01 00:00:00",
+                        "endTime": "2026-12-01 00:00:00",
+                        "timezone": "Etc/GMT",
+                    },
+                    "timeUnit": "TIME_UNIT_DAY",
+                    "values": [{"name": "usd", "aggregation": "AGGREGATION_SUM"}],
+                    "groupBy": ["api_key_id"],
+                }
+            }
+            paths: list[tuple[str, Callable[[], Any], int]] = [
+                ("create", create, 200),
+                ("update", update, 200),
+                (
+                    "propagation status",
+                    lambda: client.get(f"/auth/api-keys/{made[0]}/propagation"),
+                    200,
+                ),
+                ("list: first page", page(), 200),
+                ("list: deep page", page(paginationToken=deep_token), 200),
+                ("list: aclFilters common", page(aclFilters="api-key:endpoint:chat"), 200),
+                ("list: aclFilters rare", page(aclFilters="api-key:model:grok-rare"), 200),
+                (
+                    "usage query (by key, 30 days)",
+                    lambda: client.post(f"/v1/billing/teams/{team}/usage", json=usage_body),
+                    200,
+                ),
+                ("delete", delete, 200),
+            ]
+            for name, call, status in paths:
+                harness.log(f"{backend} {count:,}: {name}")
+                with statements.capture() as seen:
+                    answer = call()
+                assert answer.status_code == status, (name, answer.status_code, answer.text)
+                plan = explain(ctx.db, seen)
+                times: list[float] = []
+                deadline = time.perf_counter() + PHASE_SECONDS
+                while len(times) < PATH_REQUESTS and time.perf_counter() < deadline:
+                    if name == "delete" and not made:
+                        create()
+                    t0 = time.perf_counter()
+                    answer = call()
+                    times.append(time.perf_counter() - t0)
+                    assert answer.status_code == status, (name, answer.text)
+                    if name == "create":
+                        continue
+                out["paths"][name] = {
+                    "p50": harness.percentile(times, 50),
+                    "p99": harness.percentile(times, 99),
+                    "n": len(times),
+                    "plan": plan,
+                    "scans": scans(plan),
+                }
+    finally:
+        ctx.db.dispose()
+    return out
+
+
+def _deep_token(ctx: Any, team: str, count: int) -> str:
+    """The page token ListApiKeys would give 200 keys before the end of the team's list."""
+    import json
+
+    from sqlalchemy import select
+
+    from keyplane.domain.pagination import encode_token
+    from keyplane.storage import tables
+
+    k = tables.api_keys
+    with ctx.db.read() as conn:
+        row = conn.execute(
+            select(k.c.create_time, k.c.api_key_id)
+            .where(k.c.team_id == team)
+            .order_by(k.c.create_time, k.c.api_key_id)
+            .offset(max(count - 200, 0))
+            .limit(1)
+        ).one()
+    scope = json.dumps(["api-keys", team, [], False, ""])
+    return encode_token(ctx.server_secret, scope, [int(row.create_time), row.api_key_id])
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+def gateway_table(results: list[dict[str, Any]]) -> str:
+    def per_key(kib: int | None, keys: int) -> str:
+        return "n/a" if kib is None else f"{kib * 1024 / keys:,.0f} B"
+
+    rows: list[list[Any]] = []
+
+    def row(label: str, get: Callable[[dict[str, Any]], Any]) -> None:
+        rows.append([label, *(get(r) for r in results)])
+
+    row("fresh gateway: spawn → port answers", lambda r: f"{r['fresh_port_s']:.2f} s")
+    row("fresh gateway: spawn → current revision", lambda r: f"**{r['fresh_synced_s']:.2f} s**")
+    row("fresh gateway RSS right after sync", lambda r: harness.mib(r["fresh_rss"]))
+    row("fresh gateway RSS 2 s later", lambda r: harness.mib(r["fresh_rss_2s"]))
+    row("… per key", lambda r: f"**{per_key(r['fresh_rss_2s'], r['keys'])}**")
+    row("replica on disk (replica.db + WAL)", lambda r: f"{r['replica_bytes'] / (1 << 20):.0f} MiB")
+    row("… per key", lambda r: f"{r['replica_bytes'] / r['keys']:,.0f} B")
+    row("restart: spawn → port answers", lambda r: f"{r['restart_port_s']:.2f} s")
+    row("restart: spawn → a key authenticates", lambda r: f"**{r['restart_serves_s']:.2f} s**")
+    row("restart: spawn → current revision", lambda r: f"{r['restart_synced_s']:.2f} s")
+    row("restarted gateway RSS", lambda r: harness.mib(r["restart_rss"]))
+    row("snapshot on the wire", lambda r: f"{r['wire']['bytes'] / (1 << 20):.1f} MiB")
+    row("… per key", lambda r: f"**{r['wire']['bytes'] / r['keys']:,.0f} B**")
+    row("… fetched by the bench in", lambda r: f"{r['wire']['seconds']:.2f} s")
+    row("control plane RSS idle", lambda r: harness.mib(r["control_idle"]))
+    row(
+        "control plane extra RSS serving one snapshot",
+        lambda r: f"**{(r['wire']['control_peak'] - r['wire']['control_idle']) / 1024:+.0f} MiB**",
+    )
+    row(
+        "control plane peak RSS during the fresh sync",
+        lambda r: harness.mib(r["control_peak_fresh"]),
+    )
+    row("(bulk load of the keys)", lambda r: f"{r['load_s']:.1f} s")
+    return harness.table(["measure", *(f"{r['keys']:,} keys" for r in results)], rows)
+
+
+def paths_table(backend: str, results: list[dict[str, Any]]) -> str:
+    first, last = results[0], results[-1]
+    rows = []
+    for name, small in first["paths"].items():
+        big = last["paths"].get(name)
+        cells = [name]
+        for r in results:
+            p = r["paths"].get(name)
+            cells.append("n/a" if p is None else f"{harness.ms(p['p50'])} / {harness.ms(p['p99'])}")
+        ratio = "n/a" if big is None else f"×{big['p50'] / small['p50']:.2f}"
+        cells.append(ratio)
+        cells.append(", ".join(sorted(set(big["scans"]))) if big and big["scans"] else "none")
+        rows.append(cells)
+    columns = [
+        "path",
+        *(f"p50 / p99, {r['keys']:,} keys" for r in results),
+        f"p50 {last['keys']:,} ÷ {first['keys']:,}",
+        "tables scanned",
+    ]
+    return f"#### {harness.BACKEND_NAMES[backend]}\n\n" + harness.table(columns, rows)
+
+
+def plans_text(backend: str, result: dict[str, Any]) -> str:
+    out = [f"Query plans, {harness.BACKEND_NAMES[backend]}, {result['keys']:,} keys:", "", "```"]
+    for name, p in result["paths"].items():
+        out.append(f"[{name}]")
+        out += p["plan"]
+    out.append("```")
+    return "\n".join(out)
+
+
+def main() -> None:
+    backends = harness.backends_option(__doc__ or "")
+    harness.stop_servers_on_sigterm()
+    report = [harness.header("Scale: a million keys (#17)"), ""]
+    with tempfile.TemporaryDirectory(prefix="kp-scale-") as tmpdir:
+        tmp = Path(tmpdir)
+        gateway = [gateway_phase(tmp, n) for n in GATEWAY_KEYS]
+        report += ["#### Gateway (control plane on SQLite)", "", gateway_table(gateway), ""]
+        print("\n".join(report), flush=True)
+        report = []
+        for backend in backends:
+            if backend == "postgresql":
+                with harness.ThrowawayPostgres() as pg:
+                    results = [paths_phase(tmp, backend, n, pg) for n in PATH_KEYS]
+            else:
+                results = [paths_phase(tmp, backend, n, None) for n in PATH_KEYS]
+            print(paths_table(backend, results) + "\n", flush=True)
+            print(plans_text(backend, results[-1]) + "\n", flush=True)
+    print(harness.footer())
+
+
+if __name__ == "__main__":
+    main()
