@@ -9,6 +9,7 @@ services write it in the same transaction as the key. The Management API's JSON 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -193,3 +194,42 @@ def enforcement_view(key: ApiKey) -> dict[str, Any]:
         "apiKeyBlockedUntil": ts(key.budget_blocked_until),
         "teamBlockedUntil": ts(key.team_blocked_until),
     }
+
+
+#: An enforcement view's fields in the order of a row (the feed's compact snapshot, a gateway's
+#: replica): the id and the secrets first, what a gateway indexes. In a row, ``secrets`` is a
+#: list of ``[digest, expireTime]`` pairs.
+ROW_FIELDS = (
+    "apiKeyId",
+    "secrets",
+    "teamId",
+    "userId",
+    "name",
+    "redactedApiKey",
+    "createTime",
+    "modifyTime",
+    "modifiedBy",
+    "disabled",
+    "expireTime",
+    "qps",
+    "qpm",
+    "tpm",
+    "acls",
+    "revision",
+    "apiKeyBlockedUntil",
+    "teamBlockedUntil",
+)
+
+
+def view_to_row(view: Mapping[str, Any]) -> list[Any]:
+    """An enforcement view as a row (``ROW_FIELDS`` order)."""
+    row = [view.get(name) for name in ROW_FIELDS]
+    row[1] = [[s["digest"], s.get("expireTime")] for s in view.get("secrets") or ()]
+    return row
+
+
+def row_to_view(row: Sequence[Any]) -> dict[str, Any]:
+    """The enforcement view a row holds."""
+    view = dict(zip(ROW_FIELDS, row, strict=True))
+    view["secrets"] = [{"digest": d, "expireTime": e} for d, e in row[1]]
+    return view

@@ -5,7 +5,7 @@ Everything in keyplane holds aware UTC datetimes; these helpers are the only con
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from keyplane.domain.errors import InvalidArgument
 
@@ -18,6 +18,14 @@ def format_ts(value: datetime) -> str:
     """``2026-11-26T14:25:07.123456Z`` — always six fractional digits, always UTC."""
     # isoformat, not strftime: strftime("%Y") drops the leading zeros of years before 1000.
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+_NAIVE_EPOCH = datetime(1970, 1, 1)
+
+
+def format_micros(value: int) -> str:
+    """``format_ts`` of a stored time (microseconds since the epoch), without an aware datetime."""
+    return (_NAIVE_EPOCH + timedelta(microseconds=value)).isoformat(timespec="microseconds") + "Z"
 
 
 def parse_ts(text: object, *, field: str) -> datetime:
@@ -50,6 +58,4 @@ def to_micros(value: datetime) -> int:
 
 
 def from_micros(value: int) -> datetime:
-    from datetime import timedelta
-
     return _EPOCH + timedelta(microseconds=value)

@@ -16,13 +16,15 @@ import msgspec
 import structlog
 
 from keyplane.gateway.replica import Change, Replica, ReplicaStore
-from keyplane.propagation.wire import CHANGES_PATH, GATEWAY_HEADER, SNAPSHOT_PATH
+from keyplane.propagation.wire import CHANGES_PATH, GATEWAY_HEADER, ROWS, SNAPSHOT_PATH
 
 log = structlog.get_logger("keyplane.gateway.sync")
 _decode = msgspec.json.Decoder(dict[str, Any]).decode
 
 POLL_WAIT = 5.0
 MAX_BACKOFF = 2.0
+#: Snapshot rows written (and committed) together.
+SNAPSHOT_CHUNK = 5000
 
 
 class FeedFollower:
@@ -46,10 +48,12 @@ class FeedFollower:
         self._wait = poll_wait
         self.connected = False
         self.snapshots = 0
+        # A snapshot left half-way (by a dropped connection or a restart) is resumed, not redone.
+        self._resume = True
 
     async def run(self) -> None:
         backoff = 0.05
-        need_snapshot = self._replica.revision == 0
+        need_snapshot = self._replica.revision == 0 or self._store.staged()
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=2.0, sock_read=self._wait + 10)
         async with aiohttp.ClientSession(timeout=timeout, headers=self._headers) as session:
             while True:
@@ -108,26 +112,53 @@ class FeedFollower:
         return False
 
     async def _snapshot(self, session: aiohttp.ClientSession) -> None:
-        revision: int | None = None
-        views: list[Mapping[str, Any]] = []
-        async with session.get(self._url + SNAPSHOT_PATH) as response:
+        """Stream a snapshot into the store's staging tables in committed chunks, then swap it in.
+        A transfer cut short resumes after the last key stored (``after=``), on the next try or
+        after a restart; the replica then serves the first part's revision and the feed replays
+        what changed since."""
+        staged = await asyncio.to_thread(self._store.stage, fresh=not self._resume)
+        self._resume = True  # until it completes, a failed transfer picks up where it stopped
+        params = {"format": ROWS}
+        if staged.after is not None:
+            params["after"] = staged.after
+        ended = False
+        async with session.get(self._url + SNAPSHOT_PATH, params=params) as response:
             if response.status != 200:
                 raise aiohttp.ClientResponseError(
                     response.request_info, (), status=response.status, message="snapshot refused"
                 )
-            async for raw in response.content:
-                line = raw.strip()
-                if not line:
-                    continue
-                item = _decode(line)
-                if revision is None:
-                    revision = int(item["revision"])
-                else:
-                    views.append(item)
-        if revision is None:
-            raise ValueError("empty snapshot")
-        await asyncio.to_thread(self._store.save_snapshot, revision, views)
-        self._replica.load(revision, views)
+            rows: list[bytes] = []
+            pending: asyncio.Future[None] | None = None
+            rest = b""
+            try:
+                async for chunk in response.content.iter_chunked(1 << 18):
+                    lines = (rest + chunk).split(b"\n")
+                    rest = lines.pop()
+                    for line in lines:
+                        if line[:1] == b"[":
+                            rows.append(line)
+                        elif line.strip():
+                            item = _decode(line)
+                            if "revision" in item:
+                                staged.part(int(item["revision"]))
+                            elif "end" in item:
+                                ended = True
+                    if len(rows) >= SNAPSHOT_CHUNK:
+                        if pending is not None:
+                            await pending  # one chunk is written while the next one arrives
+                        pending = asyncio.ensure_future(asyncio.to_thread(staged.add, rows))
+                        rows = []
+            finally:
+                if pending is not None:
+                    await asyncio.wait([pending])
+            if pending is not None:
+                pending.result()
+            await asyncio.to_thread(staged.add, rows)
+        if not ended or staged.revision is None:
+            raise ValueError("snapshot cut short")
+        revision = await asyncio.to_thread(staged.finish)
+        self._resume = False
+        self._replica.loaded(revision)
         self.snapshots += 1
         self.connected = True
-        log.info("snapshot_applied", revision=revision, keys=len(views))
+        log.info("snapshot_applied", revision=revision, keys=staged.keys)

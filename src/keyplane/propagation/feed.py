@@ -7,19 +7,21 @@ for what comes after — the key's latest revision; a cluster with no live gatew
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from keyplane.domain import keysecrets
 from keyplane.domain.errors import NotFound, PermissionDenied, Unauthenticated
-from keyplane.domain.model import enforcement_view
+from keyplane.domain.model import row_to_view
 from keyplane.propagation.wire import CREDENTIAL_PREFIX
 from keyplane.services.auth import Principal
 from keyplane.services.context import Context
 from keyplane.services.keys import TOMBSTONE_WINDOW
 from keyplane.settings import Settings
-from keyplane.storage import api_keys, changelog
+from keyplane.storage import api_keys, changelog, snapshot
 from keyplane.storage import gateways as gateway_rows
 
 #: The feed's default long-poll wait (gateways pass the ``feed_poll_seconds`` setting).
@@ -95,12 +97,23 @@ def current_revision(ctx: Context) -> int:
         return changelog.current_revision(conn)
 
 
-def snapshot_lines(ctx: Context) -> Iterator[dict[str, object]]:
-    """A consistent snapshot: the revision, then every key's view, all from one read transaction."""
+def snapshot_rows(ctx: Context, *, after: str | None = None) -> Iterator[int | list[Any]]:
+    """A consistent snapshot from one read transaction: the revision, then each key (with an id
+    greater than ``after``, if given) as a row of its view (``keyplane.domain.model.ROW_FIELDS``
+    order), its ``acls`` still the stored JSON text. Streams: memory does not grow with keys."""
     with ctx.db.read() as conn:
-        yield {"revision": changelog.current_revision(conn)}
-        for key in api_keys.iter_api_key_views(conn):
-            yield enforcement_view(key)
+        yield changelog.current_revision(conn)
+        yield from snapshot.key_rows(conn, after=after)
+
+
+def snapshot_lines(ctx: Context) -> Iterator[dict[str, object]]:
+    """The snapshot as views: ``{"revision": N}``, then every key's enforcement view."""
+    for item in snapshot_rows(ctx):
+        if isinstance(item, int):
+            yield {"revision": item}
+        else:
+            item[14] = json.loads(item[14])
+            yield row_to_view(item)
 
 
 @dataclass(frozen=True, slots=True)

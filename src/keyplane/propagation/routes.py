@@ -11,6 +11,7 @@ import json
 from collections.abc import Awaitable, Iterator
 from typing import Annotated, Any
 
+import msgspec
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
@@ -23,11 +24,14 @@ from keyplane.propagation.wire import (
     GATEWAY_HEADER,
     MAX_BATCH,
     MAX_WAIT_SECONDS,
+    ROWS,
     SNAPSHOT_PATH,
+    row_to_view,
 )
 from keyplane.services.context import Context
 
-_LINES_PER_CHUNK = 500
+_LINES_PER_CHUNK = 1000
+_encode = msgspec.json.Encoder().encode
 
 
 async def _unless_gone(request: Request, waiting: Awaitable[int], fallback: int) -> int:
@@ -62,25 +66,37 @@ def feed_router(ctx: Context, notifier: ChangeNotifier) -> APIRouter:
 
     @router.get(SNAPSHOT_PATH)
     def snapshot(
+        after: Annotated[str | None, Query(max_length=64)] = None,
+        shape: Annotated[str | None, Query(alias="format", max_length=16)] = None,
         authorization: Annotated[str | None, Header()] = None,
         gateway: Annotated[str | None, Header(alias=GATEWAY_HEADER)] = None,
     ) -> StreamingResponse:
         gid = gateway_id(gateway, authorization)
         cluster = feed.authenticate_gateway_as(ctx, authorization, gid)
+        as_rows = shape == ROWS
 
         def chunks() -> Iterator[bytes]:
-            batch: list[str] = []
-            for line in feed.snapshot_lines(ctx):
-                if "revision" in line and len(line) == 1:
-                    revision = line["revision"]
-                    assert isinstance(revision, int)
-                    acks.served(ctx, gateway_id=gid, cluster=cluster, revision=revision)
-                batch.append(json.dumps(line, separators=(",", ":")))
+            # Bounded chunks from a streaming read: the control plane's memory does not grow
+            # with the snapshot.
+            batch: list[bytes] = []
+            sent = 0
+            for item in feed.snapshot_rows(ctx, after=after):
+                if isinstance(item, int):
+                    acks.served(ctx, gateway_id=gid, cluster=cluster, revision=item)
+                    batch.append(_encode({"revision": item}))
+                    continue
+                if as_rows:
+                    item[14] = msgspec.Raw(item[14].encode())  # the stored ACL JSON, as is
+                    batch.append(_encode(item))
+                else:
+                    item[14] = json.loads(item[14])
+                    batch.append(_encode(row_to_view(item)))
+                sent += 1
                 if len(batch) >= _LINES_PER_CHUNK:
-                    yield ("\n".join(batch) + "\n").encode()
+                    yield b"\n".join(batch) + b"\n"
                     batch.clear()
-            if batch:
-                yield ("\n".join(batch) + "\n").encode()
+            batch.append(_encode({"end": sent}))
+            yield b"\n".join(batch) + b"\n"
 
         return StreamingResponse(chunks(), media_type="application/x-ndjson")
 

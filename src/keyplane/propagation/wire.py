@@ -1,7 +1,15 @@
 """The feed's wire format, shared by the control plane (producer) and gateways (consumer).
 
 ``GET /internal/v1/snapshot`` streams NDJSON: a header line ``{"revision": N}``, then one key view
-per line (``keyplane.domain.model.enforcement_view``). ``GET /internal/v1/changes?after=N`` answers
+per line (``keyplane.domain.model.enforcement_view``). With ``format=rows`` each key is a JSON
+array instead, its values in ``ROW_FIELDS`` order (``view_to_row``): half the bytes, and the
+gateway stores the line as it came. ``after=<apiKeyId>`` resumes a snapshot cut short: only keys
+with a greater id follow, read at the (possibly newer) revision of the header; the gateway keeps
+the first part's revision and catches up from it through the change feed, which replays every
+change since (each key ends at its newest view). The last line of a complete snapshot is
+``{"end": <keys sent>}``; a stream without it was cut short.
+
+``GET /internal/v1/changes?after=N`` answers
 ``{"revision": M, "changes": [{"revision", "op", "view"}], "snapshotRequired": bool}``; ``after``
 doubles as the gateway's ack: everything through N is applied. Gateways authenticate with
 ``Authorization: Bearer <cluster credential>`` and name themselves with ``x-keyplane-gateway``.
@@ -9,6 +17,20 @@ doubles as the gateway's ack: everything through N is applied. Gateways authenti
 
 from __future__ import annotations
 
+from keyplane.domain.model import ROW_FIELDS, row_to_view, view_to_row
+
+__all__ = [
+    "CHANGES_PATH",
+    "CREDENTIAL_PREFIX",
+    "GATEWAY_HEADER",
+    "MAX_BATCH",
+    "MAX_WAIT_SECONDS",
+    "ROWS",
+    "ROW_FIELDS",
+    "SNAPSHOT_PATH",
+    "row_to_view",
+    "view_to_row",
+]
 SNAPSHOT_PATH = "/internal/v1/snapshot"
 CHANGES_PATH = "/internal/v1/changes"
 GATEWAY_HEADER = "x-keyplane-gateway"
@@ -17,3 +39,5 @@ CREDENTIAL_PREFIX = "kpgw-"
 MAX_WAIT_SECONDS = 30.0
 #: Changes in one answer; a gateway further behind asks again at once.
 MAX_BATCH = 2000
+#: ``format=`` of a snapshot whose keys are rows.
+ROWS = "rows"

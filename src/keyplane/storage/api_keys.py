@@ -1,13 +1,13 @@
 """API keys: the key rows, their ACL rows and secret digests, and the tombstones of deleted keys.
 
-``ApiKeys`` is what the use cases read and write; the feed reads every key at once
-(``iter_api_key_views``) and one key's latest revision (``key_revision``).
+``ApiKeys`` is what the use cases read and write; the feed reads one key's latest revision
+(``key_revision``), and every key at once through ``keyplane.storage.snapshot``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -188,26 +188,6 @@ class ApiKeys:
         if q.limit is not None:
             query = query.limit(q.limit)
         return [_api_key(row) for row in self._conn.execute(query)]
-
-
-def iter_api_key_views(conn: Connection) -> Iterable[ApiKey]:
-    """Every key with its secrets, streamed in id order (for snapshots)."""
-    secrets: dict[str, list[SecretDigest]] = {}
-    for s in conn.execute(
-        select(
-            t.api_key_secrets.c.api_key_id,
-            t.api_key_secrets.c.digest,
-            t.api_key_secrets.c.expire_time,
-        ).order_by(t.api_key_secrets.c.api_key_id, t.api_key_secrets.c.create_time.desc())
-    ):
-        secrets.setdefault(s.api_key_id, []).append(
-            SecretDigest(s.digest, time_or_none(s.expire_time))
-        )
-    result = conn.execution_options(yield_per=2000).execute(
-        select(t.api_keys).order_by(t.api_keys.c.api_key_id)
-    )
-    for row in result:
-        yield _api_key(row, secrets.get(row.api_key_id, ()))
 
 
 def key_revision(conn: Connection, api_key_id: str, *, team_id: str, since: datetime) -> int | None:
