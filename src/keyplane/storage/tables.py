@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 metadata = MetaData(
@@ -91,6 +92,16 @@ api_keys = Table(
     Column("budget_blocked_until", BigInteger),
     Column("team_blocked_until", BigInteger),
     Index("ix_api_keys_team_order", "team_id", "create_time", "api_key_id"),
+    # The usage housekeeping's look for blocks that ran out: only blocked keys are indexed.
+    *(
+        Index(
+            f"ix_api_keys_{column}",
+            column,
+            sqlite_where=text(f"{column} IS NOT NULL"),
+            postgresql_where=text(f"{column} IS NOT NULL"),
+        )
+        for column in ("budget_blocked_until", "team_blocked_until")
+    ),
 )
 
 api_key_secrets = Table(

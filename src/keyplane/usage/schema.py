@@ -66,6 +66,7 @@ usage_spend = Table(
     Column("subject", String(80), primary_key=True),
     Column("day", BigInteger, primary_key=True, autoincrement=False),
     Column("cost", BigInteger, nullable=False),
+    Index("ix_usage_spend_day", "day"),
 )
 
 #: A team's spending limit (cents) and, while its spend is over it, until when it is blocked.
