@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+from tests.support import million
 from tests.support.procs import Deployment
 
 # Under mutation testing (scripts/mutants) every call is traced and the machine is busy: a
@@ -44,3 +45,25 @@ def module_deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Depl
     dep.start_control()
     yield dep
     dep.stop_all()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The ``million`` group is these modules' tests, run again on a million keys."""
+    root = Path(str(config.rootpath))
+    modules = {root / m for m in million.MODULES}
+    for item in items:
+        if item.path in modules:
+            item.add_marker(pytest.mark.million)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def million_keys(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Under ``-m million``, every Deployment starts from a store holding a million keys."""
+    expression = str(request.config.getoption("markexpr") or "")
+    if "million" not in expression or "not million" in expression:
+        return
+    count = int(os.environ.get(million.KEYS_ENV, "1000000"))
+    given = million.template()
+    path = given or tmp_path_factory.getbasetemp() / f"million-{count}.db"
+    million.build_template(path, count)
+    os.environ[million.PRELOAD_ENV] = str(path)

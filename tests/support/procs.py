@@ -8,6 +8,7 @@ in-process shortcuts tests need for setup (a team and its management key).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -120,6 +121,9 @@ class Deployment:
     def __post_init__(self) -> None:
         self.data_dir = self.root / "data"
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        preload = os.environ.get("KEYPLANE_TEST_PRELOAD")  # the million group (support.million)
+        if preload and not self.top_config:
+            shutil.copyfile(preload, self.data_dir / "keyplane.db")
         self.control_port = free_port()
         self.model_port = free_port()
         self.gateway_ports = {name: free_port() for name in self.clusters}
