@@ -19,10 +19,18 @@ if "MUTANT_UNDER_TEST" in os.environ:
     settings.load_profile("mutants")
 
 
+@pytest.hookimpl(tryfirst=True)  # the million marks go on before ``-m`` selects
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under ``scripts/mutants``, only the unit tests that target the package being mutated run
+    """The ``million`` group is the tests of ``million.MODULES``, run again on a million keys.
+
+    Under ``scripts/mutants``, only the unit tests that target the package being mutated run
     (``KEYPLANE_MUTANT_TESTS``: test paths, space-separated); mutmut's own selection is all of
     tests/unit, and a slow test that merely passes through the code would dominate each mutant."""
+    root = Path(str(config.rootpath))
+    modules = {root / m for m in million.MODULES}
+    for item in items:
+        if item.path in modules:
+            item.add_marker(pytest.mark.million)
     only = tuple(os.environ.get("KEYPLANE_MUTANT_TESTS", "").split())
     if not only:
         return
@@ -45,15 +53,6 @@ def module_deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Depl
     dep.start_control()
     yield dep
     dep.stop_all()
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The ``million`` group is these modules' tests, run again on a million keys."""
-    root = Path(str(config.rootpath))
-    modules = {root / m for m in million.MODULES}
-    for item in items:
-        if item.path in modules:
-            item.add_marker(pytest.mark.million)
 
 
 @pytest.fixture(scope="session", autouse=True)
