@@ -30,7 +30,7 @@ STATUSES = (200, 403, 429, 500)
 ZONES = ("Etc/GMT", "Europe/London", "Asia/Kolkata", "America/St_Johns")
 
 record_strategy = st.builds(
-    lambda offset, key, model, endpoint, status, p, c: UsageRecord(
+    lambda offset, key, model, endpoint, status, p, c, images: UsageRecord(
         time_ms=int(BASE.timestamp() * 1000) + offset,
         team_id="",
         api_key_id=key,
@@ -39,7 +39,9 @@ record_strategy = st.builds(
         status=status,
         prompt_tokens=p,
         completion_tokens=c,
-        cost=p * 2000 + c * 10000,
+        cost=p * 2000 + c * 10000 + images * 700_000_000,
+        completion_cost=c * 10000,
+        image_cost=images * 700_000_000,
     ),
     st.integers(0, SPAN * 1000 - 1),
     st.sampled_from(KEYS),
@@ -48,6 +50,7 @@ record_strategy = st.builds(
     st.sampled_from(STATUSES),
     st.integers(0, 5000),
     st.integers(0, 5000),
+    st.integers(0, 2),
 )
 filter_strategy = st.one_of(
     st.tuples(st.just("api_key_id"), st.sampled_from(KEYS)),
@@ -55,6 +58,7 @@ filter_strategy = st.one_of(
     st.tuples(st.just("endpoint"), st.sampled_from(ENDPOINTS)),
     st.tuples(st.just("status"), st.sampled_from(query.STATUS_CLASSES)),
     st.tuples(st.just("cluster"), st.sampled_from(("us-east-1", "eu-west-1"))),
+    st.tuples(st.just("unit_type"), st.sampled_from(query.UNIT_TYPES)),
 ).flatmap(lambda fv: st.sampled_from([f"{fv[0]}:{fv[1]}", f"NOT {fv[0]}:{fv[1]}"]))
 
 
@@ -73,6 +77,11 @@ def requests(draw: st.DrawFn) -> dict[str, Any]:
     if unit == "TIME_UNIT_MINUTE":
         length = min(length, 600)
     start = BASE + timedelta(minutes=start_min)
+    group_by = draw(st.lists(st.sampled_from(query.GROUPS), max_size=2, unique=True))
+    filters = draw(st.lists(filter_strategy, max_size=2))
+    by_unit = "unit_type" in group_by or any("unit_type:" in f for f in filters)
+    # MIN/MAX are per whole request: refused with unit_type (test_extremes_refuse_unit_type).
+    aggregations = query.AGGREGATIONS[:3] if by_unit else query.AGGREGATIONS
     return {
         "analyticsRequest": {
             "timeRange": {
@@ -82,24 +91,51 @@ def requests(draw: st.DrawFn) -> dict[str, Any]:
             },
             "timeUnit": unit,
             "values": [
-                {"name": n, "aggregation": "AGGREGATION_SUM"}
-                for n in draw(st.lists(st.sampled_from(query.VALUES), min_size=1, max_size=3))
+                {"name": n, "aggregation": a}
+                for n, a in draw(
+                    st.lists(
+                        st.tuples(st.sampled_from(query.VALUES), st.sampled_from(aggregations)),
+                        min_size=1,
+                        max_size=3,
+                    )
+                )
             ],
-            "groupBy": draw(st.lists(st.sampled_from(query.GROUPS), max_size=2, unique=True)),
-            "filters": draw(st.lists(filter_strategy, max_size=2)),
+            "groupBy": group_by,
+            "filters": filters,
         }
     }
+
+
+def _unit_share(r: UsageRecord, unit: str | None) -> tuple[int, int, int]:
+    """(prompt tokens, completion tokens, cost) of ``r`` billed for ``unit`` (None: all)."""
+    prompt_cost = r.cost - r.completion_cost - r.image_cost
+    return {
+        None: (r.prompt_tokens, r.completion_tokens, r.cost),
+        "prompt_text_tokens": (r.prompt_tokens, 0, prompt_cost),
+        "completion_text_tokens": (0, r.completion_tokens, r.completion_cost),
+        "images": (0, 0, r.image_cost),
+    }[unit]
 
 
 def brute_force(
     records: list[tuple[UsageRecord, str]], q: query.UsageQuery
 ) -> dict[tuple[str, ...], list[list[float]]]:
+    """Per group, per bucket, the asked values, straight from the records: every request's own
+    values kept, so SUM, COUNT, AVG, MIN and MAX are computed as their definitions say."""
     edges, _ = query.bucket_edges(q)
     epochs = [int(e.timestamp()) for e in edges]
     lo = int(q.start.timestamp()) // 60 * 60
     hi = epochs[-1] + (-epochs[-1]) % 60
     n = len(edges) - 1
-    out: dict[tuple[str, ...], list[list[int]]] = {}
+    unit_filters = [f for f in q.filters if f.field == "unit_type"]
+    grouped_units = "unit_type" in q.group_by
+    units: list[str | None] = (
+        [None]
+        if not grouped_units and not unit_filters
+        else [u for u in query.UNIT_TYPES if all((u == f.value) != f.negated for f in unit_filters)]
+    )
+    # Per group, per bucket: the requests' (requests, prompt, completion, cost) shares.
+    out: dict[tuple[str, ...], list[list[tuple[int, int, int, int]]]] = {}
     for r, cluster in records:
         minute = r.time_ms // 60000 * 60
         if not lo <= minute < hi:
@@ -112,23 +148,50 @@ def brute_force(
             "status": status_class(r.status),
             "description": f"{query.ENDPOINT_LABELS[r.endpoint]} {r.model}",
         }
-        if any((fields[f.field] == f.value) == f.negated for f in q.filters):
+        if any(
+            (fields[f.field] == f.value) == f.negated for f in q.filters if f.field != "unit_type"
+        ):
             continue
-        group = tuple(fields[g] for g in q.group_by)
         index = min(max(bisect.bisect_right(epochs, minute) - 1, 0), n - 1)
-        sums = out.setdefault(group, [[0, 0, 0, 0] for _ in range(n)])[index]
-        for i, v in enumerate((1, r.prompt_tokens, r.completion_tokens, r.cost)):
-            sums[i] += v
+        if grouped_units:
+            for unit in units:
+                fields["unit_type"] = unit or ""
+                group = tuple(fields[g] for g in q.group_by)
+                buckets = out.setdefault(group, [[] for _ in range(n)])
+                buckets[index].append((1, *_unit_share(r, unit)))
+        elif units:
+            group = tuple(fields[g] for g in q.group_by)
+            shares = [_unit_share(r, u) for u in units]
+            prompt, completion, cost = (sum(s[i] for s in shares) for i in range(3))
+            out.setdefault(group, [[] for _ in range(n)])[index].append(
+                (1, prompt, completion, cost)
+            )
     if not q.group_by and not out:
-        out[()] = [[0, 0, 0, 0] for _ in range(n)]
-    pick = {
-        "requests": lambda s: s[0],
-        "prompt_tokens": lambda s: s[1],
-        "completion_tokens": lambda s: s[2],
-        "total_tokens": lambda s: s[1] + s[2],
-        "usd": lambda s: s[3] / COST_PER_USD,
+        out[()] = [[] for _ in range(n)]
+    return {
+        g: [[_value(v, requests) for v in q.values] for requests in buckets]
+        for g, buckets in out.items()
     }
-    return {g: [[pick[v.name](s) for v in q.values] for s in buckets] for g, buckets in out.items()}
+
+
+def _value(v: query.Value, requests: list[tuple[int, int, int, int]]) -> float:
+    columns: dict[str, list[float]] = {
+        "requests": [1.0 for _ in requests],
+        "prompt_tokens": [p for _, p, _, _ in requests],
+        "completion_tokens": [c for _, _, c, _ in requests],
+        "total_tokens": [p + c for _, p, c, _ in requests],
+        "usd": [cost / COST_PER_USD for _, _, _, cost in requests],
+    }
+    per_request = columns[v.name]
+    if v.aggregation == "AGGREGATION_COUNT":
+        return len(requests)
+    if v.aggregation == "AGGREGATION_AVG":
+        return sum(per_request) / len(requests) if requests else 0.0
+    if v.aggregation == "AGGREGATION_MIN":
+        return min(per_request, default=0)
+    if v.aggregation == "AGGREGATION_MAX":
+        return max(per_request, default=0)
+    return sum(per_request)
 
 
 @settings(
@@ -270,3 +333,25 @@ def test_buckets_are_aligned_in_the_timezone(
 def test_bad_requests_name_their_field(bad: dict[str, Any]) -> None:
     with pytest.raises(InvalidArgument):
         query.parse(bad)
+
+
+@pytest.mark.parametrize("aggregation", query.EXTREME_AGGREGATIONS)
+@pytest.mark.parametrize(
+    "extra", [{"groupBy": ["unit_type"]}, {"filters": ["NOT unit_type:images"]}]
+)
+def test_extremes_refuse_unit_type(aggregation: str, extra: dict[str, Any]) -> None:
+    """MIN and MAX are kept per whole request: a unit type's share of one has no extreme."""
+    with pytest.raises(InvalidArgument) as refused:
+        query.parse(
+            {
+                "analyticsRequest": {
+                    "timeRange": {
+                        "startTime": "2026-01-01 00:00:00",
+                        "endTime": "2026-01-02 00:00:00",
+                    },
+                    "values": [{"name": "usd", "aggregation": aggregation}],
+                    **extra,
+                }
+            }
+        )
+    assert refused.value.field == "values.aggregation"

@@ -22,6 +22,8 @@ INT64_MAX = 2**63 - 1
 MASKABLE = ("name", "aclStrings", "qps", "qpm", "tpm", "disabled", "expireTime", "budget")
 #: GetUsage spans at most this many days.
 MAX_RANGE = timedelta(days=3700)
+#: Usage aggregations kept per whole request (keyplane.usage.query.EXTREME_AGGREGATIONS).
+EXTREMES = ("AGGREGATION_MIN", "AGGREGATION_MAX")
 
 
 def _instant(value: object) -> datetime | None:
@@ -79,6 +81,20 @@ def _mask_paths(mask: object) -> set[str]:
     return set()
 
 
+def _extremes_without_unit_type(request: dict[str, Any]) -> None:
+    """MIN and MAX are per whole request: with unit_type in groupBy or filters (another field)
+    they are refused, so a valid request asks SUM there."""
+    groups, filters = request.get("groupBy"), request.get("filters")
+    named = (isinstance(groups, list) and "unit_type" in groups) or (
+        isinstance(filters, list) and any(isinstance(f, str) and "unit_type" in f for f in filters)
+    )
+    values = request.get("values")
+    if named and isinstance(values, list):
+        for value in values:
+            if isinstance(value, dict) and value.get("aggregation") in EXTREMES:
+                value["aggregation"] = "AGGREGATION_SUM"
+
+
 @schemathesis.hook
 def before_call(ctx: Any, case: Any, kwargs: dict[str, Any]) -> None:
     if case.meta is None:
@@ -113,3 +129,5 @@ def before_call(ctx: Any, case: Any, kwargs: dict[str, Any]) -> None:
             if start is not None and end is not None and not start < end <= start + MAX_RANGE:
                 span["startTime"] = "2026-01-01T00:00:00Z"
                 span["endTime"] = "2026-01-02T00:00:00Z"
+        if isinstance(request, dict):
+            _extremes_without_unit_type(request)

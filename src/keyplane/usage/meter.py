@@ -61,6 +61,9 @@ class Meter:
     def finish(self, tally: Tally) -> None:
         tally.finished = True
         prices = self._prices.get(tally.model, self._free)
+        cost, completion_cost, image_cost = prices.costs(
+            tally.prompt_tokens, tally.completion_tokens, tally.images
+        )
         record = UsageRecord(
             time_ms=int(time.time() * 1000),
             team_id=tally.team_id,
@@ -70,7 +73,9 @@ class Meter:
             status=tally.status,
             prompt_tokens=tally.prompt_tokens,
             completion_tokens=tally.completion_tokens,
-            cost=prices.cost(tally.prompt_tokens, tally.completion_tokens, tally.images),
+            cost=cost,
+            completion_cost=completion_cost,
+            image_cost=image_cost,
         )
         try:
             self.spool.append(frame(record))

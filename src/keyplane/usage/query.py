@@ -12,14 +12,13 @@ first value asked are kept) and ``MAX_POINTS`` buckets per series (the earliest 
 from __future__ import annotations
 
 import bisect
-from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import ColumnElement, Connection, and_, func, literal, not_, select
+from sqlalchemy import ColumnElement, Connection, and_, func, literal, not_, select, union_all
 
 from keyplane.catalog import Catalog
 from keyplane.domain.errors import InvalidArgument
@@ -46,9 +45,20 @@ TIME_UNITS = (
 )
 _FIXED = {"TIME_UNIT_MINUTE": 60, "TIME_UNIT_QUARTER_HOUR": 900, "TIME_UNIT_HOUR": 3600}
 VALUES = ("usd", "requests", "prompt_tokens", "completion_tokens", "total_tokens")
-AGGREGATIONS = ("AGGREGATION_SUM", "AGGREGATION_COUNT", "AGGREGATION_AVG")
-GROUPS = ("description", "api_key_id", "model", "cluster", "endpoint", "status")
+AGGREGATIONS = (
+    "AGGREGATION_SUM",
+    "AGGREGATION_COUNT",
+    "AGGREGATION_AVG",
+    "AGGREGATION_MIN",
+    "AGGREGATION_MAX",
+)
+#: Per request: the smallest or largest single request in the bucket.
+EXTREME_AGGREGATIONS = ("AGGREGATION_MIN", "AGGREGATION_MAX")
+GROUPS = ("description", "api_key_id", "model", "cluster", "endpoint", "status", "unit_type")
 STATUS_CLASSES = ("2xx", "4xx", "429", "5xx")
+#: What a request is billed for, one catalog price each: ``unit_type`` splits a request's tokens
+#: and cost by these (``requests`` counts the request under each).
+UNIT_TYPES = ("prompt_text_tokens", "completion_text_tokens", "images")
 #: How ``description`` names an endpoint, as the hosted console does ("Chat grok-3").
 ENDPOINT_LABELS = {
     "chat": "Chat",
@@ -154,6 +164,13 @@ def parse(body: Mapping[str, Any]) -> UsageQuery:
     if len(set(group_by)) != len(group_by):
         raise InvalidArgument("names a field twice", field="groupBy")
     filters = [_filter(text) for text in _list(request, "filters", MAX_FILTERS)]
+    by_unit = "unit_type" in group_by or any(f.field == "unit_type" for f in filters)
+    if by_unit and any(v.aggregation in EXTREME_AGGREGATIONS for v in values):
+        raise InvalidArgument(
+            "AGGREGATION_MIN and AGGREGATION_MAX are kept per whole request, not per unit type: "
+            "drop unit_type from groupBy and filters to use them",
+            field="values.aggregation",
+        )
     return UsageQuery(start, end, zone, unit, tuple(values), tuple(group_by), tuple(filters))
 
 
@@ -174,6 +191,8 @@ def _filter(text: object) -> Filter:
     value = value.strip()
     if field == "status" and value not in STATUS_CLASSES:
         raise InvalidArgument(f"status is one of {', '.join(STATUS_CLASSES)}", field="filters")
+    if field == "unit_type" and value not in UNIT_TYPES:
+        raise InvalidArgument(f"unit_type is one of {', '.join(UNIT_TYPES)}", field="filters")
     return Filter(field, value, negated)
 
 
@@ -242,6 +261,7 @@ def _resolution(moments: Sequence[int]) -> Any:
 class Series:
     group: list[str]
     labels: list[str]
+    #: One list of values (in the order asked) per bucket.
     points: list[list[float | int]]
 
 
@@ -287,76 +307,161 @@ _COLUMNS = {
     "endpoint": ("endpoint",),
     "status": ("status",),
     "description": ("endpoint", "model"),
+    "unit_type": (),  # not a column: a branch of the query per unit type
 }
 
+#: A measure the SQL returns per row: (fold, value) with fold ``sum``, ``min`` or ``max``.
+_Measure = tuple[str, str]
 
-def run(conn: Connection, team_id: str, q: UsageQuery, catalog: Catalog) -> Answer:
+
+def _measures(values: Sequence[Value]) -> list[_Measure]:
+    """The measures the asked values are computed from, each once."""
+    out: list[_Measure] = []
+    for v in values:
+        if v.aggregation == "AGGREGATION_COUNT":
+            needed = [("sum", "requests")]
+        elif v.aggregation == "AGGREGATION_AVG":
+            needed = [("sum", v.name), ("sum", "requests")]
+        elif v.aggregation in EXTREME_AGGREGATIONS and v.name == "requests":
+            needed = [("sum", "requests")]  # one per request: 1 when there is any
+        elif v.aggregation in EXTREME_AGGREGATIONS:
+            needed = [("min" if v.aggregation == "AGGREGATION_MIN" else "max", v.name)]
+        else:
+            needed = [("sum", v.name)]
+        out += [m for m in needed if m not in out]
+    return out
+
+
+def _unit_expression(table: Any, value: str, unit: str | None) -> Any:
+    """A row's ``value`` (a column expression) for ``unit`` (None: the whole request)."""
+    c = table.c
+    if value == "requests":
+        return c.requests
+    if value == "usd":
+        if unit is None:
+            return c.cost
+        return {
+            "prompt_text_tokens": c.cost - c.completion_cost - c.image_cost,
+            "completion_text_tokens": c.completion_cost,
+            "images": c.image_cost,
+        }[unit]
+    prompt = unit in (None, "prompt_text_tokens")
+    completion = unit in (None, "completion_text_tokens")
+    if value == "prompt_tokens":
+        return c.prompt_tokens if prompt else literal(0)
+    if value == "completion_tokens":
+        return c.completion_tokens if completion else literal(0)
+    if prompt and completion:
+        return c.prompt_tokens + c.completion_tokens
+    if prompt:
+        return c.prompt_tokens
+    return c.completion_tokens if completion else literal(0)
+
+
+def _units(q: UsageQuery) -> list[str | None]:
+    """The query's unit-type branches: ``[None]`` (whole requests) unless it names unit_type."""
+    if "unit_type" not in q.group_by and not any(f.field == "unit_type" for f in q.filters):
+        return [None]
+    return [
+        u
+        for u in UNIT_TYPES
+        if all((u == f.value) != f.negated for f in q.filters if f.field == "unit_type")
+    ]
+
+
+def _range(q: UsageQuery) -> tuple[list[datetime], bool, list[int], int, int]:
+    """The answer's bucket edges, whether cut, as epochs, and the range read in whole minutes
+    (the finest rollup): ``[lo, hi)``."""
     edges, cut = bucket_edges(q)
     epochs = [int(e.timestamp()) for e in edges]
-    # The range, in whole minutes (the finest rollup): [lo, hi).
     lo = int(q.start.timestamp())
     lo -= lo % 60
     hi = epochs[-1] + (-epochs[-1]) % 60
+    return edges, cut, epochs, lo, hi
+
+
+def _statement(team_id: str, q: UsageQuery, catalog: Catalog) -> Any:
+    """The one SQL statement that answers ``q`` (None: it cannot match a row)."""
+    _, _, epochs, lo, hi = _range(q)
     table = _resolution([lo, hi, *epochs[1:-1]])
     columns = sorted({c for g in q.group_by for c in _COLUMNS[g]})
     by_key = "api_key_id" in q.group_by or any(f.field == "api_key_id" for f in q.filters)
-    n = len(edges) - 1
+    n = len(epochs) - 1
+    grouped_units = "unit_type" in q.group_by
     # One answer bucket (TIME_UNIT_NONE, or a range inside one bucket): no need to group by the
     # table's buckets, so a month of daily rows per key comes back as one row per key.
     bucket_column = literal(epochs[0]) if n == 1 else table.c.bucket
-    query = (
-        select(
-            bucket_column,
-            *(table.c[c] for c in columns),
-            func.sum(table.c.requests),
-            func.sum(table.c.prompt_tokens),
-            func.sum(table.c.completion_tokens),
-            func.sum(table.c.cost),
+    conditions = [
+        table.c.team_id == team_id,
+        # By key: the per-key rows; otherwise the team's totals (see ``schema.ALL_KEYS``).
+        table.c.api_key_id != ALL_KEYS if by_key else table.c.api_key_id == ALL_KEYS,
+        table.c.bucket >= lo,
+        table.c.bucket < hi,
+        *(_condition(table, f, catalog) for f in q.filters if f.field != "unit_type"),
+    ]
+    branches = []
+    for i, unit in enumerate(_units(q)):
+        selected: list[Any] = [bucket_column, *(table.c[c] for c in columns)]
+        if grouped_units:
+            selected.append(literal(unit))
+        for fold, value in _measures(q.values):
+            if fold == "sum":
+                # Without unit_type groups, a request counts once over the unit branches.
+                once = value == "requests" and i > 0 and not grouped_units
+                selected.append(
+                    func.sum(literal(0) if once else _unit_expression(table, value, unit))
+                )
+            else:
+                column = "cost" if value == "usd" else value
+                selected.append(getattr(func, fold)(table.c[f"{fold}_{column}"]))
+        branches.append(
+            select(*selected)
+            .where(*conditions)
+            .group_by(*([] if n == 1 else [table.c.bucket]), *(table.c[c] for c in columns))
         )
-        .where(
-            table.c.team_id == team_id,
-            # By key: the per-key rows; otherwise the team's totals (see ``schema.ALL_KEYS``).
-            table.c.api_key_id != ALL_KEYS if by_key else table.c.api_key_id == ALL_KEYS,
-            table.c.bucket >= lo,
-            table.c.bucket < hi,
-            *(_condition(table, f, catalog) for f in q.filters),
-        )
-        .group_by(*([] if n == 1 else [table.c.bucket]), *(table.c[c] for c in columns))
-    )
-    groups: dict[tuple[str, ...], list[list[int]]] = defaultdict(
-        lambda: [[0, 0, 0, 0] for _ in range(n)]
-    )
-    getters = [_getter(g, columns) for g in q.group_by]
-    base = 1 + len(columns)
-    last = n - 1
-    # Most rows start an answer bucket exactly (the table was chosen so): a dict finds those.
-    exact = {edge: i for i, edge in enumerate(epochs[:-1])}
-    for row in conn.execute(query).all():
-        if row[base] is None:  # an aggregate over no rows at all
-            continue
-        index = exact.get(row[0])
-        if index is None:
-            index = max(0, min(bisect.bisect_right(epochs, row[0]) - 1, last))
-        sums = groups[tuple([get(row) for get in getters])][index]
-        # int(): PostgreSQL sums BIGINTs as NUMERIC.
-        sums[0] += int(row[base])
-        sums[1] += int(row[base + 1])
-        sums[2] += int(row[base + 2])
-        sums[3] += int(row[base + 3])
+    if not branches:
+        return None
+    return branches[0] if len(branches) == 1 else union_all(*branches)
+
+
+def plan(conn: Connection, team_id: str, q: UsageQuery, catalog: Catalog) -> list[str]:
+    """How the database runs ``q`` (``EXPLAIN QUERY PLAN`` / ``EXPLAIN``), for benchmarks."""
+    statement = _statement(team_id, q, catalog)
+    if statement is None:
+        return []
+    compiled = statement.compile(conn, compile_kwargs={"literal_binds": True})
+    if conn.dialect.name == "postgresql":
+        return [r[0] for r in conn.exec_driver_sql(f"EXPLAIN {compiled}")]
+    return [r[-1] for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}")]
+
+
+def run(conn: Connection, team_id: str, q: UsageQuery, catalog: Catalog) -> Answer:
+    edges, cut, epochs, _, _ = _range(q)
+    n = len(edges) - 1
+    columns = sorted({c for g in q.group_by for c in _COLUMNS[g]})
+    measures = _measures(q.values)
+    grouped_units = "unit_type" in q.group_by
+    statement = _statement(team_id, q, catalog)
+    rows: Sequence[Any] = [] if statement is None else conn.execute(statement).all()
+    base = 1 + len(columns) + (1 if grouped_units else 0)
+    if not columns and n == 1:  # no GROUP BY: one row even over no rows, of NULL aggregates
+        rows = [r for r in rows if any(v is not None for v in r[base:])]  # over no rows at all
+    groups = _assemble(rows, q.group_by, columns, base, [f for f, _ in measures], epochs)
     if not q.group_by and not groups:
-        groups[()] = [[0, 0, 0, 0] for _ in range(n)]
+        groups[()] = [[0 if f == "sum" else None] * n for f, _ in measures]
     names: dict[str, str] = {}
     if "api_key_id" in q.group_by:
         at = q.group_by.index("api_key_id")
         names = _key_names(conn, team_id, {key[at] for key in groups})
-    pickers = [_picker(v) for v in q.values]
     series = [
         Series(
             group=list(key),
             labels=[_label(g, v, names) for g, v in zip(q.group_by, key, strict=True)],
-            points=[[pick(sums) for pick in pickers] for sums in buckets],
+            points=[
+                list(p) for p in zip(*(_values(v, measures, arrays) for v in q.values), strict=True)
+            ],
         )
-        for key, buckets in groups.items()
+        for key, arrays in groups.items()
     ]
     limited = cut
     if len(series) > MAX_SERIES:
@@ -367,17 +472,102 @@ def run(conn: Connection, team_id: str, q: UsageQuery, catalog: Catalog) -> Answ
     return Answer(edges[:-1], series, limited)
 
 
-def _getter(group: str, columns: list[str]) -> Callable[[Sequence[Any]], str]:
-    """Reads one group-by value off a result row (``bucket``, then ``columns``, then sums)."""
+def _assemble(
+    rows: Sequence[Sequence[Any]],
+    group_by: Sequence[str],
+    columns: list[str],
+    base: int,
+    folds: list[str],
+    epochs: list[int],
+) -> dict[tuple[str, ...], list[list[Any]]]:
+    """Fold the result rows into, per group, one array per measure with a cell per bucket.
+    Column-wise where it can (an answer may be 1,000 series × 31 days of rows)."""
+    n = len(epochs) - 1
+    groups: dict[tuple[str, ...], list[list[Any]]] = {}
+    if not rows:
+        return groups
+    cols = list(zip(*rows, strict=True))
+    # Most rows start an answer bucket exactly (the table was chosen so): a dict finds those.
+    exact = {edge: i for i, edge in enumerate(epochs[:-1])}
+    indexes: list[int] = [exact.get(b, -1) for b in cols[0]]
+    for i, index in enumerate(indexes):
+        if index < 0:
+            indexes[i] = max(0, min(bisect.bisect_right(epochs, cols[0][i]) - 1, n - 1))
+    keys: list[tuple[str, ...]] = (
+        list(zip(*(_group_values(g, columns, cols) for g in group_by), strict=True))
+        if group_by
+        else [()] * len(rows)
+    )
+    # int(): PostgreSQL sums BIGINTs as NUMERIC.
+    measures = [
+        col if all(type(v) is int for v in col) else [None if v is None else int(v) for v in col]
+        for col in cols[base:]
+    ]
+    fresh = [0 if f == "sum" else None for f in folds]
+    if folds == ["sum"]:  # the common shape: one summed value
+        (values,) = measures
+        for key, index, value in zip(keys, indexes, values, strict=True):
+            arrays = groups.get(key)
+            if arrays is None:
+                arrays = groups[key] = [[0] * n]
+            arrays[0][index] += value
+        return groups
+    for r, (key, index) in enumerate(zip(keys, indexes, strict=True)):
+        arrays = groups.get(key)
+        if arrays is None:
+            arrays = groups[key] = [[f] * n for f in fresh]
+        for j, fold in enumerate(folds):
+            got = measures[j][r]
+            if got is None:
+                continue
+            cells = arrays[j]
+            have = cells[index]
+            if fold == "sum":
+                cells[index] = have + got
+            elif have is None or (got < have if fold == "min" else got > have):
+                cells[index] = got
+    return groups
+
+
+def _group_values(group: str, columns: list[str], cols: list[tuple[Any, ...]]) -> list[str]:
+    """One group-by value per result row, from the rows' columns (``bucket``, ``columns``, the
+    unit type, measures)."""
     at = {c: 1 + i for i, c in enumerate(columns)}
+    if group == "unit_type":
+        return list(cols[1 + len(columns)])
     if group == "status":
-        i = at["status"]
-        return lambda row: status_class(int(row[i]))
+        return [status_class(int(v)) for v in cols[at["status"]]]
     if group == "description":
-        e, m = at["endpoint"], at["model"]
-        return lambda row: f"{ENDPOINT_LABELS.get(row[e], row[e])} {row[m]}"
-    i = at[group]
-    return lambda row: str(row[i])
+        return [
+            f"{ENDPOINT_LABELS.get(e, e)} {m}"
+            for e, m in zip(cols[at["endpoint"]], cols[at["model"]], strict=True)
+        ]
+    return [v if type(v) is str else str(v) for v in cols[at[group]]]
+
+
+def _values(v: Value, measures: list[_Measure], arrays: list[list[Any]]) -> list[float | int]:
+    """The value ``v`` in each bucket, from the measures' arrays."""
+    scale = COST_PER_USD if v.name == "usd" else 1
+    requests = (
+        arrays[measures.index(("sum", "requests"))] if ("sum", "requests") in measures else []
+    )
+    if v.aggregation == "AGGREGATION_COUNT":
+        return list(requests)
+    if v.aggregation in EXTREME_AGGREGATIONS:
+        if v.name == "requests":
+            return [1 if r else 0 for r in requests]
+        column = arrays[
+            measures.index(("min" if v.aggregation == "AGGREGATION_MIN" else "max", v.name))
+        ]
+        if scale == 1:
+            return [x or 0 for x in column]
+        return [(x or 0) / scale for x in column]
+    sums = arrays[measures.index(("sum", v.name))]
+    if v.aggregation == "AGGREGATION_AVG":
+        return [x / scale / r if r else 0.0 for x, r in zip(sums, requests, strict=True)]
+    if scale == 1:
+        return list(sums)
+    return [x / scale for x in sums]
 
 
 def _label(group: str, value: str, names: Mapping[str, str]) -> str:
@@ -399,28 +589,6 @@ def _key_names(conn: Connection, team_id: str, ids: set[str]) -> dict[str, str]:
         )
         names.update((r.api_key_id, r.name) for r in conn.execute(query))
     return names
-
-
-_PICK: dict[str, Callable[[list[int]], int]] = {
-    "requests": lambda s: s[0],
-    "prompt_tokens": lambda s: s[1],
-    "completion_tokens": lambda s: s[2],
-    "total_tokens": lambda s: s[1] + s[2],
-    "usd": lambda s: s[3],
-}
-
-
-def _picker(v: Value) -> Callable[[list[int]], float | int]:
-    """The function from a bucket's sums (requests, prompt, completion, cost) to ``v``."""
-    pick = _PICK[v.name]
-    scale = COST_PER_USD if v.name == "usd" else 1
-    if v.aggregation == "AGGREGATION_COUNT":
-        return lambda s: s[0]
-    if v.aggregation == "AGGREGATION_AVG":
-        return lambda s: pick(s) / scale / s[0] if s[0] else 0.0
-    if scale == 1:
-        return pick
-    return lambda s: pick(s) / scale
 
 
 def render(answer: Answer) -> dict[str, Any]:

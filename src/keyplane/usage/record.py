@@ -45,6 +45,11 @@ class UsageRecord(msgspec.Struct, array_like=True, frozen=True):
     prompt_tokens: _Count
     completion_tokens: _Count
     cost: _Count  # 1e-8 USD cents
+    # Of ``cost``, what completion tokens and images were charged (the rest is the prompt's).
+    # Trailing and defaulted: frames from gateways older than these fields still decode (their
+    # whole cost counts as the prompt's).
+    completion_cost: _Count = 0
+    image_cost: _Count = 0
 
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -97,8 +102,10 @@ class Prices(msgspec.Struct, frozen=True):
             cents(p.image_price),
         )
 
-    def cost(self, prompt: int, completion: int, images: int = 0) -> int:
-        return prompt * self.prompt + completion * self.completion + images * self.image
+    def costs(self, prompt: int, completion: int, images: int) -> tuple[int, int, int]:
+        """``(cost, completion_cost, image_cost)`` of a request."""
+        completion_cost, image_cost = completion * self.completion, images * self.image
+        return prompt * self.prompt + completion_cost + image_cost, completion_cost, image_cost
 
 
 def status_class(status: int) -> str:

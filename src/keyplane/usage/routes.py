@@ -79,7 +79,8 @@ class _Wire(BaseModel):
 _RFC3339 = {"type": "string", "format": "date-time", "minLength": 20, "maxLength": 64}
 _FILTER = (
     "^ *(NOT +)?((description|api_key_id|model|cluster|endpoint) *: *\\S.*"
-    f"|status *: *({'|'.join(query.STATUS_CLASSES)}) *)$"
+    f"|status *: *({'|'.join(query.STATUS_CLASSES)}) *"
+    f"|unit_type *: *({'|'.join(query.UNIT_TYPES)}) *)$"
 )
 
 
@@ -109,7 +110,10 @@ class ValueSpec(_Wire):
         default=None, description="usd, requests, prompt_tokens, completion_tokens, total_tokens"
     )
     aggregation: Annotated[str | None, _one_of(query.AGGREGATIONS)] = Field(
-        default=None, description="AGGREGATION_SUM (default), AGGREGATION_COUNT, AGGREGATION_AVG"
+        default=None,
+        description="AGGREGATION_SUM (default); AGGREGATION_COUNT (requests); AGGREGATION_AVG "
+        "(per request); AGGREGATION_MIN, AGGREGATION_MAX (the smallest, largest single request; "
+        "refused when groupBy or filters name unit_type)",
     )
 
 
@@ -151,7 +155,12 @@ class AnalyticsRequest(_Wire):
                 ]
             }
         ),
-    ] = Field(default=None, description="description, api_key_id, model, cluster, endpoint, status")
+    ] = Field(
+        default=None,
+        description="description, api_key_id, model, cluster, endpoint, status, unit_type "
+        f"({', '.join(query.UNIT_TYPES)}: a request's tokens and cost by what they were billed "
+        "for; requests count under each)",
+    )
     filters: Annotated[
         list[str] | None,
         WithJsonSchema(

@@ -1,7 +1,8 @@
 """The usage tables: rollups at three resolutions, ingest marks, spend counters, team limits.
 
 On the shared ``MetaData`` so Alembic sees them; the migration ``0002_usage_and_spend`` creates
-them. Buckets are epoch seconds of the bucket's start (UTC); money is in 1e-8 USD cents
+them (``0008_usage_units_extremes`` adds the cost split and the per-request extremes). Buckets
+are epoch seconds of the bucket's start (UTC); money is in 1e-8 USD cents
 (``usage.record.COST_SCALE``).
 """
 
@@ -10,6 +11,9 @@ from __future__ import annotations
 from sqlalchemy import BigInteger, Column, Index, Integer, String, Table
 
 from keyplane.storage.tables import ID, metadata
+
+#: The per-request values whose minimum and maximum each rollup row keeps.
+EXTREMES = ("prompt_tokens", "completion_tokens", "total_tokens", "cost")
 
 
 def _rollup(name: str) -> Table:
@@ -27,6 +31,13 @@ def _rollup(name: str) -> Table:
         Column("prompt_tokens", BigInteger, nullable=False),
         Column("completion_tokens", BigInteger, nullable=False),
         Column("cost", BigInteger, nullable=False),
+        # The part of ``cost`` charged for completion tokens and for images (the rest is the
+        # prompt's): the usage RPC's ``unit_type``.
+        Column("completion_cost", BigInteger, nullable=False, server_default="0"),
+        Column("image_cost", BigInteger, nullable=False, server_default="0"),
+        # The smallest and largest single request: AGGREGATION_MIN/MAX. NULL in rows rolled up
+        # before migration 0008 (unknown).
+        *(Column(f"{m}_{v}", BigInteger) for v in EXTREMES for m in ("min", "max")),
         Index(f"ix_{name}_bucket", "bucket"),
         # The team's totals (api_key_id = ALL_KEYS) and one key's rows, without the others.
         Index(f"ix_{name}_team_key", "team_id", "api_key_id", "bucket"),

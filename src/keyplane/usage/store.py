@@ -7,12 +7,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, delete, func, select, update
+from sqlalchemy import Connection, delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from keyplane.domain.timefmt import to_micros
 from keyplane.storage import tables as t
 from keyplane.usage.schema import (
+    ALL_KEYS,
+    EXTREMES,
     ROLLUPS,
     team_billing,
     usage_ingest_marks,
@@ -20,36 +22,127 @@ from keyplane.usage.schema import (
 )
 
 ROLLUP_KEY = ("team_id", "bucket", "api_key_id", "model", "cluster", "endpoint", "status")
-ROLLUP_SUMS = ("requests", "prompt_tokens", "completion_tokens", "cost")
+ROLLUP_SUMS = (
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost",
+    "completion_cost",
+    "image_cost",
+)
+#: The staging table of one ingest: the batch's fresh records, as they are (``UsageRecord``).
+BATCH_COLUMNS = (
+    ("time_ms", "BIGINT"),
+    ("team_id", "TEXT"),
+    ("api_key_id", "TEXT"),
+    ("model", "TEXT"),
+    ("endpoint", "TEXT"),
+    ("status", "BIGINT"),
+    ("prompt_tokens", "BIGINT"),
+    ("completion_tokens", "BIGINT"),
+    ("cost", "BIGINT"),
+    ("completion_cost", "BIGINT"),
+    ("image_cost", "BIGINT"),
+)
 
 
-def upsert_add(
-    conn: Connection,
-    table: Table,
-    rows: Sequence[Sequence[Any]],
-    keys: Sequence[str],
-    sums: Sequence[str],
-) -> None:
-    """Insert ``rows`` (tuples in the order ``keys + sums``); where a row with the same ``keys``
-    exists, add ``sums`` to it. Plain driver SQL, built once per table and dialect: at ingest
-    rates SQLAlchemy's per-row parameter processing cost more than the database."""
-    if not rows:
-        return
-    conn.exec_driver_sql(_upsert_sql(conn.dialect.name, table.name, tuple(keys), tuple(sums)), rows)
+def stage(conn: Connection, records: Sequence[Sequence[Any]]) -> None:
+    """Put a batch's records (tuples in ``BATCH_COLUMNS`` order) in the connection's staging
+    table, empty before: one driver call (an ``executemany`` on SQLite, arrays on PostgreSQL)."""
+    for statement in _staging_sql(conn.dialect.name):
+        conn.exec_driver_sql(statement)
+    if conn.dialect.name == "postgresql":
+        columns = tuple(list(c) for c in zip(*records, strict=True))
+        conn.exec_driver_sql(_STAGE_PG, columns)
+    else:
+        conn.exec_driver_sql(_STAGE_SQLITE, list(records))
 
 
-@functools.lru_cache(maxsize=32)
-def _upsert_sql(dialect: str, table: str, keys: tuple[str, ...], sums: tuple[str, ...]) -> str:
-    # Names are this module's own table and column names, never input; values are parameters.
-    mark = "%s" if dialect == "postgresql" else "?"
-    columns = ", ".join(f'"{c}"' for c in (*keys, *sums))
-    marks = ", ".join(mark for _ in (*keys, *sums))
-    conflict = ", ".join(f'"{k}"' for k in keys)
-    updates = ", ".join(f'"{c}" = {table}."{c}" + excluded."{c}"' for c in sums)
-    return (
-        f"INSERT INTO {table} ({columns}) VALUES ({marks}) "  # noqa: S608
-        f"ON CONFLICT ({conflict}) DO UPDATE SET {updates}"
-    )
+# Names are this module's own, never input; values are parameters.
+_PG_ARRAYS = ", ".join(f"%s::{kind}[]" for _, kind in BATCH_COLUMNS)
+_STAGE_PG = f"INSERT INTO usage_batch SELECT * FROM unnest({_PG_ARRAYS})"  # noqa: S608
+_SQLITE_MARKS = ", ".join("?" for _ in BATCH_COLUMNS)
+_STAGE_SQLITE = f"INSERT INTO usage_batch VALUES ({_SQLITE_MARKS})"  # noqa: S608
+
+
+@functools.lru_cache(maxsize=4)
+def _staging_sql(dialect: str) -> tuple[str, ...]:
+    columns = ", ".join(f"{name} {kind}" for name, kind in BATCH_COLUMNS)
+    if dialect == "postgresql":
+        # Per session; emptied by every commit (and rollback).
+        return (f"CREATE TEMP TABLE IF NOT EXISTS usage_batch ({columns}) ON COMMIT DELETE ROWS",)
+    return (f"CREATE TEMP TABLE IF NOT EXISTS usage_batch ({columns})", "DELETE FROM usage_batch")
+
+
+def roll_up(conn: Connection, cluster: str) -> None:
+    """Add the staged records to every rollup table, per key and as the team's totals
+    (``ALL_KEYS``): grouped, summed and upserted by the database, one statement each."""
+    for statement in _rollup_sql(conn.dialect.name):
+        conn.execute(text(statement), {"cluster": cluster})
+
+
+def stage_spend(conn: Connection) -> tuple[list[str], list[str]]:
+    """Add the staged records' cost to the teams' and keys' daily spend; the teams and keys that
+    spent, each sorted."""
+    conn.execute(text(_SPEND_SQL))
+    teams = [r[0] for r in conn.exec_driver_sql(_SPENT_SQL.format(column="team_id"))]
+    keys = [r[0] for r in conn.exec_driver_sql(_SPENT_SQL.format(column="api_key_id"))]
+    return teams, keys
+
+
+_SPENT_SQL = "SELECT DISTINCT {column} FROM usage_batch WHERE cost > 0 AND team_id <> '' ORDER BY 1"
+_SPEND_SQL = (
+    "INSERT INTO usage_spend (subject, day, cost) "
+    "SELECT subject, day, sum(cost) FROM ("
+    " SELECT 'team:' || team_id AS subject, time_ms / 86400000 * 86400 AS day, cost"
+    " FROM usage_batch WHERE cost > 0 AND team_id <> ''"
+    " UNION ALL"
+    " SELECT 'key:' || api_key_id, time_ms / 86400000 * 86400, cost"
+    " FROM usage_batch WHERE cost > 0 AND team_id <> ''"
+    ") AS spent GROUP BY subject, day ORDER BY subject, day "
+    "ON CONFLICT (subject, day) DO UPDATE SET cost = usage_spend.cost + excluded.cost"
+)
+
+
+@functools.lru_cache(maxsize=4)
+def _rollup_sql(dialect: str) -> tuple[str, ...]:
+    # Names are this module's own tables and columns, never input; the cluster is a parameter.
+    extremes = [(f"{m}_{v}", m, v) for v in EXTREMES for m in ("min", "max")]
+    columns = ", ".join((*ROLLUP_KEY, *ROLLUP_SUMS, *(name for name, _, _ in extremes)))
+
+    def value(v: str) -> str:
+        return "prompt_tokens + completion_tokens" if v == "total_tokens" else v
+
+    picks = ", ".join(f"{m}({value(v)})" for _, m, v in extremes)
+    sums = ", ".join(f"sum({c})" for c in ROLLUP_SUMS[1:])
+    statements = []
+    for width, table in ROLLUPS:
+        for per_key in (True, False):
+            key = "api_key_id" if per_key else f"'{ALL_KEYS}'"
+            group = (
+                "team_id, 2, api_key_id, model, endpoint, status"
+                if per_key
+                else ("team_id, 2, model, endpoint, status")
+            )
+            updates = [f"{c} = {table.name}.{c} + excluded.{c}" for c in ROLLUP_SUMS]
+            for name, m, _ in extremes:
+                have = f"{table.name}.{name}"
+                if dialect == "postgresql":  # LEAST/GREATEST skip NULL; unknown stays unknown
+                    both = f"{'LEAST' if m == 'min' else 'GREATEST'}({have}, excluded.{name})"
+                    updates.append(f"{name} = CASE WHEN {have} IS NULL THEN NULL ELSE {both} END")
+                else:  # SQLite's two-argument min/max are NULL when either is
+                    updates.append(f"{name} = {m}({have}, excluded.{name})")
+            statements.append(
+                f"INSERT INTO {table.name} ({columns}) "  # noqa: S608
+                f"SELECT team_id, time_ms / {width * 1000} * {width}, {key}, model, :cluster, "
+                f"endpoint, status, count(*), {sums}, {picks} "
+                # WHERE true: SQLite's parser needs it between a SELECT and ON CONFLICT.
+                f"FROM usage_batch WHERE true GROUP BY {group} "
+                # Ordered, so concurrent ingests lock rows in one order (no deadlock on PostgreSQL).
+                f"ORDER BY {group} "
+                f"ON CONFLICT ({', '.join(ROLLUP_KEY)}) DO UPDATE SET {', '.join(updates)}"
+            )
+    return tuple(statements)
 
 
 # -- ingest marks ---------------------------------------------------------------------------------
