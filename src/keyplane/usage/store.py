@@ -76,53 +76,82 @@ def _staging_sql(dialect: str) -> tuple[str, ...]:
 
 def roll_up(conn: Connection, cluster: str) -> None:
     """Add the staged records to every rollup table, per key and as the team's totals
-    (``ALL_KEYS``): grouped, summed and upserted by the database, one statement each."""
-    for statement in _rollup_sql(conn.dialect.name):
+    (``ALL_KEYS``): grouped once by minute into a second staging table, then summed and upserted
+    from it by the database, one statement each."""
+    first, *rest = _rollup_sql(conn.dialect.name)
+    for statement in first:
+        conn.exec_driver_sql(statement)
+    for statement in rest:
         conn.execute(text(statement), {"cluster": cluster})
 
 
 def stage_spend(conn: Connection) -> tuple[list[str], list[str]]:
-    """Add the staged records' cost to the teams' and keys' daily spend; the teams and keys that
-    spent, each sorted."""
+    """Add the staged records' cost to the teams' and keys' daily spend (after ``roll_up``);
+    the teams and keys that spent, each sorted."""
     conn.execute(text(_SPEND_SQL))
     teams = [r[0] for r in conn.exec_driver_sql(_SPENT_SQL.format(column="team_id"))]
     keys = [r[0] for r in conn.exec_driver_sql(_SPENT_SQL.format(column="api_key_id"))]
     return teams, keys
 
 
-_SPENT_SQL = "SELECT DISTINCT {column} FROM usage_batch WHERE cost > 0 AND team_id <> '' ORDER BY 1"
+_SPENT_SQL = (
+    "SELECT DISTINCT {column} FROM usage_batch_minutes WHERE cost > 0 AND team_id <> '' ORDER BY 1"
+)
 _SPEND_SQL = (
     "INSERT INTO usage_spend (subject, day, cost) "
     "SELECT subject, day, sum(cost) FROM ("
-    " SELECT 'team:' || team_id AS subject, time_ms / 86400000 * 86400 AS day, cost"
-    " FROM usage_batch WHERE cost > 0 AND team_id <> ''"
+    " SELECT 'team:' || team_id AS subject, bucket / 86400 * 86400 AS day, cost"
+    " FROM usage_batch_minutes WHERE cost > 0 AND team_id <> ''"
     " UNION ALL"
-    " SELECT 'key:' || api_key_id, time_ms / 86400000 * 86400, cost"
-    " FROM usage_batch WHERE cost > 0 AND team_id <> ''"
+    " SELECT 'key:' || api_key_id, bucket / 86400 * 86400, cost"
+    " FROM usage_batch_minutes WHERE cost > 0 AND team_id <> ''"
     ") AS spent GROUP BY subject, day ORDER BY subject, day "
     "ON CONFLICT (subject, day) DO UPDATE SET cost = usage_spend.cost + excluded.cost"
 )
 
 
 @functools.lru_cache(maxsize=4)
-def _rollup_sql(dialect: str) -> tuple[str, ...]:
+def _rollup_sql(dialect: str) -> tuple[Any, ...]:
+    """``(statements that fill usage_batch_minutes, *upserts)``."""
     # Names are this module's own tables and columns, never input; the cluster is a parameter.
     extremes = [(f"{m}_{v}", m, v) for v in EXTREMES for m in ("min", "max")]
-    columns = ", ".join((*ROLLUP_KEY, *ROLLUP_SUMS, *(name for name, _, _ in extremes)))
+    names = [name for name, _, _ in extremes]
+    columns = ", ".join((*ROLLUP_KEY, *ROLLUP_SUMS, *names))
 
     def value(v: str) -> str:
         return "prompt_tokens + completion_tokens" if v == "total_tokens" else v
 
-    picks = ", ".join(f"{m}({value(v)})" for _, m, v in extremes)
+    # The batch grouped by minute once: every rollup below reads these rows, not the records.
+    minute_key = "team_id, bucket, api_key_id, model, endpoint, status"
+    kinds = ", ".join(f"{c} BIGINT" for c in (*ROLLUP_SUMS, *names))
+    create = (
+        "CREATE TEMP TABLE IF NOT EXISTS usage_batch_minutes (team_id TEXT, bucket BIGINT, "
+        f"api_key_id TEXT, model TEXT, endpoint TEXT, status BIGINT, {kinds})"
+    )
     sums = ", ".join(f"sum({c})" for c in ROLLUP_SUMS[1:])
-    statements = []
+    picks = ", ".join(f"{m}({value(v)})" for _, m, v in extremes)
+    fill = (
+        f"INSERT INTO usage_batch_minutes SELECT team_id, time_ms / 60000 * 60, api_key_id, "  # noqa: S608
+        f"model, endpoint, status, count(*), {sums}, {picks} FROM usage_batch "
+        "GROUP BY team_id, 2, api_key_id, model, endpoint, status"
+    )
+    if dialect == "postgresql":
+        prepare: tuple[str, ...] = (create + " ON COMMIT DELETE ROWS", fill)
+    else:
+        prepare = (create, "DELETE FROM usage_batch_minutes", fill)
+    statements: list[Any] = [prepare]
+    folded = (
+        ", ".join(f"sum({c})" for c in ROLLUP_SUMS)
+        + ", "
+        + ", ".join(f"{m}({name})" for name, m, _ in extremes)
+    )
     for width, table in ROLLUPS:
         for per_key in (True, False):
             key = "api_key_id" if per_key else f"'{ALL_KEYS}'"
             group = (
                 "team_id, 2, api_key_id, model, endpoint, status"
                 if per_key
-                else ("team_id, 2, model, endpoint, status")
+                else "team_id, 2, model, endpoint, status"
             )
             updates = [f"{c} = {table.name}.{c} + excluded.{c}" for c in ROLLUP_SUMS]
             for name, m, _ in extremes:
@@ -132,14 +161,24 @@ def _rollup_sql(dialect: str) -> tuple[str, ...]:
                     updates.append(f"{name} = CASE WHEN {have} IS NULL THEN NULL ELSE {both} END")
                 else:  # SQLite's two-argument min/max are NULL when either is
                     updates.append(f"{name} = {m}({have}, excluded.{name})")
+            if width == 60 and per_key:  # the minute rows themselves, as grouped
+                # Ordered, so concurrent ingests lock rows in one order (no deadlock on
+                # PostgreSQL); SQLite has one writer, and the rows come in this order.
+                order = f"ORDER BY {minute_key} " if dialect == "postgresql" else ""
+                as_grouped = ", ".join((*ROLLUP_SUMS, *names))
+                rows = (
+                    "SELECT team_id, bucket, api_key_id, model, :cluster, endpoint, status, "  # noqa: S608
+                    f"{as_grouped} FROM usage_batch_minutes WHERE true {order}"
+                )
+            else:
+                rows = (
+                    f"SELECT team_id, bucket / {width} * {width}, {key}, model, :cluster, "  # noqa: S608
+                    f"endpoint, status, {folded} FROM usage_batch_minutes WHERE true "
+                    f"GROUP BY {group} ORDER BY {group} "
+                )
+            # WHERE true: SQLite's parser needs it between a SELECT and ON CONFLICT.
             statements.append(
-                f"INSERT INTO {table.name} ({columns}) "  # noqa: S608
-                f"SELECT team_id, time_ms / {width * 1000} * {width}, {key}, model, :cluster, "
-                f"endpoint, status, count(*), {sums}, {picks} "
-                # WHERE true: SQLite's parser needs it between a SELECT and ON CONFLICT.
-                f"FROM usage_batch WHERE true GROUP BY {group} "
-                # Ordered, so concurrent ingests lock rows in one order (no deadlock on PostgreSQL).
-                f"ORDER BY {group} "
+                f"INSERT INTO {table.name} ({columns}) {rows}"
                 f"ON CONFLICT ({', '.join(ROLLUP_KEY)}) DO UPDATE SET {', '.join(updates)}"
             )
     return tuple(statements)
