@@ -20,7 +20,7 @@ from starlette.testclient import TestClient
 
 from keyplane.control import errors as control_errors
 from keyplane.domain.clock import ManualClock
-from keyplane.domain.errors import NotFound
+from keyplane.domain.errors import NotFound, PermissionDenied
 from keyplane.propagation import feed
 from keyplane.propagation.notifier import ChangeNotifier
 from keyplane.propagation.routes import feed_router
@@ -467,3 +467,38 @@ def test_the_changes_route_bounds_its_query(gateway_feed: Feed) -> None:
         answer = gateway_feed.http.get(CHANGES_PATH, params=params, headers=gateway_feed.headers())
         assert answer.status_code == 400, params
     assert gateway_feed.changes(0, limit=MAX_BATCH)["revision"] == 0
+
+
+def test_a_credential_speaks_for_one_gateway_while_that_gateway_lives(world: World) -> None:
+    secret = feed.issue_credential(world.ctx, cluster=US)
+    bearer = f"Bearer {secret}"
+    assert feed.authenticate_gateway_as(world.ctx, bearer, "us-a") == US  # first use binds it
+    assert feed.authenticate_gateway_as(world.ctx, bearer, "us-a") == US
+    _, revision = world.create()
+    world.ack("us-a", US, revision)
+    world.clock.advance(LIVENESS)
+    with pytest.raises(PermissionDenied) as caught:
+        feed.authenticate_gateway_as(world.ctx, bearer, "us-b")
+    assert caught.value.message == (
+        "This feed credential belongs to another gateway; issue one per gateway."
+    )
+    world.clock.advance(0.001)  # us-a silent for longer than the window: the credential moves
+    assert feed.authenticate_gateway_as(world.ctx, bearer, "us-b") == US
+    assert [r.gateway_id for r in feed.cluster_view(world.ctx)[1]] == []  # us-a forgotten
+    world.ack("us-b", US, revision)
+    with pytest.raises(PermissionDenied):
+        feed.authenticate_gateway_as(world.ctx, bearer, "us-a")  # us-b is live now
+    other = f"Bearer {feed.issue_credential(world.ctx, cluster=US)}"
+    with pytest.raises(PermissionDenied):
+        feed.authenticate_gateway_as(world.ctx, other, "us-b")  # one id, one credential
+
+
+def test_a_gateway_is_forgotten_only_once_silent_for_longer_than_a_day(world: World) -> None:
+    _, revision = world.create()
+    world.ack("us-a", US, revision)
+    world.clock.advance(feed.FORGET_AFTER.total_seconds())
+    feed.compact(world.ctx, keep=10)
+    assert [r.gateway_id for r in feed.cluster_view(world.ctx)[1]] == ["us-a"]
+    world.clock.advance(0.001)
+    feed.compact(world.ctx, keep=10)
+    assert feed.cluster_view(world.ctx)[1] == []
