@@ -410,17 +410,18 @@ def test_the_snapshot_streams_the_head_then_every_key_and_counts_as_sent(
     assert answer.text.endswith("}\n")
     lines = [json.loads(line) for line in answer.text.splitlines()]
     assert lines[0] == {"revision": head}
-    assert [line["apiKeyId"] for line in lines[1:]] == sorted([first, second])  # in id order
+    assert [line["apiKeyId"] for line in lines[1:-1]] == sorted([first, second])  # in id order
+    assert lines[-1] == {"end": 2}  # a complete snapshot says how many keys it sent
     gateway_feed.changes(head)  # the snapshot sent the head: the ack is believed at once
     assert gateway_feed.applied() == head
     assert world.status(first)[US] is True
 
 
-def test_an_empty_store_snapshots_its_revision_alone(world: World) -> None:
+def test_an_empty_store_snapshots_its_revision_and_its_end(world: World) -> None:
     gateway_feed = Feed(world)
     with gateway_feed.http:
         answer = gateway_feed.http.get(SNAPSHOT_PATH, headers=gateway_feed.headers())
-    assert answer.text == '{"revision":0}\n'
+    assert answer.text == '{"revision":0}\n{"end":0}\n'
 
 
 def test_a_follower_told_to_snapshot_has_been_sent_nothing(
