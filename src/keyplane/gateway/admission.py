@@ -50,8 +50,11 @@ def limits_for(key: KeyRecord, model: CatalogModel | None) -> Limits:
     return Limits(tuple(requests), tuple(tokens))
 
 
-def _seconds(value: float) -> str:
-    return f"{value:.3f}s"
+#: Per kind of quota: the names of its limit, remaining and reset headers, encoded once.
+_QUOTA_NAMES = {
+    kind: tuple(f"x-ratelimit-{what}-{kind}".encode() for what in ("limit", "remaining", "reset"))
+    for kind in ("requests", "tokens")
+}
 
 
 def quota_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
@@ -60,10 +63,11 @@ def quota_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
         if quota is None:
             continue
         q: Quota = quota
+        limit, remaining, reset = _QUOTA_NAMES[kind]
         headers += [
-            (f"x-ratelimit-limit-{kind}".encode(), str(q.limit).encode()),
-            (f"x-ratelimit-remaining-{kind}".encode(), str(max(0, q.remaining)).encode()),
-            (f"x-ratelimit-reset-{kind}".encode(), _seconds(q.reset_after).encode()),
+            (limit, b"%d" % q.limit),
+            (remaining, b"%d" % (q.remaining if q.remaining > 0 else 0)),
+            (reset, b"%.3fs" % q.reset_after),
         ]
     return headers
 

@@ -89,11 +89,13 @@ class Inference:
         await self.upstream.close()
 
     def _endpoint_handler(self, endpoint: str) -> Handler:
-        admission = self.admission
+        admission, limiter, upstream = self.admission, self.limiter, self.upstream
+        max_body_bytes = self.gateway.config.max_body_bytes
+        test_headers = self.gateway.config.forward_test_headers
 
         async def handle(scope: Scope, receive: Receive, send: Send, key: KeyRecord) -> None:
             admission.check_endpoint(key, endpoint)
-            body = await read_body(receive, self.gateway.config.max_body_bytes)
+            body = await read_body(receive, max_body_bytes)
             check_shape(body)
             try:
                 peek = _peek.decode(body)
@@ -110,17 +112,15 @@ class Inference:
             body, strip_usage = upstream_body(path, body, peek.stream, peek.stream_options)
             headers = upstream_headers(
                 scope,
-                test_headers=self.gateway.config.forward_test_headers,
+                test_headers=test_headers,
                 authorization=self._upstream_auth.get(model.name),
             )
-            charge = (
-                functools.partial(self.limiter.charge, limits.tokens) if limits.tokens else None
-            )
+            charge = functools.partial(limiter.charge, limits.tokens) if limits.tokens else None
             account = Account(prompt_estimate=len(body) // 4, charge=charge, tally=tally)
             relay = Relay(
                 send, account, strip_usage=strip_usage, extra_headers=quota_headers(decision)
             )
-            await relay.run(self.upstream, model.upstream_url + path[3:], body, headers, receive)
+            await relay.run(upstream, model.upstream_url + path[3:], body, headers, receive)
 
         return handle
 

@@ -82,6 +82,18 @@ def upstream_headers(
 class Relay:
     """One forwarded request: sends it upstream, relays the answer to the client."""
 
+    __slots__ = (
+        "_buffer",
+        "_headers",
+        "_status",
+        "account",
+        "client_gone",
+        "extra_headers",
+        "send",
+        "started",
+        "strip_usage",
+    )
+
     def __init__(
         self,
         send: Send,
@@ -113,7 +125,7 @@ class Relay:
         # second task and no asyncio.wait per request: this is the hot path).
         this = asyncio.current_task()
         assert this is not None
-        watcher = asyncio.ensure_future(self._cancel_on_disconnect(receive, this))
+        watcher = this.get_loop().create_task(self._cancel_on_disconnect(receive, this))
         try:
             await self._exchange(upstream, url, body, headers)
         except asyncio.CancelledError:
@@ -157,13 +169,14 @@ class Relay:
             raise UpstreamUnreachable("The model server is unavailable.") from None
 
     def _start(self, response: UpstreamResponse) -> None:
-        headers = [
-            (k.lower().encode(), v.encode("latin-1"))
-            for k, v in response.header_items()
-            if k.lower() not in _HOP_BY_HOP
-        ]
+        headers = []
+        for k, v in response.header_items():
+            name = k.lower()
+            if name not in _HOP_BY_HOP:
+                headers.append((name.encode(), v.encode("latin-1")))
+        headers += self.extra_headers
         self._status = response.status
-        self._headers = headers + list(self.extra_headers)
+        self._headers = headers
 
     async def _whole(self, data: bytes, *, ok: bool) -> None:
         if ok:

