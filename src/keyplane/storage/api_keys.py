@@ -12,7 +12,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, delete, exists, insert, or_, select, tuple_, update
+from sqlalchemy import (
+    Connection,
+    Row,
+    Select,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 
 from keyplane.domain.model import ApiKey, SecretDigest
 from keyplane.domain.timefmt import from_micros, to_micros
@@ -69,6 +81,21 @@ def api_key_values(key: ApiKey) -> dict[str, Any]:
         "budget_blocked_until": micros_or_none(key.budget_blocked_until),
         "team_blocked_until": micros_or_none(key.team_blocked_until),
     }
+
+
+#: Keys read in list order (from the team's index alone) before an ACL filter that matches few
+#: of them is looked up from the ACL's own index instead.
+ACL_PROBE = 4000
+_ORDER = (t.api_keys.c.create_time, t.api_keys.c.api_key_id)
+
+
+def _holding(query: Select[Any], key_id: Any, acl_filters: Sequence[str]) -> Select[Any]:
+    """``query`` kept to the keys (``key_id``) that hold every ACL of ``acl_filters``."""
+    for acl in acl_filters:
+        query = query.where(
+            exists().where(t.api_key_acls.c.api_key_id == key_id, t.api_key_acls.c.acl == acl)
+        )
+    return query
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,28 +192,64 @@ class ApiKeys:
         )
 
     def page(self, q: ApiKeyQuery) -> list[ApiKey]:
-        """The keys ``q`` asks for."""
+        """The keys ``q`` asks for.
+
+        With ACL filters, a page costs what its filter's rarity allows, not the team's size: the
+        next ``ACL_PROBE`` keys in list order are read first and their ACLs probed,
+        which finds a page of a filter that many keys match; when fewer match there, the filter
+        is driven from the ACL's own index instead, reading only the keys that hold it. (A window
+        of twice the page comes first: a filter most keys match is done after it.)"""
+        if not q.acl_filters or q.limit is None:
+            query = self._filtered(select(t.api_keys), q, q.acl_filters)
+            return self._rows(self._ordered(query, q))
+        for size in sorted({min(2 * q.limit, ACL_PROBE), ACL_PROBE}):
+            window = self._filtered(select(t.api_keys), q, ()).order_by(*_ORDER).limit(size)
+            w = window.subquery()
+            found = self._rows(
+                _holding(select(w), w.c.api_key_id, q.acl_filters)
+                .order_by(w.c.create_time, w.c.api_key_id)
+                .limit(q.limit)
+            )
+            if len(found) == q.limit:
+                return found
+            if self._conn.execute(select(func.count()).select_from(w)).scalar_one() < size:
+                return found  # the window held the rest of the team's keys: every match is here
+        # A rare filter: from the keys that hold the first ACL. ``team_id || ''`` keeps the
+        # planner off the team's own index, which would read the team in order.
+        a, k = t.api_key_acls.alias("held"), t.api_keys
+        first, *others = q.acl_filters
+        query = (
+            select(k)
+            .select_from(a.join(k, k.c.api_key_id == a.c.api_key_id))
+            .where(a.c.acl == first, k.c.team_id.concat("") == q.team_id)
+        )
+        return self._rows(self._ordered(self._filtered(query, q, others, team=False), q))
+
+    def _filtered(
+        self, query: Select[Any], q: ApiKeyQuery, acl_filters: Sequence[str], *, team: bool = True
+    ) -> Select[Any]:
         k = t.api_keys
-        query = select(k).where(k.c.team_id == q.team_id)
+        if team:
+            query = query.where(k.c.team_id == q.team_id)
         if q.name_contains:
             query = query.where(k.c.name.icontains(q.name_contains, autoescape=True))
         if q.after is not None:
             # A row-value comparison, so the (team, create_time, id) index serves it as a range:
             # with OR-ed conditions SQLite scans the team's keys from the start on every page.
             query = query.where(tuple_(k.c.create_time, k.c.api_key_id) > tuple_(*q.after))
-        for acl in q.acl_filters:
-            query = query.where(
-                exists().where(
-                    t.api_key_acls.c.api_key_id == k.c.api_key_id, t.api_key_acls.c.acl == acl
-                )
-            )
+        query = _holding(query, k.c.api_key_id, acl_filters)
         if q.active_at is not None:
             query = query.where(
                 or_(k.c.expire_time.is_(None), k.c.expire_time > to_micros(q.active_at))
             )
-        query = query.order_by(k.c.create_time, k.c.api_key_id)
-        if q.limit is not None:
-            query = query.limit(q.limit)
+        return query
+
+    @staticmethod
+    def _ordered(query: Select[Any], q: ApiKeyQuery) -> Select[Any]:
+        query = query.order_by(*_ORDER)
+        return query if q.limit is None else query.limit(q.limit)
+
+    def _rows(self, query: Select[Any]) -> list[ApiKey]:
         return [_api_key(row) for row in self._conn.execute(query)]
 
 
