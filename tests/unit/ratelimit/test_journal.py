@@ -101,3 +101,94 @@ async def test_scaled_windows_shorten_every_window() -> None:
     await limiter.charge([TokenLimit("tpm", "t", 10, 60.0)], 11)
     assert not (await limiter.acquire([], [TokenLimit("tpm", "t", 10, 60.0)])).allowed
     await limiter.aclose()
+
+
+def test_each_series_carries_its_window_and_bucket_width_in_microseconds() -> None:
+    # Exact request limits (<= exact_max) have width 0; larger ones window // buckets; token
+    # limits window // token_buckets. The width of a tiny window is at least 1 µs.
+    j = Journal(exact_max=100, buckets=60, token_buckets=30)
+    big = RequestLimit("qpm", "key:1:big", 101, 60.0)
+    tiny = RequestLimit("rps", "key:1:tiny", 5000, 0.00001)  # 10 µs, 60 buckets
+    tiny_tokens = TokenLimit("tpm", "key:1:tt", 10, 0.00001)
+    j.admit(1.0, 1, [QPM, big, tiny])
+    j.charge(1.0, 2, [TPM, tiny_tokens], 7)
+    batch = j.replay(1.0, after=0, prefix="")
+    assert batch.keys[::2] == [
+        "r:key:1:qpm:log",
+        "r:key:1:big:log",
+        "r:key:1:tiny:log",
+        "t:key:1:tpm:log",
+        "t:key:1:tt:log",
+    ]
+    assert batch.args == [
+        60_000_000, 0, 1, 0, 1, 1,  # qpm 100 <= 100: exact
+        60_000_000, 1_000_000, 1, 0, 1, 1,  # 101 > 100: 60 buckets of 1 s
+        10, 1, 1, 0, 1, 1,  # 10 µs // 60 = 0: 1 µs
+        60_000_000, 2_000_000, 1, 0, 2, 7,  # 30 token buckets of 2 s
+        10, 1, 1, 0, 2, 7,
+    ]  # fmt: skip
+    assert batch.entries == 5
+
+
+def test_an_entry_leaves_the_replay_once_its_age_reaches_the_window() -> None:
+    j = journal()
+    j.admit(0.0, 1, [QPS, QPM])
+    j.charge(0.0, 2, [TokenLimit("tpm", "t", 100, 1.0), TPM], 5)
+    j.admit(0.5, 3, [QPS])
+    # At 1.0 the admissions of 0.0 are exactly one qps window old: out of it, but still in the
+    # qpm window; the next ones are still sent, each limit on its own.
+    batch = j.replay(1.0, after=0, prefix="")
+    assert batch.keys[::2] == ["r:key:1:qpm:log", "t:key:1:tpm:log", "r:key:1:qps:log"]
+    assert entries(batch.args) == [
+        [(1_000_000, 1, 1)],
+        [(1_000_000, 2, 5)],
+        [(500_000, 3, 1)],
+    ]
+    # Just before, the qps entry and the 1 s token charge still count.
+    early = j.replay(1.0 - 2**-20, after=0, prefix="")
+    assert len(entries(early.args)) == 4
+    assert early.entries == 5  # qps: 2, qpm: 1, each token limit: 1
+
+
+def test_the_newest_limit_of_a_counter_sets_its_series() -> None:
+    j = Journal(exact_max=100, buckets=60, token_buckets=60)
+    j.admit(1.0, 1, [RequestLimit("qpm", "k", 50, 60.0)])
+    j.admit(2.0, 2, [RequestLimit("qpm", "k", 500, 30.0)])  # now bucketed, 30 s
+    batch = j.replay(2.0, after=0, prefix="")
+    assert batch.args[:3] == [30_000_000, 500_000, 2]
+    assert entries(batch.args) == [[(1_000_000, 1, 1), (0, 2, 1)]]
+
+
+def test_the_horizon_is_the_longest_window_seen_and_the_events_it_keeps() -> None:
+    j = journal()
+    assert j.horizon == 0.0
+    assert len(j) == 0
+    j.admit(0.0, 1, [QPS])
+    assert j.horizon == 1.0
+    j.admit(0.5, 2, [QPS])
+    assert len(j) == 2
+    j.admit(1.0, 3, [QPS])  # the first is exactly one window old: gone
+    assert len(j) == 2
+    j.charge(1.0, 4, [TPM], 1)
+    assert j.horizon == 60.0
+    j.admit(1.5, 5, [QPS])  # a shorter window does not shrink the horizon
+    assert j.horizon == 60.0
+    assert len(j) == 4
+
+
+def test_token_replays_keep_the_charges_that_hold_the_limit_and_no_more() -> None:
+    j = journal()
+    # 1000 exactly is not over the limit: every charge is needed.
+    for seq, amount in enumerate([600, 400], start=1):
+        j.charge(float(seq), seq, [TPM], amount)
+    (sent,) = entries(j.replay(3.0, after=0, prefix="").args)
+    assert [seq for _, seq, _ in sent] == [1, 2]
+    # One charge alone over the limit is all that is needed.
+    j.charge(3.0, 3, [TPM], 1001)
+    (sent,) = entries(j.replay(3.0, after=0, prefix="").args)
+    assert [seq for _, seq, _ in sent] == [3]
+    # Under the limit: all of them.
+    small = journal()
+    small.charge(1.0, 1, [TPM], 1)
+    (sent,) = entries(small.replay(1.0, after=0, prefix="").args)
+    assert sent == [(0, 1, 1)]
