@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from _harness import (
     percentile,
     pid_of,
     table,
+    tree_cpu_seconds,
     wait_for,
 )
 
@@ -198,7 +199,11 @@ def batches(team_ids: list[str], key_ids: list[str]) -> Iterator[bytes]:
         yield b"".join(frames)
 
 
-def ingest_rate(tmp: Path, engine: str, pg_url: str | None) -> tuple[float, float]:
+def ingest_rate(
+    tmp: Path, engine: str, pg_url: str | None, db_cpu: Callable[[], float] = lambda: 0.0
+) -> tuple[float, float, float]:
+    """Records/s over HTTP, p99 per batch, and CPU µs per record of the control plane plus the
+    database server (``db_cpu``): the figure the machine's load does not inflate."""
     from keyplane.propagation import feed
     from keyplane.runtime import open_context
     from keyplane.usage.wire import INGEST_PATH
@@ -206,7 +211,7 @@ def ingest_rate(tmp: Path, engine: str, pg_url: str | None) -> tuple[float, floa
     top = f'database_url = "{pg_url}"' if pg_url else ""
     dep = Deployment(tmp / f"ingest-{engine}", clusters=[CLUSTER], top_config=top)
     try:
-        dep.start_control()
+        control = dep.start_control()
         ctx = open_context(dep.settings())
         credential = feed.issue_credential(ctx, cluster=CLUSTER)
         ctx.db.dispose()
@@ -221,6 +226,7 @@ def ingest_rate(tmp: Path, engine: str, pg_url: str | None) -> tuple[float, floa
         latencies = []
         offset = 0
         with httpx2.Client(base_url=dep.control_url, headers=headers, timeout=60.0) as client:
+            cpu0 = cpu_seconds(pid_of(control)) + db_cpu()
             started = time.perf_counter()
             for data in payloads:
                 t0 = time.perf_counter()
@@ -234,33 +240,62 @@ def ingest_rate(tmp: Path, engine: str, pg_url: str | None) -> tuple[float, floa
                 latencies.append(time.perf_counter() - t0)
                 offset += len(data)
             elapsed = time.perf_counter() - started
+            cpu = cpu_seconds(pid_of(control)) + db_cpu() - cpu0
     finally:
         dep.stop_all()
-    return INGEST_RECORDS / elapsed, percentile(latencies, 99)
+    return INGEST_RECORDS / elapsed, percentile(latencies, 99), cpu / INGEST_RECORDS * 1e6
 
 
 def ingest_section(tmp: Path) -> str:
     from tests.support.postgres import PostgresServer, require_postgres
 
     rows = []
-    rate, p99 = ingest_rate(tmp, "sqlite", None)
-    rows.append(("SQLite", f"{rate:,.0f}", f"{p99 * 1000:.0f} ms"))
-    log(f"ingest sqlite {rate:.0f}/s")
+    rate, p99, cpu = ingest_rate(tmp, "sqlite", None)
+    rows.append(
+        ("SQLite", f"{rate:,.0f}", f"{p99 * 1000:.0f} ms", f"{cpu:.1f}", f"{1e6 / cpu:,.0f}")
+    )
+    log(f"ingest sqlite {rate:.0f}/s, {cpu:.1f} µs CPU/record")
     try:
         server = PostgresServer(require_postgres(), fsync=True).start()
     except BaseException as error:  # pytest.skip/fail raise BaseException subclasses
-        rows.append(("PostgreSQL", f"not run ({type(error).__name__})", "—"))
+        rows.append(("PostgreSQL", f"not run ({type(error).__name__})", "—", "—", "—"))
     else:
         try:
-            rate, p99 = ingest_rate(tmp, "postgresql", server.create_database("bench_usage"))
-            rows.append(("PostgreSQL (fsync on)", f"{rate:,.0f}", f"{p99 * 1000:.0f} ms"))
-            log(f"ingest postgresql {rate:.0f}/s")
+            assert server._proc is not None
+            pg_pid = server._proc.pid
+            rate, p99, cpu = ingest_rate(
+                tmp,
+                "postgresql",
+                server.create_database("bench_usage"),
+                lambda: tree_cpu_seconds(pg_pid),
+            )
+            rows.append(
+                (
+                    "PostgreSQL (fsync on)",
+                    f"{rate:,.0f}",
+                    f"{p99 * 1000:.0f} ms",
+                    f"{cpu:.1f}",
+                    f"{1e6 / cpu:,.0f}",
+                )
+            )
+            log(f"ingest postgresql {rate:.0f}/s, {cpu:.1f} µs CPU/record")
         finally:
             server.stop()
     return (
         f"\n**Ingest** ({INGEST_RECORDS:,} records in batches of {INGEST_BATCH:,} over HTTP, "
         "1,000 keys × 3 models × 20 teams, one minute of traffic each ~15 batches; aim ≥ 20,000 "
-        "records/s)\n\n" + table(["store", "records/s", "p99 per batch"], rows)
+        "records/s). CPU is the control plane's plus the database server's (for PostgreSQL), "
+        "from /proc: records per CPU-second is what one free core would ingest.\n\n"
+        + table(
+            [
+                "store",
+                "records/s (wall)",
+                "p99 per batch",
+                "CPU µs/record",
+                "records per CPU-second",
+            ],
+            rows,
+        )
     )
 
 
@@ -340,10 +375,24 @@ def load_rollups(dep: Deployment, team_id: str, key_ids: list[str]) -> int:
     return rows
 
 
+def query_plan(dep: Deployment, team_id: str, request: dict[str, Any]) -> list[str]:
+    from keyplane.catalog import Catalog
+    from keyplane.runtime import open_context
+    from keyplane.usage import query
+
+    settings = dep.settings()
+    ctx = open_context(settings)
+    try:
+        with ctx.db.read() as conn:
+            return query.plan(conn, team_id, query.parse(request), Catalog(settings))
+    finally:
+        ctx.db.dispose()
+
+
 def query_section(tmp: Path) -> str:
     dep = Deployment(tmp / "query", clusters=[CLUSTER])
     try:
-        dep.start_control()
+        control = dep.start_control()
         team, mgmt = dep.create_team("bench")
         key_ids = [str(uuid.uuid4()) for _ in range(KEYS)]
         log("loading 30 days of rollups")
@@ -368,6 +417,10 @@ def query_section(tmp: Path) -> str:
             }
 
         per_key = ["api_key_id"]
+        extremes = [
+            {"name": "usd", "aggregation": "AGGREGATION_MIN"},
+            {"name": "usd", "aggregation": "AGGREGATION_MAX"},
+        ]
         shapes = [
             ("30 days by day, one series", body("TIME_UNIT_DAY")),
             ("30 days by day, per key (1,000 series)", body("TIME_UNIT_DAY", groupBy=per_key)),
@@ -375,8 +428,12 @@ def query_section(tmp: Path) -> str:
             ("30 days by hour, one series (720 points)", body("TIME_UNIT_HOUR")),
             ("30 days by day, America/New_York (hourly rows)",
              body("TIME_UNIT_DAY", "America/New_York")),
+            ("30 days by day, by unit_type", body("TIME_UNIT_DAY", groupBy=["unit_type"])),
+            ("30 days, per key, MIN and MAX per request (extremes not loaded)",
+             body("TIME_UNIT_NONE", groupBy=per_key, values=extremes)),
         ]  # fmt: skip
         rows = []
+        plans = []
         with connect(dep.control_url, mgmt) as c:
             for name, request in shapes:
                 path = f"/v1/billing/teams/{team}/usage"
@@ -384,21 +441,27 @@ def query_section(tmp: Path) -> str:
                 assert first.status_code == 200, first.text
                 series = len(first.json()["timeSeries"])
                 times = []
+                cpu0 = cpu_seconds(pid_of(control))
                 for _ in range(QUERY_RUNS):
                     t0 = time.perf_counter()
                     assert c.post(path, json=request).status_code == 200
                     times.append(time.perf_counter() - t0)
+                cpu = (cpu_seconds(pid_of(control)) - cpu0) / QUERY_RUNS
                 rows.append(
                     (name, series, f"{percentile(times, 50) * 1000:.1f}",
-                     f"{percentile(times, 99) * 1000:.1f}")
+                     f"{percentile(times, 99) * 1000:.1f}", f"{cpu * 1000:.1f}")
                 )  # fmt: skip
+                plans.append((name, query_plan(dep, team, request)))
                 log(f"{name}: p99 {percentile(times, 99) * 1000:.1f} ms")
     finally:
         dep.stop_all()
     return (
         f"\n**Usage RPC over HTTP** (SQLite; {DAYS} days × {KEYS:,} keys, every key active every "
-        f"hour: {loaded:,} hourly and daily rollup rows; {QUERY_RUNS} runs each; aim p99 ≤ 100 ms)"
-        "\n\n" + table(["query", "series", "p50 ms", "p99 ms"], rows)
+        f"hour: {loaded:,} hourly and daily rollup rows; {QUERY_RUNS} runs each; aim p99 ≤ 100 ms"
+        "; control-plane CPU per query from /proc)\n\n"
+        + table(["query", "series", "p50 ms", "p99 ms", "CPU ms/query"], rows)
+        + "\n\nQuery plans (SQLite `EXPLAIN QUERY PLAN` of the one statement each answer runs):\n\n"
+        + "\n".join(f"- {name}: {' / '.join(steps)}" for name, steps in plans)
     )
 
 
