@@ -72,6 +72,8 @@ class Child:
     #: Run as this OS user (PostgreSQL refuses root); the child is still our direct child, so a
     #: signal to its pid reaches the server itself.
     user: str | None = None
+    #: File descriptors the child inherits (a listening socket its workers share).
+    pass_fds: tuple[int, ...] = ()
     process: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     backoff: float = BACKOFF_START
@@ -112,6 +114,7 @@ class Supervisor:
                 user=child.user,
                 group=child.user,
                 extra_groups=[] if child.user else None,
+                pass_fds=child.pass_fds,
             )
         finally:
             if log is not None:
@@ -265,3 +268,40 @@ def run_all(settings: Settings, config: Path | None) -> int:
     if any(m.upstream_url is None for m in settings.models):
         lines.append(f"built-in model server: {settings.model_server.url}/v1")
     return supervise(_children(settings, config), lines)
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket listening on ``host:port`` that children inherit."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def run_gateway_workers(
+    config: Path | None, cluster: str, replica: int, host: str, port: int, workers: int
+) -> int:
+    """``keyplane serve gateway --workers N``: bind the port here, once, and run N gateway
+    processes accepting on that one socket; restart one that exits, as ``keyplane up`` does.
+    The socket stays open in this process, so the port answers while a worker restarts
+    (connections wait in its backlog for the others)."""
+    sock = listening_socket(host, port)
+    fd = sock.fileno()
+    argv = [sys.executable, "-m", "keyplane.cli", "serve", "gateway", "--cluster", cluster]
+    argv += ["--replica", str(replica), "--workers", str(workers), "--listen-fd", str(fd)]
+    argv += ["--config", str(config)] if config is not None else []
+    supervisor = Supervisor()
+    children = [
+        Child(f"gateway {cluster} worker {i}", [*argv, "--worker", str(i)], tier=2, pass_fds=(fd,))
+        for i in range(workers)
+    ]
+    try:
+        if supervisor.start(children):
+            supervisor.run([f"gateway {cluster}: http://{host}:{port}/v1 ({workers} workers)"])
+    finally:
+        supervisor.stop()
+        sock.close()
+    return 0

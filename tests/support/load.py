@@ -86,6 +86,20 @@ def count(shots: Sequence[Shot], status: int) -> int:
     return sum(1 for s in shots if s.status == status)
 
 
+def assert_qps_held(shots: Sequence[Shot], qps: int) -> None:
+    """A steady overload of a key limited to ``qps``: no window of a second certainly holds more,
+    and over the run the limit was used (at least 95 % of it per whole second, less one second
+    for the start and the end; at most ``qps`` per started second)."""
+    assert count(shots, -1) == 0
+    assert {s.status for s in shots} <= {200, 429}
+    assert max_certainly_admitted(shots, 1.0) <= qps
+    admitted, refused = count(shots, 200), count(shots, 429)
+    span = max(s.received for s in shots) - min(s.sent for s in shots)
+    assert refused > 5 * admitted, "the load must be a steady overload for the bound below"
+    assert admitted <= qps * (span + 1), (admitted, span)
+    assert admitted >= 0.95 * qps * (span - 1), (admitted, refused, span)
+
+
 def loaded_key(dep: Deployment, urls: Sequence[str], **limits: object) -> str:
     """A new team's API key with ``limits`` (e.g. ``qps=20``), once every gateway in ``urls``
     knows it."""

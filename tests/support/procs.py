@@ -214,8 +214,10 @@ class Deployment:
         replica: int = 0,
         port: int | None = None,
         env: dict[str, str] | None = None,
+        workers: int = 1,
     ) -> Proc:
-        """A gateway process of ``cluster``, with a fresh feed credential of that cluster."""
+        """A gateway process of ``cluster``, with a fresh feed credential of that cluster (with
+        ``workers`` > 1: the supervisor of that many worker processes sharing the port)."""
         from keyplane.propagation import feed
         from keyplane.runtime import open_context
 
@@ -236,6 +238,7 @@ class Deployment:
                 str(replica),
                 "--port",
                 str(port),
+                *(["--workers", str(workers)] if workers > 1 else []),
             ],
             f"http://127.0.0.1:{port}",
             {"KEYPLANE_GATEWAY_CREDENTIAL": credential, **(env or {})},

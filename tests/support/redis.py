@@ -13,6 +13,8 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tests.support.procs import free_port, missing_server
@@ -93,3 +95,15 @@ class RedisServer:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+@contextmanager
+def running_redis() -> Iterator[RedisServer]:
+    """A started ``redis-server`` for the block (a module fixture's body)."""
+    server = RedisServer(require_redis_server())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        server.close()

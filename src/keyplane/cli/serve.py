@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import secrets
+import socket
 import sys
 from pathlib import Path
 
@@ -96,13 +97,29 @@ def serve_models(
 @click.option("--replica", type=int, default=0, show_default=True, help="Replica index.")
 @click.option("--host", default=None, help="Listen address (default from settings).")
 @click.option("--port", type=int, default=None, help="Listen port (default from settings).")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Processes sharing the port (more than one needs limiter.backend = 'redis').",
+)
+@click.option("--worker", type=int, default=0, hidden=True)
+@click.option("--listen-fd", type=int, default=None, hidden=True)
 def serve_gateway(
-    config: Path | None, cluster: str, replica: int, host: str | None, port: int | None
+    config: Path | None,
+    cluster: str,
+    replica: int,
+    host: str | None,
+    port: int | None,
+    workers: int,
+    worker: int,
+    listen_fd: int | None,
 ) -> None:
     """One gateway of one cluster: the inference API, enforcing its replica of the keys."""
     import uvicorn
 
-    from keyplane.gateway.server import GatewayProcess
+    from keyplane.gateway.server import GatewayProcess, unshared_limits
     from keyplane.httpbounds import bounded_protocol
 
     settings = load(config)
@@ -111,22 +128,37 @@ def serve_gateway(
         endpoint = settings.cluster(cluster).gateway
     except KeyError:
         raise click.ClickException(f"unknown cluster {cluster!r}") from None
-    app = GatewayProcess(settings, cluster, replica)
-    uvicorn.run(
-        app,
-        host=host or endpoint.host,
-        port=port if port is not None else endpoint.port,
-        log_config=None,
-        access_log=False,
-        log_level="warning",
-        lifespan="on",
-        loop="uvloop",
-        http=bounded_protocol(settings.max_head_bytes, settings.max_header_count),
-        # The hot path: skip what no one reads (client address rewriting, Server/Date headers).
-        proxy_headers=False,
-        server_header=False,
-        date_header=False,
+    refused = unshared_limits(settings, replica, workers)
+    if refused is not None:
+        raise click.ClickException(refused)
+    host = host or endpoint.host
+    port = port if port is not None else endpoint.port
+    if workers > 1 and listen_fd is None:
+        from keyplane.supervisor import run_gateway_workers
+
+        sys.exit(run_gateway_workers(config, cluster, replica, host, port, workers))
+    app = GatewayProcess(settings, cluster, replica, worker=worker, workers=workers)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            log_level="warning",
+            lifespan="on",
+            loop="uvloop",
+            http=bounded_protocol(settings.max_head_bytes, settings.max_header_count),
+            # The hot path: skip what no one reads (client address rewriting, Server/Date headers).
+            proxy_headers=False,
+            server_header=False,
+            date_header=False,
+        )
     )
+    # A worker accepts on the socket its supervisor bound (run_gateway_workers).
+    server.run(sockets=None if listen_fd is None else [socket.socket(fileno=listen_fd)])
+    if not server.started:
+        sys.exit(3)  # as uvicorn.run: the port could not be opened, or the lifespan failed
 
 
 # -- up ------------------------------------------------------------------------------------------

@@ -2,6 +2,11 @@
 
 ``keyplane serve gateway --cluster NAME [--replica N]`` lands here. The replica is loaded from
 local disk before the port opens, so a restarted gateway enforces its last state at once.
+
+With ``--workers N`` (``keyplane.gateway_workers``) each of the N processes is one of these: worker
+0 in the gateway's directory under its id, worker ``i`` in ``<directory>/worker-<i>`` under
+``<id>/worker-<i>`` with the gateway's credential — its own replica file, feed follower and usage
+spool, and the cluster's limits in Redis (docs/architecture.md, "Gateway workers").
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from keyplane.gateway.app import Gateway, GatewayConfig
 from keyplane.gateway.inference import Inference
 from keyplane.gateway.replica import Replica, ReplicaStore
 from keyplane.gateway.sync import FeedFollower
-from keyplane.private_files import write_private
+from keyplane.private_files import private_dir, write_private
+from keyplane.propagation.wire import worker_id
 from keyplane.ratelimit import (
     FailurePolicy,
     Limiter,
@@ -58,6 +64,11 @@ def gateway_identity(directory: Path, cluster: str) -> str:
     return identity
 
 
+def worker_dir(directory: Path, worker: int) -> Path:
+    """Where worker ``worker`` of the gateway kept in ``directory`` keeps its own files."""
+    return directory if worker == 0 else directory / f"worker-{worker}"
+
+
 def read_credential(directory: Path) -> str:
     value = os.environ.get(CREDENTIAL_ENV)
     if value:
@@ -75,26 +86,46 @@ def write_credential(directory: Path, credential: str) -> None:
     write_private(directory / CREDENTIAL_FILE, credential + "\n")
 
 
-def make_limiter(settings: Settings, cluster: str, replica_index: int = 0) -> Limiter:
-    """The limiter of one gateway. In-memory limits are refused for a second replica of a
-    cluster (each would enforce the full limit) unless ``allow_unshared_replicas``."""
+def unshared_limits(settings: Settings, replica_index: int = 0, workers: int = 1) -> str | None:
+    """Why this gateway may not start with in-memory limits (each process would enforce the
+    full limit), or None. ``allow_unshared_replicas`` lifts it."""
+    config = settings.limiter
+    if config.backend != "memory" or config.allow_unshared_replicas:
+        return None
+    if workers > 1:
+        return (
+            f"--workers {workers} with in-memory limits would let each worker enforce the full "
+            "limit; use limiter.backend = 'redis' (shared by the workers), or one worker"
+        )
+    if config.replicas > 1 or replica_index > 0:
+        return (
+            "several gateway replicas of one cluster with in-memory limits would each enforce "
+            "the full limit; use limiter.backend = 'redis', or set limiter.allow_unshared_replicas"
+        )
+    return None
+
+
+def make_limiter(
+    settings: Settings, cluster: str, replica_index: int = 0, workers: int = 1
+) -> Limiter:
+    """The limiter of one gateway process. In-memory limits are refused for a second replica or
+    worker of a cluster (``unshared_limits``). With Redis each of the ``workers`` processes counts
+    as a replica (the ``local`` policies' share is ``limit // (replicas * workers)``)."""
     config = settings.limiter
     limiter: Limiter
+    refused = unshared_limits(settings, replica_index, workers)
+    if refused is not None:
+        raise SystemExit(refused)
     if config.backend == "redis":
         limiter = RedisLimiter.from_url(
             config.redis_url,
             RedisLimiterSettings(
                 policy=FailurePolicy(config.failure_policy),
-                replicas=config.replicas,
+                replicas=config.replicas * workers,
                 # Limits count per cluster: clusters sharing one Redis must not share counters.
                 prefix=f"keyplane:rl:{cluster}:",
                 timeout=config.redis_timeout,
             ),
-        )
-    elif (config.replicas > 1 or replica_index > 0) and not config.allow_unshared_replicas:
-        raise SystemExit(
-            "several gateway replicas of one cluster with in-memory limits would each enforce "
-            "the full limit; use limiter.backend = 'redis', or set limiter.allow_unshared_replicas"
         )
     else:
         limiter = MemoryLimiter()
@@ -113,11 +144,21 @@ def shared_limiter(limiter: Limiter) -> RedisLimiter | None:
 class GatewayProcess:
     """The ASGI app uvicorn runs: lifespan starts the feed follower; HTTP goes to the gateway."""
 
-    def __init__(self, settings: Settings, cluster: str, replica_index: int = 0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        cluster: str,
+        replica_index: int = 0,
+        *,
+        worker: int = 0,
+        workers: int = 1,
+    ) -> None:
         settings.cluster(cluster)  # unknown cluster: KeyError before anything starts
-        self.directory = gateway_dir(settings, cluster, replica_index)
-        self.identity = gateway_identity(self.directory, cluster)
-        credential = read_credential(self.directory)
+        home = gateway_dir(settings, cluster, replica_index)
+        self.directory = private_dir(worker_dir(home, worker))
+        # Every worker speaks as the gateway (its credential binds to that id), under its own name.
+        self.identity = worker_id(gateway_identity(home, cluster), worker)
+        credential = read_credential(home)
         self.replica = Replica()
         self.store = ReplicaStore(self.directory / "replica.db")
         self.store.load_into(self.replica)
@@ -129,7 +170,7 @@ class GatewayProcess:
             store=self.store,
             poll_wait=settings.feed_poll_seconds,
         )
-        self.limiter = make_limiter(settings, cluster, replica_index)
+        self.limiter = make_limiter(settings, cluster, replica_index, workers)
         shared = self.shared = shared_limiter(self.limiter)
         self.gateway = Gateway(
             GatewayConfig(

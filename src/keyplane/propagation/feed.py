@@ -16,6 +16,7 @@ from typing import Any
 from keyplane.domain import keysecrets
 from keyplane.domain.errors import NotFound, PermissionDenied, Unauthenticated
 from keyplane.domain.model import row_to_view
+from keyplane.propagation import wire
 from keyplane.propagation.wire import CREDENTIAL_PREFIX
 from keyplane.services.auth import Principal
 from keyplane.services.context import Context
@@ -69,20 +70,22 @@ def authenticate_gateway(ctx: Context, authorization: str | None) -> str:
 
 def authenticate_gateway_as(ctx: Context, authorization: str | None, gateway_id: str) -> str:
     """The cluster of a gateway's credential, once the credential is bound to ``gateway_id``: on
-    first use it registers that gateway; another id is refused while the bound one is live."""
+    first use it registers that gateway; another id is refused while the bound one is live. The
+    gateway's worker processes (``wire.worker_id``) speak under its binding."""
     digest = _credential_digest(authorization)
     with ctx.db.read() as conn:
         found = gateway_rows.credential_binding(conn, digest)
     if found is None:
         raise Unauthenticated.bad_credentials()
     cluster, bound_to = found
-    if bound_to == gateway_id:
+    owner = wire.bound_identity(gateway_id)
+    if bound_to == owner:
         return cluster
     with ctx.db.write() as conn:
         bound = gateway_rows.bind_credential(
             conn,
             digest=digest,
-            gateway_id=gateway_id,
+            gateway_id=owner,
             silent_before=ctx.clock.now() - ctx.gateway_liveness,
         )
     if not bound:

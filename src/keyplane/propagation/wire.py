@@ -13,6 +13,9 @@ change since (each key ends at its newest view). The last line of a complete sna
 ``{"revision": M, "changes": [{"revision", "op", "view"}], "snapshotRequired": bool}``; ``after``
 doubles as the gateway's ack: everything through N is applied. Gateways authenticate with
 ``Authorization: Bearer <cluster credential>`` and name themselves with ``x-keyplane-gateway``.
+A credential speaks for one gateway; the worker processes of a gateway started with
+``--workers N`` name themselves ``<gateway id>/worker-<i>`` (``worker_id``) and share its
+credential, each acking and shipping usage under its own name.
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ __all__ = [
     "ROWS",
     "ROW_FIELDS",
     "SNAPSHOT_PATH",
+    "bound_identity",
     "row_to_view",
     "view_to_row",
+    "worker_id",
 ]
 SNAPSHOT_PATH = "/internal/v1/snapshot"
 CHANGES_PATH = "/internal/v1/changes"
@@ -41,3 +46,18 @@ MAX_WAIT_SECONDS = 30.0
 MAX_BATCH = 2000
 #: ``format=`` of a snapshot whose keys are rows.
 ROWS = "rows"
+#: Between a gateway's id and the index of one of its worker processes (``worker_id``).
+WORKER_SEPARATOR = "/worker-"
+
+
+def worker_id(gateway_id: str, worker: int) -> str:
+    """The name worker ``worker`` of gateway ``gateway_id`` uses on the feed (worker 0: the
+    gateway's own)."""
+    return gateway_id if worker == 0 else f"{gateway_id}{WORKER_SEPARATOR}{worker}"
+
+
+def bound_identity(gateway_id: str) -> str:
+    """The gateway a credential is bound to when ``gateway_id`` speaks: itself, or the gateway
+    whose worker it is."""
+    base, sep, index = gateway_id.rpartition(WORKER_SEPARATOR)
+    return base if sep and base and index.isdigit() else gateway_id

@@ -261,6 +261,25 @@ def test_a_cluster_credential_names_its_cluster_and_nothing_else_passes(world: W
         assert caught.value.code == code, header
 
 
+def test_a_credential_speaks_for_its_gateway_and_that_gateways_workers_only(world: World) -> None:
+    from keyplane.domain.errors import PermissionDenied
+    from keyplane.propagation.wire import bound_identity, worker_id
+
+    secret = feed.issue_credential(world.ctx, cluster=US)
+    gateway = "us-east-1/host-1a2b"
+    assert worker_id(gateway, 0) == gateway
+    assert bound_identity(worker_id(gateway, 3)) == gateway
+    assert bound_identity(gateway + "/worker-x") == gateway + "/worker-x"
+    # A worker may speak first: the credential binds to its gateway, not to the worker.
+    for worker in (1, 0, 2):
+        name = worker_id(gateway, worker)
+        assert feed.authenticate_gateway_as(world.ctx, f"Bearer {secret}", name) == US
+        world.ack(name, US, feed.current_revision(world.ctx))
+    for other in ("us-east-1/host-ffff", "us-east-1/host-ffff/worker-1", gateway + "x/worker-1"):
+        with pytest.raises(PermissionDenied):
+            feed.authenticate_gateway_as(world.ctx, f"Bearer {secret}", other)
+
+
 def short_window(world: World, seconds: float) -> None:
     world.ctx = Context(
         db=world.db,
