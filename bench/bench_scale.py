@@ -44,6 +44,7 @@ def _counts(name: str, default: str) -> list[int]:
 
 GATEWAY_KEYS = _counts("BENCH_SCALE_GATEWAY_KEYS", "100000,1000000")
 PATH_KEYS = _counts("BENCH_SCALE_PATH_KEYS", "10000,1000000")
+CPU_KEYS = _counts("BENCH_SCALE_CPU_KEYS", "100000")
 LOAD_SECONDS = float(os.environ.get("BENCH_SCALE_LOAD_SECONDS", "900"))
 PHASE_SECONDS = float(os.environ.get("BENCH_SCALE_PHASE_SECONDS", "8"))
 PATH_REQUESTS = 60
@@ -100,9 +101,10 @@ def wait_synced(url: str, revision: int, timeout: float) -> None:
 
 
 def snapshot_on_the_wire(dep: harness.Deployment, control_pid: int) -> dict[str, Any]:
-    """Fetch the snapshot as a gateway would; bytes, seconds, the control plane's RSS peak."""
+    """Fetch the snapshot as a gateway does (``format=rows``); bytes, seconds, the control
+    plane's RSS peak."""
     from keyplane.propagation import feed
-    from keyplane.propagation.wire import GATEWAY_HEADER, SNAPSHOT_PATH
+    from keyplane.propagation.wire import GATEWAY_HEADER, ROWS, SNAPSHOT_PATH
     from keyplane.runtime import open_context
 
     ctx = open_context(dep.settings())
@@ -117,7 +119,11 @@ def snapshot_on_the_wire(dep: harness.Deployment, control_pid: int) -> dict[str,
     with (
         watching(control_pid) as peak,
         httpx2.stream(
-            "GET", dep.control_url + SNAPSHOT_PATH, headers=headers, timeout=120
+            "GET",
+            dep.control_url + SNAPSHOT_PATH,
+            params={"format": ROWS},
+            headers=headers,
+            timeout=600,
         ) as response,
     ):
         assert response.status_code == 200, response.read()
@@ -184,6 +190,91 @@ def gateway_phase(tmp: Path, count: int) -> dict[str, Any]:
     finally:
         dep.stop_all()
     return out
+
+
+# -- the snapshot's CPU on each side, and a lookup, in process -----------------------------------
+
+
+def cpu_phase(tmp: Path, count: int) -> dict[str, Any]:
+    """CPU seconds (this process, ``time.process_time``) the control plane spends producing a
+    snapshot of ``count`` keys as it sends them, and a gateway storing them, each alone; and a
+    lookup's cost through the cache and past it. Under a shared machine's load, wall times
+    mislead; these do not."""
+    import msgspec
+
+    from keyplane.gateway.replica import Replica, ReplicaStore
+    from keyplane.propagation import feed
+    from keyplane.runtime import open_context
+
+    dep = harness.Deployment(tmp / f"cpu-{count}", clusters=[CLUSTER])
+    team, _secret = dep.create_team("scale")
+    loaded = load(dep, team, count)
+    ctx = open_context(dep.settings())
+    encode = msgspec.json.Encoder().encode
+    out: dict[str, Any] = {"keys": count}
+    try:
+        lines: list[bytes] = []
+        t0 = time.process_time()
+        for item in feed.snapshot_rows(ctx):
+            if isinstance(item, int):
+                continue
+            item[14] = msgspec.Raw(item[14].encode())
+            lines.append(encode(item))
+        out["produce_cpu"] = time.process_time() - t0
+        out["row_bytes"] = sum(len(x) + 1 for x in lines) / len(lines)
+    finally:
+        ctx.db.dispose()
+    store = ReplicaStore(tmp / f"cpu-{count}" / "replica.db")
+    t0 = time.process_time()
+    staged = store.stage(fresh=True)
+    staged.part(1)
+    for start in range(0, len(lines), 5000):
+        staged.add(lines[start : start + 5000])
+    staged.finish()
+    out["store_cpu"] = time.process_time() - t0
+    del lines
+    replica = Replica()
+    store.load_into(replica)
+    from keyplane.domain import keysecrets
+
+    digests = [keysecrets.digest(secret) for _, secret in loaded.samples]
+    rounds = 2000
+    t0 = time.process_time()
+    for i in range(rounds):
+        replica._forget_all()  # a miss each time: one point query and a decode
+        replica.lookup(digests[i % len(digests)], 0.0)
+    out["miss_us"] = (time.process_time() - t0) / rounds * 1e6
+    t0 = time.process_time()
+    for i in range(rounds * 50):
+        replica.lookup(digests[i % len(digests)], 0.0)
+    out["hit_us"] = (time.process_time() - t0) / (rounds * 50) * 1e6
+    store.close()
+    return out
+
+
+def cpu_table(results: list[dict[str, Any]]) -> str:
+    rows = []
+    for r in results:
+        n = r["keys"]
+        rows.append(
+            [
+                f"{n:,}",
+                f"{r['produce_cpu']:.1f} s ({r['produce_cpu'] / n * 1e6:.1f} µs/key)",
+                f"{r['store_cpu']:.1f} s ({r['store_cpu'] / n * 1e6:.1f} µs/key)",
+                f"{r['row_bytes']:.0f} B",
+                f"{r['miss_us']:.1f} µs",
+                f"{r['hit_us']:.2f} µs",
+            ]
+        )
+    columns = [
+        "keys",
+        "control plane CPU: snapshot rows",
+        "gateway CPU: store and swap in",
+        "row on the wire",
+        "lookup past the cache",
+        "lookup in the cache",
+    ]
+    return harness.table(columns, rows)
 
 
 # -- control-plane paths, in process --------------------------------------------------------------
@@ -455,6 +546,9 @@ def main() -> None:
     report = [harness.header("Scale: a million keys (#17)"), ""]
     with tempfile.TemporaryDirectory(prefix="kp-scale-") as tmpdir:
         tmp = Path(tmpdir)
+        if CPU_KEYS:
+            cpu = [cpu_phase(tmp, n) for n in CPU_KEYS]
+            report += ["#### Snapshot CPU and lookups, in process", "", cpu_table(cpu), ""]
         if GATEWAY_KEYS:
             gateway = [gateway_phase(tmp, n) for n in GATEWAY_KEYS]
             report += ["#### Gateway (control plane on SQLite)", "", gateway_table(gateway), ""]
