@@ -10,19 +10,8 @@ error shape (``keyplane.asgi.error_body``); nothing else in the gateway writes o
 from __future__ import annotations
 
 from keyplane.asgi import Receive, Send, error_body, send_json_bytes
-from keyplane.domain.errors import (
-    Conflict,
-    InvalidArgument,
-    KeyplaneError,
-    MethodNotAllowed,
-    NotFound,
-    PayloadTooLarge,
-    PermissionDenied,
-    RateLimited,
-    Unauthenticated,
-    Unavailable,
-    UnsupportedMediaType,
-)
+from keyplane.domain import errors
+from keyplane.domain.errors import KeyplaneError, PayloadTooLarge, RateLimited, Unauthenticated
 
 __all__ = [
     "STATUS",
@@ -34,26 +23,26 @@ __all__ = [
 ]
 
 
-class UpstreamUnreachable(Unavailable):
+class UpstreamUnreachable(errors.Unavailable):
     """The model server could not be reached, or failed before answering."""
 
 
-class UpstreamTimeout(Unavailable):
+class UpstreamTimeout(errors.Unavailable):
     """The model server stayed silent past the gateway's bound."""
 
 
 #: Error class → HTTP status. A subclass not listed takes its nearest listed base's.
 STATUS: dict[type[KeyplaneError], int] = {
-    InvalidArgument: 400,
-    PayloadTooLarge: 413,
-    MethodNotAllowed: 405,
-    UnsupportedMediaType: 415,
-    Unauthenticated: 401,
-    PermissionDenied: 403,
-    NotFound: 404,
-    Conflict: 409,
-    RateLimited: 429,
-    Unavailable: 503,
+    errors.InvalidArgument: 400,
+    errors.PayloadTooLarge: 413,
+    errors.MethodNotAllowed: 405,
+    errors.UnsupportedMediaType: 415,
+    errors.Unauthenticated: 401,
+    errors.PermissionDenied: 403,
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.RateLimited: 429,
+    errors.Unavailable: 503,
     UpstreamUnreachable: 502,
     UpstreamTimeout: 504,
 }
