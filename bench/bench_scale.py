@@ -332,7 +332,7 @@ def scans(plan: list[str]) -> list[str]:
     for line in plan:
         if line.startswith("    "):
             m = _SCAN.search(line)
-            if m:
+            if m and not (m.group(1) or m.group(2)).startswith("anon_"):  # a subquery's rows
                 found.append(m.group(1) or m.group(2))
     return found
 

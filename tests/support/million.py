@@ -49,7 +49,8 @@ def build_template(path: Path, count: int) -> Path:
         started = time.monotonic()
 
         def progress(line: str) -> None:
-            print(f"[million] {line}", file=sys.stderr, flush=True)
+            # Past pytest's capture: a load of minutes shows it is moving.
+            print(f"[million] {line}", file=sys.__stderr__, flush=True)
 
         load_api_keys(
             db,
