@@ -9,7 +9,7 @@ from datetime import timedelta
 
 from keyplane.domain.clock import Clock, SystemClock
 from keyplane.storage.db import Database
-from keyplane.storage.unit_of_work import UnitOfWork, unit_of_work
+from keyplane.storage.unit_of_work import SqlUnitOfWork, UnitOfWork, unit_of_work
 from keyplane.usage import budgets
 
 #: Opens a unit of work: a write one (True) or a read one (False).
@@ -42,9 +42,17 @@ class Context:
         """A unit of work on a read transaction (a consistent view; writes nothing)."""
         return self._open(write=False)
 
+    def sql_write(self) -> AbstractContextManager[SqlUnitOfWork]:
+        """A unit of work on a write transaction of ``db`` itself, whatever ``units`` says: for
+        the usage room, whose stores are SQL only (``uow.conn``)."""
+        return self._sql(write=True)
+
     def _open(self, *, write: bool) -> AbstractContextManager[UnitOfWork]:
         if self.units is not None:
             return self.units(write)
+        return self._sql(write=write)
+
+    def _sql(self, *, write: bool) -> AbstractContextManager[SqlUnitOfWork]:
         return unit_of_work(
             self.db,
             write=write,

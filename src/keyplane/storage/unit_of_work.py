@@ -226,7 +226,7 @@ def unit_of_work(
     clock: Clock,
     on_commit: Callable[[int], None],
     refine: KeyRefiner = _keep,
-) -> Iterator[UnitOfWork]:
+) -> Iterator[SqlUnitOfWork]:
     """A unit of work on a write transaction (``write``) or a read one; committed when the block
     ends without an exception, rolled back (and ``on_commit`` not called) when it raises."""
     with db.write() if write else db.read() as conn:

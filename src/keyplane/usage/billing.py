@@ -6,18 +6,16 @@ and the query's ``team_id`` condition is added here, never taken from the reques
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from keyplane.catalog import Catalog
 from keyplane.domain.errors import InvalidArgument
-from keyplane.domain.model import AuditEvent, validate_int64_limit
+from keyplane.domain.model import validate_int64_limit
 from keyplane.domain.timefmt import to_micros
 from keyplane.services.auth import Principal
 from keyplane.services.context import Context
-from keyplane.storage.audit import append_audit
 from keyplane.usage import limits, query, store
 
 
@@ -78,31 +76,25 @@ def set_limit(
     """Set (or with ``None`` remove) the team's soft limit; block or unblock it at once."""
     principal.require("BillingWrite")
     principal.require_team(team_id)
-    now = ctx.clock.now()
-    with ctx.db.write() as conn:
-        _, row = limits.team_limits(conn, team_id, hard_cents)
+    with ctx.sql_write() as uow:
+        _, row = limits.team_limits(uow.conn, team_id, hard_cents)
         store.save_team_billing(
-            conn,
+            uow.conn,
             team_id,
             soft_limit_cents=cents,
             blocked_until=None if row is None else row.blocked_until,
-            now=now,
+            now=uow.now,
         )
         shown = "none" if cents is None else f"{cents} cents"
-        append_audit(
-            conn,
-            AuditEvent(
-                event_id=str(uuid.uuid4()),
-                team_id=team_id,
-                event_time=now,
-                user_id=principal.user_id,
-                operation="SetSpendingLimit",
-                entity_type="TEAM",
-                entity_id=team_id,
-                description=f"Set the monthly spending limit to {shown}",
-            ),
+        uow.record(
+            team_id=team_id,
+            user_id=principal.user_id,
+            operation="SetSpendingLimit",
+            entity_type="TEAM",
+            entity_id=team_id,
+            description=f"Set the monthly spending limit to {shown}",
         )
-        revisions = limits.check_team(conn, team_id, hard_cents=hard_cents, now=now)
+        revisions = limits.check_team(uow, team_id, hard_cents=hard_cents)
     for revision in revisions:
         ctx.on_commit(revision)
     return cents, revisions

@@ -22,8 +22,8 @@ SPEND_RETENTION = timedelta(days=62)
 
 
 def lift_expired(ctx: Context) -> list[int]:
-    with ctx.db.write() as conn:
-        revisions = limits.lift_expired(conn, now=ctx.clock.now())
+    with ctx.sql_write() as uow:
+        revisions = limits.lift_expired(uow)
     for revision in revisions:
         ctx.on_commit(revision)
     return revisions

@@ -12,15 +12,14 @@ replica is recognized by its offsets: frames below the mark were counted already
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import msgspec
 from msgspec.structs import astuple
-from sqlalchemy import Connection
 
 from keyplane.domain.errors import InvalidArgument
 from keyplane.services.context import Context
+from keyplane.storage.unit_of_work import SqlUnitOfWork
 from keyplane.usage import limits, store
 from keyplane.usage.record import decode, iter_frames
 from keyplane.usage.wire import MAX_BATCH_BYTES
@@ -53,22 +52,21 @@ def ingest(
         records = [(frame_start, astuple(decode(payload))) for frame_start, _, payload in frames]
     except msgspec.MsgspecError:
         raise InvalidArgument("the batch holds an undecodable record", field="body") from None
-    now = ctx.clock.now()
     revisions: list[int] = []
-    with ctx.db.write() as conn:
-        mark = store.lock_mark(conn, gateway_id, segment)
+    with ctx.sql_write() as uow:
+        mark = store.lock_mark(uow.conn, gateway_id, segment)
         fresh = [r for offset, r in records if mark is None or offset >= mark]
         if fresh:
-            revisions = _count(conn, fresh, cluster=cluster, now=now, hard=hard_limit_cents)
+            revisions = _count(uow, fresh, cluster=cluster, hard=hard_limit_cents)
         if mark is None or end > mark:
             store.set_mark(
-                conn,
+                uow.conn,
                 gateway_id=gateway_id,
                 segment=segment,
                 cluster=cluster,
                 offset=end,
                 existed=mark is not None,
-                now=now,
+                now=uow.now,
             )
     for revision in revisions:
         ctx.on_commit(revision)
@@ -76,29 +74,24 @@ def ingest(
 
 
 def _count(
-    conn: Connection,
-    records: list[tuple[Any, ...]],
-    *,
-    cluster: str,
-    now: datetime,
-    hard: int | None,
+    uow: SqlUnitOfWork, records: list[tuple[Any, ...]], *, cluster: str, hard: int | None
 ) -> list[int]:
     # The database groups and sums: per minute, hour and day, per key and for the team's totals
     # over its keys (``ALL_KEYS``: what queries that neither group nor filter by key read).
+    conn = uow.conn
     store.stage(conn, records)
     store.roll_up(conn, cluster[:128])
     teams, keys = store.stage_spend(conn)
     revisions: list[int] = []
     for team_id in teams:
-        revisions += limits.check_team(conn, team_id, hard_cents=hard, now=now)
+        revisions += limits.check_team(uow, team_id, hard_cents=hard)
     for row in store.budgeted_keys(conn, keys):
         revisions += limits.check_key(
-            conn,
+            uow,
             api_key_id=row.api_key_id,
             team_id=row.team_id,
             budget_cents=row.budget_cents,
             period=row.budget_period,
             blocked_until=row.budget_blocked_until,
-            now=now,
         )
     return revisions

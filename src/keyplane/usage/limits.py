@@ -6,23 +6,25 @@ gateway in the key's enforcement view through the change feed like any other key
 its own revision and an audit event. Gateways refuse a key while that time is ahead, so a block
 also lifts by itself when the month (or the budget's period) turns; raising the limit lifts it at
 once, with another change.
+
+Each of these acts in the caller's unit of work (``ctx.sql_write()``), which records their audit
+events and whose time (``uow.now``) every row they write carries.
 """
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, update
 
-from keyplane.domain.model import AuditEvent, enforcement_view
+from keyplane.domain.model import enforcement_view
 from keyplane.domain.timefmt import from_micros, to_micros
 from keyplane.storage import changelog
 from keyplane.storage import tables as t
 from keyplane.storage.api_keys import ApiKeys
-from keyplane.storage.audit import append_audit
+from keyplane.storage.unit_of_work import SqlUnitOfWork
 from keyplane.usage import store
 from keyplane.usage.periods import period_bounds
 from keyplane.usage.record import COST_SCALE
@@ -44,41 +46,11 @@ class Limits:
         return min(values) if values else None
 
 
-def _audit(
-    conn: Connection,
-    *,
-    team_id: str,
-    entity_type: str,
-    entity_id: str,
-    operation: str,
-    text: str,
-    now: datetime,
-) -> None:
-    append_audit(
-        conn,
-        AuditEvent(
-            event_id=str(uuid.uuid4()),
-            team_id=team_id,
-            event_time=now,
-            user_id=SYSTEM_USER,
-            operation=operation,
-            entity_type=entity_type,
-            entity_id=entity_id,
-            description=text,
-        ),
-    )
-
-
 def _set_key_column(
-    conn: Connection,
-    *,
-    api_key_id: str,
-    team_id: str,
-    column: str,
-    until: datetime | None,
-    now: datetime,
+    uow: SqlUnitOfWork, *, api_key_id: str, team_id: str, column: str, until: datetime | None
 ) -> int | None:
     """Set a block column of one key with a new revision and its change-log row."""
+    conn = uow.conn
     revision = changelog.next_revision(conn)
     conn.execute(
         update(t.api_keys)
@@ -95,7 +67,7 @@ def _set_key_column(
         team_id=team_id,
         op="upsert",
         view=enforcement_view(key),
-        now=now,
+        now=uow.now,
     )
     return revision
 
@@ -118,74 +90,55 @@ def key_period_spend(conn: Connection, api_key_id: str, period: str, now: dateti
 
 
 def apply_team_block(
-    conn: Connection,
+    uow: SqlUnitOfWork,
     *,
     team_id: str,
     until: datetime | None,
-    now: datetime,
     why: str,
     soft_limit_cents: int | None,
 ) -> list[int]:
     """Block (``until`` set) or unblock (``None``) a team: every key of it gets a change."""
     store.save_team_billing(
-        conn,
+        uow.conn,
         team_id,
         soft_limit_cents=soft_limit_cents,
         blocked_until=None if until is None else to_micros(until),
-        now=now,
+        now=uow.now,
     )
     revisions = [
         r
-        for key_id in store.team_key_ids(conn, team_id)
+        for key_id in store.team_key_ids(uow.conn, team_id)
         if (
             r := _set_key_column(
-                conn,
-                api_key_id=key_id,
-                team_id=team_id,
-                column="team_blocked_until",
-                until=until,
-                now=now,
+                uow, api_key_id=key_id, team_id=team_id, column="team_blocked_until", until=until
             )
         )
         is not None
     ]
-    _audit(
-        conn,
+    uow.record(
         team_id=team_id,
+        user_id=SYSTEM_USER,
+        operation="BlockTeam" if until is not None else "UnblockTeam",
         entity_type="TEAM",
         entity_id=team_id,
-        operation="BlockTeam" if until is not None else "UnblockTeam",
-        text=why,
-        now=now,
+        description=why,
     )
     return revisions
 
 
 def apply_key_block(
-    conn: Connection,
-    *,
-    api_key_id: str,
-    team_id: str,
-    until: datetime | None,
-    now: datetime,
-    why: str,
+    uow: SqlUnitOfWork, *, api_key_id: str, team_id: str, until: datetime | None, why: str
 ) -> list[int]:
     revision = _set_key_column(
-        conn,
-        api_key_id=api_key_id,
-        team_id=team_id,
-        column="budget_blocked_until",
-        until=until,
-        now=now,
+        uow, api_key_id=api_key_id, team_id=team_id, column="budget_blocked_until", until=until
     )
-    _audit(
-        conn,
+    uow.record(
         team_id=team_id,
+        user_id=SYSTEM_USER,
+        operation="BlockApiKey" if until is not None else "UnblockApiKey",
         entity_type="API_KEY",
         entity_id=api_key_id,
-        operation="BlockApiKey" if until is not None else "UnblockApiKey",
-        text=why,
-        now=now,
+        description=why,
     )
     return [] if revision is None else [revision]
 
@@ -194,10 +147,9 @@ def _cents(units: int) -> str:
     return f"{units / COST_SCALE:.2f}"
 
 
-def check_team(
-    conn: Connection, team_id: str, *, hard_cents: int | None, now: datetime
-) -> list[int]:
+def check_team(uow: SqlUnitOfWork, team_id: str, *, hard_cents: int | None) -> list[int]:
     """Block the team if this month's spend reached its effective limit, unblock it if not."""
+    conn, now = uow.conn, uow.now
     limits, row = team_limits(conn, team_id, hard_cents)
     limit = limits.effective
     blocked_until = None if row is None or row.blocked_until is None else row.blocked_until
@@ -209,20 +161,18 @@ def check_team(
     if over and not blocked:
         _, month_end = period_bounds("MONTH", now)
         return apply_team_block(
-            conn,
+            uow,
             team_id=team_id,
             until=month_end,
-            now=now,
             why=f"Team blocked: spend this month ({_cents(spent)} cents) reached the spending "
             f"limit of {limit} cents",
             soft_limit_cents=limits.soft,
         )
     if blocked and not over:
         return apply_team_block(
-            conn,
+            uow,
             team_id=team_id,
             until=None,
-            now=now,
             why=f"Team unblocked: spend this month ({_cents(spent)} cents) is under the limit",
             soft_limit_cents=limits.soft,
         )
@@ -230,58 +180,56 @@ def check_team(
 
 
 def check_key(
-    conn: Connection,
+    uow: SqlUnitOfWork,
     *,
     api_key_id: str,
     team_id: str,
     budget_cents: int | None,
     period: str | None,
     blocked_until: int | None,
-    now: datetime,
 ) -> list[int]:
     """Block the key if its spend this period reached its budget; unblock it if not."""
+    now = uow.now
     blocked = blocked_until is not None and blocked_until > to_micros(now)
     if budget_cents is None or period is None:
         over = False
         spent = 0
     else:
-        spent = key_period_spend(conn, api_key_id, period, now)
+        spent = key_period_spend(uow.conn, api_key_id, period, now)
         over = spent >= budget_cents * COST_SCALE
     if over and not blocked:
         assert period is not None
         _, end = period_bounds(period, now)
         return apply_key_block(
-            conn,
+            uow,
             api_key_id=api_key_id,
             team_id=team_id,
             until=end,
-            now=now,
             why=f"API key blocked: spend this {period.lower()} ({_cents(spent)} cents) reached "
             f"its budget of {budget_cents} cents",
         )
     if blocked and not over:
         return apply_key_block(
-            conn,
+            uow,
             api_key_id=api_key_id,
             team_id=team_id,
             until=None,
-            now=now,
             why="API key unblocked: its spend is under its budget",
         )
     return []
 
 
-def lift_expired(conn: Connection, *, now: datetime) -> list[int]:
+def lift_expired(uow: SqlUnitOfWork) -> list[int]:
     """Clear blocks whose period has ended (gateways already stopped enforcing them)."""
-    now_us = to_micros(now)
+    conn = uow.conn
+    now_us = to_micros(uow.now)
     revisions: list[int] = []
     for team_id in store.expired_team_blocks(conn, until_before=now_us + 1):
         row = store.team_billing_row(conn, team_id)
         revisions += apply_team_block(
-            conn,
+            uow,
             team_id=team_id,
             until=None,
-            now=now,
             why="Team unblocked: a new month began",
             soft_limit_cents=None if row is None else row.soft_limit_cents,
         )
@@ -291,21 +239,19 @@ def lift_expired(conn: Connection, *, now: datetime) -> list[int]:
             continue
         if key.budget_blocked_until is not None and to_micros(key.budget_blocked_until) <= now_us:
             revisions += apply_key_block(
-                conn,
+                uow,
                 api_key_id=key.api_key_id,
                 team_id=key.team_id,
                 until=None,
-                now=now,
                 why="API key unblocked: its budget period ended",
             )
         if key.team_blocked_until is not None and to_micros(key.team_blocked_until) <= now_us:
             revision = _set_key_column(
-                conn,
+                uow,
                 api_key_id=key.api_key_id,
                 team_id=key.team_id,
                 column="team_blocked_until",
                 until=None,
-                now=now,
             )
             revisions += [] if revision is None else [revision]
     return revisions
