@@ -74,6 +74,7 @@ def test_tally_keeps_the_tightest_token_limit_by_the_same_rules() -> None:
     tally.token(500, 450, 20.0)  # 50 left
     tally.token(60, 10, 10.0)  # 50 left, smaller limit: wins
     tally.token(60, 10, 5.0)  # a tie on both: the first stays
+    assert tally.decision().tokens == Quota(60, 50, 10.0)
     tally.token(800, 900, 1.0)  # over its limit: 0 left, tightest
     assert tally.decision().tokens == Quota(800, 0, 1.0)
     at_limit = Tally()

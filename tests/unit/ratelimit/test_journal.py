@@ -192,3 +192,28 @@ def test_token_replays_keep_the_charges_that_hold_the_limit_and_no_more() -> Non
     small.charge(1.0, 1, [TPM], 1)
     (sent,) = entries(small.replay(1.0, after=0, prefix="").args)
     assert sent == [(0, 1, 1)]
+
+
+def test_a_token_series_is_cut_where_its_newest_charges_first_exceed_the_limit() -> None:
+    # From the newest back: 600, then 600 + 500 > 1000: the oldest (100) is not needed.
+    j = journal()
+    for seq, amount in enumerate([100, 500, 600], start=1):
+        j.charge(float(seq), seq, [TPM], amount)
+    (sent,) = entries(j.replay(4.0, after=0, prefix="").args)
+    assert [seq for _, seq, _ in sent] == [2, 3]
+    # A newest charge of exactly the limit is not over it: the one before is still needed.
+    k = journal()
+    for seq, amount in enumerate([5, 1000], start=1):
+        k.charge(float(seq), seq, [TPM], amount)
+    (sent,) = entries(k.replay(3.0, after=0, prefix="").args)
+    assert [seq for _, seq, _ in sent] == [1, 2]
+
+
+def test_bucket_widths_are_whole_microseconds() -> None:
+    # 1 s over 60 buckets is 16,666 µs, not 16,666.67: Redis places entries on whole µs.
+    j = Journal(exact_max=10, buckets=60, token_buckets=60)
+    j.admit(1.0, 1, [RequestLimit("rps", "r", 11, 1.0)])
+    j.charge(1.0, 2, [TokenLimit("tpm", "t", 10, 1.0)], 3)
+    args = j.replay(1.0, after=0, prefix="").args
+    assert args == [1_000_000, 16_666, 1, 0, 1, 1, 1_000_000, 16_666, 1, 0, 2, 3]
+    assert all(type(arg) is int for arg in args)

@@ -111,3 +111,47 @@ def test_budgets_must_be_positive() -> None:
     with pytest.raises(ValueError, match=r"^buckets and token_buckets must be >= 1$"):
         MemoryLimiter(token_buckets=0)
     assert MemoryLimiter(sweep_budget=1, buckets=1, token_buckets=1).counter_count == 0
+
+
+def test_one_recorded_admission_is_one_unit_in_a_bucketed_limit(clock: ManualClock) -> None:
+    limiter = MemoryLimiter(clock=clock, exact_max=2, buckets=4)
+    big = RequestLimit("rpm", "big", 3, 60.0)
+    limiter.record_now([big])
+    assert admitted(limiter, 5, big) == 2
+
+
+def test_charges_skip_unlimited_token_limits_and_charge_the_rest(clock: ManualClock) -> None:
+    limiter = MemoryLimiter(clock=clock)
+    free, one = TokenLimit("tpm", "free", 0), TokenLimit("tpm", "one", 1)
+    limiter.charge_now([free, one], 5)
+    assert limiter.counter_count == 1
+    refused = limiter.acquire_now([], [one])
+    assert refused.violated is not None
+    assert (refused.violated.counter, refused.violated.actual) == ("one", 5)
+
+
+def test_a_counter_emptied_by_a_refused_request_stays_usable(clock: ManualClock) -> None:
+    limiter = MemoryLimiter(clock=clock)
+    short = RequestLimit("qps", "short", 5, 1.0)
+    full = RequestLimit("qpm", "full", 1, 60.0)
+    # Written first with a 10 s window, the counter is not due for the sweep before 1010.
+    assert limiter.acquire_now([RequestLimit("qps", "short", 5, 10.0), full]).allowed
+    clock.advance(2.0)
+    # short's entry expires during the check, full refuses: short's log is left empty.
+    assert not limiter.acquire_now([short, full]).allowed
+    assert not limiter._requests["short"].entries
+    decision = limiter.acquire_now([short])
+    assert decision.allowed
+    assert decision.requests is not None
+    assert decision.requests.remaining == 4
+
+
+def test_a_bucket_holding_more_units_than_the_clock_reads_still_expires(
+    clock: ManualClock,
+) -> None:
+    # 1,500 admissions merged into one bucket entry; the clock reads 1,062 when it must go.
+    limiter = MemoryLimiter(clock=clock, exact_max=1000, buckets=60)
+    big = RequestLimit("rpm", "big", 1500, 60.0)
+    assert admitted(limiter, 1500, big) == 1500
+    clock.now = 1062.0
+    assert admitted(limiter, 1, big) == 1
