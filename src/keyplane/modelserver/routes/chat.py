@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from typing import Final
+from collections.abc import Callable, Iterator
+from typing import Any, Final
 
 import msgspec
 
@@ -20,6 +20,9 @@ DONE: Final = b"data: [DONE]\n\n"
 
 _chat_decoder = msgspec.json.Decoder(protocol.ChatCompletionRequest)
 _completion_decoder = msgspec.json.Decoder(protocol.CompletionRequest)
+
+#: A stream's chunks of choices, given the bytes before and after a chunk's choices.
+ChoiceChunks = Callable[[bytes, bytes], Iterator[tuple[bytes, bool]]]
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -54,41 +57,29 @@ def chat_completions(state: ServerState, body: bytes) -> Reply:
     tokens = generate_tokens(
         seed_for(req.model, "\x1e".join(seed_parts)), count, finish=finish == "stop"
     )
-    usage = _usage(prompt_tokens, len(tokens))
-    state.count_tokens(prompt_tokens, len(tokens))
-    ident = state.new_id("chatcmpl-")
-    created = int(time.time())
-    if not req.stream:
-        return Reply(body=encode({
-            "id": ident,
-            "object": "chat.completion",
-            "created": created,
-            "model": req.model,
-            "choices": [{
+    return _reply(
+        state,
+        req,
+        kinds=("chat.completion", "chat.completion.chunk"),
+        id_prefix="chatcmpl-",
+        prompt_tokens=prompt_tokens,
+        completion_tokens=len(tokens),
+        choices=lambda: [
+            {
                 "index": 0,
                 "message": {"role": "assistant", "content": "".join(tokens), "refusal": None},
                 "logprobs": None,
                 "finish_reason": finish,
-            }],
-            "usage": usage,
-            "system_fingerprint": None,
-        }))  # fmt: skip
-    include_usage = bool(req.stream_options and req.stream_options.include_usage)
-    return Reply(
-        chunks=_chat_chunks(ident, created, req.model, tokens, finish, usage, include_usage)
+            }
+        ],
+        choice_chunks=lambda head, tail: _chat_chunks(head, tail, tokens, finish),
+        extra={"system_fingerprint": None},
     )
 
 
 def _chat_chunks(
-    ident: str,
-    created: int,
-    model: str,
-    tokens: list[str],
-    finish: str,
-    usage: dict[str, int],
-    include_usage: bool,
+    head: bytes, tail: bytes, tokens: list[str], finish: str
 ) -> Iterator[tuple[bytes, bool]]:
-    head, tail = _chunk_frame(ident, "chat.completion.chunk", created, model, include_usage)
     yield (
         (
             head + b'{"index":0,"delta":{"role":"assistant","content":""},'
@@ -117,9 +108,6 @@ def _chat_chunks(
         ),
         False,
     )
-    if include_usage:
-        yield head + b'],"usage":' + encode(usage) + b"}\n\n", False
-    yield DONE, False
 
 
 def completions(state: ServerState, body: bytes) -> Reply:
@@ -137,43 +125,73 @@ def completions(state: ServerState, body: bytes) -> Reply:
             prompt_tokens += len(prompt)
             seed = seed_for(req.model, "\x00ids:" + ",".join(map(str, prompt)))
         outputs.append(generate_tokens(seed, count, finish=finish == "stop"))
-    usage = _usage(prompt_tokens, sum(map(len, outputs)))
-    state.count_tokens(prompt_tokens, sum(map(len, outputs)))
-    ident = state.new_id("cmpl-")
-    created = int(time.time())
-    if not req.stream:
-        return Reply(body=encode({
-            "id": ident,
-            "object": "text_completion",
-            "created": created,
-            "model": req.model,
-            "choices": [
-                {"text": "".join(out), "index": i, "logprobs": None, "finish_reason": finish}
-                for i, out in enumerate(outputs)
-            ],
-            "usage": usage,
-        }))  # fmt: skip
-    include_usage = bool(req.stream_options and req.stream_options.include_usage)
-    return Reply(
-        chunks=_completion_chunks(ident, created, req.model, outputs, finish, usage, include_usage)
+    return _reply(
+        state,
+        req,
+        kinds=("text_completion", "text_completion"),
+        id_prefix="cmpl-",
+        prompt_tokens=prompt_tokens,
+        completion_tokens=sum(map(len, outputs)),
+        choices=lambda: [
+            {"text": "".join(out), "index": i, "logprobs": None, "finish_reason": finish}
+            for i, out in enumerate(outputs)
+        ],
+        choice_chunks=lambda head, tail: _completion_chunks(head, tail, outputs, finish),
     )
 
 
 def _completion_chunks(
-    ident: str,
-    created: int,
-    model: str,
-    outputs: list[list[str]],
-    finish: str,
-    usage: dict[str, int],
-    include_usage: bool,
+    head: bytes, tail: bytes, outputs: list[list[str]], finish: str
 ) -> Iterator[tuple[bytes, bool]]:
-    head, tail = _chunk_frame(ident, "text_completion", created, model, include_usage)
     for index, tokens in enumerate(outputs):
         at = b',"index":' + str(index).encode() + b',"logprobs":null,"finish_reason":'
         for token in tokens:
             yield head + b'{"text":' + encode(token) + at + b"null}" + tail, True
         yield head + b'{"text":""' + at + b'"' + finish.encode() + b'"}' + tail, False
+
+
+def _reply(
+    state: ServerState,
+    req: protocol.ChatCompletionRequest | protocol.CompletionRequest,
+    *,
+    kinds: tuple[str, str],
+    id_prefix: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    choices: Callable[[], list[dict[str, Any]]],
+    choice_chunks: ChoiceChunks,
+    extra: dict[str, Any] | None = None,
+) -> Reply:
+    """What chat and completions share once the tokens are generated: count them, then answer
+    whole (``kinds[0]``, ``choices()``, then ``extra``) or as a stream of ``kinds[1]`` chunks."""
+    usage = _usage(prompt_tokens, completion_tokens)
+    state.count_tokens(prompt_tokens, completion_tokens)
+    ident = state.new_id(id_prefix)
+    created = int(time.time())
+    whole, chunk = kinds
+    if not req.stream:
+        return Reply(body=encode({
+            "id": ident,
+            "object": whole,
+            "created": created,
+            "model": req.model,
+            "choices": choices(),
+            "usage": usage,
+            **(extra or {}),
+        }))  # fmt: skip
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    frame = _chunk_frame(ident, chunk, created, req.model, include_usage)
+    return Reply(chunks=_stream(frame, choice_chunks, usage, include_usage))
+
+
+def _stream(
+    frame: tuple[bytes, bytes],
+    choice_chunks: ChoiceChunks,
+    usage: dict[str, int],
+    include_usage: bool,
+) -> Iterator[tuple[bytes, bool]]:
+    head, tail = frame
+    yield from choice_chunks(head, tail)
     if include_usage:
         yield head + b'],"usage":' + encode(usage) + b"}\n\n", False
     yield DONE, False
