@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from pathlib import Path
 
 from click.testing import CliRunner
 
 from keyplane.cli import main
-from keyplane.usage import ingest
-from keyplane.usage.record import UsageRecord, frame
+from keyplane.usage.record import UsageRecord
 from tests.support.procs import Deployment, admin_context
+from tests.support.usage import ingest_batch
 
 
 def run(dep: Deployment, *args: str) -> tuple[int, str]:
@@ -28,17 +27,8 @@ def test_usage_per_team_and_per_key(tmp_path: Path) -> None:
     records = [
         UsageRecord(now_ms, team_id, "key-1", "grok-4", "chat", 200, 10, 20, 10 * 2000 + 20 * 10000)
     ] * 3 + [UsageRecord(now_ms, other_id, "key-9", "grok-4", "chat", 429, 0, 0, 0)]
-    data = b"".join(frame(r) for r in records)
     with admin_context(dep) as ctx:
-        ingest.ingest(
-            ctx,
-            gateway_id=str(uuid.uuid4()),
-            cluster="us-east-1",
-            segment=1,
-            start=0,
-            end=len(data),
-            data=data,
-        )
+        ingest_batch(ctx, records, cluster="us-east-1")
     code, out = run(dep, "admin", "usage", "--json")
     assert code == 0, out
     rows = {r["name"]: r for r in json.loads(out[out.index("[") :])}

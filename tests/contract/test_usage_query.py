@@ -17,8 +17,9 @@ from keyplane.domain.errors import InvalidArgument
 from keyplane.domain.timefmt import format_ts
 from keyplane.services.context import Context
 from keyplane.settings import Settings
-from keyplane.usage import ingest, query
-from keyplane.usage.record import COST_PER_USD, UsageRecord, frame, status_class
+from keyplane.usage import query
+from keyplane.usage.record import COST_PER_USD, UsageRecord, status_class
+from tests.support.usage import ingest_batch
 
 CATALOG = Catalog(Settings())
 BASE = datetime(2026, 3, 27, 18, 0, tzinfo=UTC)  # Europe/London leaves GMT two days later
@@ -217,16 +218,7 @@ def test_the_query_equals_a_brute_force_sum(
     for cluster in ("us-east-1", "eu-west-1"):
         batch = [r for r, c in mine if c == cluster]
         batch += [_with_team(r, intruder) for r in other]  # another team's, in the same batches
-        payload = b"".join(frame(r) for r in batch)
-        ingest.ingest(
-            ctx,
-            gateway_id=f"{cluster}/{uuid.uuid4()}",
-            cluster=cluster,
-            segment=1,
-            start=0,
-            end=len(payload),
-            data=payload,
-        )
+        ingest_batch(ctx, batch, cluster=cluster)
     q = query.parse(request)
     with ctx.db.read() as conn:
         answer = query.run(conn, team, q, CATALOG)

@@ -11,27 +11,18 @@ from typing import Any
 import httpx2
 import pytest
 
-from keyplane.usage import ingest
-from keyplane.usage.record import UsageRecord, frame
+from keyplane.usage.record import UsageRecord
 from tests.support.gateway import WILDCARD
 from tests.support.management import connect
 from tests.support.procs import Deployment, admin_context, create_management_key
+from tests.support.usage import ingest_batch
 
 NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
 
 
 def put_usage(dep: Deployment, records: list[UsageRecord], cluster: str = "us-east-1") -> None:
-    data = b"".join(frame(r) for r in records)
     with admin_context(dep) as ctx:
-        ingest.ingest(
-            ctx,
-            gateway_id=f"{cluster}/{uuid.uuid4()}",
-            cluster=cluster,
-            segment=1,
-            start=0,
-            end=len(data),
-            data=data,
-        )
+        ingest_batch(ctx, records, cluster=cluster)
 
 
 def record(team: str, key: str, *, model: str = "grok-4", status: int = 200) -> UsageRecord:

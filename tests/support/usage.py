@@ -1,12 +1,37 @@
-"""Reading what the control plane has counted, straight from its store (test-side only)."""
+"""Putting usage into the control plane's store and reading what it has counted, straight from
+the store (test-side only)."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
 
 from tests.support.procs import Deployment, admin_context, wait_for
+
+if TYPE_CHECKING:
+    from keyplane.services.context import Context
+    from keyplane.usage.record import UsageRecord
+
+
+def ingest_batch(ctx: Context, records: Sequence[UsageRecord], *, cluster: str) -> None:
+    """Count ``records`` as the first batch of a gateway of their own in ``cluster``."""
+    from keyplane.usage import ingest
+    from keyplane.usage.record import frame
+
+    data = b"".join(frame(r) for r in records)
+    ingest.ingest(
+        ctx,
+        gateway_id=f"{cluster}/{uuid.uuid4()}",
+        cluster=cluster,
+        segment=1,
+        start=0,
+        end=len(data),
+        data=data,
+    )
 
 
 @dataclass(frozen=True)
