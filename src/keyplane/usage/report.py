@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, Connection, func, select
 
 from keyplane.services.context import Context
 from keyplane.storage import tables as t
@@ -33,45 +33,70 @@ def _since(now: datetime, days: int) -> int:
     return start - start % 3600
 
 
+def _sums(
+    conn: Connection, by: ColumnElement[str], *where: ColumnElement[bool]
+) -> dict[str, tuple[int, ...]]:
+    """Requests, prompt tokens, completion tokens and cost per ``by`` in the hourly rollups."""
+    h = usage_hours
+    query = (
+        select(
+            by,
+            func.sum(h.c.requests),
+            func.sum(h.c.prompt_tokens),
+            func.sum(h.c.completion_tokens),
+            func.sum(h.c.cost),
+        )
+        .where(*where)
+        .group_by(by)
+    )
+    return {r[0]: tuple(int(v or 0) for v in r[1:]) for r in conn.execute(query)}
+
+
+def _row(
+    row_id: str,
+    name: str,
+    sums: tuple[int, ...] | None,
+    *,
+    spent: int,
+    limit: str,
+    until: int | None,
+    now: datetime,
+) -> Row:
+    requests, prompt, completion, cost = sums or (0, 0, 0, 0)
+    return Row(
+        id=row_id,
+        name=name,
+        requests=requests,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        usd=cost / COST_PER_USD,
+        month_cents=spent / COST_SCALE,
+        limit=limit,
+        blocked=until is not None and until > int(now.timestamp() * 1_000_000),
+    )
+
+
 def teams(ctx: Context, *, days: int) -> list[Row]:
     now = ctx.clock.now()
     h = usage_hours
     with ctx.db.read() as conn:
-        sums = {
-            r[0]: r[1:]
-            for r in conn.execute(
-                select(
-                    h.c.team_id,
-                    func.sum(h.c.requests),
-                    func.sum(h.c.prompt_tokens),
-                    func.sum(h.c.completion_tokens),
-                    func.sum(h.c.cost),
-                )
-                .where(h.c.bucket >= _since(now, days), h.c.api_key_id == ALL_KEYS)
-                .group_by(h.c.team_id)
-            )
-        }
+        sums = _sums(conn, h.c.team_id, h.c.bucket >= _since(now, days), h.c.api_key_id == ALL_KEYS)
         names = {r.team_id: r.name for r in conn.execute(select(t.teams.c.team_id, t.teams.c.name))}
         billing = {r.team_id: r for r in conn.execute(select(team_billing))}
         rows = []
         for team_id in sorted(set(sums) | set(names), key=lambda i: names.get(i, "")):
-            requests, prompt, completion, cost = (int(v or 0) for v in sums.get(team_id, (0,) * 4))
             b = billing.get(team_id)
-            month = limits.team_month_spend(conn, team_id, now) if team_id else 0
-            until = None if b is None else b.blocked_until
             rows.append(
-                Row(
-                    id=team_id or "-",
-                    name=names.get(team_id, "(no credentials)"),
-                    requests=requests,
-                    prompt_tokens=prompt,
-                    completion_tokens=completion,
-                    usd=cost / COST_PER_USD,
-                    month_cents=month / COST_SCALE,
+                _row(
+                    team_id or "-",
+                    names.get(team_id, "(no credentials)"),
+                    sums.get(team_id),
+                    spent=limits.team_month_spend(conn, team_id, now) if team_id else 0,
                     limit="-"
                     if b is None or b.soft_limit_cents is None
                     else str(b.soft_limit_cents),
-                    blocked=until is not None and until > int(now.timestamp() * 1_000_000),
+                    until=None if b is None else b.blocked_until,
+                    now=now,
                 )
             )
     return rows
@@ -81,46 +106,30 @@ def keys(ctx: Context, *, team_id: str, days: int) -> list[Row]:
     now = ctx.clock.now()
     h, k = usage_hours, t.api_keys
     with ctx.db.read() as conn:
-        sums = {
-            r[0]: r[1:]
-            for r in conn.execute(
-                select(
-                    h.c.api_key_id,
-                    func.sum(h.c.requests),
-                    func.sum(h.c.prompt_tokens),
-                    func.sum(h.c.completion_tokens),
-                    func.sum(h.c.cost),
-                )
-                .where(
-                    h.c.team_id == team_id,
-                    h.c.bucket >= _since(now, days),
-                    h.c.api_key_id != ALL_KEYS,
-                )
-                .group_by(h.c.api_key_id)
-            )
-        }
+        sums = _sums(
+            conn,
+            h.c.api_key_id,
+            h.c.team_id == team_id,
+            h.c.bucket >= _since(now, days),
+            h.c.api_key_id != ALL_KEYS,
+        )
         found = {r.api_key_id: r for r in conn.execute(select(k).where(k.c.team_id == team_id))}
         rows = []
         for key_id in sorted(set(sums) | set(found)):
-            requests, prompt, completion, cost = (int(v or 0) for v in sums.get(key_id, (0,) * 4))
             key = found.get(key_id)
             period = key.budget_period if key is not None and key.budget_period else "MONTH"
-            spent = limits.key_period_spend(conn, key_id, period, now)
             budget = "-"
             if key is not None and key.budget_cents is not None:
                 budget = f"{key.budget_cents}/{period.lower()}"
-            until = None if key is None else key.budget_blocked_until
             rows.append(
-                Row(
-                    id=key_id,
-                    name="(deleted)" if key is None else key.name,
-                    requests=requests,
-                    prompt_tokens=prompt,
-                    completion_tokens=completion,
-                    usd=cost / COST_PER_USD,
-                    month_cents=spent / COST_SCALE,
+                _row(
+                    key_id,
+                    "(deleted)" if key is None else key.name,
+                    sums.get(key_id),
+                    spent=limits.key_period_spend(conn, key_id, period, now),
                     limit=budget,
-                    blocked=until is not None and until > int(now.timestamp() * 1_000_000),
+                    until=None if key is None else key.budget_blocked_until,
+                    now=now,
                 )
             )
     return rows
