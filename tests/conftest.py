@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,14 +56,16 @@ def module_deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Depl
     dep.stop_all()
 
 
-@pytest.fixture(scope="session", autouse=True)
-def million_keys(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Under ``-m million``, every Deployment starts from a store holding a million keys."""
-    expression = str(request.config.getoption("markexpr") or "")
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under ``-m million``, every Deployment starts from a store holding a million keys. Built
+    here, before any test, so the load (minutes) counts against no test's timeout."""
+    expression = str(session.config.getoption("markexpr") or "")
     if "million" not in expression or "not million" in expression:
         return
     count = int(os.environ.get(million.KEYS_ENV, "1000000"))
     given = million.template()
-    path = given or tmp_path_factory.getbasetemp() / f"million-{count}.db"
+    path = given or Path(tempfile.gettempdir()) / f"keyplane-million-{count}-{os.getpid()}.db"
     million.build_template(path, count)
     os.environ[million.PRELOAD_ENV] = str(path)
+    if given is None:
+        session.config.add_cleanup(lambda: path.unlink(missing_ok=True))
