@@ -26,15 +26,13 @@ from keyplane.ratelimit import (
     RequestLimit,
     TokenLimit,
 )
-from tests.support.redis import RedisServer, require_redis_server
+from tests.support.redis import RedisServer, running_redis
 
 
 @pytest.fixture
 def server() -> Iterator[RedisServer]:
-    server = RedisServer(require_redis_server())
-    server.start()
-    yield server
-    server.close()
+    with running_redis() as server:
+        yield server
 
 
 def sample(name: str, labels: dict[str, str] | None = None) -> float:

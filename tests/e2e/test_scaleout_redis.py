@@ -21,7 +21,7 @@ from tests.support.load import (
     run_load,
 )
 from tests.support.procs import OPERATOR, Deployment, wait_for
-from tests.support.redis import RedisServer, require_redis_server
+from tests.support.redis import RedisServer, running_redis
 
 pytestmark = pytest.mark.slow
 
@@ -30,11 +30,8 @@ CHAT = {"model": "grok-3", "messages": [{"role": "user", "content": "hi"}], "max
 
 @pytest.fixture(scope="module")
 def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer(require_redis_server())
-    server.start()
-    yield server
-    server.stop()
-    server.close()
+    with running_redis() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
