@@ -26,6 +26,7 @@ from keyplane.ratelimit import (
     RequestLimit,
     TokenLimit,
 )
+from tests.support.limits import qpm, qps, tpm
 from tests.support.redis import RedisServer, running_redis
 
 
@@ -56,18 +57,6 @@ def shared_limiter(server: RedisServer) -> RedisLimiter:
     return RedisLimiter.from_url(
         server.url, RedisLimiterSettings(timeout=10.0, prefix=f"test:{uuid.uuid4().hex}:")
     )
-
-
-def qps(limit: int, counter: str = "key:1:qps") -> RequestLimit:
-    return RequestLimit("qps", counter, limit, 1.0)
-
-
-def qpm(limit: int, counter: str = "key:1:qpm") -> RequestLimit:
-    return RequestLimit("qpm", counter, limit, 60.0)
-
-
-def tpm(limit: int, counter: str = "key:1:tpm") -> TokenLimit:
-    return TokenLimit("tpm", counter, limit)
 
 
 class Stopwatch:

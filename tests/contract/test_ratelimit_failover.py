@@ -26,6 +26,7 @@ from keyplane.ratelimit import (
     RequestLimit,
     TokenLimit,
 )
+from tests.support.limits import qpm
 from tests.support.redis import RedisServer, running_redis
 
 
@@ -37,10 +38,6 @@ def server() -> Iterator[RedisServer]:
 
 def sample(name: str, labels: dict[str, str] | None = None) -> float:
     return REGISTRY.get_sample_value(name, labels or {}) or 0.0
-
-
-def qpm(limit: int, counter: str = "key:1:qpm") -> RequestLimit:
-    return RequestLimit("qpm", counter, limit, 60.0)
 
 
 def settings(policy: FailurePolicy, prefix: str, **extra: Any) -> RedisLimiterSettings:

@@ -23,15 +23,12 @@ from keyplane.ratelimit import (
     Violation,
 )
 from keyplane.ratelimit.base import Tally, active, active_tokens
+from tests.support.limits import qps
 
 
 def exactly(message: str) -> str:
     """A ``match`` pattern for this whole message and nothing else."""
     return f"^{re.escape(message)}$"
-
-
-def qps(limit: int, counter: str = "key:1:qps") -> RequestLimit:
-    return RequestLimit("qps", counter, limit, 1.0)
 
 
 def test_an_empty_tally_admits_with_no_quota() -> None:

@@ -13,22 +13,11 @@ from keyplane.ratelimit import (
     RequestLimit,
     TokenLimit,
 )
+from tests.support.limits import qpm, qps, tpm
 
 # Dyadic fractions (k / 2**n) keep every clock sum below exact in binary floating point, so the
 # tests can assert equalities at window boundaries.
 TINY = 2.0**-20
-
-
-def qps(limit: int, counter: str = "key:1:qps") -> RequestLimit:
-    return RequestLimit("qps", counter, limit, 1.0)
-
-
-def qpm(limit: int, counter: str = "key:1:qpm") -> RequestLimit:
-    return RequestLimit("qpm", counter, limit, 60.0)
-
-
-def tpm(limit: int, counter: str = "key:1:tpm") -> TokenLimit:
-    return TokenLimit("tpm", counter, limit)
 
 
 @pytest.fixture
