@@ -6,10 +6,18 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from keyplane.domain.model import ApiKey, SecretDigest, enforcement_view
+from keyplane.domain.model import (
+    ROW_FIELDS,
+    ApiKey,
+    SecretDigest,
+    enforcement_view,
+    row_to_view,
+    view_to_row,
+)
 
 T0 = datetime(2026, 11, 26, 14, 25, 7, 123456, tzinfo=UTC)
 KEY = ApiKey(
@@ -91,3 +99,24 @@ def test_the_view_of_a_key_mid_rotation_with_every_field_set() -> None:
         "teamBlockedUntil": "2026-11-26T17:25:07.123456Z",
     }
     assert isinstance(view["acls"], list)
+
+
+def test_a_row_is_the_view_in_row_order_with_secrets_as_pairs() -> None:
+    key = replace(
+        KEY,
+        qps=5,
+        secrets=(SecretDigest("new"), SecretDigest("old", expire_time=T0)),
+    )
+    view = enforcement_view(key)
+    row = view_to_row(view)
+    assert row[0] == "key-1"
+    assert row[1] == [["new", None], ["old", "2026-11-26T14:25:07.123456Z"]]
+    assert row[2:] == [view[name] for name in ROW_FIELDS[2:]]
+    assert row_to_view(row) == view
+    assert view_to_row({**view, "secrets": None})[1] == []
+
+
+def test_a_row_of_the_wrong_length_is_refused() -> None:
+    row = view_to_row(enforcement_view(KEY))
+    with pytest.raises(ValueError, match="zip"):
+        row_to_view(row[:-1])

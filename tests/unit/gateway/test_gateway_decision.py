@@ -275,6 +275,11 @@ def test_the_models_a_key_sees_are_those_of_its_cluster_it_may_use() -> None:
     assert Admission(CATALOG, ScriptedLimiter(), EU).visible_models(everything)[-1] == "eu-only"
     alias_only = record(acls=["api-key:model:small-alias"])
     assert Admission(CATALOG, ScriptedLimiter(), US).visible_models(alias_only) == ["small-alias"]
+    canonical = record(acls=["api-key:model:big"])  # a grant of the model covers its aliases
+    assert Admission(CATALOG, ScriptedLimiter(), US).visible_models(canonical) == [
+        "big",
+        "big-latest",
+    ]
 
 
 # -- credentials and state ------------------------------------------------------------------------
