@@ -112,6 +112,11 @@ EMPTY = (
         ("qps" + "," * 1022, "fieldMask: field mask is too long"),
         (["qps"] * 33, "fieldMask: field mask has too many paths"),
         ("apiKey", "fieldMask: 'apiKey' is output only and cannot be updated"),
+        (
+            "qps,foo",
+            "fieldMask: unknown path 'foo'; maskable paths: "
+            "name, aclStrings, qps, qpm, tpm, disabled, expireTime, budget",
+        ),
     ],
 )
 def test_each_refusal_says_why_in_so_many_words(mask: object, message: str) -> None:
