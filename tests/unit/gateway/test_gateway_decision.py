@@ -388,3 +388,54 @@ def test_a_key_over_its_budget_is_refused_until_the_period_ends() -> None:
         "period ends or its budget is raised."
     )
     assert state_refusal(key, NOW + 1) is None
+
+
+# -- the record a view becomes --------------------------------------------------------------------
+
+
+def test_a_record_holds_what_get_v1_api_key_shows() -> None:
+    key = record(
+        createTime="2026-11-26T14:25:07.000000Z",
+        modifyTime="2026-11-27T14:25:07.000000Z",
+        modifiedBy="mgmt-1",
+        qps=1,
+        qpm=2,
+        tpm=3,
+        revision=7,
+    )
+    assert (key.user_id, key.name, key.redacted) == ("u1", "key one", "xai-...abcd")
+    assert (key.create_time, key.modify_time, key.modified_by) == (
+        "2026-11-26T14:25:07.000000Z",
+        "2026-11-27T14:25:07.000000Z",
+        "mgmt-1",
+    )
+    assert key.acl_strings == ("api-key:endpoint:*", "api-key:model:*")
+    assert (key.qps, key.qpm, key.tpm, key.revision) == (1, 2, 3, 7)
+
+
+def test_a_view_with_only_its_ids_reads_as_empty_fields() -> None:
+    key = KeyRecord.from_view({"apiKeyId": "k1", "teamId": "t1"})
+    assert (key.user_id, key.name, key.redacted) == ("", "", "")
+    assert (key.create_time, key.modify_time, key.modified_by) == ("", "", "")
+    assert (key.acl_strings, key.secrets, key.revision) == ((), (), 0)
+    assert (key.disabled, key.expire_at, key.key_blocked_until, key.team_blocked_until) == (
+        False,
+        None,
+        None,
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"expireTime": "soon"}, "expireTime"),
+        ({"apiKeyBlockedUntil": "soon"}, "apiKeyBlockedUntil"),
+        ({"teamBlockedUntil": "soon"}, "teamBlockedUntil"),
+        ({"secrets": [{"digest": "d", "expireTime": "soon"}]}, "secrets.expireTime"),
+    ],
+)
+def test_a_malformed_time_in_a_view_names_its_field(fields: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        record(**fields)
+    assert caught.value.field == field
