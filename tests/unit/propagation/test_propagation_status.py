@@ -359,7 +359,7 @@ class Feed:
             headers[GATEWAY_HEADER] = gateway
         return headers
 
-    def changes(self, after: int, gateway: str = "us-a", **params: int) -> dict[str, Any]:
+    def changes(self, after: int, gateway: str = "us-a", **params: float) -> dict[str, Any]:
         answer = self.http.get(
             CHANGES_PATH,
             params={"after": after, "wait": 0, **params},
@@ -522,3 +522,15 @@ def test_a_gateway_is_forgotten_only_once_silent_for_longer_than_a_day(world: Wo
     world.clock.advance(0.001)
     feed.compact(world.ctx, keep=10)
     assert feed.cluster_view(world.ctx)[1] == []
+
+
+def test_a_level_follower_waits_then_hears_nothing_new(world: World, gateway_feed: Feed) -> None:
+    _, head = world.create()
+    answer = gateway_feed.changes(head, wait=0.05)  # nothing comes within the wait
+    assert (answer["revision"], answer["changes"], answer["snapshotRequired"]) == (head, [], False)
+
+
+def test_the_feed_is_not_part_of_the_public_api_document(gateway_feed: Feed) -> None:
+    paths = gateway_feed.http.get("/openapi.json").json()["paths"]
+    assert SNAPSHOT_PATH not in paths
+    assert CHANGES_PATH not in paths
