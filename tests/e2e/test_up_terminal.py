@@ -13,9 +13,9 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx2
 import pytest
 
+from tests.support.management import connect
 from tests.support.procs import PYTHON, Deployment, wait_for
 from tests.support.terminal import Terminal
 
@@ -40,9 +40,7 @@ def key_everywhere(dep: Deployment, term: Terminal) -> None:
     match = re.search(r"team: \S+ \((\S+)\)", term.text())
     assert match, term.text()
     secret = (dep.data_dir / "bootstrap-management-key").read_text().split()[-1]
-    with httpx2.Client(
-        base_url=dep.control_url, headers={"Authorization": f"Bearer {secret}"}, timeout=10
-    ) as client:
+    with connect(dep.control_url, secret) as client:
         created = client.post(f"/auth/teams/{match.group(1)}/api-keys", json={"name": "k"})
         assert created.status_code == 200, created.text
         path = f"/auth/api-keys/{created.json()['apiKeyId']}/propagation"

@@ -14,6 +14,7 @@ from typing import Any
 import httpx2
 import pytest
 
+from tests.support.management import connect
 from tests.support.procs import PYTHON, Deployment, admin_context, wait_for
 
 US, EU = "us-east-1", "eu-west-1"
@@ -73,9 +74,7 @@ def _new_key(dep: Deployment, client: httpx2.Client, team: str) -> str:
 def test_acks_beyond_the_head_or_what_was_served_are_not_believed(running: Deployment) -> None:
     dep = running
     team, mgmt = dep.create_team("acks")
-    with httpx2.Client(
-        base_url=dep.control_url, headers={"Authorization": f"Bearer {mgmt}"}, timeout=10.0
-    ) as client:
+    with connect(dep.control_url, mgmt) as client:
         for _ in range(3):
             key_id = _new_key(dep, client, team)
         forger = _credential(dep, EU)
@@ -96,9 +95,7 @@ def test_acks_beyond_the_head_or_what_was_served_are_not_believed(running: Deplo
 def test_a_credential_speaks_for_one_gateway(running: Deployment) -> None:
     dep = running
     team, mgmt = dep.create_team("binding")
-    with httpx2.Client(
-        base_url=dep.control_url, headers={"Authorization": f"Bearer {mgmt}"}, timeout=10.0
-    ) as client:
+    with connect(dep.control_url, mgmt) as client:
         key_id = _new_key(dep, client, team)
         # The real gateway's own credential, stolen: other ids are refused while it is live.
         stolen = dep.procs[1].env["KEYPLANE_GATEWAY_CREDENTIAL"]

@@ -21,15 +21,14 @@ import pytest
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from tests.support.management import connect
 from tests.support.procs import Deployment, admin_context, create_management_key
 
 GUESSES = [f"idem-{i}" for i in range(1000)]
 
 
 def _client(dep: Deployment, secret: str) -> httpx2.Client:
-    return httpx2.Client(
-        base_url=dep.control_url, headers={"Authorization": f"Bearer {secret}"}, timeout=10.0
-    )
+    return connect(dep.control_url, secret)
 
 
 def _create(client: httpx2.Client, team: str, name: str, idem: str) -> httpx2.Response:
