@@ -3,7 +3,9 @@
 A use case opens one (``with ctx.write() as uow``), reads and writes through its stores
 (``uow.api_keys``, ``uow.teams`` ...), and says what happened: ``uow.key_changed(...)`` for an
 API key (its change-log row at the key's revision, its audit event, and — once the transaction has
-committed — ``on_commit`` with the newest revision, which wakes the gateways' feed), or
+committed — ``on_commit`` with the newest revision, which wakes the gateways' feed),
+``uow.key_revised(...)`` for a key changed by no one's request (a budget or spending-limit block:
+the same without the audit event, which the block records once for all its keys), or
 ``uow.record(...)`` for an audit event alone. Nobody else builds an ``AuditEvent`` or a change-log
 row. ``now`` is the transaction's one time: every row it writes carries it.
 
@@ -133,8 +135,9 @@ class UnitOfWork(ABC):
         if deleted:
             view = {"apiKeyId": key.api_key_id, "teamId": key.team_id, "deleted": True}
             self._append_change(key, "delete", view)
+            self._revisions.append(key.revision)
         else:
-            self._append_change(key, "upsert", enforcement_view(key))
+            self.key_revised(key)
         self.record(
             team_id=key.team_id,
             user_id=by,
@@ -143,6 +146,11 @@ class UnitOfWork(ABC):
             entity_id=key.api_key_id,
             description=description,
         )
+
+    def key_revised(self, key: ApiKey) -> None:
+        """``key`` (already written at ``key.revision``) changed: its change-log row, and the feed
+        woken once this transaction has committed."""
+        self._append_change(key, "upsert", enforcement_view(key))
         self._revisions.append(key.revision)
 
     def record(

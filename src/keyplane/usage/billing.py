@@ -95,6 +95,4 @@ def set_limit(
             description=f"Set the monthly spending limit to {shown}",
         )
         revisions = limits.check_team(uow, team_id, hard_cents=hard_cents)
-    for revision in revisions:
-        ctx.on_commit(revision)
     return cents, revisions

@@ -23,10 +23,7 @@ SPEND_RETENTION = timedelta(days=62)
 
 def lift_expired(ctx: Context) -> list[int]:
     with ctx.sql_write() as uow:
-        revisions = limits.lift_expired(uow)
-    for revision in revisions:
-        ctx.on_commit(revision)
-    return revisions
+        return limits.lift_expired(uow)
 
 
 def purge(ctx: Context, config: UsageSettings) -> int:

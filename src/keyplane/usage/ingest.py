@@ -68,8 +68,6 @@ def ingest(
                 existed=mark is not None,
                 now=uow.now,
             )
-    for revision in revisions:
-        ctx.on_commit(revision)
     return IngestResult(len(fresh), len(records) - len(fresh), tuple(revisions))
 
 

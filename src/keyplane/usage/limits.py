@@ -7,8 +7,9 @@ its own revision and an audit event. Gateways refuse a key while that time is ah
 also lifts by itself when the month (or the budget's period) turns; raising the limit lifts it at
 once, with another change.
 
-Each of these acts in the caller's unit of work (``ctx.sql_write()``), which records their audit
-events and whose time (``uow.now``) every row they write carries.
+Each of these acts in the caller's unit of work (``ctx.sql_write()``), which records their
+change-log rows and audit events, wakes the feed once it has committed, and whose time
+(``uow.now``) every row they write carries.
 """
 
 from __future__ import annotations
@@ -19,9 +20,7 @@ from typing import Any
 
 from sqlalchemy import Connection, update
 
-from keyplane.domain.model import enforcement_view
 from keyplane.domain.timefmt import from_micros, to_micros
-from keyplane.storage import changelog
 from keyplane.storage import tables as t
 from keyplane.storage.api_keys import ApiKeys
 from keyplane.storage.unit_of_work import SqlUnitOfWork
@@ -51,7 +50,7 @@ def _set_key_column(
 ) -> int | None:
     """Set a block column of one key with a new revision and its change-log row."""
     conn = uow.conn
-    revision = changelog.next_revision(conn)
+    revision = uow.next_revision()
     conn.execute(
         update(t.api_keys)
         .where(t.api_keys.c.api_key_id == api_key_id)
@@ -60,15 +59,7 @@ def _set_key_column(
     key = ApiKeys(conn).get(api_key_id, team_id=team_id)
     if key is None:  # pragma: no cover - the row was just updated in this transaction
         return None
-    changelog.append_change(
-        conn,
-        revision=revision,
-        api_key_id=api_key_id,
-        team_id=team_id,
-        op="upsert",
-        view=enforcement_view(key),
-        now=uow.now,
-    )
+    uow.key_revised(key)
     return revision
 
 
