@@ -335,12 +335,18 @@ def test_list_endpoint_acls(team: Team) -> None:
 @pytest.fixture
 def with_gateways(deployment: Deployment) -> Team:
     deployment.start_control()
-    for cluster in deployment.clusters:
-        deployment.start_gateway(cluster)
+    gateways = [deployment.start_gateway(cluster) for cluster in deployment.clusters]
+
+    def synced() -> bool:
+        # Each gateway has its first snapshot (instant here; minutes for the million group).
+        return all(httpx2.get(g.url + "/healthz").json()["synced"] for g in gateways)
+
+    wait_for(synced, timeout=900, what="every gateway's first snapshot")
     team_id, secret = deployment.create_team("propagation")
     return Team(deployment.control_url, team_id, secret)
 
 
+@pytest.mark.timeout(1200)  # the million group's gateways each snapshot a million keys first
 def test_check_propagation(with_gateways: Team, deployment: Deployment) -> None:
     team = with_gateways
     created = team.create()
