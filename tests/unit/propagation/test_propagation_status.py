@@ -534,3 +534,14 @@ def test_the_feed_is_not_part_of_the_public_api_document(gateway_feed: Feed) -> 
     paths = gateway_feed.http.get("/openapi.json").json()["paths"]
     assert SNAPSHOT_PATH not in paths
     assert CHANGES_PATH not in paths
+
+
+def test_an_unknown_credential_registers_no_gateway(world: World) -> None:
+    from keyplane.domain import keysecrets
+    from keyplane.domain.errors import Unauthenticated
+
+    stranger = f"Bearer {keysecrets.generate_secret('kpgw-')}"
+    with pytest.raises(Unauthenticated) as caught:
+        feed.authenticate_gateway_as(world.ctx, stranger, "us-a")
+    assert caught.value.code == "unauthenticated:bad-credentials"
+    assert feed.cluster_view(world.ctx)[1] == []
