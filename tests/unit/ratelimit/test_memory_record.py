@@ -155,3 +155,65 @@ def test_a_bucket_holding_more_units_than_the_clock_reads_still_expires(
     assert admitted(limiter, 1500, big) == 1500
     clock.now = 1062.0
     assert admitted(limiter, 1, big) == 1
+
+
+def test_a_charge_sweeps_no_more_than_its_budget(clock: ManualClock) -> None:
+    limiter = MemoryLimiter(clock=clock, sweep_budget=2)
+    for i in range(5):
+        limiter.charge_now([TokenLimit("tpm", f"old:{i}", 10, 1.0)], 1)
+    clock.advance(2.0)  # past the charges' bucket end + window
+    limiter.charge_now([], 0)
+    assert limiter.counter_count == 3
+
+
+def test_the_reported_violation_is_the_longest_wait_and_the_first_on_a_tie(
+    clock: ManualClock,
+) -> None:
+    limiter = MemoryLimiter(clock=clock)
+    minute, second = RequestLimit("qpm", "m", 1, 60.0), RequestLimit("qps", "s", 1, 1.0)
+    other = RequestLimit("qps", "s2", 1, 1.0)
+    assert limiter.acquire_now([minute, second, other]).allowed
+    refused = limiter.acquire_now([minute, second, other])
+    assert refused.violated is not None
+    assert (refused.violated.counter, refused.retry_after) == ("m", 60.0)
+    tie = limiter.acquire_now([second, other])
+    assert tie.violated is not None
+    assert (tie.violated.counter, tie.retry_after) == ("s", 1.0)
+
+
+def test_a_token_violation_is_reported_when_it_waits_longest_and_only_then(
+    clock: ManualClock,
+) -> None:
+    limiter = MemoryLimiter(clock=clock)
+    second, minute = RequestLimit("qps", "s", 1, 1.0), RequestLimit("qpm", "m", 1, 60.0)
+    long_tokens, short_tokens = TokenLimit("tpm", "t", 1, 60.0), TokenLimit("tps", "u", 1, 1.0)
+    assert limiter.acquire_now([second, minute]).allowed
+    limiter.charge_now([long_tokens, short_tokens], 5)
+    by_tokens = limiter.acquire_now([second], [long_tokens])
+    assert by_tokens.violated is not None
+    assert (by_tokens.violated.kind, by_tokens.violated.counter) == ("tokens", "t")
+    by_requests = limiter.acquire_now([minute], [short_tokens])
+    assert by_requests.violated is not None
+    assert (by_requests.violated.kind, by_requests.violated.counter) == ("requests", "m")
+
+
+def test_an_unlimited_token_limit_does_not_hide_the_next_one(clock: ManualClock) -> None:
+    limiter = MemoryLimiter(clock=clock)
+    one = TokenLimit("tpm", "one", 1)
+    limiter.charge_now([one], 5)
+    refused = limiter.acquire_now([], [TokenLimit("tpm", "free", 0), one])
+    assert refused.violated is not None
+    assert refused.violated.counter == "one"
+
+
+def test_a_token_counter_emptied_by_a_check_stays_usable(clock: ManualClock) -> None:
+    limiter = MemoryLimiter(clock=clock)
+    limiter.charge_now([TokenLimit("tpm", "t", 10, 10.0)], 5)  # not due for the sweep soon
+    clock.advance(2.0)
+    short = TokenLimit("tpm", "t", 10, 1.0)
+    assert limiter.acquire_now([], [short]).allowed  # the charge leaves the 1 s window
+    assert not limiter._tokens["t"].entries
+    again = limiter.acquire_now([], [short])
+    assert again.allowed
+    assert again.tokens is not None
+    assert again.tokens.remaining == 10
