@@ -1,8 +1,7 @@
 """The shared pieces of keyplane.ratelimit: Tally (how every backend but memory builds a Decision),
 the limit value types' checks, ManualClock, and ScaledWindows.
 
-The memory backend inlines Tally's rules in its fast path; tests/unit/ratelimit/test_properties.py
-checks that both give the same decision for the same counts.
+The memory backend inlines Tally's rules in its fast path (tests/unit/ratelimit/test_memory.py).
 """
 
 from __future__ import annotations
