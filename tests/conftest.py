@@ -29,9 +29,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     tests/unit, and a slow test that merely passes through the code would dominate each mutant."""
     root = Path(str(config.rootpath))
     modules = {root / m for m in million.MODULES}
+    expression = str(config.getoption("markexpr") or "")
+    at_scale = "million" in expression and "not million" not in expression
     for item in items:
         if item.path in modules:
             item.add_marker(pytest.mark.million)
+            if at_scale:  # each fresh gateway snapshots a million keys before the test proper
+                item.add_marker(pytest.mark.timeout(1800))
     only = tuple(os.environ.get("KEYPLANE_MUTANT_TESTS", "").split())
     if not only:
         return

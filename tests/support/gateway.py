@@ -104,6 +104,8 @@ def start_stack(
             futures += [pool.submit(proc.start) for proc in gateways.values()]
             for future in futures:
                 future.result()
+        for proc in gateways.values():
+            dep.await_first_snapshot(proc)
     except BaseException:
         stop_stack(dep)
         raise

@@ -122,7 +122,8 @@ class Deployment:
         self.data_dir = self.root / "data"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         preload = os.environ.get("KEYPLANE_TEST_PRELOAD")  # the million group (support.million)
-        if preload and not self.top_config:
+        self.preloaded = bool(preload and not self.top_config)
+        if preload and self.preloaded:
             shutil.copyfile(preload, self.data_dir / "keyplane.db")
         self.control_port = free_port()
         self.model_port = free_port()
@@ -245,7 +246,19 @@ class Deployment:
         )
 
     def start_gateway(self, cluster: str, **kw: Any) -> Proc:
-        return self.gateway(cluster, **kw).start()
+        proc = self.gateway(cluster, **kw).start()
+        self.await_first_snapshot(proc)
+        return proc
+
+    def await_first_snapshot(self, gateway: Proc) -> None:
+        """A fresh gateway of the million group snapshots a million keys first (minutes): the
+        tests' own bounds on a change's propagation start once it has. Instant otherwise."""
+        if self.preloaded:
+            wait_for(
+                lambda: httpx2.get(gateway.url + "/healthz", timeout=5.0).json()["synced"],
+                timeout=900,
+                what=f"{gateway.name}'s first snapshot",
+            )
 
     def models(self) -> Proc:
         return self._proc(
