@@ -1,4 +1,5 @@
-"""Fixtures of the storage suites: a ``Context`` on SQLite and on a real PostgreSQL server."""
+"""Fixtures of the contract suites: a ``Context`` on SQLite and on a real PostgreSQL server, and a
+``redis-server`` of a test's own."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from keyplane.services.context import Context
 from keyplane.storage.db import Database
 from tests.support.postgres import PostgresServer, require_postgres
+from tests.support.redis import RedisServer, running_redis
 
 
 @pytest.fixture(scope="module")
@@ -36,3 +38,10 @@ def ctx(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Context]:
     context = Context(db=db, server_secret=secrets.token_bytes(32))
     yield context
     db.dispose()
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    """A ``redis-server`` of the test's own: killing or stopping it disturbs nothing else."""
+    with running_redis() as server:
+        yield server

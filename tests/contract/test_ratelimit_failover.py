@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -27,13 +27,7 @@ from keyplane.ratelimit import (
     TokenLimit,
 )
 from tests.support.limits import qpm
-from tests.support.redis import RedisServer, running_redis
-
-
-@pytest.fixture
-def server() -> Iterator[RedisServer]:
-    with running_redis() as server:
-        yield server
+from tests.support.redis import RedisServer
 
 
 def sample(name: str, labels: dict[str, str] | None = None) -> float:

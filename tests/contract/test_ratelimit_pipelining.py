@@ -10,10 +10,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from redis.asyncio import Redis
 
 from keyplane.ratelimit import (
@@ -23,13 +21,7 @@ from keyplane.ratelimit import (
     RequestLimit,
     TokenLimit,
 )
-from tests.support.redis import RedisServer, running_redis
-
-
-@pytest.fixture
-def server() -> Iterator[RedisServer]:
-    with running_redis() as server:
-        yield server
+from tests.support.redis import RedisServer
 
 
 def limiter(server: RedisServer, **extra: Any) -> RedisLimiter:
