@@ -10,13 +10,18 @@ stderr. Then:
   by the bench (bytes per key on the wire, time, and the control plane's RSS peak above its
   idle RSS while serving it).
 * **control-plane paths** (in-process app over the ASGI transport, SQLite and PostgreSQL), at each
-  of PATH_KEYS: create, update, delete, list page (pageSize 100: first, deep, with a common and a
-  rare aclFilter), propagation status and a usage query; p50/p99 per path and each request's
-  query plans (EXPLAIN QUERY PLAN / EXPLAIN), flagged where they scan a table.
+  of PATH_KEYS, one app per store, all open at once and driven in interleaved rounds (so machine
+  load falls on every size alike): create, update, delete, list page (pageSize 100: first, deep,
+  with a common and a rare aclFilter), propagation status and a usage query; per path and size
+  the wall p50/p99, the CPU per request in process (``time.process_time``) and its median's ratio
+  between sizes, on PostgreSQL the server's CPU per request, and each request's query plans
+  (EXPLAIN QUERY PLAN / EXPLAIN), flagged where they scan a table.
 
-Every phase is bounded (PHASE_SECONDS per path; the load by LOAD_SECONDS). Run from the repository
-root: ``.venv/bin/python bench/bench_scale.py [--backend sqlite|postgresql|both]``; BENCH_SCALE_
-GATEWAY_KEYS and BENCH_SCALE_PATH_KEYS (comma-separated counts) shrink it.
+Every phase is bounded (the paths by PATH_SECONDS per path, the load by LOAD_SECONDS). Run from
+the repository root: ``.venv/bin/python bench/bench_scale.py [--backend sqlite|postgresql|both]``;
+BENCH_SCALE_GATEWAY_KEYS, BENCH_SCALE_PATH_KEYS and BENCH_SCALE_CPU_KEYS (comma-separated counts,
+empty: skip the phase) shrink it. BENCH_SCALE_STORES=<dir> keeps the paths phase's stores (and its
+PostgreSQL data directory) there and reuses them on the next run: a million keys load once.
 """
 
 from __future__ import annotations
@@ -46,8 +51,10 @@ GATEWAY_KEYS = _counts("BENCH_SCALE_GATEWAY_KEYS", "100000,1000000")
 PATH_KEYS = _counts("BENCH_SCALE_PATH_KEYS", "10000,1000000")
 CPU_KEYS = _counts("BENCH_SCALE_CPU_KEYS", "100000")
 LOAD_SECONDS = float(os.environ.get("BENCH_SCALE_LOAD_SECONDS", "900"))
-PHASE_SECONDS = float(os.environ.get("BENCH_SCALE_PHASE_SECONDS", "8"))
-PATH_REQUESTS = 60
+#: The paths phase: up to PATH_REQUESTS per path and store, PATH_SECONDS per path in all.
+PATH_REQUESTS = int(os.environ.get("BENCH_SCALE_PATH_REQUESTS", "400"))
+PATH_SECONDS = float(os.environ.get("BENCH_SCALE_PATH_SECONDS", "40"))
+PATH_BATCH = 5
 CLUSTER = "us-east-1"
 RARE_EVERY = 1000  # one key in a thousand holds the rare ACL
 
@@ -337,108 +344,223 @@ def scans(plan: list[str]) -> list[str]:
     return found
 
 
-def paths_phase(tmp: Path, backend: str, count: int, pg: Any) -> dict[str, Any]:
-    from starlette.testclient import TestClient
+class KeptPostgres(harness.ThrowawayPostgres):
+    """The bench's PostgreSQL, its data directory kept in ``keep`` (BENCH_SCALE_STORES) so a
+    million keys are loaded once for several runs; without ``keep``, a throwaway one."""
 
-    from keyplane.control.app import create_app
-    from keyplane.propagation.notifier import ChangeNotifier
-    from keyplane.runtime import open_context
+    def __init__(self, keep: Path | None) -> None:
+        self.keep = keep
 
+    def __enter__(self) -> Any:
+        if self.keep is None:
+            return super().__enter__()
+        import shutil
+
+        bindir = harness.postgres_bindir()
+        if bindir is None:
+            raise SystemExit("PostgreSQL's initdb was not found (apt-get install -y postgresql)")
+        self.fsync = os.environ.get("BENCH_PG_FSYNC", "on") != "off"
+        server = harness._postgres_server(bindir, fsync=self.fsync)
+        shutil.rmtree(server.root, ignore_errors=True)
+        server.root = self.keep / "pg"
+        server.data = server.root / "data"
+        self.server = server
+        if server.data.exists():
+            server._launch(60.0)
+        else:
+            server.root.mkdir(parents=True, exist_ok=True)
+            if os.geteuid() == 0:
+                shutil.chown(server.root, "postgres", "postgres")
+            server.start()
+        self.version = str(self.execute("SHOW server_version")).split()[0]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.keep is None:
+            super().__exit__(*exc)
+            return
+        proc = self.server._proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=60)
+
+    def database(self, name: str) -> str:
+        found = f"SELECT 1 FROM pg_database WHERE datname = '{name}'"  # noqa: S608 - our names
+        exists = self.execute(found)
+        return self.server.url(name) if exists else super().database(name)
+
+
+def path_store(tmp: Path, backend: str, count: int, pg: Any) -> tuple[Any, str, str]:
+    """A store of ``count`` keys in one team: (deployment, team, management secret). Under
+    BENCH_SCALE_STORES it is kept and reused by later runs (the bench's own few keys aside)."""
+    import json
+
+    keep = os.environ.get("BENCH_SCALE_STORES")
+    root = (Path(keep) if keep else tmp) / f"paths-{backend}-{count}"
     top = f'database_url = "{pg.database(f"paths{count}")}"' if backend == "postgresql" else ""
-    dep = harness.Deployment(tmp / f"paths-{backend}-{count}", clusters=[CLUSTER], top_config=top)
+    dep = harness.Deployment(root, clusters=[CLUSTER], top_config=top)
+    made = root / "store.json"
+    if made.exists():
+        team, secret = json.loads(made.read_text())
+        harness.log(f"{backend} {count:,}: reusing the store in {root}")
+        return dep, team, secret
     team, secret = dep.create_team("scale")
     load(dep, team, count)
     if backend == "postgresql":
         pg.execute("VACUUM ANALYZE", database=f"paths{count}")
-    settings = dep.settings()
-    notifier = ChangeNotifier()
-    ctx = open_context(settings, on_commit=notifier.notify)
-    statements = Statements()
-    statements.attach(ctx.db.reader)
-    statements.attach(ctx.db.writer)
-    app = create_app(settings, ctx, notifier)
-    auth = {"Authorization": f"Bearer {secret}"}
-    keys_path = f"/auth/teams/{team}/api-keys"
-    out: dict[str, Any] = {"keys": count, "paths": {}}
+    made.write_text(json.dumps([team, secret]))
+    return dep, team, secret
+
+
+USAGE_BODY = {
+    "analyticsRequest": {
+        "timeRange": {
+            "startTime": "2026-11-01 00:00:00",
+            "endTime": "2026-12-01 00:00:00",
+            "timezone": "Etc/GMT",
+        },
+        "timeUnit": "TIME_UNIT_DAY",
+        "values": [{"name": "usd", "aggregation": "AGGREGATION_SUM"}],
+        "groupBy": ["api_key_id"],
+    }
+}
+
+
+class PathsApp:
+    """One store's in-process control plane and the bench's requests against it."""
+
+    def __init__(self, tmp: Path, backend: str, count: int, pg: Any) -> None:
+        from starlette.testclient import TestClient
+
+        from keyplane.control.app import create_app
+        from keyplane.propagation.notifier import ChangeNotifier
+        from keyplane.runtime import open_context
+
+        self.count = count
+        dep, self.team, secret = path_store(tmp, backend, count, pg)
+        settings = dep.settings()
+        notifier = ChangeNotifier()
+        self.ctx = open_context(settings, on_commit=notifier.notify)
+        self.statements = Statements()
+        self.statements.attach(self.ctx.db.reader)
+        self.statements.attach(self.ctx.db.writer)
+        app = create_app(settings, self.ctx, notifier)
+        self.client = TestClient(app, headers={"Authorization": f"Bearer {secret}"})
+        self.client.__enter__()
+        self.keys_path = f"/auth/teams/{self.team}/api-keys"
+        self.made: list[str] = []
+        self.deep_token = _deep_token(self.ctx, self.team, count)
+        self.create()  # the key update and propagation status read
+
+    def close(self) -> None:
+        try:
+            self.client.__exit__(None, None, None)
+        finally:
+            self.ctx.db.dispose()
+
+    def create(self) -> Any:
+        body = {"name": "scale", "acls": ["api-key:model:*"], "qps": 5}
+        answer = self.client.post(self.keys_path, json=body)
+        self.made.append(answer.json()["apiKeyId"])
+        return answer
+
+    def update(self) -> Any:
+        body = {"apiKey": {"qpm": 100 + len(self.made)}, "fieldMask": "qpm"}
+        return self.client.put(f"/auth/api-keys/{self.made[-1]}", json=body)
+
+    def delete(self) -> Any:
+        if len(self.made) < 2:  # keep made[0] for the propagation status
+            self.create()
+        return self.client.delete(f"/auth/api-keys/{self.made.pop()}")
+
+    def propagation(self) -> Any:
+        return self.client.get(f"/auth/api-keys/{self.made[0]}/propagation")
+
+    def page(self, **params: Any) -> Any:
+        return self.client.get(self.keys_path, params={"pageSize": 100, **params})
+
+    def usage(self) -> Any:
+        return self.client.post(f"/v1/billing/teams/{self.team}/usage", json=USAGE_BODY)
+
+
+#: (name, request) of every measured path, in the order of a round.
+PATHS: list[tuple[str, Callable[[PathsApp], Any]]] = [
+    ("create", PathsApp.create),
+    ("update", PathsApp.update),
+    ("propagation status", PathsApp.propagation),
+    ("list: first page", lambda a: a.page()),
+    ("list: deep page", lambda a: a.page(paginationToken=a.deep_token)),
+    ("list: aclFilters common", lambda a: a.page(aclFilters="api-key:endpoint:chat")),
+    ("list: aclFilters rare", lambda a: a.page(aclFilters="api-key:model:grok-rare")),
+    ("usage query (by key, 30 days)", PathsApp.usage),
+    ("delete", PathsApp.delete),
+]
+
+
+def paths_phase(tmp: Path, backend: str, counts: list[int], pg: Any) -> list[dict[str, Any]]:
+    """Every path against every store, interleaved: each round runs PATH_BATCH requests of each
+    path on each store (the stores' order alternating between rounds), until PATH_REQUESTS per
+    path and store or PATH_SECONDS per path in all. Per request: wall time and the process's CPU
+    (``time.process_time``: the in-process app, its driver, SQLite itself); on PostgreSQL also
+    the server's CPU per batch, per request."""
+    apps = [PathsApp(tmp, backend, n, pg) for n in counts]
+    out = [{"keys": a.count, "paths": {}} for a in apps]
     try:
-        with TestClient(app, headers=auth) as client:
-            made: list[str] = []
-
-            def create() -> Any:
-                body = {"name": "scale", "acls": ["api-key:model:*"], "qps": 5}
-                answer = client.post(keys_path, json=body)
-                made.append(answer.json()["apiKeyId"])
-                return answer
-
-            def update() -> Any:
-                body = {"apiKey": {"qpm": 100 + len(made)}, "fieldMask": "qpm"}
-                return client.put(f"/auth/api-keys/{made[-1]}", json=body)
-
-            def delete() -> Any:
-                return client.delete(f"/auth/api-keys/{made.pop()}")
-
-            deep_token = _deep_token(ctx, team, count)
-
-            def page(**params: Any) -> Callable[[], Any]:
-                return lambda: client.get(keys_path, params={"pageSize": 100, **params})
-
-            usage_body = {
-                "analyticsRequest": {
-                    "timeRange": {
-                        "startTime": "2026-11-01 00:00:00",
-                        "endTime": "2026-12-01 00:00:00",
-                        "timezone": "Etc/GMT",
-                    },
-                    "timeUnit": "TIME_UNIT_DAY",
-                    "values": [{"name": "usd", "aggregation": "AGGREGATION_SUM"}],
-                    "groupBy": ["api_key_id"],
-                }
-            }
-            paths: list[tuple[str, Callable[[], Any], int]] = [
-                ("create", create, 200),
-                ("update", update, 200),
-                (
-                    "propagation status",
-                    lambda: client.get(f"/auth/api-keys/{made[0]}/propagation"),
-                    200,
-                ),
-                ("list: first page", page(), 200),
-                ("list: deep page", page(paginationToken=deep_token), 200),
-                ("list: aclFilters common", page(aclFilters="api-key:endpoint:chat"), 200),
-                ("list: aclFilters rare", page(aclFilters="api-key:model:grok-rare"), 200),
-                (
-                    "usage query (by key, 30 days)",
-                    lambda: client.post(f"/v1/billing/teams/{team}/usage", json=usage_body),
-                    200,
-                ),
-                ("delete", delete, 200),
-            ]
-            for name, call, status in paths:
-                harness.log(f"{backend} {count:,}: {name}")
-                with statements.capture() as seen:
-                    answer = call()
-                assert answer.status_code == status, (name, answer.status_code, answer.text)
-                plan = explain(ctx.db, seen)
-                times: list[float] = []
-                deadline = time.perf_counter() + PHASE_SECONDS
-                while len(times) < PATH_REQUESTS and time.perf_counter() < deadline:
-                    if name == "delete" and not made:
-                        create()
-                    t0 = time.perf_counter()
-                    answer = call()
-                    times.append(time.perf_counter() - t0)
-                    assert answer.status_code == status, (name, answer.text)
-                    if name == "create":
-                        continue
-                out["paths"][name] = {
-                    "p50": harness.percentile(times, 50),
-                    "p99": harness.percentile(times, 99),
-                    "n": len(times),
+        for app, result in zip(apps, out, strict=True):
+            for name, call in PATHS:
+                with app.statements.capture() as seen:
+                    answer = call(app)
+                assert answer.status_code == 200, (name, answer.status_code, answer.text)
+                plan = explain(app.ctx.db, seen)
+                result["paths"][name] = {
+                    "wall": [],
+                    "cpu": [],
+                    "server_cpu": 0.0,
                     "plan": plan,
                     "scans": scans(plan),
                 }
+        deadline = time.perf_counter() + PATH_SECONDS * len(PATHS)
+        rounds = 0
+        harness.log(f"{backend}: interleaving {counts} for up to {PATH_SECONDS * len(PATHS):.0f} s")
+        while time.perf_counter() < deadline:
+            pending = False
+            order = list(zip(apps, out, strict=True))
+            if rounds % 2:
+                order.reverse()
+            for name, call in PATHS:
+                for app, result in order:
+                    p = result["paths"][name]
+                    if len(p["wall"]) >= PATH_REQUESTS:
+                        continue
+                    pending = True
+                    server0 = pg.cpu_seconds() if pg is not None else 0.0
+                    for _ in range(PATH_BATCH):
+                        c0, t0 = time.process_time(), time.perf_counter()
+                        answer = call(app)
+                        t1, c1 = time.perf_counter(), time.process_time()
+                        assert answer.status_code == 200, (name, answer.text)
+                        p["wall"].append(t1 - t0)
+                        p["cpu"].append(c1 - c0)
+                    if pg is not None:
+                        p["server_cpu"] += pg.cpu_seconds() - server0
+            rounds += 1
+            if not pending:
+                break
+            if rounds % 10 == 0:
+                harness.log(f"{backend}: round {rounds}")
+        for result in out:
+            result["rounds"] = rounds
+            for p in result["paths"].values():
+                walls, cpus = p.pop("wall"), p.pop("cpu")
+                p["n"] = len(walls)
+                p["p50"] = harness.percentile(walls, 50)
+                p["p99"] = harness.percentile(walls, 99)
+                p["cpu50"] = harness.percentile(cpus, 50)
+                p["cpu_mean"] = sum(cpus) / max(len(cpus), 1)
+                p["server_cpu"] /= max(len(walls), 1)
     finally:
-        ctx.db.dispose()
+        for app in apps:
+            app.close()
     return out
 
 
@@ -505,24 +627,39 @@ def gateway_table(results: list[dict[str, Any]]) -> str:
 
 def paths_table(backend: str, results: list[dict[str, Any]]) -> str:
     first, last = results[0], results[-1]
+    server = backend == "postgresql"
     rows = []
     for name, small in first["paths"].items():
-        big = last["paths"].get(name)
+        big = last["paths"][name]
         cells = [name]
-        for r in results:
-            p = r["paths"].get(name)
-            cells.append("n/a" if p is None else f"{harness.ms(p['p50'])} / {harness.ms(p['p99'])}")
-        ratio = "n/a" if big is None else f"×{big['p50'] / small['p50']:.2f}"
-        cells.append(ratio)
-        cells.append(", ".join(sorted(set(big["scans"]))) if big and big["scans"] else "none")
+        cells += [f"{harness.ms(r['paths'][name]['p50'])} / {harness.ms(r['paths'][name]['p99'])}"
+                  for r in results]  # fmt: skip
+        cells.append(f"×{big['p50'] / small['p50']:.2f}")
+        cells += [f"{r['paths'][name]['cpu50'] * 1e3:.2f} ms" for r in results]
+        cells.append(f"**×{big['cpu50'] / small['cpu50']:.2f}**")
+        if server:
+            cells += [f"{r['paths'][name]['server_cpu'] * 1e3:.2f} ms" for r in results]
+            ratio = big["server_cpu"] / small["server_cpu"] if small["server_cpu"] else float("nan")
+            cells.append(f"×{ratio:.2f}")
+        cells.append(" / ".join(str(r["paths"][name]["n"]) for r in results))
+        cells.append(", ".join(sorted(set(big["scans"]))) if big["scans"] else "none")
         rows.append(cells)
+    sizes = [f"{r['keys']:,}" for r in results]
+    big_small = f"{sizes[-1]} ÷ {sizes[0]}"
     columns = [
         "path",
-        *(f"p50 / p99, {r['keys']:,} keys" for r in results),
-        f"p50 {last['keys']:,} ÷ {first['keys']:,}",
-        "tables scanned",
+        *(f"wall p50 / p99, {n} keys" for n in sizes),
+        f"wall p50 {big_small}",
+        *(f"CPU p50, {n}" for n in sizes),
+        f"CPU p50 {big_small}",
     ]
-    return f"#### {harness.BACKEND_NAMES[backend]}\n\n" + harness.table(columns, rows)
+    if server:
+        columns += [*(f"server CPU / req, {n}" for n in sizes), "server CPU ratio"]
+    columns += ["requests", "tables scanned"]
+    return (
+        f"#### {harness.BACKEND_NAMES[backend]} ({first['rounds']} interleaved rounds)\n\n"
+        + harness.table(columns, rows)
+    )
 
 
 def plans_text(backend: str, result: dict[str, Any]) -> str:
@@ -553,12 +690,13 @@ def main() -> None:
             gateway = [gateway_phase(tmp, n) for n in GATEWAY_KEYS]
             report += ["#### Gateway (control plane on SQLite)", "", gateway_table(gateway), ""]
         print("\n".join(report), flush=True)
+        keep = os.environ.get("BENCH_SCALE_STORES")
         for backend in backends if PATH_KEYS else ():
             if backend == "postgresql":
-                with harness.ThrowawayPostgres() as pg:
-                    results = [paths_phase(tmp, backend, n, pg) for n in PATH_KEYS]
+                with KeptPostgres(Path(keep) if keep else None) as pg:
+                    results = paths_phase(tmp, backend, PATH_KEYS, pg)
             else:
-                results = [paths_phase(tmp, backend, n, None) for n in PATH_KEYS]
+                results = paths_phase(tmp, backend, PATH_KEYS, None)
             print(paths_table(backend, results) + "\n", flush=True)
             print(plans_text(backend, results[-1]) + "\n", flush=True)
     print(harness.footer())
