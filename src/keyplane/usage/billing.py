@@ -22,12 +22,26 @@ from keyplane.usage import limits, query, store
 def usage(
     ctx: Context, *, principal: Principal, team_id: str, body: Mapping[str, Any], catalog: Catalog
 ) -> dict[str, Any]:
+    with query.paused_gc():
+        return query.render(_answer(ctx, principal, team_id, body, catalog))
+
+
+def usage_json(
+    ctx: Context, *, principal: Principal, team_id: str, body: Mapping[str, Any], catalog: Catalog
+) -> bytes:
+    """``usage`` encoded as the route sends it (JSON), built without an object per point."""
+    with query.paused_gc():
+        return query.render_json(_answer(ctx, principal, team_id, body, catalog))
+
+
+def _answer(
+    ctx: Context, principal: Principal, team_id: str, body: Mapping[str, Any], catalog: Catalog
+) -> query.Answer:
     principal.require("BillingRead")
     principal.require_team(team_id)
     parsed = query.parse(body)
     with ctx.db.read() as conn:
-        answer = query.run(conn, principal.team_id, parsed, catalog)
-    return query.render(answer)
+        return query.run(conn, principal.team_id, parsed, catalog)
 
 
 @dataclass(frozen=True, slots=True)

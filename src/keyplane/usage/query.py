@@ -12,12 +12,15 @@ first value asked are kept) and ``MAX_POINTS`` buckets per series (the earliest 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping, Sequence
+import contextlib
+import gc
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import msgspec
 from sqlalchemy import ColumnElement, Connection, and_, func, literal, not_, select, union_all
 
 from keyplane.catalog import Catalog
@@ -261,8 +264,14 @@ def _resolution(moments: Sequence[int]) -> Any:
 class Series:
     group: list[str]
     labels: list[str]
-    #: One list of values (in the order asked) per bucket.
-    points: list[list[float | int]]
+    #: One list per value asked (in the order asked), of a cell per bucket: how the answer is
+    #: built and encoded, column by column.
+    columns: list[list[float | int]]
+
+    @property
+    def points(self) -> list[list[float | int]]:
+        """One list of values (in the order asked) per bucket."""
+        return [list(p) for p in zip(*self.columns, strict=True)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -435,6 +444,23 @@ def plan(conn: Connection, team_id: str, q: UsageQuery, catalog: Catalog) -> lis
     return [r[-1] for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}")]
 
 
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """The cyclic garbage collector off while a large answer is built and encoded. A 1,000-series
+    answer allocates ~100,000 small containers, none in a cycle (reference counting frees them);
+    the collector's passes over the whole heap that these allocations trigger cost more than the
+    work itself (measured: 313 → 123 ms CPU per 1,000 × 31 answer). Process-wide, so only the
+    thread that turned it off turns it back on."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def run(conn: Connection, team_id: str, q: UsageQuery, catalog: Catalog) -> Answer:
     edges, cut, epochs, _, _ = _range(q)
     n = len(edges) - 1
@@ -442,7 +468,14 @@ def run(conn: Connection, team_id: str, q: UsageQuery, catalog: Catalog) -> Answ
     measures = _measures(q.values)
     grouped_units = "unit_type" in q.group_by
     statement = _statement(team_id, q, catalog)
-    rows: Sequence[Any] = [] if statement is None else conn.execute(statement).all()
+    rows: Sequence[Any] = []
+    if statement is not None:
+        # The driver's rows as they come (tuples), without a Row object each: up to 31,000 here.
+        result = conn.execute(statement)
+        try:
+            rows = result.cursor.fetchall()
+        finally:
+            result.close()
     base = 1 + len(columns) + (1 if grouped_units else 0)
     if not columns and n == 1:  # no GROUP BY: one row even over no rows, of NULL aggregates
         rows = [r for r in rows if any(v is not None for v in r[base:])]  # over no rows at all
@@ -457,16 +490,14 @@ def run(conn: Connection, team_id: str, q: UsageQuery, catalog: Catalog) -> Answ
         Series(
             group=list(key),
             labels=[_label(g, v, names) for g, v in zip(q.group_by, key, strict=True)],
-            points=[
-                list(p) for p in zip(*(_values(v, measures, arrays) for v in q.values), strict=True)
-            ],
+            columns=[_values(v, measures, arrays) for v in q.values],
         )
         for key, arrays in groups.items()
     ]
     limited = cut
     if len(series) > MAX_SERIES:
         limited = True
-        series.sort(key=lambda s: -sum(float(p[0]) for p in s.points))
+        series.sort(key=lambda s: -sum(float(x) for x in s.columns[0]))
         series = series[:MAX_SERIES]
     series.sort(key=lambda s: s.group)
     return Answer(edges[:-1], series, limited)
@@ -609,4 +640,34 @@ def render(answer: Answer) -> dict[str, Any]:
     }
 
 
-__all__ = ["Answer", "UsageQuery", "parse", "render", "run"]
+def render_json(answer: Answer) -> bytes:
+    """``msgspec.json.encode(render(answer))``, byte for byte, built from the series' columns:
+    each column is encoded once by msgspec and cut into its cells, and each point is the bucket's
+    ``{"timestamp":…,"values":[`` prefix (made once per answer) and its cells, with no object per
+    point."""
+    encode = msgspec.json.encode
+    prefixes = [
+        b'{"timestamp":"' + format_ts(s).encode() + b'","values":[' for s in answer.timestamps
+    ]
+    parts = [b'{"timeSeries":[']
+    for i, s in enumerate(answer.series):
+        cells = [encode(column)[1:-1].split(b",") if column else [] for column in s.columns]
+        if len(cells) == 1:
+            points = [p + c for p, c in zip(prefixes, cells[0], strict=True)]
+        else:
+            points = [p + b",".join(c) for p, *c in zip(prefixes, *cells, strict=True)]
+        parts += [
+            b"," if i else b"",
+            b'{"group":',
+            encode(s.group),
+            b',"groupLabels":',
+            encode(s.labels),
+            b',"dataPoints":[',
+            b"]},".join(points),
+            b"]}]}" if points else b"]}",
+        ]
+    parts += [b'],"limitReached":', b"true" if answer.limit_reached else b"false", b"}"]
+    return b"".join(parts)
+
+
+__all__ = ["Answer", "UsageQuery", "parse", "paused_gc", "render", "render_json", "run"]
