@@ -4,11 +4,17 @@ probe window forces both paths, on every store."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from alembic import command
+from alembic.config import Config
 
 from keyplane.services import keys
+from keyplane.services.auth import Principal
 from keyplane.services.context import Context
 from keyplane.storage import api_keys
+from keyplane.storage import db as db_module
 from tests.contract.test_storage import create, principal_of
 
 CHAT, GROK, RARE = "api-key:endpoint:chat", "api-key:model:grok-4", "api-key:model:grok-rare"
@@ -28,20 +34,33 @@ def test_filtered_pages_match_the_filter_in_list_order(
         create(ctx, p, name=f"k{i:02}", acls=acls)
         create(ctx, other, name=f"o{i:02}", acls=acls)  # another team's keys never show
     for filters in ([CHAT], [GROK], [RARE], [GROK, CHAT], [RARE, GROK]):
-        seen: list[str] = []
-        token = None
-        while True:
-            page = keys.list_keys(
-                ctx,
-                principal=p,
-                team_id=p.team_id,
-                page_size=3,
-                page_token=token,
-                acl_filters=filters,
-            )
-            seen += [k.name for k in page.keys]
-            token = page.next_token
-            if token is None:
-                break
         expected = sorted(n for n, acls in held.items() if set(filters) <= set(acls))
-        assert seen == expected, filters
+        assert listed(ctx, p, filters) == expected, filters
+
+
+def listed(ctx: Context, p: Principal, filters: list[str]) -> list[str]:
+    """The names of the team's keys that ``filters`` pick, page (of 3) after page."""
+    seen: list[str] = []
+    token = None
+    while True:
+        page = keys.list_keys(
+            ctx, principal=p, team_id=p.team_id, page_size=3, page_token=token, acl_filters=filters
+        )
+        seen += [k.name for k in page.keys]
+        token = page.next_token
+        if token is None:
+            return seen
+
+
+def test_keys_made_before_the_acl_list_index_page_by_acl_after_it(ctx: Context) -> None:
+    p = principal_of(ctx)
+    for i in range(7):
+        create(ctx, p, name=f"k{i}", acls=[CHAT] + ([RARE] if i % 2 else []))
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(db_module.__file__).parent / "migrations"))
+    with ctx.db.writer.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0008_usage_units")  # ACL rows without their key's team and time
+    ctx.db.migrate()
+    assert listed(ctx, p, [RARE]) == ["k1", "k3", "k5"]
+    assert listed(ctx, p, [CHAT]) == [f"k{i}" for i in range(7)]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -83,8 +83,8 @@ def api_key_values(key: ApiKey) -> dict[str, Any]:
     }
 
 
-#: Keys read in list order (from the team's index alone) before an ACL filter that matches few
-#: of them is looked up from the ACL's own index instead.
+#: Keys read in list order (from the team's index alone) before several ACL filters that match
+#: few of them are looked up from the first one's own index instead.
 ACL_PROBE = 4000
 _ORDER = (t.api_keys.c.create_time, t.api_keys.c.api_key_id)
 
@@ -156,7 +156,15 @@ class ApiKeys:
         if key.acl_strings:
             self._conn.execute(
                 insert(t.api_key_acls),
-                [{"api_key_id": key.api_key_id, "acl": acl} for acl in key.acl_strings],
+                [
+                    {
+                        "api_key_id": key.api_key_id,
+                        "acl": acl,
+                        "team_id": key.team_id,
+                        "create_time": to_micros(key.create_time),
+                    }
+                    for acl in key.acl_strings
+                ],
             )
 
     def _write_secrets(self, key: ApiKey, *, now: datetime) -> None:
@@ -194,15 +202,17 @@ class ApiKeys:
     def page(self, q: ApiKeyQuery) -> list[ApiKey]:
         """The keys ``q`` asks for.
 
-        With ACL filters, a page costs what its filter's rarity allows, not the team's size: the
-        next ``ACL_PROBE`` keys in list order are read first and their ACLs probed,
-        which finds a page of a filter that many keys match; when fewer match there, the filter
-        is driven from the ACL's own index instead, reading only the keys that hold it. (A window
-        of twice the page comes first: a filter most keys match is done after it.)"""
+        With ACL filters, a page costs what the page holds, not the team's size nor how many
+        keys hold the ACL: one filter is a range of ``ix_api_key_acls_list`` (the team's keys
+        with that ACL, in list order). With several, the next ``ACL_PROBE`` keys in list order
+        are read first and their ACLs probed, which finds a page of filters that many keys
+        match; when fewer match there, the first filter's range drives (a window of twice the
+        page comes first: filters most keys match are done after it)."""
         if not q.acl_filters or q.limit is None:
             query = self._filtered(select(t.api_keys), q, q.acl_filters)
             return self._rows(self._ordered(query, q))
-        for size in sorted({min(2 * q.limit, ACL_PROBE), ACL_PROBE}):
+        several = len(q.acl_filters) > 1
+        for size in sorted({min(2 * q.limit, ACL_PROBE), ACL_PROBE}) if several else []:
             window = self._filtered(select(t.api_keys), q, ()).order_by(*_ORDER).limit(size)
             w = window.subquery()
             found = self._rows(
@@ -214,16 +224,17 @@ class ApiKeys:
                 return found
             if self._conn.execute(select(func.count()).select_from(w)).scalar_one() < size:
                 return found  # the window held the rest of the team's keys: every match is here
-        # A rare filter: from the keys that hold the first ACL. ``team_id || ''`` keeps the
-        # planner off the team's own index, which would read the team in order.
         a, k = t.api_key_acls.alias("held"), t.api_keys
         first, *others = q.acl_filters
         query = (
             select(k)
             .select_from(a.join(k, k.c.api_key_id == a.c.api_key_id))
-            .where(a.c.acl == first, k.c.team_id.concat("") == q.team_id)
+            .where(a.c.acl == first, a.c.team_id == q.team_id)
         )
-        return self._rows(self._ordered(self._filtered(query, q, others, team=False), q))
+        if q.after is not None:
+            query = query.where(tuple_(a.c.create_time, a.c.api_key_id) > tuple_(*q.after))
+        query = self._filtered(query, replace(q, after=None), others, team=False)
+        return self._rows(query.order_by(a.c.create_time, a.c.api_key_id).limit(q.limit))
 
     def _filtered(
         self, query: Select[Any], q: ApiKeyQuery, acl_filters: Sequence[str], *, team: bool = True

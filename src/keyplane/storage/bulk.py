@@ -156,7 +156,7 @@ class _Rows:
         head = (key_id, team_id, user_id, name, redacted, us, us, user_id, False, None)
         self.keys.append((*head, 10, 600, None, acl_text, revision, None, None, None, None))
         self.secrets.append((digest, key_id, us, None))
-        self.acls += [(key_id, acl) for acl in acls]
+        self.acls += [(key_id, acl, team_id, us) for acl in acls]
         if change_log:
             stamp = format_ts(when)
             view = {

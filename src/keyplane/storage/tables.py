@@ -119,7 +119,9 @@ api_key_secrets = Table(
     Column("expire_time", BigInteger),
 )
 
-# One row per (key, ACL string): lets ListApiKeys filter by ACL in SQL, page by page.
+# One row per (key, ACL string): lets ListApiKeys filter by ACL in SQL, page by page. The key's
+# team and create time are copied here (neither changes) so that one index holds a team's keys
+# with an ACL in list order: a page of a filter reads its page, however many keys hold the ACL.
 api_key_acls = Table(
     "api_key_acls",
     metadata,
@@ -130,7 +132,9 @@ api_key_acls = Table(
         primary_key=True,
     ),
     Column("acl", String(300), primary_key=True),
-    Index("ix_api_key_acls_acl", "acl", "api_key_id"),
+    Column("team_id", ID, nullable=False),
+    Column("create_time", BigInteger, nullable=False),
+    Index("ix_api_key_acls_list", "acl", "team_id", "create_time", "api_key_id"),
 )
 
 deleted_api_keys = Table(
