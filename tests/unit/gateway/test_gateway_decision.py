@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from keyplane.catalog import Catalog
 from keyplane.domain import keysecrets
@@ -343,6 +345,39 @@ def test_a_rotated_out_secret_works_until_its_grace_ends() -> None:
         with pytest.raises(InvalidArgument):
             gateway(rotated, now=now).authenticate(scope(f"Bearer {OLD_SECRET}"))
         assert gateway(rotated, now=now).authenticate(scope(f"Bearer {SECRET}"))
+
+
+def _outcome(authenticate: Any, authorization: bytes) -> str:
+    try:
+        return str(authenticate(scope_of(authorization)).api_key_id)
+    except (InvalidArgument, Unauthenticated) as error:
+        return f"{error.code}: {error.message}"
+
+
+def scope_of(authorization: bytes) -> dict[str, Any]:
+    return {"type": "http", "headers": [(b"authorization", authorization)]}
+
+
+_KEY_BYTES = st.sampled_from([SECRET, OLD_SECRET, "xai-" + "a" * 80]).map(str.encode)
+
+
+@given(
+    st.one_of(
+        _KEY_BYTES.map(lambda key: b"Bearer " + key),
+        st.tuples(
+            st.sampled_from([b"Bearer ", b"bearer ", b" Bearer  ", b"Bearer\t", b"Basic ", b""]),
+            _KEY_BYTES,
+            st.integers(0, 90),
+            st.binary(max_size=2),
+        ).map(lambda t: t[0] + t[1][: t[2]] + t[3] + t[1][t[2] :]),
+        st.binary(max_size=100),
+    )
+)
+def test_the_fast_path_of_authenticate_decides_as_the_general_one(authorization: bytes) -> None:
+    """``authenticate`` reads "Bearer <well-formed key>" from the bytes; whatever it is given,
+    it answers what the general path (decode, strip, partition, shape check) answers."""
+    gw = gateway(view(secrets=[{"digest": keysecrets.digest(SECRET), "expireTime": None}]))
+    assert _outcome(gw.authenticate, authorization) == _outcome(gw._authenticate, authorization)
 
 
 def state_refusal(key: KeyRecord, now: float = NOW) -> str | None:
