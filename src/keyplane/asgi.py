@@ -13,12 +13,14 @@ server, which stands alone, included).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import msgspec
 
 __all__ = [
+    "DISCONNECT_WATCH",
     "JSON_HEADERS",
+    "DisconnectWatch",
     "Message",
     "Receive",
     "Scope",
@@ -35,6 +37,23 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 JSON_HEADERS: Final = [(b"content-type", b"application/json")]
+
+#: Scope key of a ``DisconnectWatch``, where the server offers one (``keyplane.httpbounds`` does).
+DISCONNECT_WATCH: Final = "keyplane.disconnect_watch"
+
+
+class DisconnectWatch(Protocol):
+    """A server's word that it calls back when the client's connection is lost: what an app
+    would otherwise learn by keeping a task waiting in ``receive()`` for ``http.disconnect``."""
+
+    def add(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` (once, from the event loop) if the connection is lost."""
+        ...
+
+    def discard(self, callback: Callable[[], object]) -> None:
+        """No longer: the request is over."""
+        ...
+
 
 _encode = msgspec.json.Encoder().encode
 

@@ -12,16 +12,22 @@ kernel reset the connection, and a client still writing (urllib, httpx, the open
 reset instead of the 413. So when the answer is complete but the body is not, the rest of the body
 is read and thrown away — up to ``max_drain_bytes`` and ``max_linger_seconds`` — before the
 connection closes (or stays open, if the client keeps it alive). Past either bound it closes.
+
+And it tells an app when its client goes away without the app keeping a task in ``receive()``
+for it: each request's scope carries a ``keyplane.asgi.DisconnectWatch`` (under
+``DISCONNECT_WATCH``), whose callbacks ``connection_lost`` calls.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import httptools
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from keyplane.asgi import error_body
+from keyplane.asgi import DISCONNECT_WATCH, error_body
 
 DEFAULT_MAX_HEAD_BYTES = 64 * 1024
 DEFAULT_MAX_HEADERS = 100
@@ -69,6 +75,35 @@ class _CloseAfterBody:
         self._protocol.close_after_body()
 
 
+class _Disconnects:
+    """A connection's ``keyplane.asgi.DisconnectWatch``: the callbacks its ``connection_lost``
+    calls. Watching resumes reading, as a ``receive()`` waiting for ``http.disconnect`` would, so
+    a client's close is seen even after a large body paused reading."""
+
+    __slots__ = ("_callbacks", "_flow", "_lost")
+
+    def __init__(self, flow: FlowControl) -> None:
+        self._flow = flow
+        self._callbacks: set[Callable[[], object]] = set()
+        self._lost = False
+
+    def add(self, callback: Callable[[], object]) -> None:
+        if self._lost:  # gone before the app asked: told at once, as receive() would tell it
+            callback()
+            return
+        self._callbacks.add(callback)
+        self._flow.resume_reading()
+
+    def discard(self, callback: Callable[[], object]) -> None:
+        self._callbacks.discard(callback)
+
+    def lost(self) -> None:
+        self._lost = True
+        callbacks = self._callbacks
+        while callbacks:
+            callbacks.pop()()
+
+
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, refusing a request head over ``max_head_bytes`` bytes or
     ``max_headers`` headers with a 431, and draining a body its answer did not wait for."""
@@ -87,16 +122,20 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     _drained = 0
     _linger: asyncio.TimerHandle | None = None
     _closer: _CloseAfterBody | None = None
+    _disconnects: _Disconnects | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._closer = _CloseAfterBody(self, transport)
+        self._disconnects = _Disconnects(self.flow)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None
         super().connection_lost(exc)
+        if self._disconnects is not None:
+            self._disconnects.lost()
 
     def data_received(self, data: bytes) -> None:
         """uvicorn's ``data_received``, counting the bytes of an unfinished head, and of a body
@@ -153,6 +192,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._in_body = True
         self._drained = 0
+        self.scope[DISCONNECT_WATCH] = self._disconnects  # type: ignore[typeddict-unknown-key]
         super().on_headers_complete()
         if self.cycle is not None and self.cycle.transport is self.transport:
             self.cycle.transport = self._closer  # type: ignore[assignment]

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from keyplane.asgi import Receive, Scope, Send, send_json
+from keyplane.asgi import DISCONNECT_WATCH, Receive, Scope, Send, send_json
 from keyplane.catalog import Catalog
 from keyplane.domain.errors import InvalidArgument
 from keyplane.gateway.accounting import Account
@@ -120,7 +120,14 @@ class Inference:
             relay = Relay(
                 send, account, strip_usage=strip_usage, extra_headers=quota_headers(decision)
             )
-            await relay.run(upstream, model.upstream_url + path[3:], body, headers, receive)
+            await relay.run(
+                upstream,
+                model.upstream_url + path[3:],
+                body,
+                headers,
+                receive,
+                scope.get(DISCONNECT_WATCH),
+            )
 
         return handle
 

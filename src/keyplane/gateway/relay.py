@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 import structlog
 
-from keyplane.asgi import Receive, Scope, Send
+from keyplane.asgi import DisconnectWatch, Receive, Scope, Send
 from keyplane.gateway.accounting import Account
 from keyplane.gateway.http import UpstreamTimeout, UpstreamUnreachable
 from keyplane.gateway.upstream import Upstream, UpstreamError, UpstreamResponse
@@ -86,6 +86,7 @@ class Relay:
         "_buffer",
         "_headers",
         "_status",
+        "_task",
         "account",
         "client_gone",
         "extra_headers",
@@ -111,6 +112,7 @@ class Relay:
         self._buffer = b""
         self._status = 0
         self._headers: list[tuple[bytes, bytes]] = []
+        self._task: asyncio.Task[Any] | None = None
 
     async def run(
         self,
@@ -119,13 +121,23 @@ class Relay:
         body: bytes,
         headers: Mapping[str, str],
         receive: Receive,
+        disconnects: DisconnectWatch | None = None,
     ) -> None:
-        """Forward, relay, and charge: cancelled (and charged what was sent) if the client goes."""
-        # The relay runs in this task; one watcher task cancels it if the client goes away (no
-        # second task and no asyncio.wait per request: this is the hot path).
+        """Forward, relay, and charge: cancelled (and charged what was sent) if the client goes.
+
+        ``disconnects``: the server's ``DisconnectWatch`` if it offers one (keyplane's does);
+        without it a watcher task waits in ``receive()`` for ``http.disconnect``.
+        """
+        # The relay runs in this task; the server's callback, or one watcher task, cancels it if
+        # the client goes away (no task at all where the server calls back: this is the hot path).
         this = asyncio.current_task()
         assert this is not None
-        watcher = this.get_loop().create_task(self._cancel_on_disconnect(receive, this))
+        self._task = this
+        watcher = None
+        if disconnects is not None:
+            disconnects.add(self._client_went)
+        else:
+            watcher = this.get_loop().create_task(self._cancel_on_disconnect(receive, this))
         try:
             await self._exchange(upstream, url, body, headers)
         except asyncio.CancelledError:
@@ -133,8 +145,18 @@ class Relay:
                 raise
             this.uncancel()  # ours, not the server's: the request ends normally
         finally:
-            watcher.cancel()
+            if watcher is None:
+                assert disconnects is not None
+                disconnects.discard(self._client_went)
+            else:
+                watcher.cancel()
             await self.account.settle()  # a no-op if the answer's end already charged it
+
+    def _client_went(self) -> None:
+        """The server's word that the client's connection is lost: stop the upstream exchange."""
+        if not self.client_gone and self._task is not None:
+            self.client_gone = True
+            self._task.cancel()
 
     async def _cancel_on_disconnect(self, receive: Receive, relay: asyncio.Task[Any]) -> None:
         """Stop the upstream exchange (cancel ``relay``) when the client goes away."""
