@@ -12,7 +12,9 @@ import time
 import uuid
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
+from redis.exceptions import DataError
 
 from keyplane.ratelimit import (
     FailurePolicy,
@@ -126,3 +128,22 @@ async def test_a_hung_redis_fails_the_batch_and_the_calls_queued_behind_it_in_ti
         assert took < timeout + 0.5, took
     finally:
         await shared.aclose()
+
+
+def test_the_limiter_s_connections_pack_commands_as_redis_py_does() -> None:
+    """The limiter's connections pack plain str/bytes/int commands in one hiredis call; the bytes
+    are redis-py's own, and anything else (a multi-word command, a bool) is left to redis-py."""
+    from redis.asyncio.connection import Connection
+
+    from keyplane.ratelimit.redis import _fast_packing
+
+    fast, plain = _fast_packing(Connection)(), Connection()
+    for args in (
+        ("EVALSHA", "0123abcd", 3, b"k:log", b"k:sum", "é x", b"a 1 2 3", -7, 2**62),
+        ("PING",),
+        ("SCRIPT LOAD", "return 1"),
+        ("SET", "k", memoryview(b"v")),
+    ):
+        assert b"".join(fast.pack_command(*args)) == b"".join(plain.pack_command(*args)), args
+    with pytest.raises(DataError):
+        fast.pack_command("SET", "k", True)
