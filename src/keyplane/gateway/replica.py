@@ -276,8 +276,8 @@ def _by_revision(change: Change) -> int:
 
 
 class StagedSnapshot:
-    """Rows of a snapshot, committed in chunks to ``snap_keys``/``snap_digests``; ``finish``
-    swaps them in as the live tables. ``revision`` is the first part's; ``after`` the last id
+    """Rows of a snapshot, committed in chunks to ``snap_keys``; ``finish`` indexes their digests
+    and swaps them in as the live tables. ``revision`` is the first part's; ``after`` the last id
     stored (a resumed transfer asks for the keys after it)."""
 
     def __init__(self, store: ReplicaStore, *, fresh: bool) -> None:
@@ -287,12 +287,9 @@ class StagedSnapshot:
             started = store._meta("snap_revision")
             if fresh or started is None:
                 self._conn.execute("DROP TABLE IF EXISTS snap_keys")
-                self._conn.execute("DROP TABLE IF EXISTS snap_digests")
                 self._conn.execute(
                     "CREATE TABLE snap_keys (id TEXT PRIMARY KEY, row BLOB NOT NULL) WITHOUT ROWID"
                 )
-                # No index while loading: the digests are sorted once, at the end.
-                self._conn.execute("CREATE TABLE snap_digests (digest TEXT, id TEXT)")
                 self._conn.execute("DELETE FROM meta WHERE name IN ('snap_revision', 'snap_after')")
                 started = None
             self.revision: int | None = None if started is None else int(started)
@@ -308,25 +305,25 @@ class StagedSnapshot:
         """Rows as sent (``wire.view_to_row``, JSON), in id order, committed together."""
         if not rows:
             return
-        heads = [_decode_head(r) for r in rows]
+        # One statement per chunk: SQLite splits the chunk (a JSON array of the rows) and takes
+        # each id itself, no per-row Python. The digests are indexed once, in ``finish``.
+        chunk = b"[" + b",".join(rows) + b"]"
+        last = _decode_head(rows[-1]).api_key_id
         with self._store._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                self._conn.executemany(
-                    "INSERT OR REPLACE INTO snap_keys (id, row) VALUES (?, ?)",
-                    [(h.api_key_id, r) for h, r in zip(heads, rows, strict=True)],
-                )
-                self._conn.executemany(
-                    "INSERT INTO snap_digests (digest, id) VALUES (?, ?)",
-                    [(d, h.api_key_id) for h in heads for d, _ in h.secrets],
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO snap_keys (id, row) SELECT value ->> 0,"
+                    " CAST(value AS BLOB) FROM json_each(?)",
+                    (chunk.decode(),),
                 )
                 self._store._set_meta("snap_revision", self.revision or 0)
-                self._store._set_meta("snap_after", heads[-1].api_key_id)
+                self._store._set_meta("snap_after", last)
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
-        self.after = heads[-1].api_key_id
+        self.after = last
         self.keys += len(rows)
 
     def finish(self) -> int:
@@ -343,10 +340,10 @@ class StagedSnapshot:
                     "CREATE TABLE digests (digest TEXT PRIMARY KEY, id TEXT NOT NULL) WITHOUT ROWID"
                 )
                 c.execute(
-                    "INSERT OR REPLACE INTO digests SELECT digest, id FROM snap_digests"
-                    " ORDER BY digest"
+                    "INSERT OR REPLACE INTO digests SELECT s.value ->> 0, k.id"
+                    " FROM keys AS k, json_each(k.row, '$[1]') AS s ORDER BY 1"
                 )
-                c.execute("DROP TABLE snap_digests")
+                c.execute("DROP TABLE IF EXISTS snap_digests")  # an older version's staging
                 c.execute("DELETE FROM meta WHERE name IN ('snap_revision', 'snap_after')")
                 self._store._set_meta("revision", revision)
                 c.execute("COMMIT")

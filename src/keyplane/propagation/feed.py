@@ -109,6 +109,13 @@ def snapshot_rows(ctx: Context, *, after: str | None = None) -> Iterator[int | l
         yield from snapshot.key_rows(conn, after=after)
 
 
+def snapshot_json(ctx: Context, *, after: str | None = None) -> Iterator[int | list[str]]:
+    """``snapshot_rows``, each row already JSON text (``format=rows`` as sent), in batches."""
+    with ctx.db.read() as conn:
+        yield changelog.current_revision(conn)
+        yield from snapshot.json_rows(conn, after=after)
+
+
 def snapshot_lines(ctx: Context) -> Iterator[dict[str, object]]:
     """The snapshot as views: ``{"revision": N}``, then every key's enforcement view."""
     for item in snapshot_rows(ctx):

@@ -75,6 +75,19 @@ def feed_router(ctx: Context, notifier: ChangeNotifier) -> APIRouter:
         cluster = feed.authenticate_gateway_as(ctx, authorization, gid)
         as_rows = shape == ROWS
 
+        def row_chunks() -> Iterator[bytes]:
+            # The store writes each row's JSON; a chunk is one batch of them, joined.
+            sent = 0
+            for item in feed.snapshot_json(ctx, after=after):
+                if isinstance(item, int):
+                    acks.served(ctx, gateway_id=gid, cluster=cluster, revision=item)
+                    yield _encode({"revision": item}) + b"\n"
+                else:
+                    sent += len(item)
+                    item.append("")
+                    yield "\n".join(item).encode()
+            yield _encode({"end": sent}) + b"\n"
+
         def chunks() -> Iterator[bytes]:
             # Bounded chunks from a streaming read: the control plane's memory does not grow
             # with the snapshot.
@@ -85,12 +98,8 @@ def feed_router(ctx: Context, notifier: ChangeNotifier) -> APIRouter:
                     acks.served(ctx, gateway_id=gid, cluster=cluster, revision=item)
                     batch.append(_encode({"revision": item}))
                     continue
-                if as_rows:
-                    item[14] = msgspec.Raw(item[14].encode())  # the stored ACL JSON, as is
-                    batch.append(_encode(item))
-                else:
-                    item[14] = json.loads(item[14])
-                    batch.append(_encode(row_to_view(item)))
+                item[14] = json.loads(item[14])
+                batch.append(_encode(row_to_view(item)))
                 sent += 1
                 if len(batch) >= _LINES_PER_CHUNK:
                     yield b"\n".join(batch) + b"\n"
@@ -98,7 +107,8 @@ def feed_router(ctx: Context, notifier: ChangeNotifier) -> APIRouter:
             batch.append(_encode({"end": sent}))
             yield b"\n".join(batch) + b"\n"
 
-        return StreamingResponse(chunks(), media_type="application/x-ndjson")
+        body = row_chunks() if as_rows else chunks()
+        return StreamingResponse(body, media_type="application/x-ndjson")
 
     @router.get(CHANGES_PATH)
     async def changes(

@@ -8,11 +8,12 @@ Its own module, beside ``repository``: the one read whose cost grows with the wh
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, select, text
 
 from keyplane.domain.timefmt import format_micros
 from keyplane.storage import tables as t
@@ -103,3 +104,90 @@ def _newest_first(row: list[Any], created: list[int]) -> list[Any]:
         order = sorted(range(len(created)), key=lambda i: -created[i])
         row[1] = [row[1][i] for i in order]
     return row
+
+
+def _time_sql(column: str, *, sqlite: bool) -> str:
+    """SQL formatting a stored time (microseconds since the epoch, or NULL) as ``format_micros``
+    does: ``YYYY-MM-DDTHH:MM:SS.ffffffZ``, or NULL."""
+    if sqlite:
+        # Floor division by hand: SQLite's ``/`` and ``%`` truncate toward zero (times before
+        # 1970 would be off by a second otherwise).
+        frac = f"((({column}) % 1000000 + 1000000) % 1000000)"
+        return (
+            f"strftime('%Y-%m-%dT%H:%M:%S', (({column}) - {frac}) / 1000000, 'unixepoch')"
+            f" || printf('.%06dZ', {frac})"
+        )
+    return (
+        # Seconds and microseconds apart: an interval times a bigint goes through a double.
+        f"to_char(timestamp '1970-01-01' + ({column}) / 1000000 * interval '1 second'"
+        f" + ({column}) % 1000000 * interval '1 microsecond',"
+        ' \'YYYY-MM-DD"T"HH24:MI:SS.US"Z"\')'
+    )
+
+
+def _json_row_sql(*, sqlite: bool) -> str:
+    """One key per result row: its row (``ROW_FIELDS`` order) as JSON text, built by the store
+    itself. Secrets newest first, each ``[digest, expireTime]``. Only constant SQL fragments are
+    pasted together here (no value)."""
+    t = functools.partial(_time_sql, sqlite=sqlite)
+    expire = t("s.expire_time")
+    if sqlite:
+        array = "json_array"
+        # The aggregate takes the ordered subquery's order (SQLite < 3.44 has no ORDER BY inside
+        # an aggregate); json(): a subquery's answer loses its JSON subtype.
+        secrets = (
+            f"json((SELECT json_group_array(json_array(s.digest, {expire})) FROM"  # noqa: S608
+            " (SELECT digest, expire_time FROM api_key_secrets"
+            " WHERE api_key_id = k.api_key_id ORDER BY create_time DESC) AS s))"
+        )
+        disabled = "json(CASE WHEN k.disabled THEN 'true' ELSE 'false' END)"
+        acls = "json(k.acls)"
+        cast = ""
+    else:
+        array = "json_build_array"
+        secrets = (
+            "coalesce((SELECT json_agg(json_build_array(s.digest,"  # noqa: S608
+            f" {expire}) ORDER BY s.create_time DESC) FROM api_key_secrets AS s"
+            " WHERE s.api_key_id = k.api_key_id), '[]'::json)"
+        )
+        disabled = "k.disabled"
+        acls = "k.acls::json"
+        cast = "::text"  # psycopg would decode a json value
+    fields = [
+        "k.api_key_id",
+        secrets,
+        "k.team_id",
+        "k.user_id",
+        "k.name",
+        "k.redacted",
+        t("k.create_time"),
+        t("k.modify_time"),
+        "k.modified_by",
+        disabled,
+        t("k.expire_time"),
+        "k.qps",
+        "k.qpm",
+        "k.tpm",
+        acls,
+        "k.revision",
+        t("k.budget_blocked_until"),
+        t("k.team_blocked_until"),
+    ]
+    return f"SELECT {array}({', '.join(fields)}){cast} FROM api_keys AS k"  # noqa: S608
+
+
+def json_rows(
+    conn: Connection, *, after: str | None = None, batch: int = _FETCH
+) -> Iterator[list[str]]:
+    """What ``key_rows`` yields, each row already JSON text (as ``format=rows`` sends it), in
+    batches of up to ``batch`` rows: the store encodes, not Python — no per-key object here."""
+    sql = _json_row_sql(sqlite=conn.dialect.name == "sqlite")
+    params: dict[str, Any] = {}
+    if after is not None:
+        sql += " WHERE k.api_key_id > :after"
+        params["after"] = after
+    result = conn.execution_options(yield_per=batch).execute(
+        text(sql + " ORDER BY k.api_key_id"), params
+    )
+    for part in result.scalars().partitions(batch):
+        yield list(part)

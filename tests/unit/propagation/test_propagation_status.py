@@ -29,7 +29,9 @@ from keyplane.propagation.wire import (
     GATEWAY_HEADER,
     MAX_BATCH,
     MAX_WAIT_SECONDS,
+    ROWS,
     SNAPSHOT_PATH,
+    row_to_view,
 )
 from keyplane.services import admin, keys
 from keyplane.services.auth import Principal
@@ -434,6 +436,23 @@ def test_the_snapshot_streams_the_head_then_every_key_and_counts_as_sent(
     gateway_feed.changes(head)  # the snapshot sent the head: the ack is believed at once
     assert gateway_feed.applied() == head
     assert world.status(first)[US] is True
+
+
+def test_a_snapshot_as_rows_holds_the_views_and_resumes_after_an_id(
+    world: World, gateway_feed: Feed
+) -> None:
+    made = [world.create() for _ in range(3)]
+    head = made[-1][1]
+    views = {str(v["apiKeyId"]): v for v in list(feed.snapshot_lines(world.ctx))[1:]}
+    ids = sorted(views)
+    cases: list[tuple[str | None, list[str]]] = [(None, ids), (ids[0], ids[1:])]
+    for after, expected in cases:
+        params = {"format": ROWS} if after is None else {"format": ROWS, "after": after}
+        answer = gateway_feed.http.get(SNAPSHOT_PATH, params=params, headers=gateway_feed.headers())
+        lines = [json.loads(line) for line in answer.text.splitlines()]
+        assert lines[0] == {"revision": head}
+        assert lines[-1] == {"end": len(expected)}
+        assert [row_to_view(row) for row in lines[1:-1]] == [views[i] for i in expected]
 
 
 def test_an_empty_store_snapshots_its_revision_and_its_end(world: World) -> None:
