@@ -12,7 +12,6 @@ import click
 
 from keyplane import logs
 from keyplane.cli._common import config_option, load
-from keyplane.runtime import open_context
 
 # -- serve ---------------------------------------------------------------------------------------
 
@@ -33,6 +32,7 @@ def serve_control(config: Path | None, host: str | None, port: int | None) -> No
     from keyplane.control.app import create_app
     from keyplane.httpbounds import bounded_protocol
     from keyplane.propagation.notifier import ChangeNotifier
+    from keyplane.runtime import open_context  # the store: not a gateway's to import
 
     settings = load(config)
     logs.configure(settings.log_level)
@@ -169,6 +169,7 @@ def serve_gateway(
 def up(config: Path | None) -> None:
     """Set up on first start, then run the whole system in the foreground (Ctrl-C stops it)."""
     from keyplane import bootstrap
+    from keyplane.runtime import open_context
     from keyplane.supervisor import ensure_credentials, run_all
 
     settings = load(config)
