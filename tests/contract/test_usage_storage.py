@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy import func, insert, select
 
 from keyplane.domain.clock import ManualClock
@@ -23,9 +24,9 @@ from keyplane.services.context import Context
 from keyplane.storage import db as db_module
 from keyplane.storage import tables
 from keyplane.storage.db import Database
-from keyplane.usage import billing, housekeeping, ingest
+from keyplane.usage import billing, housekeeping, ingest, store
 from keyplane.usage.record import UsageRecord, frame
-from keyplane.usage.schema import ALL_KEYS, ROLLUPS
+from keyplane.usage.schema import ALL_KEYS, ROLLUPS, usage_hours, usage_minutes
 from tests.support.postgres import PostgresServer
 
 BILLING = ["team-token:endpoint:BillingRead", "team-token:endpoint:BillingWrite"]
@@ -66,7 +67,9 @@ def send(
 
 
 def sums(ctx: Context) -> list[tuple[int, int, int, int]]:
-    """(requests, prompt, completion, cost) summed over each rollup table."""
+    """(requests, prompt, completion, cost) summed over each rollup table, once the minutes are
+    folded into hours and days."""
+    ingest.fold(ctx, until=T0 // 1000 + 86400 - T0 // 1000 % 60)
     out = []
     with ctx.db.read() as conn:
         for _, table in ROLLUPS:
@@ -109,6 +112,18 @@ def test_a_resent_batch_counts_once_and_an_overlapping_one_adds_only_its_new_rec
     assert sums(ctx) == [expected(batch)] * 3
 
 
+def test_records_older_than_the_fold_mark_go_into_hours_and_days_at_ingest(ctx: Context) -> None:
+    """A backlog shipped after its minutes were folded: the minutes before the mark are not
+    folded again, so ingest puts those records into hours and days itself."""
+    batch = records(40)  # 40 records 7 s apart: about 5 minutes
+    send(ctx, batch[:20])
+    mark = ingest.fold(ctx, until=(T0 + 200_000) // 60_000 * 60)
+    assert mark == (T0 + 200_000) // 60_000 * 60
+    late = send(ctx, batch[20:], start=10**6, segment=2)  # before and after the mark
+    assert late.accepted == 20
+    assert sums(ctx) == [expected(batch)] * 3
+
+
 def test_segments_and_gateways_are_deduplicated_apart(ctx: Context) -> None:
     batch = records(10)
     send(ctx, batch, segment=1)
@@ -124,6 +139,50 @@ def test_a_damaged_batch_is_refused_whole(ctx: Context) -> None:
             ctx, gateway_id="g", cluster="c", segment=1, start=0, end=len(broken), data=broken
         )
     assert sums(ctx)[0] == (0, 0, 0, 0)
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_the_fold_mark_starts_past_the_rollups_made_before_it_and_a_downgrade_folds_the_rest(
+    engine: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Before migration 0009 ingest wrote every table: the mark starts past the newest row of
+    any of them (minutes may be gone by retention before hours). Going back to 0008 folds the
+    minutes past the mark, since the old code reads hours and days whole."""
+    if engine == "sqlite":
+        url = f"sqlite:///{tmp_path / 'old.db'}"
+    else:
+        server: PostgresServer = request.getfixturevalue("postgres")
+        url = server.create_database(f"fold{uuid.uuid4().hex[:8]}")
+    db = Database(url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(db_module.__file__).parent / "migrations"))
+    hour = 1_780_000_000 - 1_780_000_000 % 3600
+    row = {"team_id": "t", "api_key_id": ALL_KEYS, "model": "m", "cluster": "c",
+           "endpoint": "chat", "status": 200, "requests": 1, "prompt_tokens": 1,
+           "completion_tokens": 1, "cost": 1}  # fmt: skip
+    with db.writer.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0008_usage_units")
+        conn.execute(insert(usage_minutes).values({**row, "bucket": hour - 86400}))
+        conn.execute(insert(usage_hours).values({**row, "bucket": hour}))
+        command.upgrade(cfg, "head")
+        assert store.folded_to(conn) == hour + 3600
+    ctx = Context(db=db, server_secret=b"s" * 32)
+    try:
+        batch = records(5, start_ms=(hour + 7200) * 1000)  # minutes past the mark: not folded
+        send(ctx, batch)
+        with db.writer.begin() as conn:
+            cfg.attributes["connection"] = conn
+            before = ScriptDirectory.from_config(cfg).get_revision("0010_usage_fold")
+            assert before is not None
+            assert isinstance(before.down_revision, str)
+            command.downgrade(cfg, before.down_revision)
+            got = conn.execute(
+                select(func.sum(usage_hours.c.requests)).where(usage_hours.c.api_key_id == ALL_KEYS)
+            ).scalar_one()
+            assert int(got) == 1 + len(batch)
+    finally:
+        db.dispose()
 
 
 @pytest.mark.parametrize("engine", ["sqlite", "postgresql"])

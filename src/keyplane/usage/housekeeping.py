@@ -1,5 +1,6 @@
-"""The usage room's background work on the control plane: lift blocks whose period ended, and
-drop rollups, spend counters and ingest marks past their retention."""
+"""The usage room's background work on the control plane: fold closed minutes into hours and
+days, lift blocks whose period ended, and drop rollups, spend counters and ingest marks past their
+retention."""
 
 from __future__ import annotations
 
@@ -11,14 +12,22 @@ import structlog
 from keyplane.domain.timefmt import to_micros
 from keyplane.services.context import Context
 from keyplane.settings import UsageSettings
-from keyplane.usage import limits, store
+from keyplane.usage import ingest, limits, store
 
 log = structlog.get_logger("keyplane.usage")
 
 LIFT_EVERY = 5.0
 PURGE_EVERY = 3600.0
+#: A minute is folded this long after it ends: gateways ship every 0.2 s, so its records are in
+#: by then; a later one (a backlog) goes into the hours and days at ingest.
+FOLD_LAG = 120
 #: Spend counters are read a month (31 days) back at most.
 SPEND_RETENTION = timedelta(days=62)
+
+
+def fold(ctx: Context) -> int:
+    epoch = int(ctx.clock.now().timestamp()) - FOLD_LAG
+    return ingest.fold(ctx, until=epoch - epoch % 60)
 
 
 def lift_expired(ctx: Context) -> list[int]:
@@ -47,6 +56,7 @@ async def run(ctx: Context, config: UsageSettings) -> None:
     since_purge = PURGE_EVERY  # purge once at start
     while True:
         try:
+            await asyncio.to_thread(fold, ctx)
             await asyncio.to_thread(lift_expired, ctx)
             if since_purge >= PURGE_EVERY:
                 since_purge = 0.0

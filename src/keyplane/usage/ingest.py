@@ -1,9 +1,11 @@
 """Control-plane ingest of gateway usage: dedupe by spool offset, roll up, count spend, cap.
 
-One write transaction per batch: the batch's ingest mark (row-locked), the rollups at minute,
-hour and day resolution, the spend counters, any block it causes, and the new mark commit
-together. The batch's fresh records go into a staging table in one driver call; the database
-groups, sums and upserts (``store.roll_up``), one statement per rollup table and kind.
+One write transaction per batch: the batch's ingest mark (row-locked), the minute rollups, the
+spend counters, any block it causes, and the new mark commit together. The batch's fresh records
+go into a staging table in one driver call; the database groups, sums and upserts
+(``store.roll_up``), one statement per rollup table and kind. Hours and days are folded from
+closed minutes in the background (``fold``): live traffic costs one upsert per distinct minute
+row; a record older than the fold mark (a gateway's backlog) also goes into hours and days.
 
 A batch resent after a lost ack, after a crash on either side, or to another control plane
 replica is recognized by its offsets: frames below the mark were counted already.
@@ -78,7 +80,7 @@ def _count(
     # over its keys (``ALL_KEYS``: what queries that neither group nor filter by key read).
     conn = uow.conn
     store.stage(conn, records)
-    store.roll_up(conn, cluster[:128])
+    store.roll_up(conn, cluster[:128], store.folded_to(conn))
     teams, keys = store.stage_spend(conn)
     revisions: list[int] = []
     for team_id in teams:
@@ -93,3 +95,15 @@ def _count(
             blocked_until=row.budget_blocked_until,
         )
     return revisions
+
+
+def fold(ctx: Context, *, until: int, steps: int = 24) -> int:
+    """Fold closed minutes (before ``until``, a minute edge) into hours and days, an hour of
+    minute rows per transaction, at most ``steps`` transactions; the fold mark reached."""
+    reached = 0
+    for _ in range(steps):
+        with ctx.sql_write() as uow:
+            reached = store.fold(uow.conn, until=until, now=uow.now)
+        if reached >= until:
+            break
+    return reached

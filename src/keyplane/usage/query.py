@@ -21,14 +21,25 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
-from sqlalchemy import ColumnElement, Connection, and_, func, literal, not_, select, union_all
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    and_,
+    func,
+    literal,
+    not_,
+    select,
+    true,
+    union_all,
+)
 
 from keyplane.catalog import Catalog
 from keyplane.domain.errors import InvalidArgument
 from keyplane.domain.timefmt import format_ts, parse_ts
 from keyplane.storage import tables as t
 from keyplane.usage.record import COST_PER_USD, status_class
-from keyplane.usage.schema import ALL_KEYS, ROLLUPS
+from keyplane.usage.schema import ALL_KEYS, ROLLUPS, usage_minutes
+from keyplane.usage.store import folded_to_expression
 
 MAX_SERIES = 1000
 MAX_POINTS = 1500
@@ -397,37 +408,50 @@ def _statement(team_id: str, q: UsageQuery, catalog: Catalog) -> Any:
     by_key = "api_key_id" in q.group_by or any(f.field == "api_key_id" for f in q.filters)
     n = len(epochs) - 1
     grouped_units = "unit_type" in q.group_by
-    # One answer bucket (TIME_UNIT_NONE, or a range inside one bucket): no need to group by the
-    # table's buckets, so a month of daily rows per key comes back as one row per key.
-    bucket_column = literal(epochs[0]) if n == 1 else table.c.bucket
-    conditions = [
-        table.c.team_id == team_id,
-        # By key: the per-key rows; otherwise the team's totals (see ``schema.ALL_KEYS``).
-        table.c.api_key_id != ALL_KEYS if by_key else table.c.api_key_id == ALL_KEYS,
-        table.c.bucket >= lo,
-        table.c.bucket < hi,
-        *(_condition(table, f, catalog) for f in q.filters if f.field != "unit_type"),
-    ]
+    # Hours and days hold the minutes before the fold mark; the minutes from it on are read
+    # from the minute table, each placed in its hour or day (see ``schema.usage_fold``).
+    sources: list[tuple[Any, Any, ColumnElement[bool]]] = [(table, table.c.bucket, true())]
+    if table is not usage_minutes:
+        mark = folded_to_expression()
+        width = next(w for w, t in ROLLUPS if t is table)
+        m = usage_minutes.c.bucket
+        sources = [
+            (table, table.c.bucket, table.c.bucket < mark),
+            (usage_minutes, m - m % width, m >= mark),
+        ]
     branches = []
-    for i, unit in enumerate(_units(q)):
-        selected: list[Any] = [bucket_column, *(table.c[c] for c in columns)]
-        if grouped_units:
-            selected.append(literal(unit))
-        for fold, value in _measures(q.values):
-            if fold == "sum":
-                # Without unit_type groups, a request counts once over the unit branches.
-                once = value == "requests" and i > 0 and not grouped_units
-                selected.append(
-                    func.sum(literal(0) if once else _unit_expression(table, value, unit))
-                )
-            else:
-                column = "cost" if value == "usd" else value
-                selected.append(getattr(func, fold)(table.c[f"{fold}_{column}"]))
-        branches.append(
-            select(*selected)
-            .where(*conditions)
-            .group_by(*([] if n == 1 else [table.c.bucket]), *(table.c[c] for c in columns))
-        )
+    for source, bucket, bound in sources:
+        # One answer bucket (TIME_UNIT_NONE, or a range inside one bucket): no need to group by
+        # the table's buckets, so a month of daily rows per key comes back as one row per key.
+        bucket_column = literal(epochs[0]) if n == 1 else bucket
+        conditions = [
+            source.c.team_id == team_id,
+            # By key: the per-key rows; otherwise the team's totals (see ``schema.ALL_KEYS``).
+            source.c.api_key_id != ALL_KEYS if by_key else source.c.api_key_id == ALL_KEYS,
+            source.c.bucket >= lo,
+            source.c.bucket < hi,
+            bound,
+            *(_condition(source, f, catalog) for f in q.filters if f.field != "unit_type"),
+        ]
+        for i, unit in enumerate(_units(q)):
+            selected: list[Any] = [bucket_column, *(source.c[c] for c in columns)]
+            if grouped_units:
+                selected.append(literal(unit))
+            for fold, value in _measures(q.values):
+                if fold == "sum":
+                    # Without unit_type groups, a request counts once over the unit branches.
+                    once = value == "requests" and i > 0 and not grouped_units
+                    selected.append(
+                        func.sum(literal(0) if once else _unit_expression(source, value, unit))
+                    )
+                else:
+                    column = "cost" if value == "usd" else value
+                    selected.append(getattr(func, fold)(source.c[f"{fold}_{column}"]))
+            branches.append(
+                select(*selected)
+                .where(*conditions)
+                .group_by(*([] if n == 1 else [bucket]), *(source.c[c] for c in columns))
+            )
     if not branches:
         return None
     return branches[0] if len(branches) == 1 else union_all(*branches)

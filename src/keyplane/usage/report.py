@@ -1,18 +1,21 @@
 """Operator reports (``keyplane admin usage``): usage per team, or per key of one team, over the
-last days, with this month's spend against limits and budgets. Reads the hourly rollups."""
+last days, with this month's spend against limits and budgets. Reads the hourly rollups (and the
+minutes not folded into them yet)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, Connection, func, select
+from sqlalchemy import ColumnElement, Connection, Table, func, select, union_all
 
 from keyplane.services.context import Context
 from keyplane.storage import tables as t
 from keyplane.usage import limits
 from keyplane.usage.record import COST_PER_USD, COST_SCALE
-from keyplane.usage.schema import ALL_KEYS, team_billing, usage_hours
+from keyplane.usage.schema import ALL_KEYS, team_billing, usage_hours, usage_minutes
+from keyplane.usage.store import folded_to_expression
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,21 +37,32 @@ def _since(now: datetime, days: int) -> int:
 
 
 def _sums(
-    conn: Connection, by: ColumnElement[str], *where: ColumnElement[bool]
+    conn: Connection, by: str, where: Callable[[Table], list[ColumnElement[bool]]]
 ) -> dict[str, tuple[int, ...]]:
-    """Requests, prompt tokens, completion tokens and cost per ``by`` in the hourly rollups."""
-    h = usage_hours
-    query = (
+    """Requests, prompt tokens, completion tokens and cost per column ``by``: the hourly rollups
+    before the fold mark, the minutes from it on (``schema.usage_fold``)."""
+    mark = folded_to_expression()
+    parts = [
         select(
-            by,
-            func.sum(h.c.requests),
-            func.sum(h.c.prompt_tokens),
-            func.sum(h.c.completion_tokens),
-            func.sum(h.c.cost),
+            table.c[by].label("by"),
+            table.c.requests,
+            table.c.prompt_tokens,
+            table.c.completion_tokens,
+            table.c.cost,
+        ).where(bound, *where(table))
+        for table, bound in (
+            (usage_hours, usage_hours.c.bucket < mark),
+            (usage_minutes, usage_minutes.c.bucket >= mark),
         )
-        .where(*where)
-        .group_by(by)
-    )
+    ]
+    rows = union_all(*parts).subquery()
+    query = select(
+        rows.c.by,
+        func.sum(rows.c.requests),
+        func.sum(rows.c.prompt_tokens),
+        func.sum(rows.c.completion_tokens),
+        func.sum(rows.c.cost),
+    ).group_by(rows.c.by)
     return {r[0]: tuple(int(v or 0) for v in r[1:]) for r in conn.execute(query)}
 
 
@@ -78,9 +92,9 @@ def _row(
 
 def teams(ctx: Context, *, days: int) -> list[Row]:
     now = ctx.clock.now()
-    h = usage_hours
+    since = _since(now, days)
     with ctx.db.read() as conn:
-        sums = _sums(conn, h.c.team_id, h.c.bucket >= _since(now, days), h.c.api_key_id == ALL_KEYS)
+        sums = _sums(conn, "team_id", lambda h: [h.c.bucket >= since, h.c.api_key_id == ALL_KEYS])
         names = {r.team_id: r.name for r in conn.execute(select(t.teams.c.team_id, t.teams.c.name))}
         billing = {r.team_id: r for r in conn.execute(select(team_billing))}
         rows = []
@@ -104,14 +118,12 @@ def teams(ctx: Context, *, days: int) -> list[Row]:
 
 def keys(ctx: Context, *, team_id: str, days: int) -> list[Row]:
     now = ctx.clock.now()
-    h, k = usage_hours, t.api_keys
+    k, since = t.api_keys, _since(now, days)
     with ctx.db.read() as conn:
         sums = _sums(
             conn,
-            h.c.api_key_id,
-            h.c.team_id == team_id,
-            h.c.bucket >= _since(now, days),
-            h.c.api_key_id != ALL_KEYS,
+            "api_key_id",
+            lambda h: [h.c.team_id == team_id, h.c.bucket >= since, h.c.api_key_id != ALL_KEYS],
         )
         found = {r.api_key_id: r for r in conn.execute(select(k).where(k.c.team_id == team_id))}
         rows = []

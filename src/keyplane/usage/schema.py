@@ -1,7 +1,8 @@
 """The usage tables: rollups at three resolutions, ingest marks, spend counters, team limits.
 
 On the shared ``MetaData`` so Alembic sees them; the migration ``0002_usage_and_spend`` creates
-them (``0008_usage_units_extremes`` adds the cost split and the per-request extremes). Buckets
+them (``0008_usage_units_extremes`` adds the cost split and the per-request extremes,
+``0010_usage_fold`` the fold mark). Buckets
 are epoch seconds of the bucket's start (UTC); money is in 1e-8 USD cents
 (``usage.record.COST_SCALE``).
 """
@@ -57,6 +58,20 @@ ROLLUPS: tuple[tuple[int, Table], ...] = (
     (3600, usage_hours),
     (86400, usage_days),
 )
+
+#: Ingest writes minute rows only (a record older than the fold mark also goes into the hours and
+#: days); the control plane's housekeeping folds closed minutes into hours and days and moves
+#: the mark. So: hours and days hold exactly the minutes before ``folded_to`` (epoch s, a minute
+#: edge), and a query at hour or day resolution reads them below the mark and the minutes from
+#: it on. One row, ``name = FOLD``; the migration writes it.
+usage_fold = Table(
+    "usage_fold",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("folded_to", BigInteger, nullable=False),
+    Column("update_time", BigInteger, nullable=False),
+)
+FOLD = "rollups"
 
 #: How far each gateway spool segment has been ingested: a resend below the mark is a duplicate.
 usage_ingest_marks = Table(

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, select, text, update
+from sqlalchemy import Connection, delete, func, literal, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from keyplane.domain.timefmt import to_micros
@@ -15,9 +15,12 @@ from keyplane.storage import tables as t
 from keyplane.usage.schema import (
     ALL_KEYS,
     EXTREMES,
+    FOLD,
     ROLLUPS,
     team_billing,
+    usage_fold,
     usage_ingest_marks,
+    usage_minutes,
     usage_spend,
 )
 
@@ -74,15 +77,21 @@ def _staging_sql(dialect: str) -> tuple[str, ...]:
     return (f"CREATE TEMP TABLE IF NOT EXISTS usage_batch ({columns})", "DELETE FROM usage_batch")
 
 
-def roll_up(conn: Connection, cluster: str) -> None:
-    """Add the staged records to every rollup table, per key and as the team's totals
-    (``ALL_KEYS``): grouped once by minute into a second staging table, then summed and upserted
-    from it by the database, one statement each."""
-    first, *rest = _rollup_sql(conn.dialect.name)
-    for statement in first:
+def roll_up(conn: Connection, cluster: str, folded_to: int) -> None:
+    """Add the staged records to the rollups, per key and as the team's totals (``ALL_KEYS``):
+    grouped once by minute into a second staging table, then summed and upserted from it by the
+    database, one statement each. Minutes only, but for records older than the fold mark
+    (``folded_to``: a gateway's backlog), which also go into the hours and days, as ``fold``
+    would have put them there."""
+    prepare, minutes, late = _rollup_sql(conn.dialect.name)
+    for statement in prepare:
         conn.exec_driver_sql(statement)
-    for statement in rest:
+    for statement in minutes:
         conn.execute(text(statement), {"cluster": cluster})
+    oldest = conn.exec_driver_sql("SELECT min(bucket) FROM usage_batch_minutes").scalar()
+    if oldest is not None and oldest < folded_to:
+        for statement in late:
+            conn.execute(text(statement), {"cluster": cluster, "folded_to": folded_to})
 
 
 def stage_spend(conn: Connection) -> tuple[list[str], list[str]]:
@@ -109,14 +118,38 @@ _SPEND_SQL = (
     "ON CONFLICT (subject, day) DO UPDATE SET cost = usage_spend.cost + excluded.cost"
 )
 
+_EXTREME_COLUMNS = [(f"{m}_{v}", m, v) for v in EXTREMES for m in ("min", "max")]
+_ROLLUP_COLUMNS = ", ".join((*ROLLUP_KEY, *ROLLUP_SUMS, *(n for n, _, _ in _EXTREME_COLUMNS)))
+#: A row's sums and extremes folded over a group of rollup rows.
+_FOLDED = ", ".join(
+    (*(f"sum({c})" for c in ROLLUP_SUMS), *(f"{m}({n})" for n, m, _ in _EXTREME_COLUMNS))
+)
+
+
+def _upsert(dialect: str, table: str, rows: str) -> str:
+    """Add ``rows`` (a SELECT of ``_ROLLUP_COLUMNS``) to ``table``: sums add up, extremes keep
+    the smaller or larger (an unknown one, NULL from before migration 0008, stays unknown)."""
+    updates = [f"{c} = {table}.{c} + excluded.{c}" for c in ROLLUP_SUMS]
+    for name, m, _ in _EXTREME_COLUMNS:
+        have = f"{table}.{name}"
+        if dialect == "postgresql":  # LEAST/GREATEST skip NULL; unknown stays unknown
+            both = f"{'LEAST' if m == 'min' else 'GREATEST'}({have}, excluded.{name})"
+            updates.append(f"{name} = CASE WHEN {have} IS NULL THEN NULL ELSE {both} END")
+        else:  # SQLite's two-argument min/max are NULL when either is
+            updates.append(f"{name} = {m}({have}, excluded.{name})")
+    # WHERE true in ``rows``: SQLite's parser needs it between a SELECT and ON CONFLICT.
+    return (
+        f"INSERT INTO {table} ({_ROLLUP_COLUMNS}) {rows}"
+        f"ON CONFLICT ({', '.join(ROLLUP_KEY)}) DO UPDATE SET {', '.join(updates)}"
+    )
+
 
 @functools.lru_cache(maxsize=4)
-def _rollup_sql(dialect: str) -> tuple[Any, ...]:
-    """``(statements that fill usage_batch_minutes, *upserts)``."""
+def _rollup_sql(dialect: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """``(statements that fill usage_batch_minutes, minute upserts, hour and day upserts of the
+    records before the fold mark)``."""
     # Names are this module's own tables and columns, never input; the cluster is a parameter.
-    extremes = [(f"{m}_{v}", m, v) for v in EXTREMES for m in ("min", "max")]
-    names = [name for name, _, _ in extremes]
-    columns = ", ".join((*ROLLUP_KEY, *ROLLUP_SUMS, *names))
+    names = [name for name, _, _ in _EXTREME_COLUMNS]
 
     def value(v: str) -> str:
         return "prompt_tokens + completion_tokens" if v == "total_tokens" else v
@@ -129,7 +162,7 @@ def _rollup_sql(dialect: str) -> tuple[Any, ...]:
         f"api_key_id TEXT, model TEXT, endpoint TEXT, status BIGINT, {kinds})"
     )
     sums = ", ".join(f"sum({c})" for c in ROLLUP_SUMS[1:])
-    picks = ", ".join(f"{m}({value(v)})" for _, m, v in extremes)
+    picks = ", ".join(f"{m}({value(v)})" for _, m, v in _EXTREME_COLUMNS)
     fill = (
         f"INSERT INTO usage_batch_minutes SELECT team_id, time_ms / 60000 * 60, api_key_id, "  # noqa: S608
         f"model, endpoint, status, count(*), {sums}, {picks} FROM usage_batch "
@@ -139,12 +172,8 @@ def _rollup_sql(dialect: str) -> tuple[Any, ...]:
         prepare: tuple[str, ...] = (create + " ON COMMIT DELETE ROWS", fill)
     else:
         prepare = (create, "DELETE FROM usage_batch_minutes", fill)
-    statements: list[Any] = [prepare]
-    folded = (
-        ", ".join(f"sum({c})" for c in ROLLUP_SUMS)
-        + ", "
-        + ", ".join(f"{m}({name})" for name, m, _ in extremes)
-    )
+    minutes: list[str] = []
+    late: list[str] = []
     for width, table in ROLLUPS:
         for per_key in (True, False):
             key = "api_key_id" if per_key else f"'{ALL_KEYS}'"
@@ -153,14 +182,7 @@ def _rollup_sql(dialect: str) -> tuple[Any, ...]:
                 if per_key
                 else "team_id, 2, model, endpoint, status"
             )
-            updates = [f"{c} = {table.name}.{c} + excluded.{c}" for c in ROLLUP_SUMS]
-            for name, m, _ in extremes:
-                have = f"{table.name}.{name}"
-                if dialect == "postgresql":  # LEAST/GREATEST skip NULL; unknown stays unknown
-                    both = f"{'LEAST' if m == 'min' else 'GREATEST'}({have}, excluded.{name})"
-                    updates.append(f"{name} = CASE WHEN {have} IS NULL THEN NULL ELSE {both} END")
-                else:  # SQLite's two-argument min/max are NULL when either is
-                    updates.append(f"{name} = {m}({have}, excluded.{name})")
+            where = "true" if width == 60 else "bucket < :folded_to"
             if width == 60 and per_key:  # the minute rows themselves, as grouped
                 # Ordered, so concurrent ingests lock rows in one order (no deadlock on
                 # PostgreSQL); SQLite has one writer, and the rows come in this order.
@@ -173,15 +195,72 @@ def _rollup_sql(dialect: str) -> tuple[Any, ...]:
             else:
                 rows = (
                     f"SELECT team_id, bucket / {width} * {width}, {key}, model, :cluster, "  # noqa: S608
-                    f"endpoint, status, {folded} FROM usage_batch_minutes WHERE true "
+                    f"endpoint, status, {_FOLDED} FROM usage_batch_minutes WHERE {where} "
                     f"GROUP BY {group} ORDER BY {group} "
                 )
-            # WHERE true: SQLite's parser needs it between a SELECT and ON CONFLICT.
-            statements.append(
-                f"INSERT INTO {table.name} ({columns}) {rows}"
-                f"ON CONFLICT ({', '.join(ROLLUP_KEY)}) DO UPDATE SET {', '.join(updates)}"
-            )
-    return tuple(statements)
+            (minutes if width == 60 else late).append(_upsert(dialect, table.name, rows))
+    return prepare, tuple(minutes), tuple(late)
+
+
+# -- folding minutes into hours and days ----------------------------------------------------------
+
+
+def folded_to(conn: Connection, *, exclusive: bool = False) -> int:
+    """The fold mark (epoch s): hours and days hold exactly the minutes before it. Locked until
+    commit on PostgreSQL: shared by ingests (which write hours and days below it), exclusive by a
+    fold (which moves it)."""
+    f = usage_fold
+    value = conn.execute(
+        select(f.c.folded_to).where(f.c.name == FOLD).with_for_update(read=not exclusive)
+    ).scalar_one_or_none()
+    return 0 if value is None else int(value)
+
+
+def folded_to_expression() -> Any:
+    """The fold mark inside a statement (one snapshot with the rows it reads)."""
+    f = usage_fold
+    return func.coalesce(
+        select(f.c.folded_to).where(f.c.name == FOLD).scalar_subquery(), literal(0)
+    )
+
+
+def fold(conn: Connection, *, until: int, now: datetime, span: int = 3600) -> int:
+    """Fold the minutes from the mark on, up to ``until`` and at most ``span`` seconds past the
+    first minute row there (empty stretches are skipped), into hours and days, and move the
+    mark; the new mark. Call it in a write transaction; repeat until it returns ``until``."""
+    mark = folded_to(conn, exclusive=True)
+    if until <= mark:
+        return mark
+    m = usage_minutes
+    first = conn.execute(select(func.min(m.c.bucket)).where(m.c.bucket >= mark)).scalar()
+    end = until if first is None else min(until, int(first) + span)
+    if first is not None and int(first) < end:
+        for statement in _fold_sql(conn.dialect.name):
+            conn.execute(text(statement), {"lo": mark, "hi": end})
+    values = {"folded_to": end, "update_time": to_micros(now)}
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    conn.execute(
+        dialect.insert(usage_fold)
+        .values(name=FOLD, **values)
+        .on_conflict_do_update(index_elements=["name"], set_=values)
+    )
+    return end
+
+
+@functools.lru_cache(maxsize=4)
+def _fold_sql(dialect: str) -> tuple[str, ...]:
+    group = "team_id, 2, api_key_id, model, cluster, endpoint, status"
+    return tuple(
+        _upsert(
+            dialect,
+            table.name,
+            f"SELECT team_id, bucket / {width} * {width}, api_key_id, model, cluster, "  # noqa: S608
+            f"endpoint, status, {_FOLDED} FROM usage_minutes "
+            f"WHERE bucket >= :lo AND bucket < :hi GROUP BY {group} ORDER BY {group} ",
+        )
+        for width, table in ROLLUPS
+        if width > 60
+    )
 
 
 # -- ingest marks ---------------------------------------------------------------------------------
@@ -339,6 +418,8 @@ def purge(
     removed = 0
     for width, table in ROLLUPS:
         cutoff = cutoffs.get(width)
+        if cutoff is not None and width == 60:  # a minute not folded yet is kept
+            cutoff = min(cutoff, folded_to(conn))
         if cutoff is not None:
             removed += conn.execute(delete(table).where(table.c.bucket < cutoff)).rowcount
     conn.execute(delete(usage_spend).where(usage_spend.c.day < spend_before))
