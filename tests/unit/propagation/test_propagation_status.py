@@ -564,3 +564,39 @@ def test_an_unknown_credential_registers_no_gateway(world: World) -> None:
         feed.authenticate_gateway_as(world.ctx, stranger, "us-a")
     assert caught.value.code == "unauthenticated:bad-credentials"
     assert feed.cluster_view(world.ctx)[1] == []
+
+
+def test_the_snapshot_as_views_is_the_head_then_each_key_as_its_last_change_sent_it(
+    world: World,
+) -> None:
+    created, _ = keys.create_key(
+        world.ctx,
+        principal=world.principal,
+        team_id=world.principal.team_id,
+        spec=keys.parse_new_key({"name": "acl", "acls": ["api-key:endpoint:chat"]}),
+    )
+    assert created is not None
+    _, head = world.create()
+    lines = list(feed.snapshot_lines(world.ctx))
+    assert lines[0] == {"revision": head}
+    changes = feed.read_changes(world.ctx, after=0, limit=10).changes
+    assert {v["apiKeyId"]: v for v in lines[1:]} == {c.view["apiKeyId"]: c.view for c in changes}
+    views = {v["apiKeyId"]: v for v in lines[1:]}
+    assert views[created.key.api_key_id]["acls"] == ["api-key:endpoint:chat"]  # a list again
+
+
+def test_a_snapshot_resumed_after_a_key_holds_only_the_keys_after_it(world: World) -> None:
+    ids = sorted(world.create()[0] for _ in range(3))
+    head = feed.current_revision(world.ctx)
+    rest = list(feed.snapshot_rows(world.ctx, after=ids[0]))
+    assert rest[0] == head
+    assert [row[0] for row in rest[1:] if isinstance(row, list)] == ids[1:]  # apiKeyId first
+
+
+def test_each_credential_of_a_cluster_binds_its_own_gateway(world: World) -> None:
+    first = f"Bearer {feed.issue_credential(world.ctx, cluster=US)}"
+    second = f"Bearer {feed.issue_credential(world.ctx, cluster=US)}"
+    assert feed.authenticate_gateway_as(world.ctx, first, "us-a") == US
+    # Another credential's binding is no objection: only one bound to the same id would be.
+    assert feed.authenticate_gateway_as(world.ctx, second, "us-b") == US
+    assert feed.authenticate_gateway_as(world.ctx, first, "us-a") == US
