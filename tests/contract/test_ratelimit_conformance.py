@@ -27,12 +27,14 @@ from keyplane.ratelimit import (
     TokenLimit,
 )
 from tests.support.limits import qpm, qps, tpm
-from tests.support.redis import RedisServer, running_redis
+from tests.support.redis import RedisServer, shared_redis
 
 
 @pytest.fixture(scope="module")
 def redis_server() -> Iterator[RedisServer]:
-    with running_redis() as server:
+    # Every test keeps to its own key prefix: one server serves them all (and, under
+    # scripts/mutants, every mutant's run).
+    with shared_redis() as server:
         yield server
 
 

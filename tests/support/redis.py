@@ -20,6 +20,9 @@ from pathlib import Path
 from tests.support.procs import free_port, missing_server
 
 ALLOW_MISSING_ENV = "KEYPLANE_TEST_ALLOW_MISSING_REDIS"
+SHARED_PORT_ENV = "KEYPLANE_TEST_REDIS_PORT"
+"""The port of a ``redis-server`` already running on 127.0.0.1 for the whole run (scripts/mutants
+starts one), used by :func:`shared_redis` instead of a server of its own."""
 
 
 def require_redis_server() -> str:
@@ -107,3 +110,19 @@ def running_redis() -> Iterator[RedisServer]:
     finally:
         server.stop()
         server.close()
+
+
+@contextmanager
+def shared_redis() -> Iterator[RedisServer]:
+    """A running ``redis-server`` for tests that only touch keys under their own prefix: the one
+    on ``KEYPLANE_TEST_REDIS_PORT`` if set (left running), else one started for the block."""
+    port = os.environ.get(SHARED_PORT_ENV)
+    if not port:
+        with running_redis() as server:
+            yield server
+        return
+    server = RedisServer(require_redis_server(), int(port))
+    try:
+        yield server
+    finally:
+        server.close()  # not started here: stop() leaves it running, close() drops the temp dir
