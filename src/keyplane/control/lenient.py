@@ -94,12 +94,11 @@ async def _normalized(request: Request, limit: int) -> Request:
     if media not in _JSONISH and not media.endswith("+json"):
         raise UnsupportedMediaType(f"content type {media!r} is not supported; send JSON")
     raw = await read_capped(request, limit)
+    parsed: Any = None
     body = b""
     if raw.strip():
-        try:
-            body = json.dumps(lenient_json(raw)).encode()
-        except RecursionError:
-            raise InvalidArgument("body is not valid JSON (nesting too deep)") from None
+        parsed = lenient_json(raw)
+        body = raw
     headers = [
         (k, v) for k, v in request.scope["headers"] if k not in (b"content-type", b"content-length")
     ]
@@ -116,4 +115,10 @@ async def _normalized(request: Request, limit: int) -> Request:
         sent = True
         return {"type": "http.request", "body": body, "more_body": False}
 
-    return Request(scope, receive)
+    normalized = Request(scope, receive)
+    if body:
+        # Parsed once: FastAPI takes the body and its JSON from here (Starlette's Request keeps
+        # both once read) instead of reading and parsing it again.
+        normalized._body = body
+        normalized._json = parsed
+    return normalized

@@ -23,17 +23,27 @@ from keyplane.services.context import Context
 from keyplane.settings import Settings
 
 
-def _context(request: Request) -> Context:
+# The dependencies do no I/O, or hop into a thread for it themselves: async, so FastAPI runs them
+# on the event loop instead of sending each to a worker thread and back.
+async def _context(request: Request) -> Context:
+    return _the_context(request)
+
+
+def _the_context(request: Request) -> Context:
     ctx: Context = request.app.state.ctx
     return ctx
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
+    return _the_settings(request)
+
+
+def _the_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def _catalog(request: Request) -> Catalog:
+async def _catalog(request: Request) -> Catalog:
     catalog: Catalog = request.app.state.catalog
     return catalog
 
@@ -50,13 +60,13 @@ ApiKeyId = Annotated[str, Path(alias="apiKeyId")]
 async def _authenticate_first(request: Request) -> None:
     # Before the body is read: an unauthenticated caller costs no parsing work.
     found = await asyncio.to_thread(
-        authenticate, _context(request), request.headers.get("authorization")
+        authenticate, _the_context(request), request.headers.get("authorization")
     )
     request.state.principal = found
 
 
 def _body_limit(request: Request) -> int:
-    return _settings(request).max_body_bytes
+    return _the_settings(request).max_body_bytes
 
 
 #: The Management API's route class: the caller authenticated before a body is read, the body
@@ -64,14 +74,16 @@ def _body_limit(request: Request) -> int:
 ManagementRoute = make_route_class(_body_limit, _authenticate_first)
 
 
-def current_principal(
+async def current_principal(
     request: Request,
     ctx: AppContext,
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Principal:
     """The calling management key (already authenticated by the route class, on a body route)."""
     known: Principal | None = getattr(request.state, "principal", None)
-    return known if known is not None else authenticate(ctx, authorization)
+    if known is not None:
+        return known
+    return await asyncio.to_thread(authenticate, ctx, authorization)
 
 
 # The checks do no I/O: async, so they cost no thread-pool hop.

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import TypeVar
 
 from keyplane.domain.clock import Clock, SystemClock
 from keyplane.storage.db import Database
 from keyplane.storage.unit_of_work import SqlUnitOfWork, UnitOfWork, unit_of_work
 from keyplane.usage import budgets
+
+T = TypeVar("T")
 
 #: Opens a unit of work: a write one (True) or a read one (False).
 UnitsOfWork = Callable[[bool], AbstractContextManager[UnitOfWork]]
@@ -46,6 +51,13 @@ class Context:
         """A unit of work on a write transaction of ``db`` itself, whatever ``units`` says: for
         the usage room, whose stores are SQL only (``uow.conn``)."""
         return self._sql(write=True)
+
+    async def writing(self, use_case: Callable[[], T]) -> T:
+        """``use_case()`` (one that writes) off the event loop, in one hop: on SQLite in the
+        store's writer thread (``Database.write_lane``), where writes queue for the one writer
+        connection; on PostgreSQL in the loop's default threads. Context variables go along."""
+        run = contextvars.copy_context().run
+        return await asyncio.get_running_loop().run_in_executor(self.db.write_lane, run, use_case)
 
     def _open(self, *, write: bool) -> AbstractContextManager[UnitOfWork]:
         if self.units is not None:

@@ -7,10 +7,14 @@ pool. Schema changes are Alembic migrations, run on start.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, Future
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from alembic import command
@@ -82,11 +86,14 @@ class Database:
             # One writer connection: in-process writers queue on the pool instead of spinning
             # on SQLite's busy handler.
             self.writer = create_engine(self.url, pool_size=1, max_overflow=0, pool_timeout=30)
+            # The thread the server's writes run in, several to a commit (``WriteLane``).
+            self.write_lane: Executor | None = WriteLane(self)
             self.reader = create_engine(self.url, pool_size=pool_size, max_overflow=0)
             for engine, begin in ((self.writer, "BEGIN IMMEDIATE"), (self.reader, "BEGIN")):
                 event.listen(engine, "connect", _sqlite_pragmas(sqlite_synchronous))
                 event.listen(engine, "begin", _make_begin(begin))
         else:
+            self.write_lane = None  # writers in parallel: the event loop's default threads
             # Writers in READ COMMITTED: the revision counter's row lock orders them. Readers in
             # REPEATABLE READ: a snapshot and its revision come from one consistent view.
             self.writer = create_engine(
@@ -130,8 +137,23 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
+        """A write transaction; in a batch of the ``WriteLane`` (on its thread), a savepoint of
+        the batch's transaction instead, committed with the batch."""
+        batch = _batch.conn
+        if batch is not None:
+            with _unavailable_store(), batch.begin_nested():
+                yield batch
+            return
         with _unavailable_store(), self.writer.begin() as conn:
             yield conn
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the write transaction just ended has committed: now, or, in a
+        ``WriteLane`` batch, when the batch has."""
+        if _batch.after is None:
+            callback()
+        else:
+            _batch.after.append(callback)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -139,9 +161,127 @@ class Database:
             yield conn
 
     def dispose(self) -> None:
+        if self.write_lane is not None:
+            self.write_lane.shutdown(wait=True)
         self.writer.dispose()
         if self.reader is not self.writer:
             self.reader.dispose()
+
+
+T = TypeVar("T")
+_Job = tuple["Future[Any]", Callable[[], Any]]
+
+
+class _Batch(threading.local):
+    """The ``WriteLane`` batch running on this thread: its connection and what waits for its
+    commit (none on every other thread)."""
+
+    conn: Connection | None = None
+    after: list[Callable[[], None]] | None = None
+
+
+_batch = _Batch()
+
+
+class WriteLane(Executor):
+    """The one thread a SQLite database's writes are submitted to, with group commit.
+
+    SQLite has one writer at a time (one writer connection here). Writes queued in worker threads
+    would each wake in turn as the connection comes free; here they queue for one thread, which
+    takes every write waiting (up to ``max_batch``) and runs them in one transaction, each in a
+    savepoint of its own (``Database.write`` inside a batch): a write that raises is rolled back
+    alone and gets its exception. The batch commits once, and only then is each result delivered
+    (each write acknowledged) and each ``after_commit`` callback called; a batch whose commit
+    fails fails every write in it. A write that finds no other waiting runs alone, in a
+    transaction of its own. Durability is the transaction's, as before: nothing is acknowledged
+    before the commit that holds it."""
+
+    def __init__(self, db: Database, *, max_batch: int = 64) -> None:
+        self._db = db
+        self._max_batch = max_batch
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        future: Future[T] = Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the write lane is shut down")
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._serve, name="keyplane-writer", daemon=True
+                )
+                self._thread.start()
+            self._jobs.put((future, partial(fn, *args, **kwargs)))
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+            self._jobs.put(None)
+        if wait and thread is not None:
+            thread.join()
+
+    def _serve(self) -> None:
+        while True:
+            first = self._jobs.get()
+            if first is None:
+                return
+            batch, last = [first], False
+            while len(batch) < self._max_batch:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    last = True
+                    break
+                batch.append(job)
+            batch = [(f, fn) for f, fn in batch if f.set_running_or_notify_cancel()]
+            if len(batch) == 1:
+                _settle(batch[0][0], batch[0][1])
+            elif batch:
+                self._together(batch)
+            if last:
+                return
+
+    def _together(self, batch: list[_Job]) -> None:
+        done: list[tuple[bool, Any]] = []
+        after: list[Callable[[], None]] = []
+        try:
+            with self._db.write() as conn:
+                _batch.conn, _batch.after = conn, after
+                try:
+                    for _future, fn in batch:
+                        try:
+                            done.append((True, fn()))
+                        except Exception as error:
+                            done.append((False, error))
+                finally:
+                    _batch.conn = _batch.after = None
+        except Exception as error:  # BEGIN or COMMIT failed: nothing of the batch is stored
+            for future, _fn in batch:
+                future.set_exception(error)
+            return
+        for callback in after:
+            callback()
+        for (future, _fn), (ok, value) in zip(batch, done, strict=True):
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+
+def _settle(future: Future[Any], fn: Callable[[], Any]) -> None:
+    try:
+        result = fn()
+    except Exception as error:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 def _make_begin(statement: str) -> Any:

@@ -240,4 +240,4 @@ def unit_of_work(
     with db.write() if write else db.read() as conn:
         uow = SqlUnitOfWork(conn, now=clock.now(), on_commit=on_commit, refine=refine)
         yield uow
-    uow.committed()
+    db.after_commit(uow.committed)

@@ -7,7 +7,7 @@ No ``from __future__ import annotations``: FastAPI reads the routes' annotations
 the router's own dependencies, at definition time.
 """
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 from zoneinfo import available_timezones
 
@@ -252,7 +252,7 @@ def billing_router(
     catalog: Catalog,
     *,
     route_class: type[APIRoute],
-    principal: Callable[..., Principal],
+    principal: Callable[..., Awaitable[Principal]],
 ) -> APIRouter:
     """``principal``: the app's dependency that authenticates the management key."""
     router = APIRouter(route_class=route_class, tags=["billing"])

@@ -47,7 +47,7 @@ def _key_with_secret(made: keys.KeyWithSecret) -> bytes:
     schemas.ApiKeyOut,
     responses={409: {"model": schemas.ErrorOut, "description": "Idempotency-Key reused"}},
 )
-def create_api_key(
+async def create_api_key(
     team_id: TeamId,
     body: schemas.CreateApiKeyRequest,
     principal: Annotated[Principal, team_rpc("CreateApiKey")],
@@ -61,13 +61,15 @@ def create_api_key(
     ] = None,
 ) -> Response:
     spec = keys.parse_new_key(body.model_dump(by_alias=True, exclude_unset=True))
-    created, replay = keys.create_key(
-        ctx,
-        principal=principal,
-        team_id=team_id,
-        spec=spec,
-        idempotency_key=idempotency_key,
-        render=_key_with_secret,
+    created, replay = await ctx.writing(
+        lambda: keys.create_key(
+            ctx,
+            principal=principal,
+            team_id=team_id,
+            spec=spec,
+            idempotency_key=idempotency_key,
+            render=_key_with_secret,
+        )
     )
     if replay is not None:
         return Response(replay, media_type=JSON, headers={"idempotent-replayed": "true"})
