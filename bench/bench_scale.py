@@ -522,6 +522,12 @@ PATHS: list[tuple[str, Callable[[PathsApp], Any]]] = [
     ("list: deep page", lambda a: a.page(paginationToken=a.deep_token)),
     ("list: aclFilters common", lambda a: a.page(aclFilters="api-key:endpoint:chat")),
     ("list: aclFilters rare", lambda a: a.page(aclFilters="api-key:model:grok-rare")),
+    # One key in RARE_EVERY holds it: 10 of 10,000 keys, so pageSize 100 answers 10 keys there and
+    # 100 at a million; 10 a page answers as many keys at every size.
+    (
+        "list: aclFilters rare, pageSize 10",
+        lambda a: a.page(aclFilters="api-key:model:grok-rare", pageSize=10),
+    ),
     ("usage query (by key, 30 days)", PathsApp.usage),
     ("delete", PathsApp.delete),
 ]
