@@ -20,8 +20,8 @@ stderr. Then:
 Every phase is bounded (the paths by PATH_SECONDS per path, the load by LOAD_SECONDS). Run from
 the repository root: ``.venv/bin/python bench/bench_scale.py [--backend sqlite|postgresql|both]``;
 BENCH_SCALE_GATEWAY_KEYS, BENCH_SCALE_PATH_KEYS and BENCH_SCALE_CPU_KEYS (comma-separated counts,
-empty: skip the phase) shrink it. BENCH_SCALE_STORES=<dir> keeps the paths phase's stores (and its
-PostgreSQL data directory) there and reuses them on the next run: a million keys load once.
+empty: skip the phase) shrink it. BENCH_SCALE_PATH_STORES=<dir> keeps the paths phase's stores
+(and its PostgreSQL data directory) there and reuses them on the next run: a million keys load once.
 """
 
 from __future__ import annotations
@@ -375,7 +375,7 @@ def scans(plan: list[str]) -> list[str]:
 
 
 class KeptPostgres(harness.ThrowawayPostgres):
-    """The bench's PostgreSQL, its data directory kept in ``keep`` (BENCH_SCALE_STORES) so a
+    """The bench's PostgreSQL, its data directory kept in ``keep`` (BENCH_SCALE_PATH_STORES) so a
     million keys are loaded once for several runs; without ``keep``, a throwaway one."""
 
     def __init__(self, keep: Path | None) -> None:
@@ -422,10 +422,11 @@ class KeptPostgres(harness.ThrowawayPostgres):
 
 def path_store(tmp: Path, backend: str, count: int, pg: Any) -> tuple[Any, str, str]:
     """A store of ``count`` keys in one team: (deployment, team, management secret). Under
-    BENCH_SCALE_STORES it is kept and reused by later runs (the bench's own few keys aside)."""
+    BENCH_SCALE_PATH_STORES it is kept and reused by later runs (the bench's own few keys
+    aside)."""
     import json
 
-    keep = os.environ.get("BENCH_SCALE_STORES")
+    keep = os.environ.get("BENCH_SCALE_PATH_STORES")
     root = (Path(keep) if keep else tmp) / f"paths-{backend}-{count}"
     top = f'database_url = "{pg.database(f"paths{count}")}"' if backend == "postgresql" else ""
     dep = harness.Deployment(root, clusters=[CLUSTER], top_config=top)
@@ -736,7 +737,7 @@ def main() -> None:
             gateway = [gateway_phase(tmp, n) for n in GATEWAY_KEYS]
             report += ["#### Gateway (control plane on SQLite)", "", gateway_table(gateway), ""]
         print("\n".join(report), flush=True)
-        keep = os.environ.get("BENCH_SCALE_STORES")
+        keep = os.environ.get("BENCH_SCALE_PATH_STORES")
         for backend in backends if PATH_KEYS else ():
             if backend == "postgresql":
                 with KeptPostgres(Path(keep) if keep else None) as pg:
