@@ -313,7 +313,7 @@ class StagedSnapshot:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 self._conn.execute(
-                    "INSERT OR REPLACE INTO snap_keys (id, row) SELECT value ->> 0,"
+                    "INSERT OR REPLACE INTO snap_keys (id, row) SELECT json_extract(value, '$[0]'),"
                     " CAST(value AS BLOB) FROM json_each(?)",
                     (chunk.decode(),),
                 )
@@ -340,7 +340,7 @@ class StagedSnapshot:
                     "CREATE TABLE digests (digest TEXT PRIMARY KEY, id TEXT NOT NULL) WITHOUT ROWID"
                 )
                 c.execute(
-                    "INSERT OR REPLACE INTO digests SELECT s.value ->> 0, k.id"
+                    "INSERT OR REPLACE INTO digests SELECT json_extract(s.value, '$[0]'), k.id"
                     " FROM keys AS k, json_each(k.row, '$[1]') AS s ORDER BY 1"
                 )
                 c.execute("DROP TABLE IF EXISTS snap_digests")  # an older version's staging
