@@ -178,7 +178,7 @@ def gateway_phase(tmp: Path, count: int) -> dict[str, Any]:
         samples, out["load_s"] = _keys_for(dep, count)
         key_id, secret = samples[0]
         revision = harness.current_revision(dep)
-        control = dep.start_control()
+        control = dep.control().start(timeout=600)  # a million keys' store, on a loaded machine
         control_pid = harness.pid_of(control)
         out["control_idle"] = harness.rss_kib(control_pid)
         me = {"Authorization": f"Bearer {secret}"}
