@@ -392,3 +392,14 @@ async def test_async_acquire_and_charge_match_the_sync_path(limiter: MemoryLimit
     assert refused.violated is not None
     assert refused.violated.name == "tpm"
     await limiter.aclose()
+
+
+def test_by_default_limits_up_to_1000_are_exact_and_larger_ones_use_60_buckets(
+    limiter: MemoryLimiter, clock: ManualClock
+) -> None:
+    clock.advance(0.25)
+    exact = limiter.acquire_now([RequestLimit("qpm", "a", 1000, 60.0)])
+    bucketed = limiter.acquire_now([RequestLimit("qpm", "b", 1001, 60.0)])
+    assert exact.requests == Quota(limit=1000, remaining=999, reset_after=60.0)
+    # Admitted at 1000.25 s, counted at the end of its 1 s bucket (a sixtieth of the window).
+    assert bucketed.requests == Quota(limit=1001, remaining=1000, reset_after=60.75)
