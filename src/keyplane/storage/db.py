@@ -141,8 +141,17 @@ class Database:
         the batch's transaction instead, committed with the batch."""
         batch = _batch.conn
         if batch is not None:
-            with _unavailable_store(), batch.begin_nested():
-                yield batch
+            # Plain SAVEPOINT statements: SQLAlchemy's begin_nested() cost more (~220 us here)
+            # than a whole BEGIN IMMEDIATE ... COMMIT (~175 us), undoing what the batch saves.
+            with _unavailable_store():
+                batch.exec_driver_sql("SAVEPOINT lane")
+                try:
+                    yield batch
+                except BaseException:
+                    batch.exec_driver_sql("ROLLBACK TO lane")
+                    batch.exec_driver_sql("RELEASE lane")
+                    raise
+                batch.exec_driver_sql("RELEASE lane")
             return
         with _unavailable_store(), self.writer.begin() as conn:
             yield conn
