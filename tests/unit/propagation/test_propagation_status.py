@@ -600,3 +600,11 @@ def test_each_credential_of_a_cluster_binds_its_own_gateway(world: World) -> Non
     # Another credential's binding is no objection: only one bound to the same id would be.
     assert feed.authenticate_gateway_as(world.ctx, second, "us-b") == US
     assert feed.authenticate_gateway_as(world.ctx, first, "us-a") == US
+
+
+def test_the_cluster_view_lists_gateways_by_cluster_then_id(world: World) -> None:
+    _, revision = world.create()
+    for gateway, cluster in (("z-us", US), ("a-us", US), ("m-eu", EU)):
+        world.ack(gateway, cluster, revision)
+    rows = feed.cluster_view(world.ctx)[1]
+    assert [(r.cluster, r.gateway_id) for r in rows] == [(EU, "m-eu"), (US, "a-us"), (US, "z-us")]
