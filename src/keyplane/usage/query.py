@@ -29,7 +29,6 @@ from sqlalchemy import (
     literal,
     not_,
     select,
-    true,
     union_all,
 )
 
@@ -410,17 +409,24 @@ def _statement(team_id: str, q: UsageQuery, catalog: Catalog) -> Any:
     grouped_units = "unit_type" in q.group_by
     # Hours and days hold the minutes before the fold mark; the minutes from it on are read
     # from the minute table, each placed in its hour or day (see ``schema.usage_fold``).
-    sources: list[tuple[Any, Any, ColumnElement[bool]]] = [(table, table.c.bucket, true())]
+    # Each side gets one lower and one upper bound an index may use: the range for the coarse
+    # table, the mark and the range's end for the minutes (the minute table may hold weeks
+    # before the mark). The other bound is ``bucket + 0``, which no index serves: SQLite would
+    # otherwise weigh three bounds and could leave the (team, key, bucket) index for the team's
+    # totals (measured: 15 -> 257 ms CPU for 30 days by hour).
+    sources: list[tuple[Any, Any, list[ColumnElement[bool]]]] = [
+        (table, table.c.bucket, [table.c.bucket >= lo, table.c.bucket < hi])
+    ]
     if table is not usage_minutes:
         mark = folded_to_expression()
         width = next(w for w, t in ROLLUPS if t is table)
-        m = usage_minutes.c.bucket
+        c, m = table.c.bucket, usage_minutes.c.bucket
         sources = [
-            (table, table.c.bucket, table.c.bucket < mark),
-            (usage_minutes, m - m % width, m >= mark),
+            (table, c, [c >= lo, c < hi, c + 0 < mark]),
+            (usage_minutes, m - m % width, [m >= mark, m < hi, m + 0 >= lo]),
         ]
     branches = []
-    for source, bucket, bound in sources:
+    for source, bucket, bounds in sources:
         # One answer bucket (TIME_UNIT_NONE, or a range inside one bucket): no need to group by
         # the table's buckets, so a month of daily rows per key comes back as one row per key.
         bucket_column = literal(epochs[0]) if n == 1 else bucket
@@ -428,9 +434,7 @@ def _statement(team_id: str, q: UsageQuery, catalog: Catalog) -> Any:
             source.c.team_id == team_id,
             # By key: the per-key rows; otherwise the team's totals (see ``schema.ALL_KEYS``).
             source.c.api_key_id != ALL_KEYS if by_key else source.c.api_key_id == ALL_KEYS,
-            source.c.bucket >= lo,
-            source.c.bucket < hi,
-            bound,
+            *bounds,
             *(_condition(source, f, catalog) for f in q.filters if f.field != "unit_type"),
         ]
         for i, unit in enumerate(_units(q)):
