@@ -608,3 +608,18 @@ def test_the_cluster_view_lists_gateways_by_cluster_then_id(world: World) -> Non
         world.ack(gateway, cluster, revision)
     rows = feed.cluster_view(world.ctx)[1]
     assert [(r.cluster, r.gateway_id) for r in rows] == [(EU, "m-eu"), (US, "a-us"), (US, "z-us")]
+
+
+def test_an_ack_beyond_what_was_served_changes_nothing_recorded(world: World) -> None:
+    _, revision = world.create()
+    # Never served anything: not even revision 1 is believed.
+    world.acks.ack(world.ctx, gateway_id="us-new", cluster=US, revision=1)
+    assert {r.gateway_id: r.applied_revision for r in feed.cluster_view(world.ctx)[1]} == {
+        "us-new": 0
+    }
+    world.ack("us-a", US, revision)
+    world.acks.ack(world.ctx, gateway_id="us-a", cluster=US, revision=revision + 5)
+    # The invented revision is not believed, and what it had applied still stands.
+    assert {r.gateway_id: r.applied_revision for r in feed.cluster_view(world.ctx)[1]}["us-a"] == (
+        revision
+    )
