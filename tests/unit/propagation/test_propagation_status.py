@@ -623,3 +623,12 @@ def test_an_ack_beyond_what_was_served_changes_nothing_recorded(world: World) ->
     assert {r.gateway_id: r.applied_revision for r in feed.cluster_view(world.ctx)[1]}["us-a"] == (
         revision
     )
+
+
+def test_a_snapshot_registers_its_gateway_with_nothing_applied_yet(
+    world: World, gateway_feed: Feed
+) -> None:
+    world.create()
+    answer = gateway_feed.http.get(SNAPSHOT_PATH, headers=gateway_feed.headers())
+    assert answer.status_code == 200
+    assert gateway_feed.applied() == 0  # sent, not yet acknowledged

@@ -38,3 +38,12 @@ def test_a_reply_that_contradicts_its_counts_is_a_bug_not_a_decision() -> None:
     # Admitted, yet a token limit says wait: the script and this reading disagree.
     with pytest.raises(AssertionError, match=r"disagrees with its own counts: \[1, 1, 0, "):
         _decision([1, 1, 0, 1_000_000, 101, 3_000_000, 5_000_000], [QPM], [TPM])
+
+
+def test_each_token_limit_reads_its_own_triple() -> None:
+    team = TokenLimit("tpm", "team:1:model:m:tpm", 50, 60.0)
+    decision = _decision(
+        [1, 1, 0, 1_000_000, 10, 0, 2_000_000, 40, 0, 3_000_000], [QPM], [TPM, team]
+    )
+    assert decision.allowed
+    assert decision.tokens == Quota(limit=50, remaining=10, reset_after=3.0)  # the tightest
