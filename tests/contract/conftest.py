@@ -40,6 +40,19 @@ def ctx(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Context]:
     db.dispose()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def bare_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A database of either engine with no schema yet, for tests that migrate it step by step."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'old.db'}"
+    else:
+        server: PostgresServer = request.getfixturevalue("postgres")
+        url = server.create_database(f"bare{next(_counter)}")
+    db = Database(url)
+    yield db
+    db.dispose()
+
+
 @pytest.fixture
 def server() -> Iterator[RedisServer]:
     """A ``redis-server`` of the test's own: killing or stopping it disturbs nothing else."""

@@ -4,18 +4,15 @@ probe window forces both paths, on every store."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from alembic import command
-from alembic.config import Config
 
 from keyplane.services import keys
 from keyplane.services.auth import Principal
 from keyplane.services.context import Context
 from keyplane.storage import api_keys
-from keyplane.storage import db as db_module
 from tests.contract.test_storage import create, principal_of
+from tests.support import migrations
 
 CHAT, GROK, RARE = "api-key:endpoint:chat", "api-key:model:grok-4", "api-key:model:grok-rare"
 
@@ -56,8 +53,7 @@ def test_keys_made_before_the_acl_list_index_page_by_acl_after_it(ctx: Context) 
     p = principal_of(ctx)
     for i in range(7):
         create(ctx, p, name=f"k{i}", acls=[CHAT] + ([RARE] if i % 2 else []))
-    cfg = Config()
-    cfg.set_main_option("script_location", str(Path(db_module.__file__).parent / "migrations"))
+    cfg = migrations.config()
     with ctx.db.writer.begin() as conn:
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, "0008_usage_units")  # ACL rows without their key's team and time

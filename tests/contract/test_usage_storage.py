@@ -4,15 +4,12 @@ resolution, spend is counted for limits."""
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
-from pathlib import Path
 
 import msgspec
 import pytest
 from alembic import command
-from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import func, insert, select
 
@@ -22,13 +19,12 @@ from keyplane.services import admin, audit, keys
 from keyplane.services.admin import ALL_RPCS
 from keyplane.services.auth import Principal
 from keyplane.services.context import Context
-from keyplane.storage import db as db_module
 from keyplane.storage import tables
 from keyplane.storage.db import Database
 from keyplane.usage import billing, housekeeping, ingest, store
 from keyplane.usage.record import UsageRecord, frame
 from keyplane.usage.schema import ALL_KEYS, ROLLUPS, usage_hours, usage_minutes
-from tests.support.postgres import PostgresServer
+from tests.support import migrations
 
 BILLING = ["team-token:endpoint:BillingRead", "team-token:endpoint:BillingWrite"]
 
@@ -160,21 +156,13 @@ def test_a_damaged_batch_is_refused_whole(ctx: Context) -> None:
     assert sums(ctx)[0] == (0, 0, 0, 0)
 
 
-@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
 def test_the_fold_mark_starts_past_the_rollups_made_before_it_and_a_downgrade_folds_the_rest(
-    engine: str, tmp_path: Path, request: pytest.FixtureRequest
+    bare_db: Database,
 ) -> None:
-    """Before migration 0009 ingest wrote every table: the mark starts past the newest row of
+    """Before migration 0010 ingest wrote every table: the mark starts past the newest row of
     any of them (minutes may be gone by retention before hours). Going back to 0008 folds the
     minutes past the mark, since the old code reads hours and days whole."""
-    if engine == "sqlite":
-        url = f"sqlite:///{tmp_path / 'old.db'}"
-    else:
-        server: PostgresServer = request.getfixturevalue("postgres")
-        url = server.create_database(f"fold{uuid.uuid4().hex[:8]}")
-    db = Database(url)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(Path(db_module.__file__).parent / "migrations"))
+    db, cfg = bare_db, migrations.config()
     hour = 1_780_000_000 - 1_780_000_000 % 3600
     row = {"team_id": "t", "api_key_id": ALL_KEYS, "model": "m", "cluster": "c",
            "endpoint": "chat", "status": 200, "requests": 1, "prompt_tokens": 1,
@@ -187,35 +175,22 @@ def test_the_fold_mark_starts_past_the_rollups_made_before_it_and_a_downgrade_fo
         command.upgrade(cfg, "head")
         assert store.folded_to(conn) == hour + 3600
     ctx = Context(db=db, server_secret=b"s" * 32)
-    try:
-        batch = records(5, start_ms=(hour + 7200) * 1000)  # minutes past the mark: not folded
-        send(ctx, batch)
-        with db.writer.begin() as conn:
-            cfg.attributes["connection"] = conn
-            before = ScriptDirectory.from_config(cfg).get_revision("0010_usage_fold")
-            assert before is not None
-            assert isinstance(before.down_revision, str)
-            command.downgrade(cfg, before.down_revision)
-            got = conn.execute(
-                select(func.sum(usage_hours.c.requests)).where(usage_hours.c.api_key_id == ALL_KEYS)
-            ).scalar_one()
-            assert int(got) == 1 + len(batch)
-    finally:
-        db.dispose()
+    batch = records(5, start_ms=(hour + 7200) * 1000)  # minutes past the mark: not folded
+    send(ctx, batch)
+    with db.writer.begin() as conn:
+        cfg.attributes["connection"] = conn
+        before = ScriptDirectory.from_config(cfg).get_revision("0010_usage_fold")
+        assert before is not None
+        assert isinstance(before.down_revision, str)
+        command.downgrade(cfg, before.down_revision)
+        got = conn.execute(
+            select(func.sum(usage_hours.c.requests)).where(usage_hours.c.api_key_id == ALL_KEYS)
+        ).scalar_one()
+        assert int(got) == 1 + len(batch)
 
 
-@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
-def test_keys_made_with_every_rpc_before_billing_get_the_billing_acls(
-    engine: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
-    if engine == "sqlite":
-        url = f"sqlite:///{tmp_path / 'old.db'}"
-    else:
-        server: PostgresServer = request.getfixturevalue("postgres")
-        url = server.create_database(f"acl{uuid.uuid4().hex[:8]}")
-    db = Database(url)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(Path(db_module.__file__).parent / "migrations"))
+def test_keys_made_with_every_rpc_before_billing_get_the_billing_acls(bare_db: Database) -> None:
+    db, cfg = bare_db, migrations.config()
     with db.writer.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "0001")  # the schema as it was before usage
@@ -244,7 +219,6 @@ def test_keys_made_with_every_rpc_before_billing_get_the_billing_acls(
                 select(tables.management_keys.c.key_id, tables.management_keys.c.acls)
             ).all()
         )
-    db.dispose()
     assert json.loads(rows["every"]) == [*old, *BILLING]
     assert json.loads(rows["some"]) == old[:2]
 

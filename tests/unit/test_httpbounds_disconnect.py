@@ -10,16 +10,13 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import uvicorn
 
 from keyplane.asgi import DISCONNECT_WATCH, DisconnectWatch
-from keyplane.httpbounds import bounded_protocol
-from tests.support.procs import free_port
+from tests.support.threaded import serving
 
 #: Per request path: "called" once the watch called back, "answered" once the app answered.
 EVENTS: dict[str, threading.Event] = {}
@@ -54,26 +51,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 @pytest.fixture(scope="module")
 def port() -> Iterator[int]:
-    chosen = free_port()
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=chosen,
-        log_config=None,
-        log_level="warning",
-        lifespan="off",
-        http=bounded_protocol(),
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.01)
-    yield chosen
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(app) as chosen:
+        yield chosen
 
 
 def request(port: int, path: str, body_bytes: int) -> socket.socket:

@@ -7,16 +7,14 @@ refuses every body before reading it; a raw socket on the other end counts what 
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import uvicorn
 
 from keyplane.httpbounds import bounded_protocol
-from tests.support.procs import free_port
+from tests.support.threaded import serving
 
 DRAIN_BYTES = 1024 * 1024
 LINGER_SECONDS = 0.5
@@ -33,27 +31,9 @@ async def refuse(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 @pytest.fixture(scope="module")
 def port() -> Iterator[int]:
-    chosen = free_port()
-    config = uvicorn.Config(
-        refuse,
-        host="127.0.0.1",
-        port=chosen,
-        log_config=None,
-        log_level="warning",
-        lifespan="off",
-        timeout_keep_alive=60,
-        http=bounded_protocol(max_drain_bytes=DRAIN_BYTES, max_linger_seconds=LINGER_SECONDS),
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.01)
-    yield chosen
-    server.should_exit = True
-    thread.join(timeout=10)
+    protocol = bounded_protocol(max_drain_bytes=DRAIN_BYTES, max_linger_seconds=LINGER_SECONDS)
+    with serving(refuse, protocol=protocol, timeout_keep_alive=60) as chosen:
+        yield chosen
 
 
 def push(port: int, head: bytes, body_bytes: int, *, deadline_s: float) -> tuple[bytes, int, bool]:
