@@ -26,31 +26,24 @@ _counter = iter(range(1_000_000))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def ctx(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Context]:
+def bare_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A database of either engine with no schema yet, for tests that migrate it step by step."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'keyplane.db'}"
     else:
         server: PostgresServer = request.getfixturevalue("postgres")
         url = server.create_database(f"t{next(_counter)}")
     db = Database(url)
-    db.migrate()
-    db.migrate()  # idempotent
-    context = Context(db=db, server_secret=secrets.token_bytes(32))
-    yield context
-    db.dispose()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def bare_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    """A database of either engine with no schema yet, for tests that migrate it step by step."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'old.db'}"
-    else:
-        server: PostgresServer = request.getfixturevalue("postgres")
-        url = server.create_database(f"bare{next(_counter)}")
-    db = Database(url)
     yield db
     db.dispose()
+
+
+@pytest.fixture
+def ctx(bare_db: Database) -> Context:
+    """A ``Context`` on a migrated database of either engine."""
+    bare_db.migrate()
+    bare_db.migrate()  # idempotent
+    return Context(db=bare_db, server_secret=secrets.token_bytes(32))
 
 
 @pytest.fixture
