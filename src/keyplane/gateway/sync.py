@@ -8,6 +8,7 @@ enforcing what it last applied, and the follower retries with a capped backoff. 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +26,21 @@ POLL_WAIT = 5.0
 MAX_BACKOFF = 2.0
 #: Snapshot rows written (and committed) together.
 SNAPSHOT_CHUNK = 5000
+
+
+def _control_line(line: bytes) -> dict[str, Any]:
+    """A snapshot line that is not a row: its header (``revision``) or its end (``end``). Any
+    other line (a view where a row was asked for, a format this gateway does not know) fails the
+    transfer loudly, to be retried; it is never taken for an empty snapshot."""
+    try:
+        item = _decode(line)
+    except msgspec.DecodeError:
+        item = {}
+    if "revision" not in item and "end" not in item:
+        # Not the line itself: a view holds digests.
+        log.error("snapshot_line_unrecognised", length=len(line), starts=line[:1].hex())
+        raise ValueError("a snapshot line this gateway does not recognise")
+    return item
 
 
 class FeedFollower:
@@ -48,6 +64,8 @@ class FeedFollower:
         self._wait = poll_wait
         self.connected = False
         self.snapshots = 0
+        #: Where the last snapshot's wall time went, in seconds (and its bytes): see ``_snapshot``.
+        self.timings: dict[str, float] = {}
         # A snapshot left half-way (by a dropped connection or a restart) is resumed, not redone.
         self._resume = True
 
@@ -116,13 +134,22 @@ class FeedFollower:
         A transfer cut short resumes after the last key stored (``after=``), on the next try or
         after a restart; the replica then serves the first part's revision and the feed replays
         what changed since."""
+        t0 = time.perf_counter()
+        times = {"stored": 0.0, "waited": 0.0, "bytes": 0.0}
+
+        def add(rows: list[bytes]) -> None:
+            s0 = time.perf_counter()
+            staged.add(rows)
+            times["stored"] += time.perf_counter() - s0
+
         staged = await asyncio.to_thread(self._store.stage, fresh=not self._resume)
         self._resume = True  # until it completes, a failed transfer picks up where it stopped
         params = {"format": ROWS}
         if staged.after is not None:
             params["after"] = staged.after
-        ended = False
+        ended: int | None = None  # the keys the control plane says it sent
         async with session.get(self._url + SNAPSHOT_PATH, params=params) as response:
+            times["answered"] = time.perf_counter() - t0
             if response.status != 200:
                 raise aiohttp.ClientResponseError(
                     response.request_info, (), status=response.status, message="snapshot refused"
@@ -132,33 +159,51 @@ class FeedFollower:
             rest = b""
             try:
                 async for chunk in response.content.iter_chunked(1 << 18):
+                    if not times["bytes"]:
+                        times["first_byte"] = time.perf_counter() - t0
+                    times["bytes"] += len(chunk)
                     lines = (rest + chunk).split(b"\n")
                     rest = lines.pop()
                     for line in lines:
                         if line[:1] == b"[":
                             rows.append(line)
                         elif line.strip():
-                            item = _decode(line)
+                            item = _control_line(line)
                             if "revision" in item:
                                 staged.part(int(item["revision"]))
-                            elif "end" in item:
-                                ended = True
+                            else:
+                                ended = int(item["end"])
                     if len(rows) >= SNAPSHOT_CHUNK:
                         if pending is not None:
+                            w0 = time.perf_counter()
                             await pending  # one chunk is written while the next one arrives
-                        pending = asyncio.ensure_future(asyncio.to_thread(staged.add, rows))
+                            times["waited"] += time.perf_counter() - w0
+                        pending = asyncio.ensure_future(asyncio.to_thread(add, rows))
                         rows = []
             finally:
                 if pending is not None:
                     await asyncio.wait([pending])
+            times["received"] = time.perf_counter() - t0
             if pending is not None:
                 pending.result()
-            await asyncio.to_thread(staged.add, rows)
-        if not ended or staged.revision is None:
+            await asyncio.to_thread(add, rows)
+        if ended is None or staged.revision is None:
             raise ValueError("snapshot cut short")
+        if ended != staged.keys:
+            log.error("snapshot_count_mismatch", sent=ended, stored=staged.keys)
+            raise ValueError("the snapshot's rows are not the count it ends with")
+        f0 = time.perf_counter()
         revision = await asyncio.to_thread(staged.finish)
+        times["finish"] = time.perf_counter() - f0
+        times["total"] = time.perf_counter() - t0
+        self.timings = times
         self._resume = False
         self._replica.loaded(revision)
         self.snapshots += 1
         self.connected = True
-        log.info("snapshot_applied", revision=revision, keys=staged.keys)
+        log.info(
+            "snapshot_applied",
+            revision=revision,
+            keys=staged.keys,
+            **{name: round(value, 3) for name, value in times.items()},
+        )

@@ -12,6 +12,7 @@ import msgspec
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from structlog.testing import capture_logs
 
 from keyplane.gateway import sync
 from keyplane.gateway.replica import Replica, ReplicaStore
@@ -102,5 +103,77 @@ async def test_a_snapshot_cut_short_resumes_after_the_last_key_stored(
     assert asked[1] == sorted(str(v["apiKeyId"]) for v in lines[1:])[4]  # after the fifth key
     assert replica.revision == lines[0]["revision"]
     assert replica.views() == {str(v["apiKeyId"]): v for v in lines[1:]}
+    store.close()
+    ctx.db.dispose()
+
+
+@pytest.mark.parametrize(
+    "wrong",
+    [
+        b'{"apiKeyId":"k1","secrets":[]}\n',  # a view: the control plane ignored format=rows
+        b"not json\n",
+    ],
+)
+async def test_a_snapshot_line_the_gateway_does_not_recognise_fails_loudly_and_is_retried(
+    tmp_path: Path, wrong: bytes
+) -> None:
+    """Never an empty snapshot applied in silence: the transfer fails (logged as an error) and
+    the next try, answered properly, is applied."""
+    ctx = _world(tmp_path, 3)
+    asked: list[str | None] = []
+
+    async def snapshot(request: web.Request) -> web.StreamResponse:
+        asked.append(request.query.get("format"))
+        response = web.StreamResponse()
+        await response.prepare(request)
+        sent = 0
+        for item in feed.snapshot_rows(ctx):
+            if isinstance(item, int):
+                await response.write(_encode({"revision": item}) + b"\n")
+                if len(asked) == 1:
+                    await response.write(wrong)
+                continue
+            item[14] = msgspec.Raw(item[14].encode())
+            await response.write(_encode(item) + b"\n")
+            sent += 1
+        await response.write(_encode({"end": sent}) + b"\n")
+        return response
+
+    async def changes(request: web.Request) -> web.Response:
+        current = feed.current_revision(ctx)
+        return web.json_response({"revision": current, "changes": [], "snapshotRequired": False})
+
+    app = web.Application()
+    app.router.add_get(SNAPSHOT_PATH, snapshot)
+    app.router.add_get(CHANGES_PATH, changes)
+    store = ReplicaStore(tmp_path / "replica.db")
+    replica = Replica()
+    store.load_into(replica)
+    async with TestServer(app, host="127.0.0.1") as server:
+        follower = sync.FeedFollower(
+            control_urls=[str(server.make_url(""))],
+            credential="kpgw-test",
+            gateway_id="gw",
+            replica=replica,
+            store=store,
+            poll_wait=0.1,
+        )
+        with capture_logs() as logged:
+            task = asyncio.create_task(follower.run())
+            try:
+                async with asyncio.timeout(20):
+                    while follower.snapshots == 0:
+                        await asyncio.sleep(0.02)
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+    lines = list(feed.snapshot_lines(ctx))
+    assert asked == ["rows", "rows"]
+    assert follower.snapshots == 1
+    errors = [e for e in logged if e["log_level"] == "error"]
+    assert [e["event"] for e in errors] == ["snapshot_line_unrecognised"]
+    assert errors[0]["length"] == len(wrong) - 1
+    assert replica.views() == {str(v["apiKeyId"]): v for v in lines[1:]}
+    assert len(lines) == 4
     store.close()
     ctx.db.dispose()
