@@ -117,6 +117,8 @@ api_key_secrets = Table(
     ),
     Column("create_time", BigInteger, nullable=False),
     Column("expire_time", BigInteger),
+    # The snapshot reads each key's secrets newest first from this index alone (0011).
+    Index("ix_api_key_secrets_snapshot", "api_key_id", "create_time", "digest", "expire_time"),
 )
 
 # One row per (key, ACL string): lets ListApiKeys filter by ACL in SQL, page by page. The key's

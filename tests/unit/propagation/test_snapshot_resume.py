@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -42,6 +43,43 @@ def _world(root: Path, count: int) -> Context:
     return ctx
 
 
+def _feed(ctx: Context, snapshot: Any) -> web.Application:
+    """A feed whose snapshot is ``snapshot`` and whose changes say nothing changed."""
+
+    async def changes(request: web.Request) -> web.Response:
+        current = feed.current_revision(ctx)
+        return web.json_response({"revision": current, "changes": [], "snapshotRequired": False})
+
+    app = web.Application()
+    app.router.add_get(SNAPSHOT_PATH, snapshot)
+    app.router.add_get(CHANGES_PATH, changes)
+    return app
+
+
+async def _follow_until_a_snapshot(
+    app: web.Application, replica: Replica, store: ReplicaStore
+) -> sync.FeedFollower:
+    """A follower of ``app``'s feed, run until it has applied a snapshot (20 s at most)."""
+    async with TestServer(app, host="127.0.0.1") as server:
+        follower = sync.FeedFollower(
+            control_urls=[str(server.make_url(""))],
+            credential="kpgw-test",
+            gateway_id="gw",
+            replica=replica,
+            store=store,
+            poll_wait=0.1,
+        )
+        task = asyncio.create_task(follower.run())
+        try:
+            async with asyncio.timeout(20):
+                while follower.snapshots == 0:
+                    await asyncio.sleep(0.02)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    return follower
+
+
 async def test_a_snapshot_cut_short_resumes_after_the_last_key_stored(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -69,34 +107,12 @@ async def test_a_snapshot_cut_short_resumes_after_the_last_key_stored(
         await response.write(_encode({"end": sent}) + b"\n")
         return response
 
-    async def changes(request: web.Request) -> web.Response:
-        current = feed.current_revision(ctx)
-        return web.json_response({"revision": current, "changes": [], "snapshotRequired": False})
-
-    app = web.Application()
-    app.router.add_get(SNAPSHOT_PATH, snapshot)
-    app.router.add_get(CHANGES_PATH, changes)
+    app = _feed(ctx, snapshot)
     monkeypatch.setattr(sync, "SNAPSHOT_CHUNK", 2)
     store = ReplicaStore(tmp_path / "replica.db")
     replica = Replica()
     store.load_into(replica)
-    async with TestServer(app, host="127.0.0.1") as server:
-        follower = sync.FeedFollower(
-            control_urls=[str(server.make_url(""))],
-            credential="kpgw-test",
-            gateway_id="gw",
-            replica=replica,
-            store=store,
-            poll_wait=0.1,
-        )
-        task = asyncio.create_task(follower.run())
-        try:
-            async with asyncio.timeout(20):
-                while follower.snapshots == 0:
-                    await asyncio.sleep(0.02)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+    await _follow_until_a_snapshot(app, replica, store)
     lines = list(feed.snapshot_lines(ctx))
     assert len(asked) == 2
     assert asked[0] is None
@@ -139,34 +155,12 @@ async def test_a_snapshot_line_the_gateway_does_not_recognise_fails_loudly_and_i
         await response.write(_encode({"end": sent}) + b"\n")
         return response
 
-    async def changes(request: web.Request) -> web.Response:
-        current = feed.current_revision(ctx)
-        return web.json_response({"revision": current, "changes": [], "snapshotRequired": False})
-
-    app = web.Application()
-    app.router.add_get(SNAPSHOT_PATH, snapshot)
-    app.router.add_get(CHANGES_PATH, changes)
+    app = _feed(ctx, snapshot)
     store = ReplicaStore(tmp_path / "replica.db")
     replica = Replica()
     store.load_into(replica)
-    async with TestServer(app, host="127.0.0.1") as server:
-        follower = sync.FeedFollower(
-            control_urls=[str(server.make_url(""))],
-            credential="kpgw-test",
-            gateway_id="gw",
-            replica=replica,
-            store=store,
-            poll_wait=0.1,
-        )
-        with capture_logs() as logged:
-            task = asyncio.create_task(follower.run())
-            try:
-                async with asyncio.timeout(20):
-                    while follower.snapshots == 0:
-                        await asyncio.sleep(0.02)
-            finally:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+    with capture_logs() as logged:
+        follower = await _follow_until_a_snapshot(app, replica, store)
     lines = list(feed.snapshot_lines(ctx))
     assert asked == ["rows", "rows"]
     assert follower.snapshots == 1
