@@ -36,8 +36,10 @@ def run_load(
     body: dict[str, object],
     path: str = "/v1/chat/completions",
     max_requests: int = 20_000,
+    fresh_connections: bool = False,
 ) -> list[Shot]:
-    """``clients`` threads, spread over ``urls``, each sending until ``seconds`` pass."""
+    """``clients`` threads, spread over ``urls``, each sending until ``seconds`` pass; with
+    ``fresh_connections``, each request on a connection of its own (none kept alive)."""
     shots: list[Shot] = []
     lock = threading.Lock()
     deadline = time.monotonic() + seconds
@@ -46,7 +48,12 @@ def run_load(
     def client(url: str) -> None:
         mine: list[Shot] = []
         with httpx2.Client(
-            base_url=url, headers={"Authorization": f"Bearer {secret}"}, timeout=10
+            base_url=url,
+            headers={"Authorization": f"Bearer {secret}"},
+            timeout=10,
+            limits=httpx2.Limits(
+                max_connections=100, max_keepalive_connections=0 if fresh_connections else 20
+            ),
         ) as http:
             while time.monotonic() < deadline:
                 with lock:
