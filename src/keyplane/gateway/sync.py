@@ -26,8 +26,6 @@ POLL_WAIT = 5.0
 MAX_BACKOFF = 2.0
 #: Snapshot rows written (and committed) together.
 SNAPSHOT_CHUNK = 5000
-#: Chunks received and queued for the writer, at most (~2 MiB each).
-SNAPSHOT_AHEAD = 4
 
 
 def _control_line(line: bytes) -> dict[str, Any]:
@@ -157,31 +155,8 @@ class FeedFollower:
                     response.request_info, (), status=response.status, message="snapshot refused"
                 )
             rows: list[bytes] = []
+            pending: asyncio.Future[None] | None = None
             rest = b""
-            # The chunks are written in order by one writer, up to SNAPSHOT_AHEAD of them queued:
-            # the transfer goes on while a chunk is committed (a stall of the writer no longer
-            # stalls the control plane's stream at once), and memory stays bounded.
-            ahead: asyncio.Queue[list[bytes] | None] = asyncio.Queue(SNAPSHOT_AHEAD)
-            closing = False
-
-            async def write() -> None:
-                while (batch := await ahead.get()) is not None:
-                    await asyncio.to_thread(add, batch)
-                    if closing and ahead.empty():
-                        return
-
-            writer = asyncio.ensure_future(write())
-
-            async def hand(batch: list[bytes] | None) -> None:
-                w0 = time.perf_counter()
-                put = asyncio.ensure_future(ahead.put(batch))
-                await asyncio.wait({put, writer}, return_when=asyncio.FIRST_COMPLETED)
-                times["waited"] += time.perf_counter() - w0
-                if not put.done():  # the writer failed: its error ends the transfer
-                    put.cancel()
-                    writer.result()
-                    raise ValueError("the snapshot's writer stopped")
-
             try:
                 async for chunk in response.content.iter_chunked(1 << 18):
                     if not times["bytes"]:
@@ -199,19 +174,19 @@ class FeedFollower:
                             else:
                                 ended = int(item["end"])
                     if len(rows) >= SNAPSHOT_CHUNK:
-                        await hand(rows)
+                        if pending is not None:
+                            w0 = time.perf_counter()
+                            await pending  # one chunk is written while the next one arrives
+                            times["waited"] += time.perf_counter() - w0
+                        pending = asyncio.ensure_future(asyncio.to_thread(add, rows))
                         rows = []
-                times["received"] = time.perf_counter() - t0
-                await hand(rows)
-                await hand(None)
-                await writer
             finally:
-                # Cut short (or cancelled): the writer still commits the few chunks queued (so a
-                # resumed transfer asks for less), and none is left running when this one ends.
-                closing = True
-                if ahead.empty():  # else the writer ends once it has emptied the queue
-                    ahead.put_nowait(None)
-                await asyncio.wait([writer])
+                if pending is not None:
+                    await asyncio.wait([pending])
+            times["received"] = time.perf_counter() - t0
+            if pending is not None:
+                pending.result()
+            await asyncio.to_thread(add, rows)
         if ended is None or staged.revision is None:
             raise ValueError("snapshot cut short")
         if ended != staged.keys:
