@@ -32,7 +32,12 @@ def digest(secret: str) -> str:
     A plain hash is enough here: the secrets are 476-bit random strings, not passwords, so there is
     nothing to brute-force, and a fast digest keeps the gateway's lookup cheap.
     """
-    return hashlib.sha256(secret.encode()).hexdigest()
+    return digest_bytes(secret.encode())
+
+
+def digest_bytes(secret: bytes) -> str:
+    """``digest`` of a secret still in the bytes it came in (the gateway's header, undecoded)."""
+    return hashlib.sha256(secret).hexdigest()
 
 
 def redact(secret: str, prefix: str) -> str:

@@ -6,7 +6,6 @@ limits → forward. This module authenticates and routes; what an endpoint does 
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import time
 from collections.abc import Awaitable, Callable
@@ -204,7 +203,7 @@ class Gateway:
                     and value[self._secret_at :].isalnum()
                 ):
                     record = self.replica.lookup(
-                        hashlib.sha256(value[_BEARER_LENGTH:]).hexdigest(), self._clock()
+                        keysecrets.digest_bytes(value[_BEARER_LENGTH:]), self._clock()
                     )
                     if record is not None:
                         return record
