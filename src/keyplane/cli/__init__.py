@@ -39,10 +39,6 @@ class _LazyGroup(click.Group):
             return None
         module, attribute = _COMMANDS[cmd_name]
         command: click.Command = getattr(importlib.import_module(module), attribute)
-        if cmd_name == "admin" and isinstance(command, click.Group):
-            from keyplane.cli import usage
-
-            command.add_command(usage.usage)  # keyplane admin usage
         return command
 
 

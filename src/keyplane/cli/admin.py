@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from keyplane.cli import usage
 from keyplane.cli._common import config_option, emit, json_option, load, run_service
 from keyplane.domain.timefmt import format_ts
 from keyplane.runtime import open_context
@@ -221,3 +222,6 @@ def operators_revoke(config: Path | None, operator_id: str) -> None:
     ctx = open_context(load(config))
     run_service(lambda: svc.revoke_operator(ctx, operator_id=operator_id))
     click.echo(f"revoked operator {operator_id}")
+
+
+admin.add_command(usage.usage)  # keyplane admin usage
