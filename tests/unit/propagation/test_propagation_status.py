@@ -7,6 +7,7 @@ In process, on a real SQLite file, through the same ack path the feed route uses
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from collections.abc import Iterator
@@ -17,8 +18,10 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from starlette.testclient import TestClient
+from starlette.types import Message
 
 from keyplane.control import errors as control_errors
+from keyplane.domain import keysecrets
 from keyplane.domain.clock import ManualClock
 from keyplane.domain.errors import NotFound, PermissionDenied
 from keyplane.propagation import feed
@@ -37,6 +40,7 @@ from keyplane.services import admin, keys
 from keyplane.services.auth import Principal
 from keyplane.services.context import Context
 from keyplane.settings import Settings
+from keyplane.storage import gateways as gateway_rows
 from keyplane.storage.db import Database
 
 LIVENESS = 10.0
@@ -556,7 +560,6 @@ def test_the_feed_is_not_part_of_the_public_api_document(gateway_feed: Feed) -> 
 
 
 def test_an_unknown_credential_registers_no_gateway(world: World) -> None:
-    from keyplane.domain import keysecrets
     from keyplane.domain.errors import Unauthenticated
 
     stranger = f"Bearer {keysecrets.generate_secret('kpgw-')}"
@@ -632,3 +635,120 @@ def test_a_snapshot_registers_its_gateway_with_nothing_applied_yet(
     answer = gateway_feed.http.get(SNAPSHOT_PATH, headers=gateway_feed.headers())
     assert answer.status_code == 200
     assert gateway_feed.applied() == 0  # sent, not yet acknowledged
+
+
+def test_a_gateway_whose_credential_it_already_holds_is_bound_again(world: World) -> None:
+    # Two first requests of one gateway both read the credential unbound; the first to write
+    # binds it, and the second's bind then finds it held by that gateway - its own - and passes,
+    # live as that gateway is. This is the second write, made directly with the state arranged.
+    bearer = f"Bearer {feed.issue_credential(world.ctx, cluster=US)}"
+    assert feed.authenticate_gateway_as(world.ctx, bearer, "us-a") == US  # the first write
+    _, revision = world.create()
+    world.ack("us-a", US, revision)  # us-a is live
+    digest = keysecrets.digest(bearer.removeprefix("Bearer "))
+    silent_before = world.clock.now() - world.ctx.gateway_liveness
+    with world.ctx.db.write() as conn:
+        assert gateway_rows.bind_credential(
+            conn, digest=digest, gateway_id="us-a", silent_before=silent_before
+        )
+        assert not gateway_rows.bind_credential(
+            conn, digest=digest, gateway_id="us-b", silent_before=silent_before
+        )
+    assert [r.gateway_id for r in feed.cluster_view(world.ctx)[1]] == ["us-a"]
+
+
+# -- the long poll, driven through raw ASGI: a commit during the wait, a hang-up mid-poll --------
+
+
+class LongPoll:
+    """One ``GET /changes`` long poll on the feed router, called as a server would call it: the
+    request's body first, then ``receive`` blocks until the test hangs up (once); ``listening``
+    is set when the route starts watching for that hang-up, i.e. while it waits."""
+
+    def __init__(self, world: World, after: int) -> None:
+        # Told of the head as the control plane's start-up tells it, on the test's event loop.
+        self.notifier = ChangeNotifier()
+        self.notifier.bind(asyncio.get_running_loop(), after)
+        app = FastAPI()
+        control_errors.install(app)
+        app.include_router(feed_router(world.ctx, self.notifier))
+        credential = feed.issue_credential(world.ctx, cluster=US)
+        self.scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": CHANGES_PATH,
+            "raw_path": CHANGES_PATH.encode(),
+            "root_path": "",
+            "query_string": f"after={after}&wait={MAX_WAIT_SECONDS}".encode(),
+            "headers": [
+                (b"authorization", f"Bearer {credential}".encode()),
+                (GATEWAY_HEADER.lower().encode(), b"us-a"),
+            ],
+            "client": ("127.0.0.1", 40000),
+            "server": ("127.0.0.1", 80),
+        }
+        self.app = app
+        self.listening = asyncio.Event()
+        self.hang_up = asyncio.Event()
+        self.never = asyncio.Event()
+        self.received = 0
+        self.sent: list[Message] = []
+
+    async def receive(self) -> Message:
+        self.received += 1
+        if self.received == 1:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        self.listening.set()
+        if self.received == 2:
+            await self.hang_up.wait()
+            return {"type": "http.disconnect"}
+        await self.never.wait()  # a server says "gone" once; nothing more comes
+        raise AssertionError("unreachable")
+
+    async def send(self, message: Message) -> None:
+        self.sent.append(message)
+
+    async def start_waiting(self) -> asyncio.Task[None]:
+        """Start the poll and wait (10 s at most) until it waits; fail if it answered first."""
+        task = asyncio.ensure_future(self.app(self.scope, self.receive, self.send))
+        listening = asyncio.ensure_future(self.listening.wait())
+        await asyncio.wait({listening, task}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        listening.cancel()
+        assert self.listening.is_set(), "the poll answered without waiting"
+        return task
+
+    async def answer(self, task: asyncio.Task[None]) -> dict[str, Any]:
+        """The poll's answer, which must come within 10 s."""
+        await asyncio.wait({task}, timeout=10)
+        if not task.done():
+            task.cancel()
+            raise AssertionError("the poll did not answer")
+        assert task.exception() is None
+        assert self.sent[0]["status"] == 200
+        body = json.loads(b"".join(m.get("body", b"") for m in self.sent[1:]))
+        assert isinstance(body, dict)
+        return body
+
+
+async def test_a_change_committed_during_the_long_poll_is_answered_at_once(world: World) -> None:
+    _, head = world.create()
+    poll = LongPoll(world, head)
+    task = await poll.start_waiting()  # nothing after ``head``: the poll waits
+    key_id, revision = world.create()
+    poll.notifier.notify(revision)
+    body = await poll.answer(task)
+    assert body["revision"] == revision
+    assert [(c["revision"], c["view"]["apiKeyId"]) for c in body["changes"]] == [(revision, key_id)]
+    assert poll.received == 2  # the gateway never hung up
+
+
+async def test_a_gateway_hanging_up_mid_poll_ends_the_wait_with_nothing_new(world: World) -> None:
+    _, head = world.create()
+    poll = LongPoll(world, head)
+    task = await poll.start_waiting()
+    poll.hang_up.set()  # well within the 30 s wait, and no change commits
+    body = await poll.answer(task)
+    assert (body["revision"], body["changes"], body["snapshotRequired"]) == (head, [], False)
