@@ -223,6 +223,13 @@ class Settings(BaseSettings):
     max_header_count: int = Field(default=100, ge=16)
     #: Changes kept in the log for gateways to catch up from; one further behind takes a snapshot.
     change_log_retention: int = Field(default=1_000_000, ge=0)
+    #: Where the control plane keeps the seed file it serves fresh gateways (a ready-made replica
+    #: file, rebuilt in the background); None = ``<data_dir>/seed``.
+    seed_dir: Path | None = None
+    #: Serve fresh gateways a seed file (else they always take the row snapshot).
+    seed_enabled: bool = True
+    #: The seed is rebuilt once it is this many revisions behind (or 5 % of its keys, if more).
+    seed_rebuild_changes: int = Field(default=10_000, ge=1)
     #: Longest a gateway's feed long-poll waits for news: it polls at least this often.
     feed_poll_seconds: float = Field(default=5.0, gt=0, le=30)
     #: A gateway silent for longer is not live: its cluster's propagation reads false until a live

@@ -24,6 +24,7 @@ from keyplane.control.routing import ManagementRoute, current_principal
 from keyplane.propagation import feed
 from keyplane.propagation.notifier import ChangeNotifier
 from keyplane.propagation.routes import feed_router
+from keyplane.propagation.seed import SeedKeeper
 from keyplane.services import idempotency
 from keyplane.services.context import Context
 from keyplane.settings import Settings
@@ -37,6 +38,15 @@ def create_app(settings: Settings, ctx: Context, notifier: ChangeNotifier | None
     """The Management API plus the internal feed. ``ctx.on_commit`` should feed ``notifier``."""
     catalog = Catalog(settings)
     notifier = notifier or ChangeNotifier()
+    seeds = (
+        SeedKeeper(
+            ctx,
+            settings.seed_dir or settings.data_dir / "seed",
+            rebuild_changes=settings.seed_rebuild_changes,
+        )
+        if settings.seed_enabled
+        else None
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -45,6 +55,8 @@ def create_app(settings: Settings, ctx: Context, notifier: ChangeNotifier | None
             asyncio.create_task(_housekeeping()),
             asyncio.create_task(usage_housekeeping.run(ctx, settings.usage)),
         ]
+        if seeds is not None:
+            tasks.append(asyncio.create_task(seeds.keep()))
         if not ctx.db.is_sqlite:
             from keyplane.storage.listen import listen_for_revisions
 
@@ -96,7 +108,8 @@ def create_app(settings: Settings, ctx: Context, notifier: ChangeNotifier | None
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    app.include_router(feed_router(ctx, notifier))
+    app.state.seeds = seeds
+    app.include_router(feed_router(ctx, notifier, seeds))
     app.include_router(ingest_router(ctx, settings))
     app.include_router(
         billing_router(

@@ -15,7 +15,9 @@ that revision, not from scratch. A snapshot is staged beside the live tables in 
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import sqlite3
 import threading
 from collections import OrderedDict
@@ -29,14 +31,21 @@ import msgspec
 from keyplane.domain.acl import CompiledAcls
 from keyplane.domain.timefmt import parse_ts
 from keyplane.private_files import private_file
-from keyplane.propagation.wire import row_to_view, view_to_row
+from keyplane.propagation.wire import (
+    INDEX_DIGESTS,
+    INSERT_ROWS,
+    REPLICA_SCHEMA,
+    REPLICA_TABLES,
+    row_to_view,
+    view_to_row,
+)
 
 _encode = msgspec.json.Encoder().encode
 _decode_row = msgspec.json.Decoder(list[Any]).decode
 
 #: Hot keys kept decoded in memory (a few hundred bytes each).
 CACHE_KEYS = 16_384
-_SCHEMA = 2
+_SCHEMA = REPLICA_SCHEMA
 
 
 class _Head(msgspec.Struct, array_like=True):
@@ -136,6 +145,7 @@ class ReplicaStore:
 
     def __init__(self, path: Path | None) -> None:
         self._lock = threading.Lock()
+        self.path = path
         if path is None:
             self._conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
             self._reader = self._conn
@@ -166,14 +176,8 @@ class ReplicaStore:
             for table in ("keys", "digests", "meta", "snap_keys", "snap_digests"):
                 c.execute(f"DROP TABLE IF EXISTS {table}")
             c.execute(f"PRAGMA user_version={_SCHEMA}")
-        c.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT)")
-        c.execute(
-            "CREATE TABLE IF NOT EXISTS keys (id TEXT PRIMARY KEY, row BLOB NOT NULL) WITHOUT ROWID"
-        )
-        c.execute(
-            "CREATE TABLE IF NOT EXISTS digests (digest TEXT PRIMARY KEY, id TEXT NOT NULL)"
-            " WITHOUT ROWID"
-        )
+        for table in REPLICA_TABLES:
+            c.execute(table)
 
     def _meta(self, name: str) -> str | None:
         row = self._conn.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
@@ -264,11 +268,57 @@ class ReplicaStore:
         one a cut-short transfer left, if any."""
         return StagedSnapshot(self, fresh=fresh)
 
+    def adopt(self, seed: Path) -> int:
+        """Take ``seed`` (a complete replica file of this layout, written and fsynced beside this
+        one) as this store's file, in place of what it holds; returns its revision. The old
+        file's WAL goes with it, so none of its pages reach the new file."""
+        if self.path is None:
+            raise ValueError("an in-memory replica takes no seed file")
+        with self._lock, self._reader_lock:
+            if self._reader is not self._conn:
+                self._reader.close()
+            self._conn.close()
+            for suffix in ("-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{self.path}{suffix}")
+            os.replace(seed, self.path)
+            directory = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+            self._conn = self._open(self.path)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._setup()
+            self._reader = self._open(self.path)
+            self.revision = int(self._meta("revision") or 0)
+        return self.revision
+
     def close(self) -> None:
         with self._lock:
             if self._reader is not self._conn:
                 self._reader.close()
             self._conn.close()
+
+
+def seed_revision(path: Path) -> tuple[int, int]:
+    """The revision of a replica file (a seed, before it is adopted) and the keys it holds (as its
+    builder counted them); ValueError if it is not a replica file of this layout."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version != REPLICA_SCHEMA:
+            raise ValueError(f"a replica file of layout {version}, not {REPLICA_SCHEMA}")
+        found = conn.execute("SELECT value FROM meta WHERE name='revision'").fetchone()
+        keys = conn.execute("SELECT value FROM meta WHERE name='keys'").fetchone()
+        conn.execute("SELECT 1 FROM keys JOIN digests ON digests.id = keys.id LIMIT 1").fetchall()
+    except sqlite3.Error as error:
+        raise ValueError(f"not a replica file: {error}") from error
+    finally:
+        conn.close()
+    if found is None:
+        raise ValueError("a replica file without its revision")
+    return int(found[0]), 0 if keys is None else int(keys[0])
 
 
 def _by_revision(change: Change) -> int:
@@ -312,11 +362,7 @@ class StagedSnapshot:
         with self._store._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                self._conn.execute(
-                    "INSERT OR REPLACE INTO snap_keys (id, row) SELECT json_extract(value, '$[0]'),"
-                    " CAST(value AS BLOB) FROM json_each(?)",
-                    (chunk.decode(),),
-                )
+                self._conn.execute(INSERT_ROWS.format(table="snap_keys"), (chunk.decode(),))
                 self._store._set_meta("snap_revision", self.revision or 0)
                 self._store._set_meta("snap_after", last)
                 self._conn.execute("COMMIT")
@@ -336,13 +382,8 @@ class StagedSnapshot:
                 c.execute("DROP TABLE keys")
                 c.execute("ALTER TABLE snap_keys RENAME TO keys")
                 c.execute("DROP TABLE digests")
-                c.execute(
-                    "CREATE TABLE digests (digest TEXT PRIMARY KEY, id TEXT NOT NULL) WITHOUT ROWID"
-                )
-                c.execute(
-                    "INSERT OR REPLACE INTO digests SELECT json_extract(s.value, '$[0]'), k.id"
-                    " FROM keys AS k, json_each(k.row, '$[1]') AS s ORDER BY 1"
-                )
+                c.execute(REPLICA_TABLES[2])
+                c.execute(INDEX_DIGESTS)
                 c.execute("DROP TABLE IF EXISTS snap_digests")  # an older version's staging
                 c.execute("DELETE FROM meta WHERE name IN ('snap_revision', 'snap_after')")
                 self._store._set_meta("revision", revision)

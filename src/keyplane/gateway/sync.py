@@ -1,5 +1,10 @@
 """The gateway's feed follower: snapshot once, then long-poll changes after its revision, forever.
 
+A gateway with no replica yet first asks for the control plane's seed file (``wire.SEED_PATH``): a
+ready-made replica file it checks (SHA-256, layout), renames into place and opens, then catches up
+from its revision through the feed; a download cut short resumes with ``Range``. With no seed (or
+a bad one) it takes the snapshot as rows instead.
+
 It never stops the gateway from serving: while the control plane is unreachable the replica keeps
 enforcing what it last applied, and the follower retries with a capped backoff. Each poll's
 ``after`` is the ack of everything applied so far.
@@ -8,15 +13,20 @@ enforcing what it last applied, and the follower retries with a capped backoff. 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 import time
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import aiohttp
 import msgspec
 import structlog
 
-from keyplane.gateway.replica import Change, Replica, ReplicaStore
+from keyplane.gateway.replica import Change, Replica, ReplicaStore, seed_revision
+from keyplane.private_files import private_file
+from keyplane.propagation import wire
 from keyplane.propagation.wire import CHANGES_PATH, GATEWAY_HEADER, ROWS, SNAPSHOT_PATH
 
 log = structlog.get_logger("keyplane.gateway.sync")
@@ -26,6 +36,10 @@ POLL_WAIT = 5.0
 MAX_BACKOFF = 2.0
 #: Snapshot rows written (and committed) together.
 SNAPSHOT_CHUNK = 5000
+#: Seed bytes written (and hashed, off the event loop) together.
+SEED_WRITE = 4 << 20
+#: Downloads of the seed tried (each resuming the last) before taking the rows instead.
+SEED_TRIES = 5
 
 
 def _control_line(line: bytes) -> dict[str, Any]:
@@ -68,6 +82,9 @@ class FeedFollower:
         self.timings: dict[str, float] = {}
         # A snapshot left half-way (by a dropped connection or a restart) is resumed, not redone.
         self._resume = True
+        # An empty replica file is seeded whole, if the control plane has a seed ready.
+        self._seed_tries = SEED_TRIES if store.path is not None else 0
+        self.seeded = 0
 
     async def run(self) -> None:
         backoff = 0.05
@@ -76,6 +93,11 @@ class FeedFollower:
         async with aiohttp.ClientSession(timeout=timeout, headers=self._headers) as session:
             while True:
                 try:
+                    if need_snapshot and self._seeds():
+                        self._seed_tries -= 1
+                        if await self._seed(session):
+                            need_snapshot = False
+                        self._seed_tries = 0  # seeded, or none to take: rows from now on
                     if need_snapshot:
                         await self._snapshot(session)
                         need_snapshot = False
@@ -100,6 +122,105 @@ class FeedFollower:
                     self._turn = (self._turn + 1) % len(self._urls)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def _seeds(self) -> bool:
+        """This follower takes a seed: its replica is empty (never a half-staged one)."""
+        return self._seed_tries > 0 and self._store.revision == 0 and not self._store.staged()
+
+    async def _seed(self, session: aiohttp.ClientSession) -> bool:
+        """Download the seed file beside the replica (resuming a part left by a cut download),
+        check it, and adopt it as the replica. False: there is none to take, or it is bad (said
+        loudly), and the rows are to be taken instead; a cut download raises (to be retried)."""
+        assert self._store.path is not None
+        t0 = time.perf_counter()
+        directory = self._store.path.parent
+        parts = sorted(directory.glob("seed-*.part"))
+        part = parts[-1] if parts else None
+        headers: dict[str, str] = {}
+        if part is not None:
+            have = part.stat().st_size
+            headers = {"Range": f"bytes={have}-", "If-Range": f'"{part.stem[5:]}"'}
+        async with session.get(self._url + wire.SEED_PATH, headers=headers) as response:
+            if response.status == 404:
+                log.info("seed_not_ready")
+                return False
+            if response.status not in (200, 206):
+                raise aiohttp.ClientResponseError(
+                    response.request_info, (), status=response.status, message="seed refused"
+                )
+            schema = response.headers.get(wire.SEED_SCHEMA_HEADER)
+            if schema != str(wire.REPLICA_SCHEMA):
+                log.error("seed_layout_unknown", layout=schema, known=wire.REPLICA_SCHEMA)
+                return False
+            sha = response.headers[wire.SEED_DIGEST_HEADER].lower()
+            revision = int(response.headers[wire.SEED_REVISION_HEADER])
+            target = directory / f"seed-{sha}.part"
+            resumed = response.status == 206 and part == target
+            for stale in parts:
+                if stale != target or not resumed:
+                    stale.unlink(missing_ok=True)
+            offset = target.stat().st_size if resumed else 0
+            if resumed and response.headers.get("content-range", "").split("-")[0] != (
+                f"bytes {offset}"
+            ):
+                raise ValueError("the seed resumed at another byte than asked")
+            size = offset + int(response.headers["content-length"])
+            hasher = await asyncio.to_thread(_hashed, target if resumed else None)
+            private_file(target)
+            times = {"answered": time.perf_counter() - t0, "resumed_at": float(offset)}
+            with target.open("ab" if resumed else "wb") as file:
+                pending: list[bytes] = []
+                held = 0
+
+                def flush(blocks: list[bytes]) -> None:
+                    for block in blocks:
+                        hasher.update(block)
+                        file.write(block)
+
+                try:
+                    async for chunk in response.content.iter_chunked(1 << 20):
+                        pending.append(chunk)
+                        held += len(chunk)
+                        if held >= SEED_WRITE:
+                            await asyncio.to_thread(flush, pending)
+                            pending, held = [], 0
+                finally:
+                    await asyncio.to_thread(flush, pending)  # what came is kept, to resume
+                await asyncio.to_thread(_durable, file)
+        times["received"] = time.perf_counter() - t0
+        if target.stat().st_size != size:
+            raise ValueError("seed cut short")
+        if hasher.hexdigest() != sha:
+            log.error("seed_digest_mismatch", revision=revision, bytes=size)
+            target.unlink(missing_ok=True)
+            return False
+        try:
+            found, keys = await asyncio.to_thread(seed_revision, target)
+        except ValueError as error:
+            log.error("seed_unreadable", error=str(error))
+            target.unlink(missing_ok=True)
+            return False
+        if found != revision:
+            log.error("seed_revision_mismatch", said=revision, holds=found)
+            target.unlink(missing_ok=True)
+            return False
+        o0 = time.perf_counter()
+        await asyncio.to_thread(self._store.adopt, target)
+        times["open"] = time.perf_counter() - o0
+        times["bytes"] = float(size)
+        times["total"] = time.perf_counter() - t0
+        self.timings = times
+        self._replica.loaded(revision)
+        self.seeded += 1
+        self.snapshots += 1
+        log.info(
+            "snapshot_applied",
+            source="seed",
+            revision=revision,
+            keys=keys,
+            **{name: round(value, 3) for name, value in times.items()},
+        )
+        return True
 
     @property
     def _url(self) -> str:
@@ -207,3 +328,18 @@ class FeedFollower:
             keys=staged.keys,
             **{name: round(value, 3) for name, value in times.items()},
         )
+
+
+def _hashed(part: Path | None) -> Any:
+    """A SHA-256 of the bytes already downloaded into ``part`` (a resumed download)."""
+    digest = hashlib.sha256()
+    if part is not None:
+        with part.open("rb") as file:
+            while block := file.read(SEED_WRITE):
+                digest.update(block)
+    return digest
+
+
+def _durable(file: BinaryIO) -> None:
+    file.flush()
+    os.fsync(file.fileno())

@@ -141,11 +141,24 @@ def read_changes(ctx: Context, *, after: int, limit: int) -> ChangesAnswer:
             return ChangesAnswer(current, [], True)
         if after == current:
             return ChangesAnswer(current, [], False)
-        oldest = changelog.oldest_retained_revision(conn)
-        if oldest is None or after < oldest - 1:
+        if not _log_reaches(conn, after):
             return ChangesAnswer(current, [], True)
         changes = changelog.changes_after(conn, after, limit)
     return ChangesAnswer(changes[-1].revision if changes else after, changes, False)
+
+
+def _log_reaches(conn: Any, after: int) -> bool:
+    """The change log still holds every change after ``after`` (below the head)."""
+    oldest = changelog.oldest_retained_revision(conn)
+    return oldest is not None and after >= oldest - 1
+
+
+def catch_up_from(ctx: Context, revision: int) -> tuple[int, bool]:
+    """The head, and whether a gateway at ``revision`` can reach it through the change feed (it
+    is there already, or the log still holds every change since): else it needs a snapshot."""
+    with ctx.db.read() as conn:
+        current = changelog.current_revision(conn)
+        return current, revision == current or (revision < current and _log_reaches(conn, revision))
 
 
 class AckBook:

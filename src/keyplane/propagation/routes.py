@@ -8,29 +8,38 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Awaitable, Iterator
-from typing import Annotated, Any
+from typing import Annotated, Any, BinaryIO
 
 import msgspec
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from keyplane.domain.errors import InvalidArgument
+from keyplane.domain.errors import InvalidArgument, NotFound
 from keyplane.propagation import feed
 from keyplane.propagation.notifier import ChangeNotifier
+from keyplane.propagation.seed import SeedKeeper
 from keyplane.propagation.wire import (
     CHANGES_PATH,
     GATEWAY_HEADER,
     MAX_BATCH,
     MAX_WAIT_SECONDS,
+    REPLICA_SCHEMA,
     ROWS,
+    SEED_DIGEST_HEADER,
+    SEED_PATH,
+    SEED_REVISION_HEADER,
+    SEED_SCHEMA_HEADER,
     SNAPSHOT_PATH,
     row_to_view,
 )
 from keyplane.services.context import Context
 
 _LINES_PER_CHUNK = 1000
+#: Bytes of the seed file read and sent at a time: what serving one costs in memory.
+_SEED_CHUNK = 1 << 20
 _encode = msgspec.json.Encoder().encode
 
 
@@ -52,7 +61,29 @@ async def _unless_gone(request: Request, waiting: Awaitable[int], fallback: int)
     return wait_task.result() if wait_task.done() and not wait_task.cancelled() else fallback
 
 
-def feed_router(ctx: Context, notifier: ChangeNotifier) -> APIRouter:
+def _resume_at(range_header: str | None, if_range: str | None, etag: str, size: int) -> int:
+    """Where to start sending the seed: the N of ``Range: bytes=N-`` when ``If-Range`` names this
+    very file (RFC 9110; any other range form is answered whole), else 0."""
+    if range_header is None or if_range != etag:
+        return 0
+    unit, _, spec = range_header.partition("=")
+    first, dash, last = spec.strip().partition("-")
+    if unit.strip() != "bytes" or not dash or last or not first.isdigit():
+        return 0
+    return int(first) if int(first) < size else 0
+
+
+def _file_chunks(file: BinaryIO, start: int) -> Iterator[bytes]:
+    """``file`` from ``start``, a bounded chunk at a time; closed at the end (or on disconnect)."""
+    with file:
+        file.seek(start)
+        while chunk := file.read(_SEED_CHUNK):
+            yield chunk
+
+
+def feed_router(
+    ctx: Context, notifier: ChangeNotifier, seeds: SeedKeeper | None = None
+) -> APIRouter:
     router = APIRouter(include_in_schema=False)
     acks = feed.AckBook()
 
@@ -109,6 +140,46 @@ def feed_router(ctx: Context, notifier: ChangeNotifier) -> APIRouter:
 
         body = row_chunks() if as_rows else chunks()
         return StreamingResponse(body, media_type="application/x-ndjson")
+
+    @router.get(SEED_PATH)
+    def seed(
+        range_header: Annotated[str | None, Header(alias="range")] = None,
+        if_range: Annotated[str | None, Header(alias="if-range")] = None,
+        authorization: Annotated[str | None, Header()] = None,
+        gateway: Annotated[str | None, Header(alias=GATEWAY_HEADER)] = None,
+    ) -> StreamingResponse:
+        gid = gateway_id(gateway, authorization)
+        cluster = feed.authenticate_gateway_as(ctx, authorization, gid)
+        found = None if seeds is None else seeds.ready()
+        file: BinaryIO | None = None
+        if found is not None:
+            try:
+                # Opened here: a newer seed may unlink this file; the download goes on reading it.
+                file = found.path.open("rb")
+            except FileNotFoundError:
+                file = None
+        if found is None or file is None:
+            raise NotFound("No seed file is ready: take the snapshot.")
+        size = os.fstat(file.fileno()).st_size
+        etag = f'"{found.sha256}"'
+        start = _resume_at(range_header, if_range, etag, size)
+        acks.served(ctx, gateway_id=gid, cluster=cluster, revision=found.revision)
+        headers = {
+            "content-length": str(size - start),
+            "accept-ranges": "bytes",
+            "etag": etag,
+            SEED_DIGEST_HEADER: found.sha256,
+            SEED_REVISION_HEADER: str(found.revision),
+            SEED_SCHEMA_HEADER: str(REPLICA_SCHEMA),
+        }
+        if start:
+            headers["content-range"] = f"bytes {start}-{size - 1}/{size}"
+        return StreamingResponse(
+            _file_chunks(file, start),
+            status_code=206 if start else 200,
+            headers=headers,
+            media_type="application/vnd.sqlite3",
+        )
 
     @router.get(CHANGES_PATH)
     async def changes(

@@ -16,6 +16,14 @@ doubles as the gateway's ack: everything through N is applied. Gateways authenti
 A credential speaks for one gateway; the worker processes of a gateway started with
 ``--workers N`` name themselves ``<gateway id>/worker-<i>`` (``worker_id``) and share its
 credential, each acking and shipping usage under its own name.
+
+``GET /internal/v1/seed`` (same credential) answers a ready-made replica file instead: the SQLite
+file a gateway keeps (``REPLICA_TABLES`` at ``PRAGMA user_version`` ``REPLICA_SCHEMA``, ``meta``'s
+``revision`` the one it was read at), built by the control plane in the background. Its headers
+say its revision (``SEED_REVISION_HEADER``), layout (``SEED_SCHEMA_HEADER``) and SHA-256
+(``SEED_DIGEST_HEADER``, also its ETag); ``Range: bytes=N-`` with ``If-Range: <ETag>`` resumes a
+cut download (206), or sends the newer file whole (200) when that one is gone. 404: no seed is
+ready (or it is older than the change log kept): take the snapshot.
 """
 
 from __future__ import annotations
@@ -26,10 +34,18 @@ __all__ = [
     "CHANGES_PATH",
     "CREDENTIAL_PREFIX",
     "GATEWAY_HEADER",
+    "INDEX_DIGESTS",
+    "INSERT_ROWS",
     "MAX_BATCH",
     "MAX_WAIT_SECONDS",
+    "REPLICA_SCHEMA",
+    "REPLICA_TABLES",
     "ROWS",
     "ROW_FIELDS",
+    "SEED_DIGEST_HEADER",
+    "SEED_PATH",
+    "SEED_REVISION_HEADER",
+    "SEED_SCHEMA_HEADER",
     "SNAPSHOT_PATH",
     "bound_identity",
     "row_to_view",
@@ -38,6 +54,10 @@ __all__ = [
 ]
 SNAPSHOT_PATH = "/internal/v1/snapshot"
 CHANGES_PATH = "/internal/v1/changes"
+SEED_PATH = "/internal/v1/seed"
+SEED_REVISION_HEADER = "x-keyplane-seed-revision"
+SEED_SCHEMA_HEADER = "x-keyplane-seed-schema"
+SEED_DIGEST_HEADER = "x-keyplane-seed-sha256"
 GATEWAY_HEADER = "x-keyplane-gateway"
 CREDENTIAL_PREFIX = "kpgw-"
 #: Longest a changes request waits for something new before answering with nothing.
@@ -61,3 +81,27 @@ def bound_identity(gateway_id: str) -> str:
     whose worker it is."""
     base, sep, index = gateway_id.rpartition(WORKER_SEPARATOR)
     return base if sep and base and index.isdigit() else gateway_id
+
+
+# -- the replica file: one layout for the gateway's replica and the control plane's seed ---------
+
+#: The replica file's layout, its ``PRAGMA user_version``: a file of another one is not read.
+REPLICA_SCHEMA = 2
+#: ``keys`` holds each key's row (``view_to_row``, JSON, as a BLOB) by id; ``digests`` maps each of
+#: its secrets' digests to the id; ``meta`` holds ``revision``. Both clustered on their key.
+REPLICA_TABLES = (
+    "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT)",
+    "CREATE TABLE IF NOT EXISTS keys (id TEXT PRIMARY KEY, row BLOB NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS digests (digest TEXT PRIMARY KEY, id TEXT NOT NULL) WITHOUT ROWID",
+)
+#: Rows (a JSON array of them, the one parameter) into a keys table (``{table}``): SQLite splits
+#: the array and takes each id itself, no per-row Python.
+INSERT_ROWS = (
+    "INSERT OR REPLACE INTO {table} (id, row) SELECT json_extract(value, '$[0]'),"
+    " CAST(value AS BLOB) FROM json_each(?)"
+)
+#: Every secret's digest of the rows in ``keys``, into an empty ``digests``, in index order.
+INDEX_DIGESTS = (
+    "INSERT OR REPLACE INTO digests SELECT json_extract(s.value, '$[0]'), k.id"
+    " FROM keys AS k, json_each(k.row, '$[1]') AS s ORDER BY 1"
+)

@@ -1,0 +1,182 @@
+"""The seed file: a ready-made replica file a fresh gateway downloads instead of the row stream.
+
+A gateway that starts with no replica would otherwise take the snapshot as rows and build its
+SQLite file itself, row by row, then index the digests: at a million keys that is tens of seconds
+on each side (docs/benchmarks.md, #17). The control plane builds that very file
+(``wire.REPLICA_TABLES`` at ``wire.REPLICA_SCHEMA``) once, in the background, from one read
+transaction (the snapshot's rows, written by the store itself), and serves it as bytes; the
+gateway checks its SHA-256, renames it into place, opens it and catches up through the feed from
+its revision, as after a restart.
+
+Each control-plane replica keeps its own seed in its seed directory (``seed_dir``, by default
+``<data_dir>/seed``): built to a ``.tmp`` file, fsynced, renamed to ``seed-<revision>-<sha>.db``;
+never a half-built file served. It is rebuilt when it falls more than
+``max(seed_rebuild_changes, 5 % of its keys)`` revisions behind, or behind the change log kept
+(a gateway could not catch up from it). The older file is unlinked then: a download under way
+holds it open and finishes; one resumed later gets the new file whole (``If-Range``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from keyplane.private_files import private_dir, private_file
+from keyplane.propagation import feed
+from keyplane.propagation.wire import INDEX_DIGESTS, INSERT_ROWS, REPLICA_SCHEMA, REPLICA_TABLES
+from keyplane.services.context import Context
+
+log = structlog.get_logger("keyplane.propagation.seed")
+
+#: How often the keeper asks whether the seed is due for a rebuild.
+CHECK_SECONDS = 5.0
+#: The seed is rebuilt once it is this share of its keys behind (or ``rebuild_changes``, if more).
+REBUILD_SHARE = 0.05
+_READ = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Seed:
+    path: Path
+    revision: int
+    sha256: str
+    size: int
+    keys: int
+    #: Wall time and CPU (of the building thread) the build took, in seconds.
+    seconds: float
+    cpu: float
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while block := file.read(_READ):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def build_seed(ctx: Context, directory: Path) -> Seed:
+    """Write every key, read in one transaction, to a new replica file in ``directory``."""
+    started, cpu = time.perf_counter(), time.thread_time()
+    tmp = private_file(private_dir(directory) / f"seed-{secrets.token_hex(8)}.tmp")
+    try:
+        out = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            # A file nobody reads until it is complete: no journal; fsynced once, at the end.
+            out.execute("PRAGMA journal_mode=OFF")
+            out.execute("PRAGMA synchronous=OFF")
+            out.execute(f"PRAGMA user_version={REPLICA_SCHEMA}")
+            for table in REPLICA_TABLES:
+                out.execute(table)
+            out.execute("BEGIN")
+            revision, keys = 0, 0
+            insert = INSERT_ROWS.format(table="keys")
+            for item in feed.snapshot_json(ctx):
+                if isinstance(item, int):
+                    revision = item
+                    continue
+                out.execute(insert, ("[" + ",".join(item) + "]",))
+                keys += len(item)
+            out.execute(INDEX_DIGESTS)
+            out.executemany(
+                "INSERT INTO meta (name, value) VALUES (?, ?)",
+                [("revision", str(revision)), ("keys", str(keys))],
+            )
+            out.execute("COMMIT")
+        finally:
+            out.close()
+        _fsync(tmp)
+        sha = _sha256(tmp)
+        path = directory / f"seed-{revision}-{sha[:16]}.db"
+        os.replace(tmp, path)
+        _fsync(directory)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    return Seed(
+        path=path,
+        revision=revision,
+        sha256=sha,
+        size=path.stat().st_size,
+        keys=keys,
+        seconds=time.perf_counter() - started,
+        cpu=time.thread_time() - cpu,
+    )
+
+
+class SeedKeeper:
+    """This control-plane replica's seed: built at start, rebuilt when due (``keep``)."""
+
+    def __init__(self, ctx: Context, directory: Path, *, rebuild_changes: int = 10_000) -> None:
+        self._ctx = ctx
+        self.directory = directory
+        self._rebuild_changes = rebuild_changes
+        self._building = threading.Lock()
+        self.current: Seed | None = None
+
+    def ready(self) -> Seed | None:
+        """The seed to serve: None if there is none yet, or if a gateway could not catch up from
+        it (the change log no longer reaches back to its revision)."""
+        seed = self.current
+        if seed is None:
+            return None
+        _, reachable = feed.catch_up_from(self._ctx, seed.revision)
+        return seed if reachable else None
+
+    def due(self) -> bool:
+        seed = self.current
+        if seed is None:
+            return True
+        current, reachable = feed.catch_up_from(self._ctx, seed.revision)
+        behind = max(self._rebuild_changes, int(seed.keys * REBUILD_SHARE))
+        return not reachable or current - seed.revision > behind
+
+    def build(self) -> Seed:
+        """Build a new seed now and serve it; the one it replaces is unlinked."""
+        with self._building:
+            seed = build_seed(self._ctx, self.directory)
+            old, self.current = self.current, seed
+        if old is not None and old.path != seed.path:
+            with contextlib.suppress(FileNotFoundError):
+                old.path.unlink()
+        log.info(
+            "seed_built",
+            revision=seed.revision,
+            keys=seed.keys,
+            bytes=seed.size,
+            seconds=round(seed.seconds, 3),
+            cpu=round(seed.cpu, 3),
+        )
+        return seed
+
+    async def keep(self, every: float = CHECK_SECONDS) -> None:
+        """Build the seed, then rebuild it whenever it is due, for the app's lifetime. The build
+        runs on a thread: the store and SQLite do the work, mostly without the GIL."""
+        while True:
+            try:
+                if await asyncio.to_thread(self.due):
+                    await asyncio.to_thread(self.build)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # a store error now and then: try again later
+                log.warning("seed_build_failed", error=type(error).__name__)
+            await asyncio.sleep(every)

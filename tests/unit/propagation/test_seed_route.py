@@ -1,0 +1,104 @@
+"""The seed route (``GET /internal/v1/seed``), in process: only a gateway's credential gets it;
+404 until a seed is ready; the file whole with its digest, revision and layout; ``Range`` with a
+matching ``If-Range`` resumes it (206), anything else sends it whole."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from starlette.testclient import TestClient
+
+from keyplane.control import errors as control_errors
+from keyplane.propagation import feed
+from keyplane.propagation.notifier import ChangeNotifier
+from keyplane.propagation.routes import feed_router
+from keyplane.propagation.seed import SeedKeeper
+from keyplane.propagation.wire import (
+    GATEWAY_HEADER,
+    REPLICA_SCHEMA,
+    SEED_DIGEST_HEADER,
+    SEED_PATH,
+    SEED_REVISION_HEADER,
+    SEED_SCHEMA_HEADER,
+)
+from tests.unit.propagation.test_propagation_status import US, World
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    w = World(tmp_path)
+    yield w
+    w.db.dispose()
+
+
+@pytest.fixture
+def keeper(world: World, tmp_path: Path) -> SeedKeeper:
+    return SeedKeeper(world.ctx, tmp_path / "seed")
+
+
+@pytest.fixture
+def http(world: World, keeper: SeedKeeper) -> Iterator[TestClient]:
+    app = FastAPI()
+    control_errors.install(app)
+    app.include_router(feed_router(world.ctx, ChangeNotifier(), keeper))
+    credential = feed.issue_credential(world.ctx, cluster=US)
+    with TestClient(app) as client:
+        client.headers.update({"Authorization": f"Bearer {credential}", GATEWAY_HEADER: "us-a"})
+        yield client
+
+
+def test_only_a_gateway_credential_gets_the_seed(http: TestClient, keeper: SeedKeeper) -> None:
+    keeper.build()
+    assert TestClient(http.app).get(SEED_PATH).status_code == 401
+    answer = http.get(SEED_PATH, headers={"Authorization": "Bearer kpgw-" + "a" * 60})
+    assert answer.status_code == 401
+
+
+def test_no_seed_ready_is_a_404(http: TestClient) -> None:
+    answer = http.get(SEED_PATH)
+    assert answer.status_code == 404, answer.text
+
+
+def test_the_seed_whole_and_resumed(world: World, http: TestClient, keeper: SeedKeeper) -> None:
+    world.create()
+    seed = keeper.build()
+    data = seed.path.read_bytes()
+    whole = http.get(SEED_PATH)
+    assert whole.status_code == 200
+    assert whole.content == data
+    assert whole.headers[SEED_DIGEST_HEADER] == seed.sha256
+    assert whole.headers[SEED_REVISION_HEADER] == str(seed.revision)
+    assert whole.headers[SEED_SCHEMA_HEADER] == str(REPLICA_SCHEMA)
+    assert whole.headers["content-length"] == str(len(data))
+    etag = whole.headers["etag"]
+    assert etag == f'"{seed.sha256}"'
+
+    rest = http.get(SEED_PATH, headers={"Range": "bytes=100-", "If-Range": etag})
+    assert rest.status_code == 206
+    assert rest.content == data[100:]
+    assert rest.headers["content-range"] == f"bytes 100-{len(data) - 1}/{len(data)}"
+    assert rest.headers["content-length"] == str(len(data) - 100)
+
+    for headers in (
+        {"Range": "bytes=100-", "If-Range": '"another file"'},  # the file changed: whole
+        {"Range": "bytes=100-"},  # no If-Range: not resumed
+        {"Range": "bytes=0-99", "If-Range": etag},  # a form gateways do not ask for
+        {"Range": f"bytes={len(data)}-", "If-Range": etag},  # nothing left: whole again
+    ):
+        answer = http.get(SEED_PATH, headers=headers)
+        assert answer.status_code == 200, headers
+        assert answer.content == data, headers
+
+
+def test_a_seed_the_log_no_longer_reaches_is_a_404(
+    world: World, http: TestClient, keeper: SeedKeeper
+) -> None:
+    world.create()
+    keeper.build()
+    world.create()
+    world.create()
+    feed.compact(world.ctx, keep=1)
+    assert http.get(SEED_PATH).status_code == 404
