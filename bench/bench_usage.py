@@ -511,13 +511,25 @@ def query_section(tmp: Path) -> str:
     )
 
 
+SECTIONS: dict[str, Callable[[Path], str]] = {
+    "gateway": gateway_section,
+    "ingest": ingest_section,
+    "query": query_section,
+}
+
+
 def main() -> None:
+    """``bench_usage.py [gateway|ingest|query ...]``: the sections named (all by default), so one
+    aim can be measured again on its own."""
+    chosen = sys.argv[1:] or list(SECTIONS)
+    unknown = [name for name in chosen if name not in SECTIONS]
+    if unknown:
+        sys.exit(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     print(header("Usage: metering cost, ingest rate, query latency"))
     with tempfile.TemporaryDirectory(prefix="keyplane-bench-usage-") as raw:
         tmp = Path(raw)
-        print(gateway_section(tmp))
-        print(ingest_section(tmp))
-        print(query_section(tmp))
+        for name in chosen:
+            print(SECTIONS[name](tmp))
     print(footer())
 
 

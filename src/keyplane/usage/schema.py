@@ -9,7 +9,7 @@ are epoch seconds of the bucket's start (UTC); money is in 1e-8 USD cents
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Index, Integer, String, Table
+from sqlalchemy import BigInteger, Column, Index, Integer, String, Table, text
 
 from keyplane.storage.tables import ID, metadata
 
@@ -17,7 +17,40 @@ from keyplane.storage.tables import ID, metadata
 EXTREMES = ("prompt_tokens", "completion_tokens", "total_tokens", "cost")
 
 
-def _rollup(name: str) -> Table:
+#: The ``api_key_id`` of the rows that total a team's usage over all its keys.
+ALL_KEYS = "*"
+
+#: A rollup row's key (its primary key) and the sums it holds.
+ROLLUP_KEY = ("team_id", "bucket", "api_key_id", "model", "cluster", "endpoint", "status")
+ROLLUP_SUMS = (
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost",
+    "completion_cost",
+    "image_cost",
+)
+
+
+def _rollup(name: str, *, covering: bool) -> Table:
+    # Hours and days (what the usage RPC reads for ranges of days) also have an index of the
+    # per-key rows' key and sums, so a query by key without MIN/MAX is answered from the index
+    # alone (migration 0012). Partial: a query for the team's totals (``ALL_KEYS``) cannot use
+    # it, and reads its few rows by ``ix_*_team_key``, as a planner would not otherwise choose.
+    per_key = text(f"api_key_id <> '{ALL_KEYS}'")
+    extra = (
+        [
+            Index(
+                f"ix_{name}_covering",
+                *ROLLUP_KEY,
+                *ROLLUP_SUMS,
+                sqlite_where=per_key,
+                postgresql_where=per_key,
+            )
+        ]
+        if covering
+        else []
+    )
     return Table(
         name,
         metadata,
@@ -42,17 +75,15 @@ def _rollup(name: str) -> Table:
         Index(f"ix_{name}_bucket", "bucket"),
         # The team's totals (api_key_id = ALL_KEYS) and one key's rows, without the others.
         Index(f"ix_{name}_team_key", "team_id", "api_key_id", "bucket"),
+        *extra,
     )
 
 
-#: The ``api_key_id`` of the rows that total a team's usage over all its keys.
-ALL_KEYS = "*"
-
 #: Per-minute, per-hour and per-UTC-day rollups of the same records; each also holds, under
 #: ``api_key_id = ALL_KEYS``, the team's totals over its keys.
-usage_minutes = _rollup("usage_minutes")
-usage_hours = _rollup("usage_hours")
-usage_days = _rollup("usage_days")
+usage_minutes = _rollup("usage_minutes", covering=False)
+usage_hours = _rollup("usage_hours", covering=True)
+usage_days = _rollup("usage_days", covering=True)
 ROLLUPS: tuple[tuple[int, Table], ...] = (
     (60, usage_minutes),
     (3600, usage_hours),

@@ -16,6 +16,8 @@ from keyplane.usage.schema import (
     ALL_KEYS,
     EXTREMES,
     FOLD,
+    ROLLUP_KEY,
+    ROLLUP_SUMS,
     ROLLUPS,
     team_billing,
     usage_fold,
@@ -24,15 +26,6 @@ from keyplane.usage.schema import (
     usage_spend,
 )
 
-ROLLUP_KEY = ("team_id", "bucket", "api_key_id", "model", "cluster", "endpoint", "status")
-ROLLUP_SUMS = (
-    "requests",
-    "prompt_tokens",
-    "completion_tokens",
-    "cost",
-    "completion_cost",
-    "image_cost",
-)
 #: The staging table of one ingest: the batch's fresh records, as they are (``UsageRecord``).
 BATCH_COLUMNS = (
     ("time_ms", "BIGINT"),
