@@ -42,6 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness as harness
 import httpx2
 
+from keyplane.propagation.wire import SEED_PATH, SNAPSHOT_PATH
+
 
 def _counts(name: str, default: str) -> list[int]:
     return [int(n) for n in os.environ.get(name, default).split(",") if n.strip()]
@@ -56,6 +58,9 @@ PATH_REQUESTS = int(os.environ.get("BENCH_SCALE_PATH_REQUESTS", "400"))
 PATH_SECONDS = float(os.environ.get("BENCH_SCALE_PATH_SECONDS", "40"))
 PATH_BATCH = 5
 CLUSTER = "us-east-1"
+#: Requests of each kind timed while the seed builds (and as many after), within SAMPLE_SECONDS.
+SAMPLE_REQUESTS = int(os.environ.get("BENCH_SCALE_SAMPLE_REQUESTS", "300"))
+SAMPLE_SECONDS = float(os.environ.get("BENCH_SCALE_SAMPLE_SECONDS", "120"))
 RARE_EVERY = 1000  # one key in a thousand holds the rare ACL
 
 
@@ -107,11 +112,13 @@ def wait_synced(url: str, revision: int, timeout: float) -> None:
     harness.wait_for(ok, timeout=timeout, what=f"gateway at revision {revision}")
 
 
-def snapshot_on_the_wire(dep: harness.Deployment, control_pid: int) -> dict[str, Any]:
-    """Fetch the snapshot as a gateway does (``format=rows``); bytes, seconds, the control
-    plane's RSS peak."""
+def snapshot_on_the_wire(
+    dep: harness.Deployment, control_pid: int, path: str = SNAPSHOT_PATH
+) -> dict[str, Any]:
+    """Fetch the snapshot as a gateway does (``format=rows``), or the seed file (``SEED_PATH``);
+    bytes, seconds, the control plane's RSS peak."""
     from keyplane.propagation import feed
-    from keyplane.propagation.wire import GATEWAY_HEADER, ROWS, SNAPSHOT_PATH
+    from keyplane.propagation.wire import GATEWAY_HEADER, ROWS
     from keyplane.runtime import open_context
 
     ctx = open_context(dep.settings())
@@ -119,7 +126,10 @@ def snapshot_on_the_wire(dep: harness.Deployment, control_pid: int) -> dict[str,
         credential = feed.issue_credential(ctx, cluster=CLUSTER)
     finally:
         ctx.db.dispose()
-    headers = {"Authorization": f"Bearer {credential}", GATEWAY_HEADER: f"{CLUSTER}/bench-wire"}
+    headers = {
+        "Authorization": f"Bearer {credential}",
+        GATEWAY_HEADER: f"{CLUSTER}/bench-{path.rsplit('/', 1)[-1]}",
+    }
     size = lines = 0
     idle = harness.rss_kib(control_pid) or 0
     started = time.perf_counter()
@@ -127,8 +137,8 @@ def snapshot_on_the_wire(dep: harness.Deployment, control_pid: int) -> dict[str,
         watching(control_pid) as peak,
         httpx2.stream(
             "GET",
-            dep.control_url + SNAPSHOT_PATH,
-            params={"format": ROWS},
+            dep.control_url + path,
+            params={"format": ROWS} if path == SNAPSHOT_PATH else {},
             headers=headers,
             timeout=600,
         ) as response,
@@ -144,6 +154,43 @@ def snapshot_on_the_wire(dep: harness.Deployment, control_pid: int) -> dict[str,
         "control_idle": idle,
         "control_peak": peak[0],
     }
+
+
+def _logged(proc: harness.Proc, event: str) -> dict[str, Any]:
+    """The last ``event`` line of ``proc``'s JSON log."""
+    import json
+
+    lines = proc.log_path.read_text(errors="replace").splitlines()
+    found = [json.loads(x) for x in lines if x.startswith("{") and f'"{event}"' in x]
+    assert found, f"no {event} in {proc.name}'s log"
+    last: dict[str, Any] = found[-1]
+    return last
+
+
+def sample_paths(
+    dep: harness.Deployment,
+    team: str,
+    mgmt: str,
+    until: Callable[[], bool] | None,
+    count: int = SAMPLE_REQUESTS,
+) -> dict[str, list[float]]:
+    """Wall times of create and list-page requests in turn: while ``until`` is false (a seed
+    builds), up to ``count`` of each; bounded by SAMPLE_SECONDS."""
+    times: dict[str, list[float]] = {"create": [], "list": []}
+    deadline = time.monotonic() + SAMPLE_SECONDS
+    with harness.connect(dep.control_url, mgmt) as client:
+        while time.monotonic() < deadline and len(times["create"]) < count:
+            if until is not None and until():
+                break
+            t0 = time.perf_counter()
+            made = client.post(f"/auth/teams/{team}/api-keys", json={"name": "during"})
+            times["create"].append(time.perf_counter() - t0)
+            assert made.status_code == 200, made.text
+            t0 = time.perf_counter()
+            page = client.get(f"/auth/teams/{team}/api-keys", params={"pageSize": 100})
+            times["list"].append(time.perf_counter() - t0)
+            assert page.status_code == 200, page.text
+    return times
 
 
 def _stores() -> dict[int, Path]:
@@ -177,9 +224,21 @@ def gateway_phase(tmp: Path, count: int) -> dict[str, Any]:
     try:
         samples, out["load_s"] = _keys_for(dep, count)
         key_id, secret = samples[0]
-        revision = harness.current_revision(dep)
         control = dep.control().start(timeout=600)  # a million keys' store, on a loaded machine
         control_pid = harness.pid_of(control)
+        # The seed file builds in the background from start: requests meanwhile, then after.
+        team, mgmt = dep.create_team("bench")
+
+        def seeded() -> bool:
+            return '"seed_built"' in control.log_path.read_text(errors="replace")
+
+        out["paths_building"] = sample_paths(dep, team, mgmt, seeded)
+        harness.wait_for(seeded, timeout=900, what="the control plane serving its seed file")
+        out["seed"] = _logged(control, "seed_built")
+        during = len(out["paths_building"]["create"])
+        out["paths_idle"] = sample_paths(dep, team, mgmt, None, max(during, 20))
+        revision = harness.current_revision(dep)
+        out["catch_up_changes"] = revision - out["seed"]["revision"]
         out["control_idle"] = harness.rss_kib(control_pid)
         me = {"Authorization": f"Bearer {secret}"}
 
@@ -198,6 +257,7 @@ def gateway_phase(tmp: Path, count: int) -> dict[str, Any]:
             out["sync_control_cpu"] = harness.cpu_seconds(control_pid) - control_cpu
             out["sync_gateway_cpu"] = harness.cpu_seconds(harness.pid_of(gw)) - gateway_cpu
         out["control_peak_fresh"] = peak[0]
+        out["fresh_seed"] = _logged(gw, "snapshot_applied")
         answer = httpx2.get(gw.url + "/v1/api-key", headers=me)
         assert answer.status_code == 200, answer.text
         assert answer.json()["api_key_id"] == key_id, answer.text
@@ -224,6 +284,7 @@ def gateway_phase(tmp: Path, count: int) -> dict[str, Any]:
 
         harness.log(f"{count:,}: the snapshot on the wire ...")
         out["wire"] = snapshot_on_the_wire(dep, control_pid)
+        out["seed_wire"] = snapshot_on_the_wire(dep, control_pid, SEED_PATH)
     finally:
         dep.stop_all()
     return out
@@ -626,6 +687,13 @@ def _deep_token(ctx: Any, team: str, count: int) -> str:
 # -- report ---------------------------------------------------------------------------------------
 
 
+def _p50_p99(walls: list[float]) -> str:
+    if not walls:
+        return "n/a"
+    p50, p99 = harness.percentile(walls, 50), harness.percentile(walls, 99)
+    return f"{harness.ms(p50)} / {harness.ms(p99)} ({len(walls)})"
+
+
 def gateway_table(results: list[dict[str, Any]]) -> str:
     def per_key(kib: int | None, keys: int) -> str:
         return "n/a" if kib is None else f"{kib * 1024 / keys:,.0f} B"
@@ -637,6 +705,26 @@ def gateway_table(results: list[dict[str, Any]]) -> str:
 
     row("fresh gateway: spawn → port answers", lambda r: f"{r['fresh_port_s']:.2f} s")
     row("fresh gateway: spawn → current revision", lambda r: f"**{r['fresh_synced_s']:.2f} s**")
+    row(
+        "seed file build (control plane, background): wall / CPU",
+        lambda r: f"{r['seed']['seconds']:.1f} s / {r['seed']['cpu']:.1f} s",
+    )
+    row("… its size", lambda r: f"{r['seed']['bytes'] / (1 << 20):.0f} MiB")
+    for path in ("create", "list"):
+        row(
+            f"{path} p50 / p99 while the seed builds (n)",
+            lambda r, p=path: _p50_p99(r["paths_building"][p]),
+        )
+        row(f"{path} p50 / p99 after (n)", lambda r, p=path: _p50_p99(r["paths_idle"][p]))
+    row("fresh gateway took", lambda r: r["fresh_seed"].get("source", "rows"))
+    for label, name in (
+        ("fresh gateway's seed: answered", "answered"),
+        ("… downloaded and checked", "received"),
+        ("… opened", "open"),
+        ("… gateway CPU for it", "cpu"),
+    ):
+        row(label, lambda r, n=name: f"{r['fresh_seed'].get(n, 0):.2f} s")
+    row("… changes caught up through the feed after it", lambda r: f"{r['catch_up_changes']:,}")
     row("fresh gateway RSS right after sync", lambda r: harness.mib(r["fresh_rss"]))
     row("fresh gateway RSS 2 s later", lambda r: harness.mib(r["fresh_rss_2s"]))
     row("… per key", lambda r: f"**{per_key(r['fresh_rss_2s'], r['keys'])}**")
@@ -654,14 +742,15 @@ def gateway_table(results: list[dict[str, Any]]) -> str:
     row("… its CPU by then (imports included)", lambda r: f"{r['restart_cpu']:.2f} s")
     row("restart: spawn → current revision", lambda r: f"{r['restart_synced_s']:.2f} s")
     row("restarted gateway RSS", lambda r: harness.mib(r["restart_rss"]))
-    row("snapshot on the wire", lambda r: f"{r['wire']['bytes'] / (1 << 20):.1f} MiB")
-    row("… per key", lambda r: f"**{r['wire']['bytes'] / r['keys']:,.0f} B**")
-    row("… fetched by the bench in", lambda r: f"{r['wire']['seconds']:.2f} s")
     row("control plane RSS idle", lambda r: harness.mib(r["control_idle"]))
-    row(
-        "control plane extra RSS serving one snapshot",
-        lambda r: f"**{(r['wire']['control_peak'] - r['wire']['control_idle']) / 1024:+.0f} MiB**",
-    )
+    for label, got in (("snapshot (rows)", "wire"), ("seed file", "seed_wire")):
+        row(f"{label} on the wire", lambda r, g=got: f"{r[g]['bytes'] / (1 << 20):.1f} MiB")
+        row("… per key", lambda r, g=got: f"**{r[g]['bytes'] / r['keys']:,.0f} B**")
+        row("… fetched by the bench in", lambda r, g=got: f"{r[g]['seconds']:.2f} s")
+        row(
+            "… control plane extra RSS serving it",
+            lambda r, g=got: f"**{(r[g]['control_peak'] - r[g]['control_idle']) / 1024:+.0f} MiB**",
+        )
     row(
         "control plane peak RSS during the fresh sync",
         lambda r: harness.mib(r["control_peak_fresh"]),

@@ -38,9 +38,12 @@ def test_a_fresh_gateway_starts_from_the_seed_and_catches_up(tmp_path: Path) -> 
                 )
                 assert made is not None
                 before[name] = made
-        dep.start_control()
-        seeds = dep.data_dir / "seed"
-        wait_for(lambda: any(seeds.glob("seed-*.db")), what="the control plane's seed file")
+        control = dep.start_control()
+        wait_for(
+            lambda: '"seed_built"' in control.log(),
+            timeout=60,
+            what="the control plane serving its seed file",
+        )
 
         with connect(dep.control_url, mgmt) as c:
             late = c.post(f"/auth/teams/{team}/api-keys", json={"name": "late"})

@@ -20,10 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
+import json
 import os
 import secrets
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -35,6 +39,7 @@ from keyplane.private_files import private_dir, private_file
 from keyplane.propagation import feed
 from keyplane.propagation.wire import INDEX_DIGESTS, INSERT_ROWS, REPLICA_SCHEMA, REPLICA_TABLES
 from keyplane.services.context import Context
+from keyplane.storage.db import Database
 
 log = structlog.get_logger("keyplane.propagation.seed")
 
@@ -42,6 +47,10 @@ log = structlog.get_logger("keyplane.propagation.seed")
 CHECK_SECONDS = 5.0
 #: The seed is rebuilt once it is this share of its keys behind (or ``rebuild_changes``, if more).
 REBUILD_SHARE = 0.05
+#: Longest a build may take (a million keys: about half a minute of CPU).
+BUILD_TIMEOUT = 1800.0
+#: The builder process's niceness: the control plane's requests come first.
+BUILD_NICE = 10
 _READ = 1 << 20
 
 
@@ -123,13 +132,53 @@ def build_seed(ctx: Context, directory: Path) -> Seed:
     )
 
 
+def build_in_child(ctx: Context, directory: Path) -> Seed:
+    """``build_seed`` in a child process at a lower CPU priority, so the control plane's requests
+    are neither starved of CPU nor of the GIL meanwhile. The store's URL (which may hold a
+    password) goes through the child's stdin, never its command line."""
+    request = {"url": ctx.db.url.render_as_string(hide_password=False), "dir": str(directory)}
+    done = subprocess.run(
+        [sys.executable, "-m", "keyplane.propagation.seed"],
+        input=json.dumps(request).encode(),
+        capture_output=True,
+        timeout=BUILD_TIMEOUT,
+        check=False,
+    )
+    if done.returncode != 0:
+        tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:]
+        raise RuntimeError(f"the seed build exited with {done.returncode}: {tail}")
+    fields = json.loads(done.stdout.splitlines()[-1])  # the last line: the seed
+    return Seed(**{**fields, "path": Path(fields["path"])})
+
+
+def _child() -> None:
+    os.nice(BUILD_NICE)
+    request = json.loads(sys.stdin.read())
+    db = Database(request["url"], pool_size=1)
+    try:
+        seed = build_seed(
+            Context(db=db, server_secret=secrets.token_bytes(32)), Path(request["dir"])
+        )
+    finally:
+        db.dispose()
+    print(json.dumps({**dataclasses.asdict(seed), "path": str(seed.path)}))
+
+
 class SeedKeeper:
     """This control-plane replica's seed: built at start, rebuilt when due (``keep``)."""
 
-    def __init__(self, ctx: Context, directory: Path, *, rebuild_changes: int = 10_000) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        directory: Path,
+        *,
+        rebuild_changes: int = 10_000,
+        in_child: bool = True,
+    ) -> None:
         self._ctx = ctx
         self.directory = directory
         self._rebuild_changes = rebuild_changes
+        self._build = build_in_child if in_child else build_seed
         self._building = threading.Lock()
         self.current: Seed | None = None
 
@@ -153,7 +202,7 @@ class SeedKeeper:
     def build(self) -> Seed:
         """Build a new seed now and serve it; the one it replaces is unlinked."""
         with self._building:
-            seed = build_seed(self._ctx, self.directory)
+            seed = self._build(self._ctx, self.directory)
             old, self.current = self.current, seed
         if old is not None and old.path != seed.path:
             with contextlib.suppress(FileNotFoundError):
@@ -169,8 +218,8 @@ class SeedKeeper:
         return seed
 
     async def keep(self, every: float = CHECK_SECONDS) -> None:
-        """Build the seed, then rebuild it whenever it is due, for the app's lifetime. The build
-        runs on a thread: the store and SQLite do the work, mostly without the GIL."""
+        """Build the seed, then rebuild it whenever it is due, for the app's lifetime (in a child
+        process, waited for on a thread)."""
         while True:
             try:
                 if await asyncio.to_thread(self.due):
@@ -180,3 +229,7 @@ class SeedKeeper:
             except Exception as error:  # a store error now and then: try again later
                 log.warning("seed_build_failed", error=type(error).__name__)
             await asyncio.sleep(every)
+
+
+if __name__ == "__main__":
+    _child()

@@ -36,7 +36,7 @@ def world(tmp_path: Path) -> Iterator[World]:
 
 @pytest.fixture
 def keeper(world: World, tmp_path: Path) -> SeedKeeper:
-    return SeedKeeper(world.ctx, tmp_path / "seed")
+    return SeedKeeper(world.ctx, tmp_path / "seed", in_child=False)
 
 
 @pytest.fixture
