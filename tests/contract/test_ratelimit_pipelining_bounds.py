@@ -1,0 +1,110 @@
+"""RedisLimiter's auto-pipelining keeps at most two batches on the wire (#18: `_submit`/`_flush`).
+
+Beside ``test_ratelimit_pipelining.py`` (whose helpers these use): the calls of one turn go as
+one batch after another, never two at once, and calls made while two batches are unanswered wait
+and go together in the next — counted by the script calls Redis ran and the connections the
+limiter opened (one per batch on the wire).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from keyplane.ratelimit import RedisLimiter, RequestLimit
+from tests.contract.test_ratelimit_failover import until
+from tests.contract.test_ratelimit_pipelining import limiter, script_calls
+from tests.support.redis import RedisServer
+
+QPM = RequestLimit("qpm", "key:1:qpm", 1000, 60.0)
+
+
+@asynccontextmanager
+async def warmed(server: RedisServer) -> AsyncIterator[tuple[RedisLimiter, Redis]]:
+    """A limiter that has made one call (Redis holds its batch script: no NOSCRIPT round trip
+    later) and no heartbeat within the test, beside a client of the test's own."""
+    shared = limiter(server, heartbeat=60.0)
+    client = Redis.from_url(server.url)
+    try:
+        await shared.start()
+        assert (await shared.acquire([QPM])).allowed
+        yield shared, client
+    finally:
+        await client.aclose()
+        await shared.aclose()
+
+
+async def turns() -> None:
+    """Lets the calls just made run to their flush and send (a few turns of the loop)."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def connections(client: Redis) -> int:
+    """The server's client connections but ``client``'s own."""
+    me = await client.client_id()
+    return sum(1 for c in await client.client_list() if int(c["id"]) != me)
+
+
+async def test_the_calls_of_one_turn_go_one_batch_after_another(server: RedisServer) -> None:
+    async with warmed(server) as (shared, client):
+        before = await script_calls(client)
+        decisions = await asyncio.gather(*(shared.acquire([QPM]) for _ in range(300)))
+        assert all(d.allowed for d in decisions)
+        assert await script_calls(client) - before == 3  # 128, 128 and 44
+        # The second batch went when the first was answered: one connection served them all.
+        assert await connections(client) == 1
+        await until(lambda: not shared._batches, "the batches forgotten once answered")
+
+
+async def test_calls_made_while_two_batches_are_unanswered_go_together_in_the_next(
+    server: RedisServer,
+) -> None:
+    async with warmed(server) as (shared, client):
+        before = await script_calls(client)
+        server.pause()
+        try:
+            calls = []
+            for _ in range(6):  # each in a turn of its own, sent if a batch may go
+                calls.append(asyncio.ensure_future(shared.acquire([QPM])))
+                await turns()
+        finally:
+            server.resume()
+        decisions = await asyncio.gather(*calls)
+        assert all(d.allowed and not d.degraded for d in decisions)
+        # The first two calls went alone; the other four waited for one of them, then went as one.
+        assert await script_calls(client) - before == 3
+        assert await connections(client) == 2
+
+
+async def test_a_script_error_fails_the_calls_of_its_batch_and_not_those_queued_behind(
+    server: RedisServer,
+) -> None:
+    # Not an outage: a key of the wrong type makes Redis refuse the batch's script, so its calls
+    # raise that error (a bug to surface), Redis stays in use, and the next batch is not touched.
+    bad = RequestLimit("qpm", "key:2:qpm", 1000, 60.0)
+    async with warmed(server) as (shared, client):
+        await client.set(shared.prefix + "r:key:2:qpm:log", "not a list")
+        server.pause()
+        try:
+            first = asyncio.ensure_future(shared.acquire([QPM]))  # on the wire alone
+            await turns()
+            second = [asyncio.ensure_future(shared.acquire([lim])) for lim in (bad, QPM)]
+            await turns()
+            queued = asyncio.ensure_future(shared.acquire([QPM]))  # two batches on the wire
+            await turns()
+        finally:
+            server.resume()
+        async with asyncio.timeout(10):
+            assert (await first).allowed
+            for call in second:
+                with pytest.raises(ResponseError, match="WRONGTYPE"):
+                    await call
+            assert (await queued).allowed
+        assert shared.available
+        assert shared.failures == 0
