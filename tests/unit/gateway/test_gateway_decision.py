@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx2
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -474,3 +475,44 @@ def test_a_malformed_time_in_a_view_names_its_field(fields: dict[str, Any], fiel
     with pytest.raises(InvalidArgument) as caught:
         record(**fields)
     assert caught.value.field == field
+
+
+async def _get(app: Gateway, path: str) -> httpx2.Response:
+    async with httpx2.AsyncClient(
+        transport=httpx2.ASGITransport(app=app), base_url="http://gateway"
+    ) as client:
+        return await client.get(path, headers={"Authorization": f"Bearer {SECRET}"})
+
+
+@pytest.mark.parametrize(
+    ("path", "disabled"),
+    [("/v1/api-key", ("api_key_disabled",)), ("/v1/me", ("api_key", "disabled"))],
+)
+async def test_a_disabled_or_expired_key_still_reads_its_own_state(
+    path: str, disabled: tuple[str, ...]
+) -> None:
+    # The two routes a key may use whatever its state: they are how its holder learns it.
+    for fields, is_disabled in (({"disabled": True}, True), ({"expireTime": ts(NOW - 1)}, False)):
+        answer = await _get(gateway(view(**fields)), path)
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        for name in disabled:
+            body = body[name]
+        assert body is is_disabled
+
+
+async def test_health_says_synced_and_the_limiter_s_state() -> None:
+    app = gateway()
+    assert (await _get(app, "/healthz")).json() == {
+        "status": "ok",
+        "synced": True,
+        "limiter": "ok",
+    }
+    degraded = Gateway(
+        GatewayConfig(cluster=US), app.replica, is_synced=lambda: False, limiter_ok=lambda: False
+    )
+    assert (await _get(degraded, "/healthz")).json() == {
+        "status": "ok",
+        "synced": False,
+        "limiter": "degraded",
+    }
