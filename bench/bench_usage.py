@@ -12,12 +12,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -46,7 +48,7 @@ BODY = {
     "messages": [{"role": "user", "content": "Say hello"}],
     "max_tokens": 4,
 }
-INGEST_RECORDS = 200_000
+INGEST_RECORDS = int(os.environ.get("BENCH_INGEST_RECORDS", "200000"))
 INGEST_BATCH = 5_000
 QUERY_RUNS = 40
 KEYS = 1000
@@ -221,9 +223,14 @@ def batches(team_ids: list[str], key_ids: list[str]) -> Iterator[bytes]:
 
 
 def ingest_rate(
-    tmp: Path, engine: str, pg_url: str | None, db_cpu: Callable[[], float] = lambda: 0.0
+    tmp: Path,
+    engine: str,
+    pg_url: str | None,
+    db_cpu: Callable[[], float] = lambda: 0.0,
+    shippers: int = 1,
 ) -> tuple[float, float, float, float]:
-    """Records/s over HTTP, p99 per batch, and CPU µs per record of the control plane plus the
+    """Records/s over HTTP with ``shippers`` gateways posting at once (each its batches in
+    order), p99 per batch, and CPU µs per record of the control plane plus the
     database server (``db_cpu``): the figure the machine's load does not inflate; and the CPU
     µs per record of folding those minutes into hours and days afterwards (this process plus
     the database server: the control plane does it in the background)."""
@@ -237,34 +244,41 @@ def ingest_rate(
     try:
         control = dep.start_control()
         ctx = open_context(dep.settings())
-        credential = feed.issue_credential(ctx, cluster=CLUSTER)
+        # One credential per gateway: a feed credential speaks for the one gateway that uses it.
+        credentials = [feed.issue_credential(ctx, cluster=CLUSTER) for _ in range(shippers)]
         ctx.db.dispose()
         team_ids = [str(uuid.uuid4()) for _ in range(20)]
         key_ids = [str(uuid.uuid4()) for _ in range(1000)]
         payloads = list(batches(team_ids, key_ids))
-        headers = {
-            "Authorization": f"Bearer {credential}",
-            "x-keyplane-gateway": f"{CLUSTER}/bench",
-            "content-type": "application/octet-stream",
-        }
-        latencies = []
-        offset = 0
-        with httpx2.Client(base_url=dep.control_url, headers=headers, timeout=60.0) as client:
-            cpu0 = cpu_seconds(pid_of(control)) + db_cpu()
-            started = time.perf_counter()
-            for data in payloads:
-                t0 = time.perf_counter()
-                r = client.post(
-                    INGEST_PATH,
-                    params={"segment": 1, "start": offset, "end": offset + len(data)},
-                    content=data,
-                )
-                assert r.status_code == 200, r.text
-                assert r.json()["accepted"] == INGEST_BATCH, r.text
-                latencies.append(time.perf_counter() - t0)
-                offset += len(data)
-            elapsed = time.perf_counter() - started
-            cpu = cpu_seconds(pid_of(control)) + db_cpu() - cpu0
+        latencies: list[float] = []
+
+        def ship(i: int) -> None:
+            """Gateway ``i``'s share of the batches, one after another, as its shipper posts."""
+            headers = {
+                "Authorization": f"Bearer {credentials[i]}",
+                "x-keyplane-gateway": f"{CLUSTER}/bench-{i}",
+                "content-type": "application/octet-stream",
+            }
+            offset = 0
+            with httpx2.Client(base_url=dep.control_url, headers=headers, timeout=60.0) as client:
+                for data in payloads[i::shippers]:
+                    t0 = time.perf_counter()
+                    r = client.post(
+                        INGEST_PATH,
+                        params={"segment": 1, "start": offset, "end": offset + len(data)},
+                        content=data,
+                    )
+                    assert r.status_code == 200, r.text
+                    assert r.json()["accepted"] == INGEST_BATCH, r.text
+                    latencies.append(time.perf_counter() - t0)
+                    offset += len(data)
+
+        cpu0 = cpu_seconds(pid_of(control)) + db_cpu()
+        started = time.perf_counter()
+        with ThreadPoolExecutor(shippers) as pool:
+            list(pool.map(ship, range(shippers)))
+        elapsed = time.perf_counter() - started
+        cpu = cpu_seconds(pid_of(control)) + db_cpu() - cpu0
         ctx = open_context(dep.settings())
         try:
             fold0 = time.process_time() + db_cpu()
@@ -279,59 +293,56 @@ def ingest_rate(
     return INGEST_RECORDS / elapsed, percentile(latencies, 99), cpu * per_record, fold * per_record
 
 
+#: How many gateways post at once in the ingest runs: one, and two (a cluster's pair).
+INGEST_SHIPPERS = (1, 2)
+
+
 def ingest_section(tmp: Path) -> str:
     from tests.support.postgres import PostgresServer, require_postgres
 
     rows = []
-    rate, p99, cpu, fold = ingest_rate(tmp, "sqlite", None)
-    rows.append(
-        (
-            "SQLite",
-            f"{rate:,.0f}",
-            f"{p99 * 1000:.0f} ms",
-            f"{cpu:.1f}",
-            f"{fold:.1f}",
-            f"{1e6 / (cpu + fold):,.0f}",
-        )
-    )
-    log(f"ingest sqlite {rate:.0f}/s, {cpu:.1f} + {fold:.1f} µs CPU/record")
+
+    def row(store: str, shippers: int, rate: float, p99: float, cpu: float, fold: float) -> None:
+        per_cpu = 1e6 / (cpu + fold)
+        rows.append(
+            (store, shippers, f"{rate:,.0f}", f"{p99 * 1000:.0f} ms", f"{cpu:.1f}", f"{fold:.1f}",
+             f"{per_cpu:,.0f}")
+        )  # fmt: skip
+        log(f"ingest {store} × {shippers}: {rate:.0f}/s, {cpu:.1f} + {fold:.1f} µs CPU/record")
+
+    for shippers in INGEST_SHIPPERS:
+        row("SQLite", shippers, *ingest_rate(tmp, f"sqlite-{shippers}", None, shippers=shippers))
     try:
         server = PostgresServer(require_postgres(), fsync=True).start()
     except BaseException as error:  # pytest.skip/fail raise BaseException subclasses
-        rows.append(("PostgreSQL", f"not run ({type(error).__name__})", "—", "—", "—", "—"))
+        rows.append(("PostgreSQL", "—", f"not run ({type(error).__name__})", "—", "—", "—", "—"))
     else:
         try:
             assert server._proc is not None
             pg_pid = server._proc.pid
-            rate, p99, cpu, fold = ingest_rate(
-                tmp,
-                "postgresql",
-                server.create_database("bench_usage"),
-                lambda: tree_cpu_seconds(pg_pid),
-            )
-            rows.append(
-                (
-                    "PostgreSQL (fsync on)",
-                    f"{rate:,.0f}",
-                    f"{p99 * 1000:.0f} ms",
-                    f"{cpu:.1f}",
-                    f"{fold:.1f}",
-                    f"{1e6 / (cpu + fold):,.0f}",
+            for shippers in INGEST_SHIPPERS:
+                measured = ingest_rate(
+                    tmp,
+                    f"postgresql-{shippers}",
+                    server.create_database(f"bench_usage_{shippers}"),
+                    lambda: tree_cpu_seconds(pg_pid),
+                    shippers=shippers,
                 )
-            )
-            log(f"ingest postgresql {rate:.0f}/s, {cpu:.1f} + {fold:.1f} µs CPU/record")
+                row("PostgreSQL (fsync on)", shippers, *measured)
         finally:
             server.stop()
     return (
         f"\n**Ingest** ({INGEST_RECORDS:,} records in batches of {INGEST_BATCH:,} over HTTP, "
         "1,000 keys × 3 models × 20 teams, a minute of live traffic; aim ≥ 20,000 "
-        "records/s). CPU is the control plane's plus the database server's (for PostgreSQL), "
-        "from /proc; the fold of those minutes into hours and days (in the background on a "
-        "control plane) is measured after, per record; records per CPU-second (ingest + fold) "
-        "is what one free core would ingest.\n\n"
+        "records/s), posted by one gateway, then by two at once (each its own credential and "
+        "spool, its batches in order). CPU is the control plane's plus the database server's "
+        "(for PostgreSQL), from /proc; the fold of those minutes into hours and days (in the "
+        "background on a control plane) is measured after, per record; records per CPU-second "
+        "(ingest + fold) is what one free core would ingest.\n\n"
         + table(
             [
                 "store",
+                "gateways",
                 "records/s (wall)",
                 "p99 per batch",
                 "ingest CPU µs/record",

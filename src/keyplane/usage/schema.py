@@ -81,6 +81,8 @@ def _rollup(name: str, *, covering: bool) -> Table:
 
 #: Per-minute, per-hour and per-UTC-day rollups of the same records; each also holds, under
 #: ``api_key_id = ALL_KEYS``, the team's totals over its keys.
+#: On PostgreSQL ``usage_minutes`` keeps 30 % of each page free (migration 0013): ingest updates
+#: the current minute's rows again and again, and with room on the page an update touches no index.
 usage_minutes = _rollup("usage_minutes", covering=False)
 usage_hours = _rollup("usage_hours", covering=True)
 usage_days = _rollup("usage_days", covering=True)
