@@ -81,3 +81,4 @@ def test_a_seed_behind_the_change_log_is_not_served(ctx: Context, tmp_path: Path
     assert second.revision == feed.current_revision(ctx)
     assert not first.path.exists()  # the older file is gone once the new one is served
     assert second.keys == 4
+    keeper.close()

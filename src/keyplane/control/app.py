@@ -66,6 +66,8 @@ def create_app(settings: Settings, ctx: Context, notifier: ChangeNotifier | None
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if seeds is not None:
+            seeds.close()
 
     async def _current_revision() -> int:
         return await asyncio.to_thread(feed.current_revision, ctx)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -32,6 +33,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import structlog
 
@@ -164,6 +166,21 @@ def _child() -> None:
     print(json.dumps({**dataclasses.asdict(seed), "path": str(seed.path)}))
 
 
+def _sweep(directory: Path) -> None:
+    """Unlink the seeds and half-built files of keepers gone (a restart leaves its seed behind):
+    those no live keeper holds a lock on, older than a build may take."""
+    old_enough = time.time() - BUILD_TIMEOUT
+    for path in [*directory.glob("seed-*.db"), *directory.glob("seed-*.tmp")]:
+        with contextlib.suppress(OSError), path.open("rb") as file:
+            if os.fstat(file.fileno()).st_mtime > old_enough:
+                continue
+            try:
+                fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live keeper serves it
+            path.unlink()
+
+
 class SeedKeeper:
     """This control-plane replica's seed: built at start, rebuilt when due (``keep``)."""
 
@@ -179,6 +196,7 @@ class SeedKeeper:
         self.directory = directory
         self._rebuild_changes = rebuild_changes
         self._build = build_in_child if in_child else build_seed
+        self._held: BinaryIO | None = None
         self._building = threading.Lock()
         self.current: Seed | None = None
 
@@ -200,13 +218,21 @@ class SeedKeeper:
         return not reachable or current - seed.revision > behind
 
     def build(self) -> Seed:
-        """Build a new seed now and serve it; the one it replaces is unlinked."""
+        """Build a new seed now and serve it; the one it replaces is unlinked, and so are the
+        files no live keeper holds (a stopped process's)."""
         with self._building:
             seed = self._build(self._ctx, self.directory)
+            held = seed.path.open("rb")
+            # Held shared while served: another replica's keeper sharing the directory leaves it.
+            fcntl.flock(held.fileno(), fcntl.LOCK_SH)
             old, self.current = self.current, seed
+            if self._held is not None:
+                self._held.close()
+            self._held = held
         if old is not None and old.path != seed.path:
             with contextlib.suppress(FileNotFoundError):
                 old.path.unlink()
+        _sweep(self.directory)
         log.info(
             "seed_built",
             revision=seed.revision,
@@ -216,6 +242,13 @@ class SeedKeeper:
             cpu=round(seed.cpu, 3),
         )
         return seed
+
+    def close(self) -> None:
+        """Stop holding the served seed (the file stays, for a sweep of a later keeper)."""
+        with self._building:
+            if self._held is not None:
+                self._held.close()
+                self._held = None
 
     async def keep(self, every: float = CHECK_SECONDS) -> None:
         """Build the seed, then rebuild it whenever it is due, for the app's lifetime (in a child

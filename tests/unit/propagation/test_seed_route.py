@@ -1,9 +1,12 @@
 """The seed route (``GET /internal/v1/seed``), in process: only a gateway's credential gets it;
 404 until a seed is ready; the file whole with its digest, revision and layout; ``Range`` with a
-matching ``If-Range`` resumes it (206), anything else sends it whole."""
+matching ``If-Range`` resumes it (206), anything else sends it whole. And the keeper's sweep of
+the files left by keepers gone."""
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +18,7 @@ from keyplane.control import errors as control_errors
 from keyplane.propagation import feed
 from keyplane.propagation.notifier import ChangeNotifier
 from keyplane.propagation.routes import feed_router
-from keyplane.propagation.seed import SeedKeeper
+from keyplane.propagation.seed import BUILD_TIMEOUT, SeedKeeper
 from keyplane.propagation.wire import (
     GATEWAY_HEADER,
     REPLICA_SCHEMA,
@@ -35,8 +38,10 @@ def world(tmp_path: Path) -> Iterator[World]:
 
 
 @pytest.fixture
-def keeper(world: World, tmp_path: Path) -> SeedKeeper:
-    return SeedKeeper(world.ctx, tmp_path / "seed", in_child=False)
+def keeper(world: World, tmp_path: Path) -> Iterator[SeedKeeper]:
+    made = SeedKeeper(world.ctx, tmp_path / "seed", in_child=False)
+    yield made
+    made.close()
 
 
 @pytest.fixture
@@ -102,3 +107,25 @@ def test_a_seed_the_log_no_longer_reaches_is_a_404(
     world.create()
     feed.compact(world.ctx, keep=1)
     assert http.get(SEED_PATH).status_code == 404
+
+
+def test_a_build_sweeps_what_no_live_keeper_holds(
+    world: World, keeper: SeedKeeper, tmp_path: Path
+) -> None:
+    """A restarted control plane's old seed (and a half-built file) goes; a seed another live
+    keeper sharing the directory serves stays, however old."""
+    world.create()
+    other = SeedKeeper(world.ctx, tmp_path / "seed", in_child=False)
+    served = other.build().path
+    stale = [tmp_path / "seed" / "seed-1-0123456789abcdef.db", tmp_path / "seed" / "seed-x.tmp"]
+    long_ago = time.time() - BUILD_TIMEOUT - 60
+    for path in stale:
+        path.write_bytes(b"left by a process gone")
+    for path in (*stale, served):
+        os.utime(path, (long_ago, long_ago))
+    world.create()
+    mine = keeper.build().path
+    assert not any(path.exists() for path in stale)
+    assert served.exists()
+    assert mine.exists()
+    other.close()
