@@ -40,6 +40,7 @@ from tests.contract.test_ratelimit_failover import (
     until,
 )
 from tests.support.limits import qpm
+from tests.support.procs import free_port
 from tests.support.redis import RedisServer
 
 LOGGER = "keyplane.ratelimit.redis"
@@ -417,5 +418,137 @@ async def test_a_limit_of_exactly_exact_max_is_logged_exactly_and_larger_ones_in
                 at = int(entry.split(":")[0])
                 assert at % width == 0, (key, entry)  # a bucket's end
         assert limiter.failures == 0
+    finally:
+        await limiter.aclose()
+
+
+async def test_an_idle_limiter_finds_each_outage_by_its_heartbeat_and_backs_off_without_error(
+    server: RedisServer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    async with (
+        replicas(server, FailurePolicy.LOCAL, count=1, heartbeat=0.1) as (a,),
+        admin(server) as client,
+    ):
+        replays = ReplayLog(a)
+        monkeypatch.setattr(a, "_replay", replays)
+        assert (await a.acquire([qpm(10)])).allowed  # then no call: only the heartbeat
+        server.stop()
+        await until(lambda: not a.available, "the heartbeat finding Redis gone")
+        (down,) = warnings_of(caplog)
+        assert down.startswith("redis unusable (health probe: ConnectionError: "), down
+        # Probes, backing off, each refused: none is a failure of the probe itself.
+        replays.calls.clear()
+        await until(lambda: len(replays.calls) >= 4, "four probes while Redis is gone")
+        server.start()
+        await until(lambda: a.available, "the limiter back on Redis")
+
+        await client.flushall()  # the server stays up: only the replay can tell
+        await until(lambda: not a.available, "the heartbeat finding Redis emptied")
+        lost = warnings_of(caplog)[-1]
+        assert lost.startswith("redis unusable (Redis lost the rate-limit state it held); "), lost
+        await until(lambda: a.available, "the limiter back on the emptied Redis")
+        assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_a_failing_probe_is_logged_and_probes_on(
+    server: RedisServer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    async with replicas(server, FailurePolicy.LOCAL, count=1, heartbeat=60.0) as (a,):
+        recover = a._recover
+        failed = asyncio.Event()
+
+        async def buggy() -> bool:  # a bug in the probe's first try, not an outage
+            if not failed.is_set():
+                failed.set()
+                raise RuntimeError("a bug")
+            return await recover()
+
+        monkeypatch.setattr(a, "_recover", buggy)
+        async with admin(server) as client, out_of_memory(client):
+            assert (await a.acquire([qpm(10)])).degraded
+            await failed.wait()
+        await until(lambda: a.available, "the probe going on after its failure")
+        (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert record.getMessage() == "rate-limit health probe failed"
+        assert record.exc_info is not None
+        assert isinstance(record.exc_info[1], RuntimeError)
+
+
+async def test_concurrent_first_calls_meet_redis_once(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limiter = RedisLimiter.from_url(
+        server.url, settings(FailurePolicy.LOCAL, f"test:{uuid.uuid4().hex}:", heartbeat=60.0)
+    )
+    replays = ReplayLog(limiter)
+    monkeypatch.setattr(limiter, "_replay", replays)
+    try:
+        decisions = await asyncio.gather(*(limiter.acquire([qpm(10)]) for _ in range(3)))
+        assert all(d.allowed and not d.degraded for d in decisions)
+        assert replays.calls == [(False, None)]  # the first call's: the others waited for it
+    finally:
+        await limiter.aclose()
+
+
+async def test_a_limiter_that_cannot_meet_redis_says_why(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    limiter = RedisLimiter.from_url(
+        f"redis://127.0.0.1:{free_port()}/0",
+        settings(FailurePolicy.DENY, "test:", heartbeat=60.0),
+    )
+    try:
+        await limiter.start()
+        assert not limiter.available
+        (down,) = warnings_of(caplog)
+        assert down.startswith("redis unusable (ConnectionError: "), down
+        assert down.endswith("); rate limits now follow the 'deny' failure policy"), down
+    finally:
+        await limiter.aclose()
+
+
+async def test_a_batch_answered_after_the_outage_was_found_restarts_the_blackout(
+    server: RedisServer,
+) -> None:
+    # local-strict refuses for one window after Redis was last known to decide: a batch sent
+    # before the outage was found and answered after it moves that moment to its answer.
+    clock = ManualClock(1000.0)
+    timeout = 2.0  # the second batch's margin: a second, on a loaded machine
+    limiter = RedisLimiter.from_url(
+        server.url,
+        settings(
+            FailurePolicy.LOCAL_STRICT,
+            f"test:{uuid.uuid4().hex}:",
+            timeout=timeout,
+            heartbeat=60.0,
+        ),
+        clock=clock,
+    )
+    qps = RequestLimit("qps", "key:1:qps", 100, 1.0)
+    try:
+        await limiter.start()
+        await stop_probe(limiter)
+        assert (await limiter.acquire([qps])).allowed
+        server.pause()
+        try:
+            first = asyncio.ensure_future(limiter.acquire([qps]))
+            # Not a race to paper over: the second batch must leave half a timeout later, so
+            # that Redis can answer it after the first has timed out.
+            await asyncio.sleep(timeout / 2)
+            second = asyncio.ensure_future(limiter.acquire([qps]))
+            assert (await first).degraded  # the first batch timed out: Redis is down (1000.0)
+            clock.advance(0.25)
+        finally:
+            server.resume()
+        late = await second
+        assert late.allowed
+        assert not late.degraded  # Redis decided it, at 1000.25
+        clock.advance(0.5)
+        refused = await limiter.acquire([qps])
+        assert refused.degraded
+        assert refused.retry_after == pytest.approx(0.5)  # a window from 1000.25, not 1000.0
     finally:
         await limiter.aclose()
