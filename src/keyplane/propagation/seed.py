@@ -13,7 +13,10 @@ Each control-plane replica keeps its own seed in its seed directory (``seed_dir`
 never a half-built file served. It is rebuilt when it falls more than
 ``max(seed_rebuild_changes, 5 % of its keys)`` revisions behind, or behind the change log kept
 (a gateway could not catch up from it). The older file is unlinked then: a download under way
-holds it open and finishes; one resumed later gets the new file whole (``If-Range``).
+holds it open and finishes; one resumed later gets the new file whole (``If-Range``). A keeper
+holds a shared lock on the file it serves; at start it serves the newest complete seed already
+in the directory (a restart's, checked against the digest in its name) instead of building one,
+and after each build it sweeps the files no live keeper holds.
 """
 
 from __future__ import annotations
@@ -166,6 +169,32 @@ def _child() -> None:
     print(json.dumps({**dataclasses.asdict(seed), "path": str(seed.path)}))
 
 
+def _read_seed(path: Path) -> Seed:
+    """A complete seed file's description; ValueError if its bytes are not the digest its name
+    starts with or its layout is not this one."""
+    started, cpu = time.perf_counter(), time.thread_time()
+    sha = _sha256(path)
+    if not path.stem.endswith(f"-{sha[:16]}"):
+        raise ValueError("a seed file whose bytes are not its name's")
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        layout = conn.execute("PRAGMA user_version").fetchone()[0]
+        meta = dict(conn.execute("SELECT name, value FROM meta").fetchall())
+    finally:
+        conn.close()
+    if layout != REPLICA_SCHEMA:
+        raise ValueError("a seed file of another layout")
+    return Seed(
+        path=path,
+        revision=int(meta["revision"]),
+        sha256=sha,
+        size=path.stat().st_size,
+        keys=int(meta["keys"]),
+        seconds=time.perf_counter() - started,
+        cpu=time.thread_time() - cpu,
+    )
+
+
 def _sweep(directory: Path) -> None:
     """Unlink the seeds and half-built files of keepers gone (a restart leaves its seed behind):
     those no live keeper holds a lock on, older than a build may take."""
@@ -250,9 +279,39 @@ class SeedKeeper:
                 self._held.close()
                 self._held = None
 
+    def reuse(self) -> Seed | None:
+        """Serve the newest complete seed already in the directory (this replica's before a
+        restart, or another's), once its bytes match its name's digest and its layout is this
+        one: a restart need not build one again. ``due`` says whether it is still fresh."""
+        found: list[tuple[int, Path]] = []
+        for path in self.directory.glob("seed-*.db"):
+            parts = path.stem.split("-")
+            if len(parts) == 3 and parts[1].isdigit():
+                found.append((int(parts[1]), path))
+        for _, path in sorted(found, reverse=True):
+            with contextlib.suppress(OSError, ValueError, KeyError, sqlite3.Error):
+                held = path.open("rb")
+                try:
+                    fcntl.flock(held.fileno(), fcntl.LOCK_SH)  # no sweep takes it from now on
+                    if os.stat(path).st_ino != os.fstat(held.fileno()).st_ino:
+                        raise ValueError("swept meanwhile")
+                    seed = _read_seed(path)
+                except BaseException:
+                    held.close()
+                    raise
+                with self._building:
+                    if self._held is not None:
+                        self._held.close()
+                    self._held, self.current = held, seed
+                log.info("seed_reused", revision=seed.revision, keys=seed.keys, bytes=seed.size)
+                return seed
+        return None
+
     async def keep(self, every: float = CHECK_SECONDS) -> None:
-        """Build the seed, then rebuild it whenever it is due, for the app's lifetime (in a child
-        process, waited for on a thread)."""
+        """Serve a seed left in the directory, if any; build one when due (at once if there is
+        none), for the app's lifetime (in a child process, waited for on a thread)."""
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(self.reuse)
         while True:
             try:
                 if await asyncio.to_thread(self.due):

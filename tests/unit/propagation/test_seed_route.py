@@ -129,3 +129,33 @@ def test_a_build_sweeps_what_no_live_keeper_holds(
     assert served.exists()
     assert mine.exists()
     other.close()
+
+
+def test_a_restarted_keeper_serves_the_seed_it_left(
+    world: World, keeper: SeedKeeper, tmp_path: Path
+) -> None:
+    """A control plane that restarts serves the seed already built (checked against its name's
+    digest), and builds again only when that one is due; a damaged file is not served."""
+    world.create()
+    built = keeper.build()
+    keeper.close()  # the process stops
+    again = SeedKeeper(world.ctx, tmp_path / "seed", in_child=False)
+    reused = again.reuse()
+    assert reused is not None
+    assert (reused.path, reused.revision, reused.sha256, reused.size, reused.keys) == (
+        built.path,
+        built.revision,
+        built.sha256,
+        built.size,
+        built.keys,
+    )
+    assert again.current == reused
+    assert not again.due()
+    again.close()
+    with built.path.open("r+b") as file:
+        file.seek(built.size // 2)
+        file.write(b"\xff")
+    damaged = SeedKeeper(world.ctx, tmp_path / "seed", in_child=False)
+    assert damaged.reuse() is None
+    assert damaged.due()
+    damaged.close()
