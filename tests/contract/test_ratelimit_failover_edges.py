@@ -12,6 +12,7 @@ entries of a limit of exactly ``exact_max`` and of a bucketed one.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import re
 import time
@@ -552,3 +553,32 @@ async def test_a_batch_answered_after_the_outage_was_found_restarts_the_blackout
         assert refused.retry_after == pytest.approx(0.5)  # a window from 1000.25, not 1000.0
     finally:
         await limiter.aclose()
+
+
+async def test_probes_back_off_by_doubling_from_probe_min_to_probe_max(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with replicas(
+        server, FailurePolicy.LOCAL, count=1, heartbeat=60.0, probe_min=0.1, probe_max=2.0
+    ) as (a,):
+        loop = asyncio.get_running_loop()
+        recover = a._recover
+        probes: list[float] = []
+
+        async def timed() -> bool:
+            probes.append(loop.time())
+            return await recover()
+
+        monkeypatch.setattr(a, "_recover", timed)
+        server.stop()
+        assert (await a.acquire([qpm(10)])).degraded
+        await until(lambda: len(probes) >= 5, "five probes of a Redis that is gone")
+        gaps = [later - earlier for earlier, later in itertools.pairwise(probes[:5])]
+        # At least the doubled delay each (0.2, 0.4, 0.8, 1.6 s: asyncio.sleep never wakes
+        # early), and not much more in all: a backoff by 3, or one straight to probe_max, takes
+        # 2 s more than these 3 s.
+        for gap, delay in zip(gaps, (0.2, 0.4, 0.8, 1.6), strict=True):
+            assert gap >= delay - 0.005, gaps
+        assert sum(gaps) < 3.0 + 1.0, gaps
+        server.start()
+        await until(lambda: a.available, "the limiter back on Redis")
