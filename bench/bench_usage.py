@@ -12,8 +12,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +46,7 @@ from _harness import (
 CLUSTER = "us-east-1"
 CONCURRENCY = 16
 ROUND_REQUESTS = 1500
-ROUNDS = 4
+ROUNDS = 6
 BODY = {
     "model": "grok-3-mini",
     "messages": [{"role": "user", "content": "Say hello"}],
@@ -78,6 +82,42 @@ async def _drive(url: str, headers: dict[str, str], n: int) -> dict[int, int]:
 
         await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
     return statuses
+
+
+def voluntary_switches(pid: int) -> int:
+    """Voluntary context switches of all of a process's threads: how often it blocked."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+    return total
+
+
+@contextlib.contextmanager
+def count_syscalls(pid: int) -> Iterator[list[int]]:
+    """The process's system calls while the block runs (``perf stat``; an empty list without
+    perf or its permission)."""
+    counted: list[int] = []
+    if shutil.which("perf") is None:
+        yield counted
+        return
+    perf = subprocess.Popen(
+        ["perf", "stat", "-x,", "-e", "raw_syscalls:sys_enter", "-p", str(pid)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.3)  # attached
+    try:
+        yield counted
+    finally:
+        perf.send_signal(signal.SIGINT)
+        _, err = perf.communicate(timeout=30)
+        for line in err.splitlines():
+            fields = line.split(",")
+            if len(fields) > 2 and fields[2].startswith("raw_syscalls") and fields[0].isdigit():
+                counted.append(int(fields[0]))
 
 
 def meter_micro() -> float:
@@ -116,7 +156,7 @@ def gateway_section(tmp: Path) -> str:
         dep.start_control()
         models = dep.start_models()
         gateways = {
-            "on": dep.start_gateway(CLUSTER),
+            "on": dep.start_gateway(CLUSTER, env=unshared),
             "off": dep.start_gateway(
                 CLUSTER, replica=1, env={"KEYPLANE_USAGE__METERING": "false", **unshared}
             ),
@@ -136,18 +176,26 @@ def gateway_section(tmp: Path) -> str:
 
             wait_for(known, what=f"key on {gw.name}")
         per_request: dict[str, list[float]] = {label: [] for label in gateways}
+        # What the load does not change: system calls and blocking waits per request.
+        syscalls: dict[str, list[float]] = {label: [] for label in gateways}
+        waits: dict[str, list[float]] = {label: [] for label in gateways}
         statuses: dict[str, dict[int, int]] = {label: {} for label in gateways}
         labels = list(gateways)
         for round_ in range(ROUNDS + 1):
             # Each round in another order: no gateway always runs first or last.
             for label in labels[round_ % 3 :] + labels[: round_ % 3]:
                 gw = gateways[label]
-                c0 = cpu_seconds(pid_of(gw))
-                got = asyncio.run(_drive(gw.url + "/v1/chat/completions", auth, ROUND_REQUESTS))
-                cpu = cpu_seconds(pid_of(gw)) - c0
+                pid = pid_of(gw)
+                with count_syscalls(pid) as counted:
+                    c0, w0 = cpu_seconds(pid), voluntary_switches(pid)
+                    got = asyncio.run(_drive(gw.url + "/v1/chat/completions", auth, ROUND_REQUESTS))
+                    cpu, waited = cpu_seconds(pid) - c0, voluntary_switches(pid) - w0
                 if round_ == 0:
                     continue  # warm-up
                 per_request[label].append(cpu / ROUND_REQUESTS * 1e6)
+                waits[label].append(waited / ROUND_REQUESTS)
+                if counted:
+                    syscalls[label].append(counted[0] / ROUND_REQUESTS)
                 for status, count in got.items():
                     statuses[label][status] = statuses[label].get(status, 0) + count
         log(f"metering rounds: {per_request}")
@@ -167,6 +215,10 @@ def gateway_section(tmp: Path) -> str:
     finally:
         dep.stop_all()
 
+    def per(label: str) -> str:
+        calls = f"{statistics.median(syscalls[label]):.2f}" if syscalls[label] else "—"
+        return f"{calls} / {statistics.median(waits[label]):.3f}"
+
     def rounds(label: str) -> str:
         values = per_request[label]
         return f"{med[label]:.0f} (rounds {min(values):.0f}–{max(values):.0f})"
@@ -179,6 +231,10 @@ def gateway_section(tmp: Path) -> str:
         ("on, again / off", f"{ratio_again:.3f}"),
         ("on / on, again (A/A control: the machine's floor)", f"{control:.3f}"),
         ("`Meter.finish` alone (encode + one os.write), CPU µs", f"{micro:.2f}"),
+        *(
+            (f"system calls / voluntary context switches per request, {label}", per(label))
+            for label in gateways
+        ),
         ("statuses", "; ".join(f"{k}: {v}" for k, v in statuses.items())),
     ]
     return (

@@ -6,8 +6,9 @@ survive power loss too. A small ``cursor`` file says how far the control plane h
 a segment is deleted only when everything in it is acknowledged, so after any crash the gateway
 resends from the cursor and the control plane drops what it already has (by offset).
 
-Everything but ``sync`` and ``read`` runs on the event loop's thread; ``read`` only touches bytes
-below the size it is given, which are complete.
+Everything but ``sync`` runs on the event loop's thread, and ``read`` of an older segment (a
+backlog, perhaps not in the page cache); ``read`` only touches bytes below the size it is given,
+which are complete.
 """
 
 from __future__ import annotations
@@ -142,11 +143,17 @@ class Spool:
         return segment, offset, size
 
     def read(self, segment: int, start: int, end: int, limit: int) -> Batch:
-        """The whole frames in ``[start, end)``, at most ``limit`` bytes of them (at least one)."""
-        with open(self._path(segment), "rb") as f:
-            f.seek(start)
-            # Room for one frame at least, whatever the limit.
-            data = f.read(min(end - start, max(limit, HEADER_SIZE + MAX_FRAME)))
+        """The whole frames in ``[start, end)``, at most ``limit`` bytes of them (at least one).
+        From the segment being appended to: one ``pread`` of the append descriptor, pages just
+        written (cheap enough for the event loop); from an older one, the file opened."""
+        # Room for one frame at least, whatever the limit.
+        size = min(end - start, max(limit, HEADER_SIZE + MAX_FRAME))
+        if segment == self.segment:
+            data = os.pread(self._fd, size, start)
+        else:
+            with open(self._path(segment), "rb") as f:
+                f.seek(start)
+                data = f.read(size)
         last = start
         for _, frame_end, _ in iter_frames(data, start):
             if frame_end - start > limit and last > start:
