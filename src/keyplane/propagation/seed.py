@@ -137,35 +137,73 @@ def build_seed(ctx: Context, directory: Path) -> Seed:
     )
 
 
-def build_in_child(ctx: Context, directory: Path) -> Seed:
+class ChildBuild:
     """``build_seed`` in a child process at a lower CPU priority, so the control plane's requests
     are neither starved of CPU nor of the GIL meanwhile. The store's URL (which may hold a
-    password) goes through the child's stdin, never its command line."""
-    request = {"url": ctx.db.url.render_as_string(hide_password=False), "dir": str(directory)}
-    done = subprocess.run(
-        [sys.executable, "-m", "keyplane.propagation.seed"],
-        input=json.dumps(request).encode(),
-        capture_output=True,
-        timeout=BUILD_TIMEOUT,
-        check=False,
-    )
-    if done.returncode != 0:
-        tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:]
-        raise RuntimeError(f"the seed build exited with {done.returncode}: {tail}")
-    fields = json.loads(done.stdout.splitlines()[-1])  # the last line: the seed
-    return Seed(**{**fields, "path": Path(fields["path"])})
+    password) goes through the child's stdin, never its command line; the stdin stays open while
+    it builds, and the child exits as soon as it closes (the control plane stopped, or ``stop``),
+    so no build outlives its control plane."""
+
+    def __init__(self) -> None:
+        self._running: subprocess.Popen[bytes] | None = None
+
+    def __call__(self, ctx: Context, directory: Path) -> Seed:
+        request = {"url": ctx.db.url.render_as_string(hide_password=False), "dir": str(directory)}
+        child = subprocess.Popen(
+            [sys.executable, "-m", "keyplane.propagation.seed"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,  # what went wrong comes back on stdout
+        )
+        self._running = child
+        stdin, stdout = child.stdin, child.stdout
+        if stdin is None or stdout is None:  # never: both are pipes
+            raise RuntimeError("the seed builder has no pipes")
+        watchdog = threading.Timer(BUILD_TIMEOUT, child.kill)
+        watchdog.start()
+        try:
+            with contextlib.suppress(BrokenPipeError):  # a child gone at once says why on stdout
+                stdin.write(json.dumps(request).encode() + b"\n")
+                stdin.flush()
+            out = stdout.read()
+            child.wait()
+        finally:
+            watchdog.cancel()
+            self._running = None
+            with contextlib.suppress(OSError):
+                stdin.close()
+            stdout.close()
+        lines = out.splitlines()
+        fields = json.loads(lines[-1]) if lines else {}
+        if child.returncode != 0 or "error" in fields:
+            raise RuntimeError(f"the seed build failed ({child.returncode}): {fields.get('error')}")
+        return Seed(**{**fields, "path": Path(fields["path"])})
+
+    def stop(self) -> None:
+        child = self._running
+        if child is not None and child.poll() is None:
+            child.kill()
+
+
+def _die_with_parent() -> None:
+    sys.stdin.read()  # returns at EOF: the control plane is gone, or gave this build up
+    os._exit(3)
 
 
 def _child() -> None:
     os.nice(BUILD_NICE)
-    request = json.loads(sys.stdin.read())
-    db = Database(request["url"], pool_size=1)
+    request = json.loads(sys.stdin.readline())
+    threading.Thread(target=_die_with_parent, daemon=True).start()
     try:
-        seed = build_seed(
-            Context(db=db, server_secret=secrets.token_bytes(32)), Path(request["dir"])
-        )
-    finally:
-        db.dispose()
+        db = Database(request["url"], pool_size=1)
+        try:
+            ctx = Context(db=db, server_secret=secrets.token_bytes(32))  # unused: nothing sealed
+            seed = build_seed(ctx, Path(request["dir"]))
+        finally:
+            db.dispose()
+    except Exception as error:  # said on stdout, the one channel the parent reads
+        print(json.dumps({"error": f"{type(error).__name__}: {error}"[:500]}))
+        sys.exit(1)
     print(json.dumps({**dataclasses.asdict(seed), "path": str(seed.path)}))
 
 
@@ -224,7 +262,8 @@ class SeedKeeper:
         self._ctx = ctx
         self.directory = directory
         self._rebuild_changes = rebuild_changes
-        self._build = build_in_child if in_child else build_seed
+        self._child = ChildBuild() if in_child else None
+        self._build = self._child or build_seed
         self._held: BinaryIO | None = None
         self._building = threading.Lock()
         self.current: Seed | None = None
@@ -273,7 +312,10 @@ class SeedKeeper:
         return seed
 
     def close(self) -> None:
-        """Stop holding the served seed (the file stays, for a sweep of a later keeper)."""
+        """Stop a build under way and holding the served seed (the file stays, for a sweep of a
+        later keeper)."""
+        if self._child is not None:
+            self._child.stop()
         with self._building:
             if self._held is not None:
                 self._held.close()

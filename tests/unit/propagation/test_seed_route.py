@@ -6,6 +6,7 @@ the files left by keepers gone."""
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from keyplane.control import errors as control_errors
 from keyplane.propagation import feed
 from keyplane.propagation.notifier import ChangeNotifier
 from keyplane.propagation.routes import feed_router
-from keyplane.propagation.seed import BUILD_TIMEOUT, SeedKeeper
+from keyplane.propagation.seed import BUILD_TIMEOUT, ChildBuild, SeedKeeper
 from keyplane.propagation.wire import (
     GATEWAY_HEADER,
     REPLICA_SCHEMA,
@@ -27,6 +28,8 @@ from keyplane.propagation.wire import (
     SEED_REVISION_HEADER,
     SEED_SCHEMA_HEADER,
 )
+from keyplane.services.context import Context
+from keyplane.storage.db import Database
 from tests.unit.propagation.test_propagation_status import US, World
 
 
@@ -159,3 +162,15 @@ def test_a_restarted_keeper_serves_the_seed_it_left(
     assert damaged.reuse() is None
     assert damaged.due()
     damaged.close()
+
+
+def test_a_failed_child_build_says_why(tmp_path: Path) -> None:
+    """The builder process reports its error on its stdout; nothing half-built is left."""
+    db = Database(f"sqlite:///{tmp_path / 'no-tables.db'}", pool_size=1)
+    try:
+        ctx = Context(db=db, server_secret=secrets.token_bytes(32))
+        with pytest.raises(RuntimeError, match="the seed build failed .1.: Unavailable"):
+            ChildBuild()(ctx, tmp_path / "seed")
+    finally:
+        db.dispose()
+    assert not list((tmp_path / "seed").glob("seed-*"))
