@@ -169,7 +169,7 @@ def test_a_failed_child_build_says_why(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path / 'no-tables.db'}", pool_size=1)
     try:
         ctx = Context(db=db, server_secret=secrets.token_bytes(32))
-        with pytest.raises(RuntimeError, match="the seed build failed .1.: Unavailable"):
+        with pytest.raises(RuntimeError, match=r"the seed build failed \(1\): Unavailable"):
             ChildBuild()(ctx, tmp_path / "seed")
     finally:
         db.dispose()
