@@ -108,3 +108,18 @@ async def test_a_script_error_fails_the_calls_of_its_batch_and_not_those_queued_
             assert (await queued).allowed
         assert shared.available
         assert shared.failures == 0
+
+
+async def test_a_flush_that_finds_nothing_pending_sends_nothing(server: RedisServer) -> None:
+    # A batch failing with an outage takes the calls queued behind it along (they meet the same
+    # Redis), so a flush already due can find the queue empty: it must not send an empty batch.
+    async with warmed(server) as (shared, _):
+        await until(lambda: not shared._batches, "the warm-up's batch forgotten")
+        assert shared._in_flight == 0
+        shared._flush_due = True
+        shared._flush()
+        assert not shared._flush_due
+        assert shared._in_flight == 0
+        assert not shared._batches
+        assert (await shared.acquire([QPM])).allowed
+        assert shared._in_flight == 0
