@@ -228,6 +228,9 @@ class Settings(BaseSettings):
     seed_dir: Path | None = None
     #: Serve fresh gateways a seed file (else they always take the row snapshot).
     seed_enabled: bool = True
+    #: A seed is first built once the store holds this many keys: below it, the row snapshot
+    #: reaches a fresh gateway as quickly, without a builder process and a file to keep.
+    seed_min_keys: int = Field(default=20_000, ge=0)
     #: The seed is rebuilt once it is this many revisions behind (or 5 % of its keys, if more).
     seed_rebuild_changes: int = Field(default=10_000, ge=1)
     #: Longest a gateway's feed long-poll waits for news: it polls at least this often.

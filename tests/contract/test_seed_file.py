@@ -82,3 +82,21 @@ def test_a_seed_behind_the_change_log_is_not_served(ctx: Context, tmp_path: Path
     assert not first.path.exists()  # the older file is gone once the new one is served
     assert second.keys == 4
     keeper.close()
+
+
+def test_no_seed_is_built_for_a_store_below_min_keys(ctx: Context, tmp_path: Path) -> None:
+    """Below ``seed_min_keys`` the row snapshot serves fresh gateways: no builder, no file."""
+    p = principal_of(ctx)
+    made = [create(ctx, p, name=f"k{i}") for i in range(3)]
+    keeper = SeedKeeper(ctx, tmp_path / "seed", min_keys=3, in_child=False)
+    assert feed.key_count(ctx) == 3
+    assert keeper.due()  # at the threshold
+    keys.delete_key(ctx, principal=p, api_key_id=made[0].key.api_key_id)
+    assert feed.key_count(ctx) == 2
+    assert not keeper.due()
+    assert keeper.ready() is None
+    create(ctx, p, name="again")
+    assert keeper.due()
+    assert keeper.build().keys == 3
+    assert not keeper.due()  # built: from now on rebuilt by how far it is behind
+    keeper.close()

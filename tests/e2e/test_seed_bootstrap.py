@@ -26,7 +26,7 @@ def whoami(dep: Deployment, secret: str) -> httpx2.Response:
 
 
 def test_a_fresh_gateway_starts_from_the_seed_and_catches_up(tmp_path: Path) -> None:
-    dep = Deployment(tmp_path, clusters=[CLUSTER])
+    dep = Deployment(tmp_path, clusters=[CLUSTER], top_config="seed_min_keys = 0")
     try:
         team, mgmt = dep.create_team("acme")
         with admin_context(dep) as ctx:

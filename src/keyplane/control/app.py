@@ -43,6 +43,7 @@ def create_app(settings: Settings, ctx: Context, notifier: ChangeNotifier | None
             ctx,
             settings.seed_dir or settings.data_dir / "seed",
             rebuild_changes=settings.seed_rebuild_changes,
+            min_keys=settings.seed_min_keys,
         )
         if settings.seed_enabled
         else None

@@ -153,6 +153,12 @@ def _log_reaches(conn: Any, after: int) -> bool:
     return oldest is not None and after >= oldest - 1
 
 
+def key_count(ctx: Context) -> int:
+    """How many keys a snapshot (or a seed) would hold now."""
+    with ctx.db.read() as conn:
+        return snapshot.key_count(conn)
+
+
 def catch_up_from(ctx: Context, revision: int) -> tuple[int, bool]:
     """The head, and whether a gateway at ``revision`` can reach it through the change feed (it
     is there already, or the log still holds every change since): else it needs a snapshot."""

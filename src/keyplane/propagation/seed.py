@@ -257,11 +257,13 @@ class SeedKeeper:
         directory: Path,
         *,
         rebuild_changes: int = 10_000,
+        min_keys: int = 0,
         in_child: bool = True,
     ) -> None:
         self._ctx = ctx
         self.directory = directory
         self._rebuild_changes = rebuild_changes
+        self._min_keys = min_keys
         self._child = ChildBuild() if in_child else None
         self._build = self._child or build_seed
         self._held: BinaryIO | None = None
@@ -280,7 +282,7 @@ class SeedKeeper:
     def due(self) -> bool:
         seed = self.current
         if seed is None:
-            return True
+            return self._min_keys == 0 or feed.key_count(self._ctx) >= self._min_keys
         current, reachable = feed.catch_up_from(self._ctx, seed.revision)
         behind = max(self._rebuild_changes, int(seed.keys * REBUILD_SHARE))
         return not reachable or current - seed.revision > behind

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, select, text
+from sqlalchemy import Connection, func, select, text
 
 from keyplane.domain.timefmt import format_micros
 from keyplane.storage import tables as t
@@ -93,6 +93,11 @@ def key_rows(conn: Connection, *, after: str | None = None) -> Iterator[list[Any
         ]
     if row is not None:
         yield _newest_first(row, created)
+
+
+def key_count(conn: Connection) -> int:
+    """How many keys a snapshot holds: a count over the keys' primary index."""
+    return int(conn.execute(select(func.count()).select_from(t.api_keys)).scalar_one())
 
 
 def _ts(value: int | None) -> str | None:
