@@ -62,6 +62,13 @@ class Upstream(Protocol):
         ...
 
 
+#: How long an idle pooled connection to a model server is kept. Below the keep-alive of the
+#: servers in front of most models (uvicorn's, so vLLM's and keyplane's own: 5 s), so the pool
+#: drops a connection before the server does: with 60 s, a request sent on a connection the
+#: server was closing that instant failed as a 502 (ClientOSError) after any pause in traffic.
+KEEPALIVE_SECONDS = 4.0
+
+
 class AiohttpUpstream:
     """Upstreams through one pooled aiohttp session (measured 10-20x cheaper per request than an
     httpx client here). ``read_timeout`` bounds silence, not a whole answer: a long stream may
@@ -74,7 +81,9 @@ class AiohttpUpstream:
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=1024, keepalive_timeout=60, ttl_dns_cache=300)
+        connector = aiohttp.TCPConnector(
+            limit=1024, keepalive_timeout=KEEPALIVE_SECONDS, ttl_dns_cache=300
+        )
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=self._timeout, auto_decompress=False
         )
