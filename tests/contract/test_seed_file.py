@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from keyplane.domain import keysecrets
-from keyplane.gateway.replica import Replica, ReplicaStore, seed_revision
+from keyplane.gateway.replica import Replica, ReplicaStore
 from keyplane.propagation import feed
 from keyplane.propagation.seed import SeedKeeper, build_seed
-from keyplane.propagation.wire import row_to_view
+from keyplane.propagation.wire import row_to_view, seed_revision
 from keyplane.services import keys
 from keyplane.services.context import Context
 from tests.contract.test_storage import create, principal_of

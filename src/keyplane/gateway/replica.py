@@ -36,6 +36,7 @@ from keyplane.propagation.wire import (
     INSERT_ROWS,
     REPLICA_SCHEMA,
     REPLICA_TABLES,
+    fsync_path,
     row_to_view,
     view_to_row,
 )
@@ -45,7 +46,6 @@ _decode_row = msgspec.json.Decoder(list[Any]).decode
 
 #: Hot keys kept decoded in memory (a few hundred bytes each).
 CACHE_KEYS = 16_384
-_SCHEMA = REPLICA_SCHEMA
 
 
 class _Head(msgspec.Struct, array_like=True):
@@ -171,11 +171,11 @@ class ReplicaStore:
 
     def _setup(self) -> None:
         c = self._conn
-        if c.execute("PRAGMA user_version").fetchone()[0] != _SCHEMA:
+        if c.execute("PRAGMA user_version").fetchone()[0] != REPLICA_SCHEMA:
             # An older layout (or none): start over; the feed sends a snapshot.
             for table in ("keys", "digests", "meta", "snap_keys", "snap_digests"):
                 c.execute(f"DROP TABLE IF EXISTS {table}")
-            c.execute(f"PRAGMA user_version={_SCHEMA}")
+            c.execute(f"PRAGMA user_version={REPLICA_SCHEMA}")
         for table in REPLICA_TABLES:
             c.execute(table)
 
@@ -282,11 +282,7 @@ class ReplicaStore:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(f"{self.path}{suffix}")
             os.replace(seed, self.path)
-            directory = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+            fsync_path(self.path.parent)
             self._conn = self._open(self.path)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._setup()
@@ -299,26 +295,6 @@ class ReplicaStore:
             if self._reader is not self._conn:
                 self._reader.close()
             self._conn.close()
-
-
-def seed_revision(path: Path) -> tuple[int, int]:
-    """The revision of a replica file (a seed, before it is adopted) and the keys it holds (as its
-    builder counted them); ValueError if it is not a replica file of this layout."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version != REPLICA_SCHEMA:
-            raise ValueError(f"a replica file of layout {version}, not {REPLICA_SCHEMA}")
-        found = conn.execute("SELECT value FROM meta WHERE name='revision'").fetchone()
-        keys = conn.execute("SELECT value FROM meta WHERE name='keys'").fetchone()
-        conn.execute("SELECT 1 FROM keys JOIN digests ON digests.id = keys.id LIMIT 1").fetchall()
-    except sqlite3.Error as error:
-        raise ValueError(f"not a replica file: {error}") from error
-    finally:
-        conn.close()
-    if found is None:
-        raise ValueError("a replica file without its revision")
-    return int(found[0]), 0 if keys is None else int(keys[0])
 
 
 def _by_revision(change: Change) -> int:

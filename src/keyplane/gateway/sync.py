@@ -13,18 +13,16 @@ enforcing what it last applied, and the follower retries with a capped backoff. 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import aiohttp
 import msgspec
 import structlog
 
-from keyplane.gateway.replica import Change, Replica, ReplicaStore, seed_revision
+from keyplane.gateway.replica import Change, Replica, ReplicaStore
 from keyplane.private_files import private_file
 from keyplane.propagation import wire
 from keyplane.propagation.wire import CHANGES_PATH, GATEWAY_HEADER, ROWS, SNAPSHOT_PATH
@@ -165,7 +163,7 @@ class FeedFollower:
             ):
                 raise ValueError("the seed resumed at another byte than asked")
             size = offset + int(response.headers["content-length"])
-            hasher = await asyncio.to_thread(_hashed, target if resumed else None)
+            hasher = await asyncio.to_thread(wire.file_sha256, target if resumed else None)
             private_file(target)
             times = {"answered": time.perf_counter() - t0, "resumed_at": float(offset)}
             with target.open("ab" if resumed else "wb") as file:
@@ -195,7 +193,7 @@ class FeedFollower:
             target.unlink(missing_ok=True)
             return False
         try:
-            found, keys = await asyncio.to_thread(seed_revision, target)
+            found, keys = await asyncio.to_thread(wire.seed_revision, target)
         except ValueError as error:
             log.error("seed_unreadable", error=str(error))
             target.unlink(missing_ok=True)
@@ -329,16 +327,6 @@ class FeedFollower:
             keys=staged.keys,
             **{name: round(value, 3) for name, value in times.items()},
         )
-
-
-def _hashed(part: Path | None) -> Any:
-    """A SHA-256 of the bytes already downloaded into ``part`` (a resumed download)."""
-    digest = hashlib.sha256()
-    if part is not None:
-        with part.open("rb") as file:
-            while block := file.read(SEED_WRITE):
-                digest.update(block)
-    return digest
 
 
 def _durable(file: BinaryIO) -> None:

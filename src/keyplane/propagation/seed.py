@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import dataclasses
 import fcntl
-import hashlib
 import json
 import os
 import secrets
@@ -42,7 +41,15 @@ import structlog
 
 from keyplane.private_files import private_dir, private_file
 from keyplane.propagation import feed
-from keyplane.propagation.wire import INDEX_DIGESTS, INSERT_ROWS, REPLICA_SCHEMA, REPLICA_TABLES
+from keyplane.propagation.wire import (
+    INDEX_DIGESTS,
+    INSERT_ROWS,
+    REPLICA_SCHEMA,
+    REPLICA_TABLES,
+    file_sha256,
+    fsync_path,
+    seed_revision,
+)
 from keyplane.services.context import Context
 from keyplane.storage.db import Database
 
@@ -69,22 +76,6 @@ class Seed:
     #: Wall time and CPU (of the building thread) the build took, in seconds.
     seconds: float
     cpu: float
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while block := file.read(_READ):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def build_seed(ctx: Context, directory: Path) -> Seed:
@@ -117,11 +108,11 @@ def build_seed(ctx: Context, directory: Path) -> Seed:
             out.execute("COMMIT")
         finally:
             out.close()
-        _fsync(tmp)
-        sha = _sha256(tmp)
+        fsync_path(tmp)
+        sha = file_sha256(tmp).hexdigest()
         path = directory / f"seed-{revision}-{sha[:16]}.db"
         os.replace(tmp, path)
-        _fsync(directory)
+        fsync_path(directory)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -211,23 +202,16 @@ def _read_seed(path: Path) -> Seed:
     """A complete seed file's description; ValueError if its bytes are not the digest its name
     starts with or its layout is not this one."""
     started, cpu = time.perf_counter(), time.thread_time()
-    sha = _sha256(path)
+    sha = file_sha256(path).hexdigest()
     if not path.stem.endswith(f"-{sha[:16]}"):
         raise ValueError("a seed file whose bytes are not its name's")
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        layout = conn.execute("PRAGMA user_version").fetchone()[0]
-        meta = dict(conn.execute("SELECT name, value FROM meta").fetchall())
-    finally:
-        conn.close()
-    if layout != REPLICA_SCHEMA:
-        raise ValueError("a seed file of another layout")
+    revision, keys = seed_revision(path)
     return Seed(
         path=path,
-        revision=int(meta["revision"]),
+        revision=revision,
         sha256=sha,
         size=path.stat().st_size,
-        keys=int(meta["keys"]),
+        keys=keys,
         seconds=time.perf_counter() - started,
         cpu=time.thread_time() - cpu,
     )

@@ -28,6 +28,12 @@ ready (or it is older than the change log kept): take the snapshot.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
 from keyplane.domain.model import ROW_FIELDS, row_to_view, view_to_row
 
 __all__ = [
@@ -48,7 +54,10 @@ __all__ = [
     "SEED_SCHEMA_HEADER",
     "SNAPSHOT_PATH",
     "bound_identity",
+    "file_sha256",
+    "fsync_path",
     "row_to_view",
+    "seed_revision",
     "view_to_row",
     "worker_id",
 ]
@@ -105,3 +114,46 @@ INDEX_DIGESTS = (
     "INSERT OR REPLACE INTO digests SELECT json_extract(s.value, '$[0]'), k.id"
     " FROM keys AS k, json_each(k.row, '$[1]') AS s ORDER BY 1"
 )
+
+#: Bytes of a file hashed at a time.
+_HASH_BLOCK = 4 << 20
+
+
+def file_sha256(path: Path | None) -> Any:
+    """A SHA-256 of the bytes of ``path`` (none if None), open to more ``update``s: a seed's
+    digest, or that of a download's part already on disk."""
+    digest = hashlib.sha256()
+    if path is not None:
+        with path.open("rb") as file:
+            while block := file.read(_HASH_BLOCK):
+                digest.update(block)
+    return digest
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (the latter after a rename in it) by its path."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def seed_revision(path: Path) -> tuple[int, int]:
+    """The revision of a replica file (a seed) and the keys it holds (as its builder counted
+    them); ValueError if it is not a replica file of this layout."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version != REPLICA_SCHEMA:
+            raise ValueError(f"a replica file of layout {version}, not {REPLICA_SCHEMA}")
+        found = conn.execute("SELECT value FROM meta WHERE name='revision'").fetchone()
+        keys = conn.execute("SELECT value FROM meta WHERE name='keys'").fetchone()
+        conn.execute("SELECT 1 FROM keys JOIN digests ON digests.id = keys.id LIMIT 1").fetchall()
+    except sqlite3.Error as error:
+        raise ValueError(f"not a replica file: {error}") from error
+    finally:
+        conn.close()
+    if found is None:
+        raise ValueError("a replica file without its revision")
+    return int(found[0]), 0 if keys is None else int(keys[0])
