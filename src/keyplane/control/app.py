@@ -111,7 +111,6 @@ def create_app(settings: Settings, ctx: Context, notifier: ChangeNotifier | None
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    app.state.seeds = seeds
     app.include_router(feed_router(ctx, notifier, seeds))
     app.include_router(ingest_router(ctx, settings))
     app.include_router(
