@@ -25,7 +25,10 @@ _segment = st.text(
     max_size=12,
 )
 _paths = st.one_of(
-    st.lists(_segment, max_size=5).map(lambda parts: "/" + "/".join(parts)),
+    # Not "//…": the client reads a relative URL starting so as an authority (InvalidURL).
+    st.lists(_segment, max_size=5)
+    .map(lambda parts: "/" + "/".join(parts))
+    .filter(lambda path: not path.startswith("//")),
     st.lists(_segment, max_size=3).map(lambda parts: "/v1/" + "/".join(parts)),
     st.sampled_from(
         [
