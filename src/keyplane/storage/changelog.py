@@ -21,15 +21,20 @@ from keyplane.storage import tables as t
 CHANGES_CHANNEL = "keyplane_changes"
 
 # Statements built once: building a Core statement per call costs more than running it.
-_BUMP_REVISION = update(t.revision_counter).values(value=t.revision_counter.c.value + 1)
+# One statement takes the next revision and reads it back (SQLite >= 3.35 and PostgreSQL both
+# have RETURNING): an UPDATE and then a SELECT cost two round trips through SQLAlchemy.
+_BUMP_REVISION = (
+    update(t.revision_counter)
+    .values(value=t.revision_counter.c.value + 1)
+    .returning(t.revision_counter.c.value)
+)
 _READ_REVISION = select(t.revision_counter.c.value)
 _INSERT_CHANGE = insert(t.change_log)
 
 
 def next_revision(conn: Connection) -> int:
     """Take the next deployment-wide revision; the row stays locked until this transaction ends."""
-    conn.execute(_BUMP_REVISION)
-    return int(conn.execute(_READ_REVISION).scalar_one())
+    return int(conn.execute(_BUMP_REVISION).scalar_one())
 
 
 def current_revision(conn: Connection) -> int:
