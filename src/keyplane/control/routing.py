@@ -17,7 +17,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Depends, Header, Path, Request
 
 from keyplane.catalog import Catalog
-from keyplane.control.lenient import make_route_class
+from keyplane.control.lenient import FAST_PATH, FastPath, make_route_class
 from keyplane.services.auth import Principal, authenticate
 from keyplane.services.context import Context
 from keyplane.settings import Settings
@@ -26,10 +26,10 @@ from keyplane.settings import Settings
 # The dependencies do no I/O, or hop into a thread for it themselves: async, so FastAPI runs them
 # on the event loop instead of sending each to a worker thread and back.
 async def _context(request: Request) -> Context:
-    return _the_context(request)
+    return context_of(request)
 
 
-def _the_context(request: Request) -> Context:
+def context_of(request: Request) -> Context:
     ctx: Context = request.app.state.ctx
     return ctx
 
@@ -60,7 +60,7 @@ ApiKeyId = Annotated[str, Path(alias="apiKeyId")]
 async def _authenticate_first(request: Request) -> None:
     # Before the body is read: an unauthenticated caller costs no parsing work.
     found = await asyncio.to_thread(
-        authenticate, _the_context(request), request.headers.get("authorization")
+        authenticate, context_of(request), request.headers.get("authorization")
     )
     request.state.principal = found
 
@@ -111,6 +111,25 @@ def team_rpc(name: str) -> Any:
 
 
 Route = TypeVar("Route", bound=Callable[..., Any])
+
+
+def fast_path(fast: FastPath) -> Callable[[Route], Route]:
+    """Give a body route (declared below this decorator) a fast path: ``fast(request)`` runs once
+    the caller is authenticated and the body read, skipping FastAPI's dependency solver; it must
+    answer byte for byte as the endpoint would, and return None for anything it does not
+    handle (FastAPI's handler then answers)."""
+
+    def mark(endpoint: Route) -> Route:
+        setattr(endpoint, FAST_PATH, fast)
+        return endpoint
+
+    return mark
+
+
+def principal_of(request: Request) -> Principal:
+    """The caller the route class authenticated before reading the body (body routes only)."""
+    principal: Principal = request.state.principal
+    return principal
 
 
 class Rpcs:
