@@ -415,10 +415,11 @@ def ingest_section(tmp: Path) -> str:
 
 def load_rollups(dep: Deployment, team_id: str, key_ids: list[str]) -> int:
     """30 days × 1,000 keys, every key active every hour: hour and day rows written directly."""
-    from sqlalchemy import insert, update
+    from sqlalchemy import insert, text, update
 
     from keyplane.runtime import open_context
     from keyplane.usage.schema import ALL_KEYS, usage_days, usage_fold, usage_hours
+    from keyplane.usage.store import series_upsert
 
     now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     first_hour = int((now - timedelta(days=DAYS)).replace(hour=0).timestamp())
@@ -483,6 +484,8 @@ def load_rollups(dep: Deployment, team_id: str, key_ids: list[str]) -> int:
             rows += len(hour_rows) + len(day_rows)
         with ctx.db.write() as conn:  # hours and days hold every minute up to now
             conn.execute(update(usage_fold).values(folded_to=int(now.timestamp())))
+            # ...and so does each key's daily series (the fold keeps it with the days).
+            conn.execute(text(series_upsert("usage_days", f"team_id = '{team_id}'")))
     finally:
         ctx.db.dispose()
     return rows

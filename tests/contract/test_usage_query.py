@@ -11,14 +11,22 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import func, select
 
 from keyplane.catalog import Catalog
 from keyplane.domain.errors import InvalidArgument
 from keyplane.domain.timefmt import format_ts
 from keyplane.services.context import Context
 from keyplane.settings import Settings
-from keyplane.usage import ingest, query
+from keyplane.usage import ingest, query, store
 from keyplane.usage.record import COST_PER_USD, UsageRecord, status_class
+from keyplane.usage.schema import (
+    ALL_KEYS,
+    SERIES_SLOTS,
+    SERIES_SUMS,
+    usage_days,
+    usage_series,
+)
 from tests.support.usage import ingest_batch
 
 CATALOG = Catalog(Settings())
@@ -69,6 +77,14 @@ def _local(moment: datetime, zone: str) -> str:
     return moment.astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _values(aggregations: tuple[str, ...]) -> st.SearchStrategy[list[dict[str, str]]]:
+    return st.lists(
+        st.tuples(st.sampled_from(query.VALUES), st.sampled_from(aggregations)),
+        min_size=1,
+        max_size=3,
+    ).map(lambda pairs: [{"name": n, "aggregation": a} for n, a in pairs])
+
+
 @st.composite
 def requests(draw: st.DrawFn) -> dict[str, Any]:
     zone = draw(st.sampled_from(ZONES))
@@ -91,16 +107,7 @@ def requests(draw: st.DrawFn) -> dict[str, Any]:
                 "timezone": zone,
             },
             "timeUnit": unit,
-            "values": [
-                {"name": n, "aggregation": a}
-                for n, a in draw(
-                    st.lists(
-                        st.tuples(st.sampled_from(query.VALUES), st.sampled_from(aggregations)),
-                        min_size=1,
-                        max_size=3,
-                    )
-                )
-            ],
+            "values": draw(_values(aggregations)),
             "groupBy": group_by,
             "filters": filters,
         }
@@ -195,37 +202,47 @@ def _value(v: query.Value, requests: list[tuple[int, int, int, int]]) -> float:
     return sum(per_request)
 
 
-@settings(
-    max_examples=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(
-    data=st.lists(
+def _examples(n: int) -> settings:
+    return settings(
+        max_examples=n,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+
+
+#: Records of the team (each with its cluster) and another team's, and the fold mark's minute.
+_INGESTED = {
+    "data": st.lists(
         st.tuples(record_strategy, st.sampled_from(("us-east-1", "eu-west-1"))), max_size=60
     ),
-    other=st.lists(record_strategy, max_size=10),
-    request=requests(),
-    fold_at=st.integers(min_value=0, max_value=SPAN // 60),
-)
-def test_the_query_equals_a_brute_force_sum(
+    "other": st.lists(record_strategy, max_size=10),
+    "fold_at": st.integers(min_value=0, max_value=SPAN // 60),
+}
+
+
+def _check_against_brute_force(
     ctx: Context,
     data: list[tuple[UsageRecord, str]],
     other: list[UsageRecord],
     request: dict[str, Any],
     fold_at: int,
+    shift_ms: int = 0,
 ) -> None:
+    """Ingest ``data`` (and another team's ``other``), folded to ``fold_at`` minutes past
+    ``BASE`` between the two clusters' batches, every record ``shift_ms`` later; ``request``'s
+    answer equals the brute-force sum over the records."""
     team, intruder = str(uuid.uuid4()), str(uuid.uuid4())
-    mine = [(_with_team(r, team), c) for r, c in data]
+    mine = [(_with_team(r, team, shift_ms), c) for r, c in data]
     for i, cluster in enumerate(("us-east-1", "eu-west-1")):
         batch = [r for r, c in mine if c == cluster]
-        batch += [_with_team(r, intruder) for r in other]  # another team's, in the same batches
+        # Another team's, in the same batches.
+        batch += [_with_team(r, intruder, shift_ms) for r in other]
         ingest_batch(ctx, batch, cluster=cluster)
         if i == 0:
             # Minutes folded into hours and days up to some point (the mark only moves on, over
             # examples): the query reads both sides of it, and the next batch's older records
             # arrive as a late backlog.
-            ingest.fold(ctx, until=int(BASE.timestamp()) + fold_at * 60)
+            ingest.fold(ctx, until=int(BASE.timestamp()) + shift_ms // 1000 + fold_at * 60)
     q = query.parse(request)
     with ctx.db.read() as conn:
         answer = query.run(conn, team, q, CATALOG)
@@ -238,8 +255,107 @@ def test_the_query_equals_a_brute_force_sum(
             assert got_point == pytest.approx(want)
 
 
-def _with_team(r: UsageRecord, team: str) -> UsageRecord:
-    return msgspec.structs.replace(r, team_id=team)
+def _with_team(r: UsageRecord, team: str, shift_ms: int = 0) -> UsageRecord:
+    return msgspec.structs.replace(r, team_id=team, time_ms=r.time_ms + shift_ms)
+
+
+#: Records two days later than ``BASE``: across 2026-04-01 00:00 UTC, where a 32-day period of
+#: ``usage_series`` ends.
+SERIES_SHIFT_MS = 2 * 86400 * 1000
+SERIES_DAY = datetime(2026, 3, 30, tzinfo=UTC)
+
+
+@st.composite
+def by_key_requests(draw: st.DrawFn) -> dict[str, Any]:
+    """Requests the per-key series answers: by key, whole UTC days, sums, key filters only."""
+    start = SERIES_DAY + timedelta(days=draw(st.integers(-2, 4)))
+    end = start + timedelta(days=draw(st.integers(1, 8)))
+    keys = st.tuples(st.sampled_from((*KEYS, "*")), st.booleans())
+    aggregations = ("AGGREGATION_SUM", "AGGREGATION_COUNT", "AGGREGATION_AVG")
+    zone = draw(st.sampled_from(("Etc/GMT", "UTC")))
+    return {
+        "analyticsRequest": {
+            "timeRange": {
+                "startTime": _local(start, zone),
+                "endTime": _local(end, zone),
+                "timezone": zone,
+            },
+            "timeUnit": draw(
+                st.sampled_from(
+                    (
+                        "TIME_UNIT_DAY",
+                        "TIME_UNIT_CALENDAR_WEEK",
+                        "TIME_UNIT_MONTH",
+                        "TIME_UNIT_NONE",
+                    )
+                )
+            ),
+            "values": draw(_values(aggregations)),
+            "groupBy": ["api_key_id"],
+            "filters": [
+                f"{'NOT ' if no else ''}api_key_id:{key}"
+                for key, no in draw(st.lists(keys, max_size=2))
+            ],
+        }
+    }
+
+
+@_examples(70)
+@given(
+    asked=st.one_of(
+        requests().map(lambda r: (r, 0)), by_key_requests().map(lambda r: (r, SERIES_SHIFT_MS))
+    ),
+    **_INGESTED,
+)
+def test_the_query_equals_a_brute_force_sum(
+    ctx: Context,
+    data: list[tuple[UsageRecord, str]],
+    other: list[UsageRecord],
+    asked: tuple[dict[str, Any], int],
+    fold_at: int,
+) -> None:
+    """Any request; and, as often, one answered from ``usage_series`` (and the minutes past the
+    fold mark) over a period boundary, with late records added at ingest, after which the series
+    holds what the days hold, also once retention drops days from the middle of a period."""
+    request, shift_ms = asked
+    _check_against_brute_force(ctx, data, other, request, fold_at, shift_ms)
+    if not shift_ms:
+        return
+    assert query._by_key_sums(query.parse(request)) is not None  # the series path was taken
+    assert _series_cells(ctx) == _day_cells(ctx)
+    cutoff = int(SERIES_DAY.timestamp()) + 3600  # days starting before it go
+    with ctx.db.write() as conn:
+        store.purge(conn, cutoffs={86400: cutoff}, spend_before=0, marks_before=0)
+    assert _series_cells(ctx) == _day_cells(ctx)
+
+
+Cells = dict[tuple[str, str, int], tuple[int, ...]]
+
+
+def _day_cells(ctx: Context) -> Cells:
+    """Per (team, key, day) the per-key ``usage_days`` sums of ``SERIES_SUMS`` (non-zero)."""
+    d = usage_days
+    sums = [func.sum(d.c[name]) for name in SERIES_SUMS]
+    with ctx.db.read() as conn:
+        rows = conn.execute(
+            select(d.c.team_id, d.c.api_key_id, d.c.bucket, *sums)
+            .where(d.c.api_key_id != ALL_KEYS)
+            .group_by(d.c.team_id, d.c.api_key_id, d.c.bucket)
+        ).all()
+    cells = {(r[0], r[1], int(r[2])): tuple(int(v) for v in r[3:]) for r in rows}
+    return {k: v for k, v in cells.items() if any(v)}
+
+
+def _series_cells(ctx: Context) -> Cells:
+    """The same, from ``usage_series``."""
+    cells: Cells = {}
+    with ctx.db.read() as conn:
+        for row in conn.execute(select(usage_series)).mappings():
+            for slot in range(SERIES_SLOTS):
+                got = tuple(int(row[f"{name}_{slot}"]) for name in SERIES_SUMS)
+                if any(got):
+                    cells[(row["team_id"], row["api_key_id"], row["period"] + slot * 86400)] = got
+    return cells
 
 
 @pytest.mark.parametrize(

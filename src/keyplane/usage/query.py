@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
 import gc
+import itertools
+import operator
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -30,6 +33,7 @@ from sqlalchemy import (
     literal_column,
     not_,
     select,
+    text,
     union_all,
 )
 
@@ -38,7 +42,15 @@ from keyplane.domain.errors import InvalidArgument
 from keyplane.domain.timefmt import format_ts, parse_ts
 from keyplane.storage import tables as t
 from keyplane.usage.record import COST_PER_USD, status_class
-from keyplane.usage.schema import ALL_KEYS, ROLLUPS, usage_minutes
+from keyplane.usage.schema import (
+    ALL_KEYS,
+    FOLD,
+    ROLLUPS,
+    SERIES_PERIOD,
+    SERIES_SLOTS,
+    usage_days,
+    usage_minutes,
+)
 from keyplane.usage.store import folded_to_expression
 
 #: ``ALL_KEYS`` as a literal in the SQL text (see ``_statement``).
@@ -480,11 +492,16 @@ def _key_conditions(source: Any, q: UsageQuery, *, by_key: bool) -> list[ColumnE
 
 def plan(conn: Connection, team_id: str, q: UsageQuery, catalog: Catalog) -> list[str]:
     """How the database runs ``q`` (``EXPLAIN QUERY PLAN`` / ``EXPLAIN``), for benchmarks."""
+    postgres = conn.dialect.name == "postgresql"
+    if _by_key_sums(q) is not None:
+        sql, params = _series_statement(team_id, q)
+        explain = "EXPLAIN " if postgres else "EXPLAIN QUERY PLAN "
+        return [r[0 if postgres else -1] for r in conn.execute(text(explain + sql), params)]
     statement = _statement(team_id, q, catalog)
     if statement is None:
         return []
     compiled = statement.compile(conn, compile_kwargs={"literal_binds": True})
-    if conn.dialect.name == "postgresql":
+    if postgres:
         return [r[0] for r in conn.exec_driver_sql(f"EXPLAIN {compiled}")]
     return [r[-1] for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}")]
 
@@ -507,11 +524,23 @@ def paused_gc() -> Iterator[None]:
 
 
 def run(conn: Connection, team_id: str, q: UsageQuery, catalog: Catalog) -> Answer:
-    edges, cut, epochs, _, _ = _range(q)
+    edges, cut, epochs, lo, hi = _range(q)
     n = len(edges) - 1
     columns = sorted({c for g in q.group_by for c in _COLUMNS[g]})
     measures = _measures(q.values)
     grouped_units = "unit_type" in q.group_by
+    if _by_key_sums(q) is not None:
+        # Every key by day (or week, month, all of it): from the per-key series (see
+        # ``schema.usage_series``), a row per key and 32 days.
+        sql, params = _series_statement(team_id, q)
+        result = conn.execute(text(sql), params)
+        try:
+            found = result.cursor.fetchall()
+        finally:
+            result.close()
+        read = _series_values(q)
+        groups = _assemble_series(found, len(read), read.index("requests"), epochs, lo, hi)
+        return _answer(conn, team_id, q, edges, cut, groups)
     statement = _statement(team_id, q, catalog)
     rows: Sequence[Any] = []
     if statement is not None:
@@ -527,6 +556,19 @@ def run(conn: Connection, team_id: str, q: UsageQuery, catalog: Catalog) -> Answ
     groups = _assemble(rows, q.group_by, columns, base, [f for f, _ in measures], epochs)
     if not q.group_by and not groups:
         groups[()] = [[0 if f == "sum" else None] * n for f, _ in measures]
+    return _answer(conn, team_id, q, edges, cut, groups)
+
+
+def _answer(
+    conn: Connection,
+    team_id: str,
+    q: UsageQuery,
+    edges: list[datetime],
+    cut: bool,
+    groups: dict[tuple[str, ...], list[list[Any]]],
+) -> Answer:
+    """The answer from the measures' arrays per group: values, labels, the series cap."""
+    measures = _measures(q.values)
     names: dict[str, str] = {}
     if "api_key_id" in q.group_by:
         at = q.group_by.index("api_key_id")
@@ -605,6 +647,113 @@ def _assemble(
             elif have is None or (got < have if fold == "min" else got > have):
                 cells[index] = got
     return groups
+
+
+def _by_key_sums(q: UsageQuery) -> list[_Measure] | None:
+    """The measures of ``q`` if it is answered from ``usage_series``: grouped by key alone,
+    filtered by key at most, sums only (what the series holds), over whole UTC days."""
+    if q.group_by != ("api_key_id",) or any(f.field != "api_key_id" for f in q.filters):
+        return None
+    measures = _measures(q.values)
+    if any(fold != "sum" for fold, _ in measures):
+        return None
+    _, _, epochs, lo, hi = _range(q)
+    if _resolution([lo, hi, *epochs[1:-1]]) is not usage_days:
+        return None
+    return measures
+
+
+def _series_statement(team_id: str, q: UsageQuery) -> tuple[str, dict[str, Any]]:
+    """The SQL (both dialects) and its parameters reading ``q``'s series: the series rows of the
+    periods the range touches, and the minutes from the fold mark on, grouped by key and period
+    into the same row shape. One statement: one snapshot of the mark and both sides of it."""
+    _, _, _, lo, hi = _range(q)
+    keys = tuple(f.negated for f in q.filters)
+    sql = _series_sql(_series_values(q), keys)
+    params: dict[str, Any] = {
+        "team": team_id,
+        "lo": lo,
+        "hi": hi,
+        "period": lo - lo % SERIES_PERIOD,
+    }
+    params.update({f"key{i}": f.value for i, f in enumerate(q.filters)})
+    return sql, params
+
+
+def _series_values(q: UsageQuery) -> tuple[str, ...]:
+    """The values a series row is read for: the measures', and the requests last, which say
+    whether a key had any rows in the range (its other sums may all be 0)."""
+    values = [value for _, value in _measures(q.values)]
+    if "requests" not in values:
+        values.append("requests")
+    return tuple(values)
+
+
+def _series_cell(value: str, suffix: str) -> str:
+    column = "cost" if value == "usd" else value
+    if column == "total_tokens":
+        return f"(prompt_tokens{suffix} + completion_tokens{suffix})"
+    return column + suffix
+
+
+@functools.lru_cache(maxsize=64)
+def _series_sql(values: tuple[str, ...], negated: tuple[bool, ...]) -> str:
+    p = SERIES_PERIOD
+    keys = "".join(f" AND api_key_id {'<>' if no else '='} :key{i}" for i, no in enumerate(negated))
+    cells = ", ".join(_series_cell(v, f"_{slot}") for v in values for slot in range(SERIES_SLOTS))
+    picks = ", ".join(
+        f"CAST(sum(CASE WHEN (bucket % {p}) / 86400 = {slot} THEN {_series_cell(v, '')} "
+        "ELSE 0 END) AS BIGINT)"
+        for v in values
+        for slot in range(SERIES_SLOTS)
+    )
+    mark = f"coalesce((SELECT folded_to FROM usage_fold WHERE name = '{FOLD}'), 0)"  # noqa: S608
+    # Names and numbers are this module's own; the team, range and keys are parameters.
+    return (
+        f"SELECT period, api_key_id, {cells} FROM usage_series "  # noqa: S608
+        f"WHERE team_id = :team AND period >= :period AND period < :hi{keys} "
+        f"UNION ALL SELECT bucket - bucket % {p}, api_key_id, {picks} FROM usage_minutes "
+        f"WHERE team_id = :team AND api_key_id <> '{ALL_KEYS}' AND bucket >= {mark} "
+        f"AND bucket < :hi AND bucket + 0 >= :lo{keys} GROUP BY 1, 2"
+    )
+
+
+def _assemble_series(
+    rows: Sequence[Sequence[Any]],
+    width: int,
+    requests: int,
+    epochs: list[int],
+    lo: int,
+    hi: int,
+) -> dict[tuple[str, ...], list[list[Any]]]:
+    """``_assemble`` for series rows ``(period, key, width × SERIES_SLOTS day cells)``: each
+    day of ``[lo, hi)`` added to its answer bucket, a slice of cells at a time. A key is in the
+    answer if it made a request in the range (its ``requests``-th value)."""
+    n = len(epochs) - 1
+    days = (hi - lo) // 86400
+    at = [max(0, min(bisect.bisect_right(epochs, lo + d * 86400) - 1, n - 1)) for d in range(days)]
+    by_day = n == days  # one bucket per day: the cells line up with the answer's
+    by_key: dict[str, list[list[Any]]] = {}
+    for row in rows:
+        first = (row[0] - lo) // 86400  # the range's day of the period's slot 0
+        a, b = max(0, -first), min(SERIES_SLOTS, days - first)
+        start = 2 + requests * SERIES_SLOTS
+        if a >= b or not any(row[start + a : start + b]):
+            continue
+        arrays = by_key.get(row[1])
+        if arrays is None:
+            arrays = by_key[row[1]] = [[0] * n for _ in range(width)]
+        for j, cells in enumerate(arrays):
+            start = 2 + j * SERIES_SLOTS
+            got = row[start + a : start + b]
+            if n == 1:
+                cells[0] += sum(got)
+            elif by_day:
+                cells[first + a : first + b] = map(operator.add, cells[first + a : first + b], got)
+            else:
+                for index, value in zip(at[first + a : first + b], got, strict=True):
+                    cells[index] += value
+    return {(key if type(key) is str else str(key),): arrays for key, arrays in by_key.items()}
 
 
 #: Groups whose value is the column's text as it is.
@@ -713,20 +862,30 @@ def render(answer: Answer) -> dict[str, Any]:
 
 def render_json(answer: Answer) -> bytes:
     """``msgspec.json.encode(render(answer))``, byte for byte, built from the series' columns:
-    each column is encoded once by msgspec and cut into its cells, and each point is the bucket's
-    ``{"timestamp":…,"values":[`` prefix (made once per answer) and its cells, with no object per
-    point."""
+    each column is encoded once by msgspec and cut into its cells, and a series' points are one
+    ``%`` of a template made once per answer (every bucket's ``{"timestamp":…,"values":[`` and a
+    ``%s`` per value) by its cells, with no object per point."""
     encode = msgspec.json.encode
     prefixes = [
         b'{"timestamp":"' + format_ts(s).encode() + b'","values":[' for s in answer.timestamps
     ]
+    templates: dict[int, bytes] = {}
     parts = [b'{"timeSeries":[']
     for i, s in enumerate(answer.series):
+        width = len(s.columns)
+        template = templates.get(width)
+        if template is None:
+            point = b",".join([b"%s"] * width)
+            template = templates[width] = b"]},".join(
+                p.replace(b"%", b"%%") + point for p in prefixes
+            )
         cells = [encode(column)[1:-1].split(b",") if column else [] for column in s.columns]
-        if len(cells) == 1:
-            points = [p + c for p, c in zip(prefixes, cells[0], strict=True)]
+        if not prefixes:
+            points = b""
+        elif width == 1:
+            points = template % tuple(cells[0])
         else:
-            points = [p + b",".join(c) for p, *c in zip(prefixes, *cells, strict=True)]
+            points = template % tuple(itertools.chain.from_iterable(zip(*cells, strict=True)))
         parts += [
             b"," if i else b"",
             b'{"group":',
@@ -734,8 +893,8 @@ def render_json(answer: Answer) -> bytes:
             b',"groupLabels":',
             encode(s.labels),
             b',"dataPoints":[',
-            b"]},".join(points),
-            b"]}]}" if points else b"]}",
+            points,
+            b"]}]}" if prefixes else b"]}",
         ]
     parts += [b'],"limitReached":', b"true" if answer.limit_reached else b"false", b"}"]
     return b"".join(parts)

@@ -137,3 +137,29 @@ team_billing = Table(
     Column("blocked_until", BigInteger),
     Column("update_time", BigInteger, nullable=False),
 )
+
+#: One row per key and 32-day period (``period``: epoch s, a multiple of ``SERIES_PERIOD``) with a
+#: cell per day of the period (``{sum}_{slot}``, slot 0-31) for each of ``SERIES_SUMS``: the same
+#: per-key rows as ``usage_days`` summed over model, cluster, endpoint and status, laid out as a
+#: series. The usage RPC's largest common answer, every key of a team by day, reads a row per key
+#: and period here (two for a month) instead of a row per key and day. Kept with the days: by the
+#: fold and by ingest of records older than the fold mark, so it holds exactly the minutes before
+#: ``folded_to`` (migration 0014 fills it from ``usage_days``). Per-key rows only.
+SERIES_SLOTS = 32
+SERIES_PERIOD = SERIES_SLOTS * 86400
+#: Cost first: what an answer asks most (``usd``), read from the front of the row.
+SERIES_SUMS = ("cost", "requests", "prompt_tokens", "completion_tokens")
+usage_series = Table(
+    "usage_series",
+    metadata,
+    Column("team_id", ID, primary_key=True),
+    Column("period", BigInteger, primary_key=True, autoincrement=False),
+    Column("api_key_id", ID, primary_key=True),
+    *(
+        Column(f"{name}_{slot}", BigInteger, nullable=False, server_default="0")
+        for name in SERIES_SUMS
+        for slot in range(SERIES_SLOTS)
+    ),
+    # Clustered by the key (SQLite): a team's rows of a period are read in one pass.
+    sqlite_with_rowid=False,
+)

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, literal, select, text, update
+from sqlalchemy import Connection, bindparam, case, delete, func, literal, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from keyplane.domain.timefmt import to_micros
@@ -19,10 +19,14 @@ from keyplane.usage.schema import (
     ROLLUP_KEY,
     ROLLUP_SUMS,
     ROLLUPS,
+    SERIES_PERIOD,
+    SERIES_SLOTS,
+    SERIES_SUMS,
     team_billing,
     usage_fold,
     usage_ingest_marks,
     usage_minutes,
+    usage_series,
     usage_spend,
 )
 
@@ -219,7 +223,37 @@ def _rollup_sql(dialect: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[s
                     f"GROUP BY {group} ORDER BY {group} "
                 )
             (minutes if width == 60 else late).append(_upsert(dialect, table.name, rows))
+    late.append(series_upsert("usage_batch_minutes", "bucket < :folded_to"))
     return prepare, tuple(minutes), tuple(late)
+
+
+#: The cells of a ``usage_series`` row, in column order: every sum's slots, sum after sum.
+SERIES_CELLS = tuple(f"{name}_{slot}" for name in SERIES_SUMS for slot in range(SERIES_SLOTS))
+
+
+def series_upsert(source: str, where: str) -> str:
+    """Add the per-key rows of ``source`` (a rollup table or the batch's minutes) that match
+    ``where`` to ``usage_series``: grouped by key and day, then each day's sums put in its slot.
+    Plain SQL both dialects read alike (integer ``/`` and ``%`` on BIGINT)."""
+    p = SERIES_PERIOD
+    sums = ", ".join(f"sum({name}) AS {name}" for name in SERIES_SUMS)
+    picks = ", ".join(
+        f"sum(CASE WHEN slot = {slot} THEN {name} ELSE 0 END)"
+        for name in SERIES_SUMS
+        for slot in range(SERIES_SLOTS)
+    )
+    cells = ", ".join(SERIES_CELLS)
+    updates = ", ".join(f"{c} = usage_series.{c} + excluded.{c}" for c in SERIES_CELLS)
+    # Names are this module's own, never input; the bounds are parameters.
+    return (
+        f"INSERT INTO usage_series (team_id, period, api_key_id, {cells}) "  # noqa: S608
+        f"SELECT team_id, period, api_key_id, {picks} FROM ("
+        f"SELECT team_id, bucket - bucket % {p} AS period, (bucket % {p}) / 86400 AS slot, "
+        f"api_key_id, {sums} FROM {source} WHERE {where} AND api_key_id <> '{ALL_KEYS}' "
+        "GROUP BY team_id, 2, 3, api_key_id) AS days "
+        "GROUP BY team_id, period, api_key_id ORDER BY team_id, period, api_key_id "
+        f"ON CONFLICT (team_id, period, api_key_id) DO UPDATE SET {updates}"
+    )
 
 
 # -- folding minutes into hours and days ----------------------------------------------------------
@@ -270,17 +304,39 @@ def fold(conn: Connection, *, until: int, now: datetime, span: int = 3600) -> in
 @functools.lru_cache(maxsize=4)
 def _fold_sql(dialect: str) -> tuple[str, ...]:
     group = "team_id, 2, api_key_id, model, cluster, endpoint, status"
-    return tuple(
-        _upsert(
-            dialect,
-            table.name,
-            f"SELECT team_id, bucket / {width} * {width}, api_key_id, model, cluster, "  # noqa: S608
-            f"endpoint, status, {_FOLDED} FROM usage_minutes "
-            f"WHERE bucket >= :lo AND bucket < :hi GROUP BY {group} ORDER BY {group} ",
-        )
-        for width, table in ROLLUPS
-        if width > 60
+    series = series_upsert("usage_minutes", "bucket >= :lo AND bucket < :hi")
+    return (
+        *(
+            _upsert(
+                dialect,
+                table.name,
+                f"SELECT team_id, bucket / {width} * {width}, api_key_id, model, cluster, "  # noqa: S608
+                f"endpoint, status, {_FOLDED} FROM usage_minutes "
+                f"WHERE bucket >= :lo AND bucket < :hi GROUP BY {group} ORDER BY {group} ",
+            )
+            for width, table in ROLLUPS
+            if width > 60
+        ),
+        series,
     )
+
+
+def _purge_series(conn: Connection, cutoff: int) -> int:
+    """Drop what ``usage_days`` drops from ``usage_series``: the days starting before ``cutoff``
+    (whole periods, and the cells of the period it falls in)."""
+    s = usage_series
+    removed = conn.execute(delete(s).where(s.c.period + SERIES_PERIOD <= cutoff)).rowcount
+    cleared = {
+        s.c[f"{name}_{slot}"]: case(
+            (s.c.period + slot * 86400 < cutoff, 0), else_=s.c[f"{name}_{slot}"]
+        )
+        for name in SERIES_SUMS
+        for slot in range(SERIES_SLOTS)
+    }
+    conn.execute(
+        update(s).where(s.c.period > cutoff - SERIES_PERIOD, s.c.period < cutoff).values(cleared)
+    )
+    return int(removed)
 
 
 # -- ingest marks ---------------------------------------------------------------------------------
@@ -447,6 +503,9 @@ def purge(
             cutoff = min(cutoff, folded_to(conn))
         if cutoff is not None:
             removed += conn.execute(delete(table).where(table.c.bucket < cutoff)).rowcount
+    day_cutoff = cutoffs.get(86400)
+    if day_cutoff is not None:
+        removed += _purge_series(conn, day_cutoff)
     conn.execute(delete(usage_spend).where(usage_spend.c.day < spend_before))
     conn.execute(delete(usage_ingest_marks).where(usage_ingest_marks.c.update_time < marks_before))
     return int(removed)
