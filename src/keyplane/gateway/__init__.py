@@ -4,9 +4,10 @@ Owns the in-memory and on-disk replica of what enforcement needs (``replica``), 
 control plane's feed (``sync``), authenticating keys and routing (``app``), the inference routes
 (``inference``) and, each in its module, what they do: the ACL and limits decision
 (``admission``), forwarding and relaying answers and streams (``relay``) through the one seam to
-the model servers (``upstream``: an ``Upstream`` protocol, aiohttp by default), and what a
-request costs, its tokens charged and its usage metered (``accounting``); and its own error map
-(``http``). It holds digests only, never a secret.
+the model servers (``upstream``: an ``Upstream`` protocol; by default ``h1upstream``'s HTTP/1.1
+client on asyncio and httptools, aiohttp for ``https://``), and what a request costs, its tokens
+charged and its usage metered (``accounting``); and its own error map (``http``). It holds
+digests only, never a secret.
 
 May import: ``keyplane.domain``, ``keyplane.ratelimit``, ``keyplane.propagation.wire``,
 ``keyplane.catalog``, ``keyplane.settings``, ``keyplane.httpbounds``, ``keyplane.asgi`` and
@@ -15,6 +16,7 @@ plane over HTTP only.
 """
 
 from keyplane.gateway.app import Gateway, GatewayConfig
+from keyplane.gateway.h1upstream import H1Upstream
 from keyplane.gateway.inference import Inference
 from keyplane.gateway.server import GatewayProcess
 from keyplane.gateway.upstream import AiohttpUpstream, Upstream, UpstreamError, UpstreamResponse
@@ -24,6 +26,7 @@ __all__ = [
     "Gateway",
     "GatewayConfig",
     "GatewayProcess",
+    "H1Upstream",
     "Inference",
     "Upstream",
     "UpstreamError",

@@ -21,10 +21,11 @@ from keyplane.gateway.accounting import Account
 from keyplane.gateway.admission import Admission, quota_headers
 from keyplane.gateway.app import Gateway, Handler
 from keyplane.gateway.bounds import check_shape
+from keyplane.gateway.h1upstream import H1Upstream
 from keyplane.gateway.http import read_body
 from keyplane.gateway.relay import Relay, upstream_body, upstream_headers
 from keyplane.gateway.replica import KeyRecord
-from keyplane.gateway.upstream import AiohttpUpstream, Upstream
+from keyplane.gateway.upstream import Upstream
 from keyplane.ratelimit import Limiter
 from keyplane.usage.meter import TALLY
 
@@ -55,8 +56,8 @@ _peek = msgspec.json.Decoder(_Peek)
 class Inference:
     """Installs the inference routes on a ``Gateway`` and forwards what they admit.
 
-    ``upstream``: how the model servers are reached; aiohttp (``AiohttpUpstream``, its read
-    timeout ``upstream_timeout``) unless given.
+    ``upstream``: how the model servers are reached; ``H1Upstream`` (its read timeout
+    ``upstream_timeout``) unless given.
     """
 
     def __init__(
@@ -71,7 +72,7 @@ class Inference:
         self.gateway = gateway
         self.limiter = limiter
         self.admission = Admission(catalog, limiter, gateway.config.cluster)
-        self.upstream = upstream or AiohttpUpstream(read_timeout=upstream_timeout)
+        self.upstream = upstream or H1Upstream(read_timeout=upstream_timeout)
         self._upstream_auth: dict[str, str] = {}
         for model in catalog.models:
             env = model.spec.upstream_api_key_env

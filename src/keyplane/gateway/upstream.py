@@ -69,6 +69,10 @@ class Upstream(Protocol):
 KEEPALIVE_SECONDS = 4.0
 
 
+#: How many connections to the model servers may be in use at once (idle ones not counted).
+POOL_LIMIT = 1024
+
+
 class AiohttpUpstream:
     """Upstreams through one pooled aiohttp session (measured 10-20x cheaper per request than an
     httpx client here). ``read_timeout`` bounds silence, not a whole answer: a long stream may
@@ -82,7 +86,7 @@ class AiohttpUpstream:
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
-            limit=1024, keepalive_timeout=KEEPALIVE_SECONDS, ttl_dns_cache=300
+            limit=POOL_LIMIT, keepalive_timeout=KEEPALIVE_SECONDS, ttl_dns_cache=300
         )
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=self._timeout, auto_decompress=False
