@@ -4,6 +4,8 @@ rate limits in memory and in Redis (a throwaway ``redis-server`` the bench start
 loopback port and stops at the end).
 
     .venv/bin/python bench/bench_gateway.py
+    .venv/bin/python bench/bench_gateway.py --http-only --no-redis --rounds 6 \
+        --also main=/tmp/main/src --also aa=src     # more gateways, each from its own src
 
 Prints Markdown: (a) admission decisions/s in process (auth + ACL + qps/qpm/tpm limiters): the
 synchronous in-memory fast path, then ``await limiter.acquire`` with a MemoryLimiter and with a
@@ -12,13 +14,18 @@ requests/s and CPU per request, direct vs through the reference pass-through (be
 raw ASGI, one aiohttp session, a dict key lookup, no limits) vs through a gateway with in-memory
 limits vs through a gateway with Redis limits, plain and streaming, in interleaved rounds, and each
 gateway's CPU per request ÷ the pass-through's; (c) if py-spy is on PATH (or in .venv/bin), each
-server's hottest functions during the plain load. Without redis-server on PATH the Redis parts are
-left out.
+server's hottest functions during the first round of each load. Without redis-server on PATH (or
+with ``--no-redis``) the Redis parts are left out. ``--also NAME=SRC`` adds a memory-limiter
+gateway of the same deployment run from another source tree (``PYTHONPATH=SRC``: a ``git
+archive`` of another commit, or ``src`` again as an A/A control); the order of the targets is
+reversed every other round.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import os
 import shutil
 import subprocess
 import sys
@@ -282,12 +289,13 @@ class Redis:
     """The throwaway redis-server of tests.support.redis, or nothing if none is
     installed."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, enabled: bool = True) -> None:
         self.server: Any = None
         self.url: str | None = None
+        self.enabled = enabled
 
     def __enter__(self) -> Redis:
-        executable = shutil.which("redis-server")
+        executable = shutil.which("redis-server") if self.enabled else None
         if executable is None:
             log("redis-server not on PATH: the Redis rows are left out")
             return self
@@ -326,7 +334,7 @@ def failures_metric(url: str) -> float:
     return total
 
 
-def http_section(tmp: Path, redis: Redis) -> list[str]:
+def http_section(tmp: Path, redis: Redis, also: list[tuple[str, str]]) -> list[str]:
     out: list[str] = []
     dep = Deployment(tmp, clusters=[CLUSTER])
     try:
@@ -334,6 +342,14 @@ def http_section(tmp: Path, redis: Redis) -> list[str]:
         models = dep.start_models()
         memory_gw = dep.start_gateway(CLUSTER)
         gateways = [("gateway", "gateway (memory limiter)", memory_gw)]
+        for index, (tag, src) in enumerate(also, start=2):
+            # Another replica of the cluster, its own in-memory limits (the key's are huge).
+            env = {
+                "PYTHONPATH": os.path.abspath(src),
+                "KEYPLANE_LIMITER__ALLOW_UNSHARED_REPLICAS": "true",
+            }
+            other = dep.start_gateway(CLUSTER, replica=index, env=env)
+            gateways.append((tag, f"gateway {tag} ({src})", other))
         if redis.url is not None:
             # A second gateway of the same cluster, same control plane, model server and key:
             # only [limiter] differs (backend = "redis", replicas = 1, given by environment).
@@ -381,14 +397,14 @@ def http_section(tmp: Path, redis: Redis) -> list[str]:
                 for tag, *_ in targets
             }  # fmt: skip
             for round_ in range(ROUNDS):
-                for tag, name, url, headers, proc in targets:
+                for tag, name, url, headers, proc in targets[:: 1 if round_ % 2 == 0 else -1]:
                     log(f"{label} round {round_ + 1}/{ROUNDS} via {name}")
                     g0 = cpu_seconds(pid_of(proc)) if proc is not None else 0.0
                     m0 = cpu_seconds(pid_of(models))
                     r0 = cpu_seconds(redis_pid) if redis_pid is not None else 0.0
                     spy = None
                     raw = tmp / f"profile-{label}-{tag}.txt"
-                    if proc is not None and round_ == 0 and label == "plain":
+                    if proc is not None and round_ == 0:
                         spy = profile(pid_of(proc), int(SECONDS) - 1, raw)
                     result = asyncio.run(drive(url + "/v1/chat/completions", body, headers))
                     a = acc[tag]
@@ -402,7 +418,7 @@ def http_section(tmp: Path, redis: Redis) -> list[str]:
                     a["elapsed"] += result["elapsed"]
                     if spy is not None:
                         spy.wait(timeout=30)
-                        profiles[name] = hottest(raw)
+                        profiles[f"{name} ({label})"] = hottest(raw)
             for tag, name, _, _, proc in targets:
                 a = acc[tag]
                 n = len(a["latencies"])
@@ -441,8 +457,9 @@ def http_section(tmp: Path, redis: Redis) -> list[str]:
                 check += " **The Redis rows are not all Redis decisions.**"
         out.append("")
         out.append(f"{CONCURRENCY} concurrent connections; each path driven {ROUNDS} times "
-                   f"{SECONDS:.0f} s, interleaved with the others (after a {WARMUP:.0f} s "
-                   "warm-up each); chat completions of 8 tokens (stream: 8 SSE chunks + usage), "
+                   f"{SECONDS:.0f} s, interleaved with the others (the order reversed every other "
+                   f"round; after a {WARMUP:.0f} s warm-up each); chat completions of 8 tokens "
+                   "(stream: 8 SSE chunks + usage), "
                    "load from this process. The pass-through is bench/_passthrough.py: raw ASGI, "
                    "one aiohttp session, a dict key lookup, no limits, on the gateway's uvicorn "
                    f"settings. The gateway has usage metering on.{check}\n")  # fmt: skip
@@ -460,9 +477,7 @@ def http_section(tmp: Path, redis: Redis) -> list[str]:
             if profile_rows:
                 out.append("")
                 out.append(
-                    table(
-                        [f"share of {name} samples (plain)", "function (self time)"], profile_rows
-                    )
+                    table([f"share of {name} samples", "function (self time)"], profile_rows)
                 )
     finally:
         dep.stop_all()
@@ -536,17 +551,29 @@ def side_by_side(summary: dict[tuple[str, str], dict[str, Any]]) -> str:
 
 
 def main() -> None:
+    global ROUNDS, SECONDS
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
+    parser.add_argument("--seconds", type=float, default=SECONDS)
+    parser.add_argument("--http-only", action="store_true", help="no in-process admission")
+    parser.add_argument("--no-redis", action="store_true", help="no Redis rows")
+    parser.add_argument("--also", action="append", default=[], metavar="NAME=SRC")
+    args = parser.parse_args()
+    ROUNDS, SECONDS = args.rounds, args.seconds
+    also = [tuple(item.split("=", 1)) for item in args.also]
     print(header("Gateway: admission cost, and added latency and CPU per request"))
-    rate, per_cpu, micros = admission_rate()
-    print(table(["in-process admission (auth + ACL + qps/qpm/tpm)", "value"], [
-        ["decisions per wall-clock second", f"{rate:,.0f}"],
-        ["decisions per CPU-second (one core)", f"{per_cpu:,.0f}"],
-        ["CPU µs per decision", f"{micros:.1f}"],
-    ]))  # fmt: skip
-    with tempfile.TemporaryDirectory() as tmp, Redis() as redis:
-        print()
-        print(admission_table(redis.url))
-        for line in http_section(Path(tmp), redis):
+    if not args.http_only:
+        rate, per_cpu, micros = admission_rate()
+        print(table(["in-process admission (auth + ACL + qps/qpm/tpm)", "value"], [
+            ["decisions per wall-clock second", f"{rate:,.0f}"],
+            ["decisions per CPU-second (one core)", f"{per_cpu:,.0f}"],
+            ["CPU µs per decision", f"{micros:.1f}"],
+        ]))  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp, Redis(enabled=not args.no_redis) as redis:
+        if not args.http_only:
+            print()
+            print(admission_table(redis.url))
+        for line in http_section(Path(tmp), redis, [(tag, src) for tag, src in also]):
             print(line)
     print(footer())
 
