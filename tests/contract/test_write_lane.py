@@ -19,7 +19,7 @@ from keyplane.services import admin, keys
 from keyplane.services.auth import Principal
 from keyplane.services.context import Context
 from keyplane.storage import tables
-from keyplane.storage.db import Database
+from keyplane.storage.db import Database, WriteLane
 
 
 def test_concurrent_writes_off_the_loop_commit_gap_free_and_wake_the_feed_after(
@@ -156,3 +156,46 @@ def test_a_lone_write_runs_in_its_own_transaction(db: Database) -> None:
         lane.submit(_put, db, "fails", fail=True).result(timeout=10)
     assert "alone" in _names(db)
     assert "fails" not in _names(db)
+
+
+def test_writes_awaited_on_a_loop_get_their_own_outcomes_after_the_commit(db: Database) -> None:
+    lane = db.write_lane
+    assert isinstance(lane, WriteLane)
+    commits: list[str] = []
+    event.listen(db.writer, "commit", lambda _conn: commits.append("commit"))
+
+    async def main() -> list[Any]:
+        runs = [lane.run(partial(_put, db, f"a{i}", fail=i == 3)) for i in range(8)]
+        return await asyncio.gather(*runs, return_exceptions=True)
+
+    outcomes = asyncio.run(main())
+    assert isinstance(outcomes[3], RuntimeError)
+    assert [o for i, o in enumerate(outcomes) if i != 3] == [f"a{i}" for i in range(8) if i != 3]
+    names = _names(db)
+    assert "a3" not in names
+    assert {f"a{i}" for i in range(8) if i != 3} <= names
+    assert 1 <= len(commits) <= 8
+
+
+def test_a_write_whose_awaiter_is_cancelled_before_it_starts_is_not_run(db: Database) -> None:
+    lane = db.write_lane
+    assert isinstance(lane, WriteLane)
+    started, release = threading.Event(), threading.Event()
+
+    def blocker_job() -> bool:
+        started.set()
+        return release.wait(10)
+
+    async def main() -> None:
+        blocker = lane.run(blocker_job)
+        assert await asyncio.to_thread(started.wait, 10)
+        queued = lane.run(partial(_put, db, "cancelled"))
+        queued.cancel()
+        after = lane.run(partial(_put, db, "after"))
+        release.set()
+        assert await blocker
+        assert await after == "after"
+        assert queued.cancelled()
+
+    asyncio.run(main())
+    assert "cancelled" not in _names(db)

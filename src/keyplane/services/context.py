@@ -8,10 +8,11 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from typing import TypeVar
 
 from keyplane.domain.clock import Clock, SystemClock
-from keyplane.storage.db import Database
+from keyplane.storage.db import Database, WriteLane
 from keyplane.storage.unit_of_work import SqlUnitOfWork, UnitOfWork, unit_of_work
 from keyplane.usage import budgets
 
@@ -58,11 +59,9 @@ class Context:
         connection; on PostgreSQL in the loop's default threads. Context variables go along."""
         run = contextvars.copy_context().run
         lane = self.db.write_lane
-        if lane is None:
-            return await asyncio.get_running_loop().run_in_executor(None, run, use_case)
-        # What run_in_executor does, less its check that ``run`` is no coroutine function
-        # (inspect's flag test: ~1 % of a create's CPU).
-        return await asyncio.wrap_future(lane.submit(run, use_case))
+        if isinstance(lane, WriteLane):
+            return await lane.run(partial(run, use_case))
+        return await asyncio.get_running_loop().run_in_executor(lane, run, use_case)
 
     def _open(self, *, write: bool) -> AbstractContextManager[UnitOfWork]:
         if self.units is not None:

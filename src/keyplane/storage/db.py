@@ -7,11 +7,12 @@ pool. Schema changes are Alembic migrations, run on start.
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -178,7 +179,24 @@ class Database:
 
 
 T = TypeVar("T")
-_Job = tuple["Future[Any]", Callable[[], Any]]
+
+
+class _Awaited:
+    """Where the outcome of a write awaited on an event loop goes (``WriteLane.run``): the
+    loop's own future, settled on the loop, without a ``concurrent.futures.Future`` between."""
+
+    __slots__ = ("future", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]) -> None:
+        self.loop = loop
+        self.future = future
+
+    def set_running_or_notify_cancel(self) -> bool:
+        # An awaiter cancelled before its write starts gets no write, as a cancelled Future.
+        return not self.future.cancelled()
+
+
+_Job = tuple["Future[Any] | _Awaited", Callable[[], Any]]
 
 
 class _Batch(threading.local):
@@ -215,6 +233,19 @@ class WriteLane(Executor):
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         future: Future[T] = Future()
+        self._put((future, partial(fn, *args, **kwargs)))
+        return future
+
+    def run(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        """``fn()`` on the lane, as a future of the running loop: what ``asyncio.wrap_future(
+        submit(fn))`` gives, less the thread-safe future between the two (its locks and
+        callbacks) and with one loop wake-up per batch instead of one per write."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._put((_Awaited(loop, future), fn))
+        return future
+
+    def _put(self, job: _Job) -> None:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the write lane is shut down")
@@ -223,8 +254,7 @@ class WriteLane(Executor):
                     target=self._serve, name="keyplane-writer", daemon=True
                 )
                 self._thread.start()
-            self._jobs.put((future, partial(fn, *args, **kwargs)))
-        return future
+            self._jobs.put(job)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:
@@ -251,7 +281,7 @@ class WriteLane(Executor):
                 batch.append(job)
             batch = [(f, fn) for f, fn in batch if f.set_running_or_notify_cancel()]
             if len(batch) == 1:
-                _settle(batch[0][0], batch[0][1])
+                _deliver([(batch[0][0], *_outcome(batch[0][1]))])
             elif batch:
                 self._together(batch)
             if last:
@@ -272,25 +302,50 @@ class WriteLane(Executor):
                 finally:
                     _batch.conn = _batch.after = None
         except Exception as error:  # BEGIN or COMMIT failed: nothing of the batch is stored
-            for future, _fn in batch:
-                future.set_exception(error)
+            _deliver([(future, False, error) for future, _fn in batch])
             return
         for callback in after:
             callback()
-        for (future, _fn), (ok, value) in zip(batch, done, strict=True):
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
+        _deliver([(f, ok, value) for (f, _fn), (ok, value) in zip(batch, done, strict=True)])
 
 
-def _settle(future: Future[Any], fn: Callable[[], Any]) -> None:
+def _outcome(fn: Callable[[], Any]) -> tuple[bool, Any]:
     try:
-        result = fn()
+        return True, fn()
     except Exception as error:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
+        return False, error
+
+
+_Outcome = tuple["Future[Any] | _Awaited", bool, Any]
+
+
+def _deliver(outcomes: list[_Outcome]) -> None:
+    """Settle each write's future: a thread-safe one here, a loop's on its loop, all of one
+    loop's in one callback."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+    for outcome in outcomes:
+        target = outcome[0]
+        if isinstance(target, _Awaited):
+            by_loop.setdefault(target.loop, []).append(outcome)
+        elif outcome[1]:
+            target.set_result(outcome[2])
+        else:
+            target.set_exception(outcome[2])
+    for loop, awaited in by_loop.items():
+        with suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+            loop.call_soon_threadsafe(_settle_awaited, awaited)
+
+
+def _settle_awaited(outcomes: list[_Outcome]) -> None:
+    for target, ok, value in outcomes:
+        assert isinstance(target, _Awaited)
+        future = target.future
+        if future.cancelled():
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
 
 
 def _make_begin(statement: str) -> Any:
