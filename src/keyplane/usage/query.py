@@ -538,8 +538,7 @@ def run(conn: Connection, team_id: str, q: UsageQuery, catalog: Catalog) -> Answ
             found = result.cursor.fetchall()
         finally:
             result.close()
-        read = _series_values(q)
-        groups = _assemble_series(found, len(read), read.index("requests"), epochs, lo, hi)
+        groups = _assemble_series(found, len(measures), epochs, lo, hi)
         return _answer(conn, team_id, q, edges, cut, groups)
     statement = _statement(team_id, q, catalog)
     rows: Sequence[Any] = []
@@ -658,7 +657,9 @@ def _by_key_sums(q: UsageQuery) -> list[_Measure] | None:
     if any(fold != "sum" for fold, _ in measures):
         return None
     _, _, epochs, lo, hi = _range(q)
-    if _resolution([lo, hi, *epochs[1:-1]]) is not usage_days:
+    # One bucket (a total per key): SQL sums each key's days itself, a row per key out
+    # (measured: 26 against 29 ms of CPU from the series, 30 days of 1,000 keys).
+    if len(epochs) == 2 or _resolution([lo, hi, *epochs[1:-1]]) is not usage_days:
         return None
     return measures
 
@@ -669,7 +670,7 @@ def _series_statement(team_id: str, q: UsageQuery) -> tuple[str, dict[str, Any]]
     into the same row shape. One statement: one snapshot of the mark and both sides of it."""
     _, _, _, lo, hi = _range(q)
     keys = tuple(f.negated for f in q.filters)
-    sql = _series_sql(_series_values(q), keys)
+    sql = _series_sql(tuple(value for _, value in _measures(q.values)), keys)
     params: dict[str, Any] = {
         "team": team_id,
         "lo": lo,
@@ -678,15 +679,6 @@ def _series_statement(team_id: str, q: UsageQuery) -> tuple[str, dict[str, Any]]
     }
     params.update({f"key{i}": f.value for i, f in enumerate(q.filters)})
     return sql, params
-
-
-def _series_values(q: UsageQuery) -> tuple[str, ...]:
-    """The values a series row is read for: the measures', and the requests last, which say
-    whether a key had any rows in the range (its other sums may all be 0)."""
-    values = [value for _, value in _measures(q.values)]
-    if "requests" not in values:
-        values.append("requests")
-    return tuple(values)
 
 
 def _series_cell(value: str, suffix: str) -> str:
@@ -708,46 +700,51 @@ def _series_sql(values: tuple[str, ...], negated: tuple[bool, ...]) -> str:
         for slot in range(SERIES_SLOTS)
     )
     mark = f"coalesce((SELECT folded_to FROM usage_fold WHERE name = '{FOLD}'), 0)"  # noqa: S608
+    # Last, a bit per day on which the key made requests (its sums may all be 0): whether it is
+    # in the answer. Cheaper in SQL than the 32 cells in Python. Every minute read is in range.
+    days = " + ".join(
+        f"CASE WHEN requests_{slot} <> 0 THEN {1 << slot} ELSE 0 END"
+        for slot in range(SERIES_SLOTS)
+    )
     # Names and numbers are this module's own; the team, range and keys are parameters.
     return (
-        f"SELECT period, api_key_id, {cells} FROM usage_series "  # noqa: S608
+        f"SELECT period, api_key_id, {cells}, {days} FROM usage_series "  # noqa: S608
         f"WHERE team_id = :team AND period >= :period AND period < :hi{keys} "
-        f"UNION ALL SELECT bucket - bucket % {p}, api_key_id, {picks} FROM usage_minutes "
+        f"UNION ALL SELECT bucket - bucket % {p}, api_key_id, {picks}, {(1 << SERIES_SLOTS) - 1} "
+        "FROM usage_minutes "
         f"WHERE team_id = :team AND api_key_id <> '{ALL_KEYS}' AND bucket >= {mark} "
         f"AND bucket < :hi AND bucket + 0 >= :lo{keys} GROUP BY 1, 2"
     )
 
 
 def _assemble_series(
-    rows: Sequence[Sequence[Any]],
-    width: int,
-    requests: int,
-    epochs: list[int],
-    lo: int,
-    hi: int,
+    rows: Sequence[Sequence[Any]], width: int, epochs: list[int], lo: int, hi: int
 ) -> dict[tuple[str, ...], list[list[Any]]]:
-    """``_assemble`` for series rows ``(period, key, width × SERIES_SLOTS day cells)``: each
-    day of ``[lo, hi)`` added to its answer bucket, a slice of cells at a time. A key is in the
-    answer if it made a request in the range (its ``requests``-th value)."""
+    """``_assemble`` for series rows ``(period, key, width × SERIES_SLOTS day cells, days)``:
+    each day of ``[lo, hi)`` added to its answer bucket, a slice of cells at a time. A key is
+    in the answer if it made a request in the range (a bit of ``days``)."""
     n = len(epochs) - 1
     days = (hi - lo) // 86400
     at = [max(0, min(bisect.bisect_right(epochs, lo + d * 86400) - 1, n - 1)) for d in range(days)]
     by_day = n == days  # one bucket per day: the cells line up with the answer's
     by_key: dict[str, list[list[Any]]] = {}
+    # (key, period) pairs read: a period's days are its own cells, zeros until its first row.
+    seen: set[tuple[str, int]] = set()
     for row in rows:
         first = (row[0] - lo) // 86400  # the range's day of the period's slot 0
         a, b = max(0, -first), min(SERIES_SLOTS, days - first)
-        start = 2 + requests * SERIES_SLOTS
-        if a >= b or not any(row[start + a : start + b]):
+        if a >= b or not (row[-1] >> a) & ((1 << (b - a)) - 1):
             continue
         arrays = by_key.get(row[1])
         if arrays is None:
             arrays = by_key[row[1]] = [[0] * n for _ in range(width)]
+        again = (row[1], row[0]) in seen
+        seen.add((row[1], row[0]))
         for j, cells in enumerate(arrays):
             start = 2 + j * SERIES_SLOTS
             got = row[start + a : start + b]
-            if n == 1:
-                cells[0] += sum(got)
+            if by_day and not again:
+                cells[first + a : first + b] = got
             elif by_day:
                 cells[first + a : first + b] = map(operator.add, cells[first + a : first + b], got)
             else:
