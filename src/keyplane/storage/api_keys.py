@@ -29,6 +29,7 @@ from sqlalchemy import (
 
 from keyplane.domain.model import ApiKey, SecretDigest
 from keyplane.domain.timefmt import from_micros, to_micros
+from keyplane.storage import driver
 from keyplane.storage import tables as t
 from keyplane.storage._convert import micros_or_none, time_or_none
 
@@ -117,8 +118,8 @@ class ApiKeyQuery:
 
 def _insert(conn: Connection, statement: Insert, rows: list[dict[str, Any]]) -> None:
     """``rows`` by a statement built once; one row as a plain execute, which costs SQLAlchemy
-    less than an executemany of one."""
-    conn.execute(statement, rows[0] if len(rows) == 1 else rows)
+    less than an executemany of one (and the driver no more)."""
+    driver.insert(conn, statement, rows[0] if len(rows) == 1 else rows)
 
 
 class ApiKeys:
@@ -144,7 +145,8 @@ class ApiKeys:
         return _api_key(row, [SecretDigest(s.digest, time_or_none(s.expire_time)) for s in secrets])
 
     def add(self, key: ApiKey, *, now: datetime) -> None:
-        self._conn.execute(_INSERT_KEY, {"api_key_id": key.api_key_id, **api_key_values(key)})
+        row = {"api_key_id": key.api_key_id, **api_key_values(key)}
+        driver.insert(self._conn, _INSERT_KEY, row)
         self._write_acls(key)
         self._write_secrets(key, now=now)
 

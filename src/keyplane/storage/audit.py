@@ -9,13 +9,15 @@ from sqlalchemy import Connection, func, insert, or_, select, tuple_
 
 from keyplane.domain.model import AuditEvent
 from keyplane.domain.timefmt import from_micros, to_micros
+from keyplane.storage import driver
 from keyplane.storage import tables as t
 
 _INSERT_AUDIT = insert(t.audit_events)
 
 
 def append_audit(conn: Connection, event: AuditEvent) -> None:
-    conn.execute(
+    driver.insert(
+        conn,
         _INSERT_AUDIT,
         {
             "event_id": event.event_id,

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, func, insert, select, update
 
 from keyplane.domain.timefmt import to_micros
+from keyplane.storage import driver
 from keyplane.storage import tables as t
 
 #: The PostgreSQL NOTIFY channel that announces committed revisions.
@@ -51,7 +52,8 @@ def append_change(
     view: dict[str, Any],
     now: datetime,
 ) -> None:
-    conn.execute(
+    driver.insert(
+        conn,
         _INSERT_CHANGE,
         {
             "revision": revision,

@@ -1,0 +1,83 @@
+"""``keyplane.storage.driver.insert``: on SQLite the driver's cursor runs the INSERT, and what is
+stored, and what a refused row raises, are what ``Connection.execute`` stores and raises."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Boolean, Column, Integer, MetaData, String, Table, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from keyplane.storage import driver
+from keyplane.storage.db import Database
+
+_meta = MetaData()
+_rows = Table(
+    "driver_rows",
+    _meta,
+    Column("id", String(8), primary_key=True),
+    Column("n", Integer),
+    Column("flag", Boolean, nullable=False),
+)
+_defaulted = Table(
+    "driver_defaulted",
+    _meta,
+    Column("id", String(8), primary_key=True),
+    Column("flag", Boolean, nullable=False, default=False),
+)
+_INSERT = insert(_rows)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    database = Database(f"sqlite:///{tmp_path / 'driver.db'}")
+    _meta.create_all(database.writer)
+    yield database
+    database.dispose()
+
+
+def _stored(db: Database, table: Table) -> list[tuple[Any, ...]]:
+    with db.read() as conn:
+        return [tuple(r) for r in conn.execute(select(table).order_by(table.c.id))]
+
+
+def test_rows_go_through_the_driver_as_execute_would_store_them(db: Database) -> None:
+    with db.write() as conn:
+        driver.insert(conn, _INSERT, {"id": "a", "n": 1, "flag": True})
+        driver.insert(
+            conn,
+            _INSERT,
+            [{"id": "b", "n": None, "flag": False}, {"id": "c", "n": 3, "flag": True}],
+        )
+        driver.insert(conn, _INSERT, {"flag": False, "id": "d"})  # other columns, other order
+        conn.execute(_INSERT, {"id": "e", "n": 5, "flag": True})
+    assert _stored(db, _rows) == [
+        ("a", 1, True), ("b", None, False), ("c", 3, True), ("d", None, False), ("e", 5, True)
+    ]  # fmt: skip
+    assert (_INSERT, ("id", "n", "flag")) in driver._plans  # the driver's path was taken
+
+
+def test_a_column_default_to_fill_in_goes_through_sqlalchemy(db: Database) -> None:
+    with db.write() as conn:
+        driver.insert(conn, insert(_defaulted), {"id": "a"})
+    assert _stored(db, _defaulted) == [("a", False)]
+
+
+def test_a_refused_row_raises_what_sqlalchemy_raises_and_its_write_stores_nothing(
+    db: Database,
+) -> None:
+    with db.write() as conn:
+        driver.insert(conn, _INSERT, {"id": "a", "n": 1, "flag": True})
+
+    def refused() -> None:
+        with db.write() as conn:
+            driver.insert(conn, _INSERT, {"id": "b", "n": 2, "flag": True})
+            rows = [{"id": "c", "n": 3, "flag": True}, {"id": "a", "n": 9, "flag": False}]
+            driver.insert(conn, _INSERT, rows)
+
+    with pytest.raises(IntegrityError):
+        refused()
+    assert _stored(db, _rows) == [("a", 1, True)]
