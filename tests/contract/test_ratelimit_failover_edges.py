@@ -376,6 +376,7 @@ async def test_the_hand_back_keeps_each_limit_to_its_share_until_its_window_ends
         assert (await limiter.acquire([minute])).allowed  # a share of 1, used at 1007
         clock.advance(3.0)
         assert len(await admitted(limiter, 2, qps)) == 2  # the share of 2, at 1010
+        assert not (await limiter.acquire([qps])).allowed  # 4 s in: qps is held by the floor
         clock.advance(0.5)  # 4.5 s since the return: past qps's window and the floor
         assert (await limiter.acquire([qps])).allowed
         clock.advance(0.5)  # 1011: t5's window has ended; t10's share counts only its window
@@ -582,3 +583,151 @@ async def test_probes_back_off_by_doubling_from_probe_min_to_probe_max(
         assert sum(gaps) < 3.0 + 1.0, gaps
         server.start()
         await until(lambda: a.available, "the limiter back on Redis")
+
+
+async def held_by_pause(client: Redis) -> bool:
+    """Whether a client but ``client`` waits in Redis for ``CLIENT PAUSE`` to end."""
+    return any("b" in c["flags"] for c in await client.client_list())
+
+
+async def test_a_connection_broken_under_a_call_is_retried_once_and_is_no_outage(
+    server: RedisServer,
+) -> None:
+    # After a restart or a failover every pooled connection is dead: from_url's client sends a
+    # call once more on a fresh connection when its own breaks, rather than counting an outage.
+    # Here Redis holds the call unrun (CLIENT PAUSE WRITE), then closes the connection under it.
+    async with (
+        replicas(server, FailurePolicy.LOCAL, count=1, heartbeat=60.0) as (a,),
+        admin(server) as client,
+    ):
+        limit = qpm(10)
+        assert (await a.acquire([limit])).allowed
+        await client.client_pause(10_000, all=False)
+        try:
+            call = asyncio.ensure_future(a.acquire([limit]))
+            await until(lambda: held_by_pause(client), "the call held by Redis")
+            assert await client.client_kill_filter(_type="normal", skipme=True) == 1
+        finally:
+            await client.client_unpause()
+        decision = await call
+        assert decision.allowed
+        assert not decision.degraded
+        assert a.available
+        assert await redis_count(server, a.prefix, "key:1:qpm") == 2
+
+
+@asynccontextmanager
+async def on_own_client(server: RedisServer, **extra: Any) -> AsyncIterator[RedisLimiter]:
+    """A started limiter (no probe) on a client of the caller's own with no socket timeout, so
+    the limiter's own bounds are all there is (from_url's client has the decisions' timeout on
+    its socket too)."""
+    client = Redis.from_url(server.url)
+    limiter = RedisLimiter(
+        client,
+        settings(FailurePolicy.LOCAL, f"test:{uuid.uuid4().hex}:", heartbeat=60.0, **extra),
+    )
+    try:
+        await limiter.start()
+        await stop_probe(limiter)
+        yield limiter
+    finally:
+        await limiter.aclose()
+        await client.aclose()
+
+
+async def test_a_replay_waits_for_redis_up_to_its_patience_not_the_decisions_timeout(
+    server: RedisServer,
+) -> None:
+    # A replay is off the request path and may carry a window's worth of entries: it waits
+    # max(1 s, 4 x timeout). Redis stopped and continued after twice the timeout (by a timer)
+    # still takes it, and the limiter is back.
+    timeout = 0.5  # a replay's patience: 2 s
+    loop = asyncio.get_running_loop()
+    async with on_own_client(server, timeout=timeout) as limiter:
+        limit = qpm(10)
+        assert (await limiter.acquire([limit])).allowed
+        async with admin(server) as other, out_of_memory(other):
+            assert (await limiter.acquire([limit])).degraded
+        server.pause()
+        resume = loop.call_later(2 * timeout, server.resume)
+        try:
+            started = loop.time()
+            assert await limiter._recover() is True
+            waited = loop.time() - started
+        finally:
+            resume.cancel()
+            server.resume()
+        assert waited > 2 * timeout - 0.01
+        assert limiter.available
+        assert await redis_count(server, limiter.prefix, "key:1:qpm") == 2
+        # A decision still waits no longer than the timeout: nothing else bounds it here.
+        server.pause()
+        try:
+            async with asyncio.timeout(4 * timeout):
+                assert (await limiter.acquire([limit])).degraded
+        finally:
+            server.resume()
+
+
+async def test_a_replay_gives_up_at_its_patience_of_at_least_a_second(server: RedisServer) -> None:
+    # A replay's patience: max(1 s, 4 x 0.2 s) = 1 s.
+    async with on_own_client(server, timeout=0.2) as limiter:
+        server.pause()
+        try:
+            async with asyncio.timeout(1.9):
+                with pytest.raises(TimeoutError, match=r"^no answer from Redis within 1\.0 s$"):
+                    await limiter._recover()
+        finally:
+            server.resume()
+
+
+async def test_a_limiter_that_never_met_redis_replays_every_decision_of_its_policy(
+    server: RedisServer,
+) -> None:
+    # Redis is gone before the first call: no decision is counted there, and every one goes in.
+    server.stop()
+    async with replicas(server, FailurePolicy.LOCAL, count=1, heartbeat=60.0) as (a,):
+        assert not a.available
+        await stop_probe(a)
+        limit = qpm(10)
+        assert [d.degraded for d in await admitted(a, 2, limit)] == [True, True]
+        server.start()
+        assert await a._recover() is True
+        assert await redis_count(server, a.prefix, "key:1:qpm") == 2
+
+
+async def test_an_exact_policy_takes_redis_back_at_once_from_an_outage_that_kept_the_data(
+    server: RedisServer,
+) -> None:
+    # Only a Redis that lost its data makes deny and local-strict wait for the other replicas'
+    # replays; after an outage that kept it (the first one too), Redis decides again at once.
+    async with (
+        replicas(server, FailurePolicy.DENY, count=1, heartbeat=60.0) as (a,),
+        admin(server) as client,
+    ):
+        await stop_probe(a)
+        limit = qpm(10)
+        assert (await a.acquire([limit])).allowed
+        async with out_of_memory(client):
+            assert (await a.acquire([limit])).degraded
+        assert await a._recover() is True  # the other replica of two has not replayed: no need
+        assert a.available
+
+
+async def test_redis_holds_the_epoch_and_each_replicas_seen_mark_under_the_prefix(
+    server: RedisServer,
+) -> None:
+    # The key layout (docs/architecture.md): replicas running different versions during an
+    # upgrade share one Redis, so the names are part of the contract between them.
+    async with (
+        replicas(server, FailurePolicy.LOCAL, heartbeat=60.0) as (a, b),
+        admin(server) as client,
+    ):
+        for limiter in (a, b):
+            assert (await limiter.acquire([qpm(10)])).allowed
+        epoch = await client.get(a.prefix + "epoch")
+        assert isinstance(epoch, bytes)
+        assert epoch.decode() == a._epoch == b._epoch
+        for limiter in (a, b):
+            assert await client.get(f"{a.prefix}seen:{limiter.replica_id}") is not None
+            assert await client.pttl(f"{a.prefix}seen:{limiter.replica_id}") > 0

@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from keyplane.ratelimit import RedisLimiter, RequestLimit
+from keyplane.ratelimit import Decision, RedisLimiter, RequestLimit
 from tests.contract.test_ratelimit_failover import until
 from tests.contract.test_ratelimit_pipelining import limiter, script_calls
 from tests.support.redis import RedisServer
@@ -25,10 +26,10 @@ QPM = RequestLimit("qpm", "key:1:qpm", 1000, 60.0)
 
 
 @asynccontextmanager
-async def warmed(server: RedisServer) -> AsyncIterator[tuple[RedisLimiter, Redis]]:
+async def warmed(server: RedisServer, **extra: Any) -> AsyncIterator[tuple[RedisLimiter, Redis]]:
     """A limiter that has made one call (Redis holds its batch script: no NOSCRIPT round trip
     later) and no heartbeat within the test, beside a client of the test's own."""
-    shared = limiter(server, heartbeat=60.0)
+    shared = limiter(server, heartbeat=60.0, **extra)
     client = Redis.from_url(server.url)
     try:
         await shared.start()
@@ -80,6 +81,65 @@ async def test_calls_made_while_two_batches_are_unanswered_go_together_in_the_ne
         # The first two calls went alone; the other four waited for one of them, then went as one.
         assert await script_calls(client) - before == 3
         assert await connections(client) == 2
+
+
+async def test_a_call_queued_behind_two_late_batches_waits_no_longer_than_its_own_timeout(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A call's time runs from when it is made, queueing included: two batches that a paused
+    # Redis answers half a timeout late hold it back, then Redis stalls on its own batch. It
+    # fails at its deadline, not a whole timeout after its batch left.
+    timeout = 2.0
+    async with warmed(server, timeout=timeout) as (shared, _):
+        # Two connections open first: a new one waits for Redis to answer its handshake.
+        server.pause()
+        try:
+            warm = [asyncio.ensure_future(shared.acquire([QPM]))]
+            await turns()
+            warm.append(asyncio.ensure_future(shared.acquire([QPM])))
+            await turns()
+        finally:
+            server.resume()
+        assert all(not d.degraded for d in await asyncio.gather(*warm))
+        script = shared._batch_script
+        sent = 0
+        ahead: list[asyncio.Future[Decision]] = []
+
+        async def stalling(*, keys: Any, args: Any) -> Any:
+            nonlocal sent
+            sent += 1
+            if sent == 3:  # once the two ahead are answered, Redis stalls on this batch
+                await asyncio.wait(ahead)
+                server.pause()
+            return await script(keys=keys, args=args)
+
+        monkeypatch.setattr(shared, "_batch_script", stalling)
+        loop = asyncio.get_running_loop()
+        server.pause()
+        try:
+            ahead.append(asyncio.ensure_future(shared.acquire([QPM])))  # on the wire alone
+            await turns()
+            ahead.append(asyncio.ensure_future(shared.acquire([QPM])))
+            await turns()
+            made = loop.time()
+            queued = asyncio.ensure_future(shared.acquire([QPM]))  # two batches on the wire
+            await turns()
+            assert sent == 2
+            await asyncio.sleep(timeout / 2)  # the scenario's delay: Redis answers late
+            server.resume()
+            for call in ahead:
+                decision = await call
+                assert decision.allowed
+                assert not decision.degraded
+            async with asyncio.timeout(3 * timeout):
+                late = await queued
+            waited = loop.time() - made
+        finally:
+            server.resume()
+        assert sent == 3
+        assert late.degraded
+        # At its deadline (the mutants of its bound: a whole timeout after its batch left).
+        assert timeout - 0.01 < waited < timeout * 1.25
 
 
 async def test_a_script_error_fails_the_calls_of_its_batch_and_not_those_queued_behind(

@@ -1,0 +1,125 @@
+"""What a RedisLimiter is made with (#18: the survivors of ``RedisLimiter.__init__`` and
+``_fast_packing``): who closes the client, the Redis gauge it starts with, the local limiter and
+journal built with its own exact_max and buckets, and the command packing of its connections.
+No server is needed: Redis is a free loopback port nobody listens on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hiredis
+import msgspec
+import pytest
+from prometheus_client import REGISTRY
+from redis.asyncio import Redis
+from redis.asyncio.connection import Connection
+from redis.exceptions import DataError
+
+from keyplane.ratelimit import (
+    FailurePolicy,
+    ManualClock,
+    MemoryLimiter,
+    RedisLimiter,
+    RedisLimiterSettings,
+    RequestLimit,
+    TokenLimit,
+)
+from keyplane.ratelimit.redis import _fast_packing
+from tests.support.procs import free_port
+
+
+def nowhere() -> str:
+    return f"redis://127.0.0.1:{free_port()}/0"
+
+
+async def test_a_client_given_to_the_limiter_is_left_to_the_caller_to_close(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    closed: list[str] = []
+
+    def recorder(name: str) -> Any:
+        async def aclose() -> None:
+            closed.append(name)
+
+        return aclose
+
+    client = Redis.from_url(nowhere())
+    monkeypatch.setattr(client, "aclose", recorder("given"))
+    given = RedisLimiter(client, RedisLimiterSettings(timeout=5.0))
+    await given.aclose()
+    assert closed == []
+    made = RedisLimiter.from_url(nowhere(), RedisLimiterSettings(timeout=5.0))
+    monkeypatch.setattr(made._client, "aclose", recorder("made"))
+    await made.aclose()
+    assert closed == ["made"]  # from_url's client is the limiter's own
+
+
+async def test_a_new_limiter_reports_redis_up() -> None:
+    prefix = "test:init-gauge:"
+    limiter = RedisLimiter.from_url(nowhere(), RedisLimiterSettings(prefix=prefix, timeout=5.0))
+    try:
+        assert REGISTRY.get_sample_value("keyplane_ratelimit_redis_up", {"prefix": prefix}) == 1
+    finally:
+        await limiter.aclose()
+
+
+async def test_the_local_policy_and_the_journal_use_the_limiters_exact_max_and_buckets() -> None:
+    # Not the defaults (1000, 60, 60): a request limit of 2 goes in buckets of 60 s / 4, tokens in
+    # buckets of 60 s / 3, both locally while Redis is down and in what a replay would send.
+    clock = ManualClock(1000.25)
+    settings = RedisLimiterSettings(
+        policy=FailurePolicy.LOCAL, timeout=5.0, exact_max=1, buckets=4, token_buckets=3
+    )
+    reference = MemoryLimiter(clock=clock, exact_max=1, buckets=4, token_buckets=3)
+    qpm = RequestLimit("qpm", "key:1:qpm", 2, 60.0)
+    tpm = TokenLimit("tpm", "key:1:tpm", 10, 60.0)
+    limiter = RedisLimiter.from_url(nowhere(), settings, clock=clock)
+    try:
+        for _ in range(3):  # two admitted, then a refusal whose wait runs to a bucket's end
+            got = await limiter.acquire([qpm])
+            assert got == msgspec.structs.replace(reference.acquire_now([qpm]), degraded=True)
+        assert not got.allowed
+        await limiter.charge([tpm], 11)
+        reference.charge_now([tpm], 11)
+        clock.advance(1.0)
+        got = await limiter.acquire([], [tpm])
+        assert not got.allowed
+        assert got == msgspec.structs.replace(reference.acquire_now([], [tpm]), degraded=True)
+
+        replay = limiter._journal.replay(clock.monotonic(), 0, limiter.prefix)
+        assert replay.keys == [
+            f"{limiter.prefix}r:key:1:qpm:log", f"{limiter.prefix}r:key:1:qpm:sum",
+            f"{limiter.prefix}t:key:1:tpm:log", f"{limiter.prefix}t:key:1:tpm:sum",
+        ]  # fmt: skip
+        window = 60_000_000
+        # Per series: window, bucket width, entry count, then (age, seq, units) per entry.
+        assert replay.args[:3] == [window, window // 4, 2]
+        assert replay.args[9:12] == [window, window // 3, 1]
+    finally:
+        await limiter.aclose()
+
+
+def test_the_limiters_connections_pack_plain_commands_in_one_call_into_hiredis() -> None:
+    packed_by_base: list[tuple[Any, ...]] = []
+
+    class Base(Connection):
+        def pack_command(self, *args: Any) -> list[bytes]:
+            packed_by_base.append(args)
+            return super().pack_command(*args)
+
+    fast = _fast_packing(Base)
+    assert issubclass(fast, Base)
+    assert fast.__name__ == "Base"
+    connection = fast(host="127.0.0.1", port=free_port())
+    plain = Connection(host="127.0.0.1", port=free_port())
+    args: tuple[Any, ...] = ("EVALSHA", "0" * 40, 2, b"rl:r:key:1:qpm:log", "a 2 - 7 1 60000000 0")
+    assert connection.pack_command(*args) == [hiredis.pack_command(args)]
+    assert connection.pack_command(*args) == plain.pack_command(*args)  # the same bytes
+    assert packed_by_base == []
+    # A command name of two words, or an argument hiredis does not take: the base's, and its
+    # refusal.
+    two_words = ("SCRIPT LOAD", "return 1")
+    assert connection.pack_command(*two_words) == plain.pack_command(*two_words)
+    with pytest.raises(DataError, match="'bool'"):
+        connection.pack_command("SET", "k", True)
+    assert packed_by_base == [two_words, ("SET", "k", True)]
