@@ -146,6 +146,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=4.0, help="Length of each measured run.")
     parser.add_argument("--connections", type=int, default=32, help="Closed-loop connections.")
+    parser.add_argument(
+        "--rate",
+        type=int,
+        default=0,
+        help="(b)'s offered load, requests/s (default: half the measured saturation); fixed, "
+        "two runs (say, two commits) compare at the same load.",
+    )
     args = parser.parse_args()
     redis_bin = shutil.which("redis-server")
     if redis_bin is None:
@@ -221,8 +228,8 @@ def main() -> None:
             # (b) latency at a fixed offered load: half the 1-worker saturation, memory limiter.
             sat = saturation([("mem", "1 worker (memory limiter)", memory)], secret,
                              args.seconds, args.connections, others)[0]  # fmt: skip
-            rate = round(sat["rate"] / 2)
-            log(f"open loop at {rate}/s (half of {sat['rate']:.0f}/s)")
+            rate = args.rate or round(sat["rate"] / 2)
+            log(f"open loop at {rate}/s (saturation {sat['rate']:.0f}/s)")
             fixed: dict[str, dict[str, Any]] = {}
             stub_url = f"http://127.0.0.1:{stub_port}/v1/chat/completions"
             for round_ in range(ROUNDS):
@@ -241,8 +248,9 @@ def main() -> None:
                         fixed[tag] = r
             d, g = fixed["direct"], fixed["gateway"]
             out.append(
-                f"(b) Latency at a fixed offered load: {rate:,}/s (half of the 1-worker "
-                f"gateway's saturation, {sat['rate']:,.0f}/s, memory limiter), open loop "
+                f"(b) Latency at a fixed offered load: {rate:,}/s "
+                f"({'given' if args.rate else 'half of'} the 1-worker gateway's saturation, "
+                f"{sat['rate']:,.0f}/s, memory limiter), open loop "
                 f"(latency from each request's scheduled time, ≤ 64 connections), "
                 f"{args.seconds:.0f} s per run, best of {ROUNDS} interleaved runs by p99.\n"
             )
