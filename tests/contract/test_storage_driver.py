@@ -8,8 +8,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Boolean, Column, Integer, MetaData, String, Table, insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError, StatementError
 
 from keyplane.storage import driver
 from keyplane.storage.db import Database
@@ -81,3 +92,44 @@ def test_a_refused_row_raises_what_sqlalchemy_raises_and_its_write_stores_nothin
     with pytest.raises(IntegrityError):
         refused()
     assert _stored(db, _rows) == [("a", 1, True)]
+
+
+_BY_ID = select(_rows).where(_rows.c.id == bindparam("id"))
+_BUMP = (
+    update(_rows).where(_rows.c.id == bindparam("key")).values(n=_rows.c.n + 1).returning(_rows.c.n)
+)
+
+
+def test_a_row_read_by_the_driver_is_the_row_sqlalchemy_reads(db: Database) -> None:
+    with db.write() as conn:
+        driver.insert(
+            conn,
+            _INSERT,
+            [{"id": "a", "n": 1, "flag": True}, {"id": "b", "n": None, "flag": False}],
+        )
+    with db.read() as conn:
+        for key in ("a", "b", "none"):
+            ours = driver.first(conn, _BY_ID, {"id": key})
+            theirs = conn.execute(_BY_ID, {"id": key}).first()
+            assert ours == (None if theirs is None else tuple(theirs))
+            if ours is not None:
+                assert theirs is not None
+                assert (ours.id, ours.n, ours.flag) == (theirs.id, theirs.n, theirs.flag)
+                assert type(ours.flag) is bool
+        assert driver._reads.get(_BY_ID) is not None
+        # An IN list is expanded at execution: SQLAlchemy's path.
+        within = select(_rows.c.id).where(_rows.c.id.in_(["a", "b"])).order_by(_rows.c.id)
+        assert tuple(driver.first(conn, within, {})) == ("a",)
+        assert driver._reads[within] is None
+
+
+def test_an_update_returning_runs_by_the_driver_with_the_literals_it_holds(db: Database) -> None:
+    with db.write() as conn:
+        driver.insert(conn, _INSERT, {"id": "a", "n": 1, "flag": True})
+        assert driver.first(conn, _BUMP, {"key": "a"}).n == 2
+        assert conn.execute(_BUMP, {"key": "a"}).scalar_one() == 3
+        assert driver.first(conn, _BUMP, {"key": "a"}).n == 4
+        assert driver.first(conn, _BUMP, {"key": "none"}) is None
+    assert _stored(db, _rows) == [("a", 4, True)]
+    with pytest.raises(StatementError), db.read() as conn:
+        driver.first(conn, _BY_ID, {})  # a parameter missing: SQLAlchemy's error

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy.exc import NoResultFound
 
 from keyplane.domain.timefmt import to_micros
 from keyplane.storage import driver
@@ -35,7 +36,10 @@ _INSERT_CHANGE = insert(t.change_log)
 
 def next_revision(conn: Connection) -> int:
     """Take the next deployment-wide revision; the row stays locked until this transaction ends."""
-    return int(conn.execute(_BUMP_REVISION).scalar_one())
+    row = driver.first(conn, _BUMP_REVISION, {})
+    if row is None:
+        raise NoResultFound("the revision counter has no row")
+    return int(row.value)
 
 
 def current_revision(conn: Connection) -> int:

@@ -10,6 +10,7 @@ from sqlalchemy import Connection, Row, bindparam, insert, select, update
 
 from keyplane.domain.model import ManagementKey
 from keyplane.domain.timefmt import from_micros, to_micros
+from keyplane.storage import driver
 from keyplane.storage import tables as t
 from keyplane.storage._convert import time_or_none
 
@@ -69,12 +70,12 @@ class ManagementKeys:
 
     def live(self, digest: str) -> ManagementKey | None:
         """The management key with this digest, unless it is revoked or its team blocked."""
-        row = self._conn.execute(_LIVE_BY_DIGEST, {"digest": digest}).first()
+        row = driver.first(self._conn, _LIVE_BY_DIGEST, {"digest": digest})
         return None if row is None else _management_key(row)
 
     def live_by_id(self, key_id: str) -> ManagementKey | None:
         """``live`` by id: for a session that names its key without its secret."""
-        row = self._conn.execute(_LIVE_BY_ID, {"key_id": key_id}).first()
+        row = driver.first(self._conn, _LIVE_BY_ID, {"key_id": key_id})
         return None if row is None else _management_key(row)
 
     def all(self, team_id: str | None) -> list[ManagementKey]:
