@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
@@ -199,3 +200,18 @@ def test_a_write_whose_awaiter_is_cancelled_before_it_starts_is_not_run(db: Data
 
     asyncio.run(main())
     assert "cancelled" not in _names(db)
+
+
+def test_a_write_holds_the_write_lock_from_its_begin_and_a_read_is_one_transaction(
+    db: Database, tmp_path: Path
+) -> None:
+    other = sqlite3.connect(tmp_path / "keyplane.db", timeout=0, isolation_level=None)
+    try:
+        with db.write() as conn:
+            conn.execute(select(tables.meta.c.name)).all()
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")
+        with db.read() as conn:
+            assert conn.connection.driver_connection.in_transaction  # type: ignore[union-attr]
+    finally:
+        other.close()
