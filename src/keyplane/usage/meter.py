@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import structlog
 
 from keyplane.catalog import CatalogModel
-from keyplane.usage.record import Prices, UsageRecord, frame
+from keyplane.usage.record import Prices, frame_into
 from keyplane.usage.spool import Spool
 
 log = structlog.get_logger("keyplane.usage")
@@ -56,6 +56,7 @@ class Meter:
         self.spool = spool
         self._prices = {m.name: Prices.of(m) for m in models}
         self._free = Prices()
+        self._frame = bytearray()
         self.failed = 0
 
     def finish(self, tally: Tally) -> None:
@@ -64,21 +65,22 @@ class Meter:
         cost, completion_cost, image_cost = prices.costs(
             tally.prompt_tokens, tally.completion_tokens, tally.images
         )
-        record = UsageRecord(
-            time_ms=int(time.time() * 1000),
-            team_id=tally.team_id,
-            api_key_id=tally.api_key_id,
-            model=tally.model,
-            endpoint=tally.endpoint,
-            status=tally.status,
-            prompt_tokens=tally.prompt_tokens,
-            completion_tokens=tally.completion_tokens,
-            cost=cost,
-            completion_cost=completion_cost,
-            image_cost=image_cost,
+        # The record's fields as ``UsageRecord`` orders them, framed in one reused buffer.
+        fields = (
+            time.time_ns() // 1_000_000,
+            tally.team_id,
+            tally.api_key_id,
+            tally.model,
+            tally.endpoint,
+            tally.status,
+            tally.prompt_tokens,
+            tally.completion_tokens,
+            cost,
+            completion_cost,
+            image_cost,
         )
         try:
-            self.spool.append(frame(record))
+            self.spool.append(frame_into(self._frame, fields))
         except OSError as error:
             # The request is answered already; count the loss loudly rather than fail it.
             self.failed += 1

@@ -61,6 +61,23 @@ def frame(record: UsageRecord) -> bytes:
     return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
+_encode_into = msgspec.msgpack.Encoder().encode_into
+#: A record's fields in ``UsageRecord``'s order, every one given.
+RecordFields = tuple[int, str, str, str, str, int, int, int, int, int, int]
+
+
+def frame_into(buffer: bytearray, fields: RecordFields) -> bytearray:
+    """``frame(UsageRecord(*fields))``, byte for byte (an array-like record is its fields'
+    msgpack array), written over ``buffer`` and returned: no record object, payload or frame
+    allocated per call (the gateway's hot path reuses one buffer)."""
+    _encode_into(fields, buffer, HEADER_SIZE)
+    payload = memoryview(buffer)[HEADER_SIZE:]
+    crc = zlib.crc32(payload)
+    payload.release()  # before the next encode may resize the buffer
+    _HEADER.pack_into(buffer, 0, len(buffer) - HEADER_SIZE, crc)
+    return buffer
+
+
 def iter_frames(data: bytes | memoryview, base: int = 0) -> Iterator[tuple[int, int, bytes]]:
     """``(start, end, payload)`` of each whole, intact frame from the start of ``data``; stops at
     the first torn or damaged one. Offsets are ``base`` plus the position in ``data``."""

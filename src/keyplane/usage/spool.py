@@ -105,7 +105,7 @@ class Spool:
 
     # -- the hot path --------------------------------------------------------------------------
 
-    def append(self, data: bytes) -> None:
+    def append(self, data: bytes | bytearray) -> None:
         written = os.write(self._fd, data)
         while written < len(data):  # a short write (e.g. disk nearly full): finish the frame
             written += os.write(self._fd, data[written:])

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keyplane.usage import spool as spool_module
-from keyplane.usage.record import UsageRecord, decode, frame, iter_frames
+from keyplane.usage.record import UsageRecord, decode, frame, frame_into, iter_frames
 from keyplane.usage.spool import Spool
 
 
@@ -106,3 +106,31 @@ def test_any_interleaving_of_appends_reads_and_restarts_loses_and_repeats_nothin
         spool.close()
         assert got == made
         assert os.listdir(directory)  # the cursor and the live segment remain
+
+
+_count = st.integers(min_value=0, max_value=2**62)
+_fields = st.tuples(
+    _count,
+    st.text(max_size=36),
+    st.text(max_size=36),
+    st.text(max_size=128),
+    st.text(max_size=32),
+    st.integers(min_value=0, max_value=999),
+    _count,
+    _count,
+    _count,
+    _count,
+    _count,
+)
+
+
+@settings(deadline=None)
+@given(st.lists(_fields, min_size=1, max_size=4))
+def test_a_frame_written_into_a_reused_buffer_is_the_records_frame(
+    records: list[tuple[int, str, str, str, str, int, int, int, int, int, int]],
+) -> None:
+    """The gateway frames each record's fields into one reused buffer (``Meter.finish``): the
+    bytes are ``frame(UsageRecord(...))``'s, whatever the buffer held before."""
+    buffer = bytearray()
+    for fields in records:
+        assert bytes(frame_into(buffer, fields)) == frame(UsageRecord(*fields))
