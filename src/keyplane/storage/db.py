@@ -27,7 +27,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from keyplane.domain.errors import Unavailable
 from keyplane.private_files import private_file
-from keyplane.storage import tables
+from keyplane.storage import driver, tables
 
 log = structlog.get_logger("keyplane.storage")
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -147,15 +147,17 @@ class Database:
         if batch is not None:
             # Plain SAVEPOINT statements: SQLAlchemy's begin_nested() cost more (~220 us here)
             # than a whole BEGIN IMMEDIATE ... COMMIT (~175 us), undoing what the batch saves.
+            # By the driver (keyplane.storage.driver): the pair costs ~3.5 us there, ~16 us
+            # through SQLAlchemy's exec_driver_sql.
             with _unavailable_store():
-                batch.exec_driver_sql("SAVEPOINT lane")
+                driver.statement(batch, "SAVEPOINT lane")
                 try:
                     yield batch
                 except BaseException:
-                    batch.exec_driver_sql("ROLLBACK TO lane")
-                    batch.exec_driver_sql("RELEASE lane")
+                    driver.statement(batch, "ROLLBACK TO lane")
+                    driver.statement(batch, "RELEASE lane")
                     raise
-                batch.exec_driver_sql("RELEASE lane")
+                driver.statement(batch, "RELEASE lane")
             return
         with _unavailable_store(), self.writer.begin() as conn:
             yield conn

@@ -15,7 +15,8 @@ back as a whole when the error propagates).
 :func:`first` does the same for a statement that returns at most a row or two (a SELECT by key,
 an UPDATE ... RETURNING of one row): it fetches them all (a RETURNING statement left unfinished
 would hold up the COMMIT) and hands back the first as a named tuple, each value through its
-type's result processor, as SQLAlchemy's ``Row`` would carry it.
+type's result processor, as SQLAlchemy's ``Row`` would carry it. :func:`statement` runs a
+plain statement with no parameters and no result (the write lane's ``SAVEPOINT`` and ``RELEASE``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from sqlalchemy import Connection, Insert
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement, Executable
 
-__all__ = ["first", "insert"]
+__all__ = ["first", "insert", "statement"]
 
 #: How the driver runs an INSERT: its SQL, the columns in the order of its values, and the bind
 #: processors to apply (by position).
@@ -170,3 +171,17 @@ def _read_plan(conn: Connection, statement: Executable) -> _ReadPlan | None:
             processors.append((at, process))
     row_type = namedtuple("Row", names)  # type: ignore[misc]
     return compiled.string, tuple(order), held, row_type, tuple(processors)
+
+
+def statement(conn: Connection, sql: str) -> None:
+    """``conn.exec_driver_sql(sql)`` for a statement with no parameters and no result, by the
+    driver on SQLite; one the driver refuses runs again through SQLAlchemy, which raises."""
+    if conn.dialect.name != "sqlite":
+        conn.exec_driver_sql(sql)
+        return
+    driver = conn.connection.driver_connection
+    assert isinstance(driver, sqlite3.Connection)
+    try:
+        driver.execute(sql)
+    except sqlite3.Error:
+        conn.exec_driver_sql(sql)
