@@ -52,6 +52,8 @@ async def test_a_client_given_to_the_limiter_is_left_to_the_caller_to_close(
     monkeypatch.setattr(made._client, "aclose", recorder("made"))
     await made.aclose()
     assert closed == ["made"]  # from_url's client is the limiter's own
+    for owned in (client, made._client):
+        await Redis.aclose(owned)  # what the recorders stood in for
 
 
 async def test_a_new_limiter_reports_redis_up() -> None:
