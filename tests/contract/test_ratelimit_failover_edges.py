@@ -635,6 +635,27 @@ async def on_own_client(server: RedisServer, **extra: Any) -> AsyncIterator[Redi
         await client.aclose()
 
 
+async def recover_from_a_late_redis(
+    server: RedisServer, limiter: RedisLimiter, limit: RequestLimit, late: float
+) -> float:
+    """One admission through Redis, one by the policy during an outage (OOM), then the limiter's
+    recovery (no probe of its own) from a Redis stopped and continued by a timer ``late`` seconds
+    later: how long the recovery took."""
+    loop = asyncio.get_running_loop()
+    assert (await limiter.acquire([limit])).allowed
+    async with admin(server) as client, out_of_memory(client):
+        assert (await limiter.acquire([limit])).degraded
+    server.pause()
+    resume = loop.call_later(late, server.resume)
+    try:
+        started = loop.time()
+        assert await limiter._recover() is True
+        return loop.time() - started
+    finally:
+        resume.cancel()
+        server.resume()
+
+
 async def test_a_replay_waits_for_redis_up_to_its_patience_not_the_decisions_timeout(
     server: RedisServer,
 ) -> None:
@@ -642,21 +663,9 @@ async def test_a_replay_waits_for_redis_up_to_its_patience_not_the_decisions_tim
     # max(1 s, 4 x timeout). Redis stopped and continued after twice the timeout (by a timer)
     # still takes it, and the limiter is back.
     timeout = 0.5  # a replay's patience: 2 s
-    loop = asyncio.get_running_loop()
     async with on_own_client(server, timeout=timeout) as limiter:
         limit = qpm(10)
-        assert (await limiter.acquire([limit])).allowed
-        async with admin(server) as other, out_of_memory(other):
-            assert (await limiter.acquire([limit])).degraded
-        server.pause()
-        resume = loop.call_later(2 * timeout, server.resume)
-        try:
-            started = loop.time()
-            assert await limiter._recover() is True
-            waited = loop.time() - started
-        finally:
-            resume.cancel()
-            server.resume()
+        waited = await recover_from_a_late_redis(server, limiter, limit, 2 * timeout)
         assert waited > 2 * timeout - 0.01
         assert limiter.available
         assert await redis_count(server, limiter.prefix, "key:1:qpm") == 2
@@ -677,6 +686,36 @@ async def test_a_replay_gives_up_at_its_patience_of_at_least_a_second(server: Re
             async with asyncio.timeout(1.9):
                 with pytest.raises(TimeoutError, match=r"^no answer from Redis within 1\.0 s$"):
                     await limiter._recover()
+        finally:
+            server.resume()
+
+
+async def test_a_replay_through_from_urls_client_waits_up_to_its_patience_too(
+    server: RedisServer,
+) -> None:
+    # from_url's client (the one keyplane makes for every limiter) has the decisions' timeout on
+    # its sockets: a replay's commands still wait up to the replay's patience, or a replay that
+    # Redis answers later than the timeout (a window's worth of entries on a busy Redis) would
+    # fail every probe, and the limiter would stay on its failure policy for good.
+    timeout = 0.5  # a replay's patience: 2 s
+    loop = asyncio.get_running_loop()
+    extra = {"timeout": timeout, "heartbeat": 60.0}
+    async with replicas(server, FailurePolicy.ALLOW, count=1, **extra) as (a,):
+        await stop_probe(a)
+        limit = qpm(3)
+        assert await recover_from_a_late_redis(server, a, limit, 2 * timeout) > 2 * timeout - 0.01
+        assert a.available
+        assert await redis_count(server, a.prefix, "key:1:qpm") == 2
+        # Redis decides again, counting the replayed admission: the third is the last.
+        third, fourth = await a.acquire([limit]), await a.acquire([limit])
+        assert (third.allowed, third.degraded) == (True, False)
+        assert (fourth.allowed, fourth.degraded) == (False, False)
+        # A decision still gives up at the timeout, well before the replay's patience.
+        server.pause()
+        try:
+            started = loop.time()
+            assert (await a.acquire([limit])).degraded
+            assert loop.time() - started < 3 * timeout
         finally:
             server.resume()
 

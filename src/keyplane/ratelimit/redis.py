@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 import uuid
@@ -188,6 +189,8 @@ _KEY_CACHE_SIZE = 100_000
 """Counters whose encoded keys are kept; past it the cache starts afresh."""
 """Batches sent and not yet answered, at most: while they are, new calls gather into the next."""
 _ROSTER_TTL_MS = 3_600_000
+_PATIENCE: contextvars.ContextVar[float | None] = contextvars.ContextVar("_PATIENCE", default=None)
+"""While set, the socket timeout of from_url's connections (see _patient): a replay's patience."""
 # The policies that never exceed a limit when Redis itself fails, and those that decide locally.
 _EXACT = frozenset({FailurePolicy.DENY, FailurePolicy.LOCAL_STRICT})
 _LOCAL = frozenset({FailurePolicy.LOCAL, FailurePolicy.LOCAL_STRICT})
@@ -282,6 +285,7 @@ class RedisLimiter:
         The client retries once, and only a broken connection: after Redis restarts every pooled
         connection is dead, and each would otherwise count as an outage in turn. Timeouts are not
         retried: the failure policy is the answer to an unreachable Redis, not waiting for it.
+        Its sockets time out at ``timeout``, but at a replay's patience during a replay's call.
         """
         settings = settings or RedisLimiterSettings()
         pool = BlockingConnectionPool.from_url(
@@ -292,7 +296,7 @@ class RedisLimiter:
             socket_connect_timeout=settings.timeout,
             retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)),
         )
-        pool.connection_class = _fast_packing(pool.connection_class)
+        pool.connection_class = _patient(_fast_packing(pool.connection_class))
         client = Redis.from_pool(pool)  # the client owns the pool and closes it
         return cls(client, settings, clock=clock, owns_client=True)
 
@@ -514,22 +518,27 @@ class RedisLimiter:
         top = self._seq
         batch = self._journal.replay(now, 0 if complete else self._acked, self.prefix)
         ttl = self._seen_ttl_ms()
-        raw = await self._call(
-            self._replay_script,
-            [*self._keys, *batch.keys],
-            [
-                self._epoch or "",
-                uuid.uuid4().hex,
-                self.replica_id,
-                int(complete),
-                top,
-                ttl,
-                max(_ROSTER_TTL_MS, 2 * ttl),
-                *batch.args,
-            ],
-            # Off the request path, and a replay may carry a window's worth of entries.
-            patience=patience or self._replay_patience,
-        )
+        # Off the request path, and a replay may carry a window's worth of entries.
+        patience = patience or self._replay_patience
+        token = _PATIENCE.set(patience)  # the call's task runs in a copy of this context
+        try:
+            raw = await self._call(
+                self._replay_script,
+                [*self._keys, *batch.keys],
+                [
+                    self._epoch or "",
+                    uuid.uuid4().hex,
+                    self.replica_id,
+                    int(complete),
+                    top,
+                    ttl,
+                    max(_ROSTER_TTL_MS, 2 * ttl),
+                    *batch.args,
+                ],
+                patience,
+            )
+        finally:
+            _PATIENCE.reset(token)
         status, roster = int(raw[0]), int(raw[2])
         if status == 0:
             epoch = raw[1]
@@ -771,6 +780,21 @@ def _fast_packing(cls: type[AbstractConnection]) -> type[AbstractConnection]:
         return slow(self, *args)
 
     return type(cls.__name__, (cls,), {"pack_command": pack_command})
+
+
+def _patient(cls: type[AbstractConnection]) -> type[AbstractConnection]:
+    """``cls``, whose socket timeout is the replay's patience while a replay's call runs
+    (``_PATIENCE``): from_url's sockets have the decisions' timeout, and redis-py would end a
+    replay there however long the limiter means to wait for it."""
+
+    def get(self: AbstractConnection) -> float | None:
+        patience = _PATIENCE.get()
+        return self.__dict__["_socket_timeout"] if patience is None else patience
+
+    def set_(self: AbstractConnection, value: float | None) -> None:
+        self.__dict__["_socket_timeout"] = value
+
+    return type(cls.__name__, (cls,), {"socket_timeout": property(get, set_)})
 
 
 def _consume(task: asyncio.Future[Any]) -> None:
