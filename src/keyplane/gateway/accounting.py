@@ -133,8 +133,9 @@ class Account:
     def read_event(self, event: bytes) -> bool:
         """Take the usage a stream event carries; True if it is the stream's total with no
         choices (the usage chunk a client that did not ask for usage must not see)."""
-        if b'"usage"' not in event:
-            return False
+        occurrences = event.count(b'"usage"')
+        if not occurrences or occurrences == event.count(b'"usage":null'):
+            return False  # none, or all null (OpenAI's chunks before the last): nothing to read
         data = event.strip()
         if data.startswith(b"event:"):  # Responses API: "event: name\ndata: {...}"
             data = data.split(b"\n", 1)[-1].strip()

@@ -358,6 +358,10 @@ class _Connection(asyncio.Protocol):
         while not self._head:
             await self._wait()
 
+    @property
+    def ended(self) -> bool:
+        return self._complete and not self._chunks
+
     def header_items(self) -> Iterable[tuple[str, str]]:
         return self._headers
 

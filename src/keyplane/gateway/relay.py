@@ -45,6 +45,21 @@ _HOP_BY_HOP = frozenset(
 _top_level = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 
+def _events_end(buffer: bytes) -> int:
+    """Where the last whole event in ``buffer`` ends (0: none), events split at each blank line
+    ("\\n\\n") from the start."""
+    end = buffer.rfind(b"\n\n")
+    if end < 0:
+        return 0
+    if end == 0 or buffer[end - 1] != 0x0A:
+        return end + 2
+    # A run of newlines: the split from the start may end one byte earlier than rfind says.
+    at = 0
+    while (found := buffer.find(b"\n\n", at)) >= 0:
+        at = found + 2
+    return at
+
+
 def upstream_body(
     path: str, body: bytes, stream: bool | None, stream_options: dict[str, Any] | None
 ) -> tuple[bytes, bool]:
@@ -175,8 +190,12 @@ class Relay:
                 self._start(response)
                 if response.is_stream:
                     async for chunk in response:
+                        if response.ended:  # the answer's last bytes: sent with its end
+                            await self._stream_chunk(chunk, last=True)
+                            break
                         await self._stream_chunk(chunk)
-                    await self._stream_end()
+                    else:
+                        await self._stream_end()
                 else:
                     data = await response.read()
                     await self._whole(data, ok=response.status < 400)
@@ -220,26 +239,61 @@ class Relay:
         )
         self.started = True
 
-    async def _stream_chunk(self, chunk: bytes) -> None:
+    async def _stream_chunk(self, chunk: bytes, *, last: bool = False) -> None:
+        """Relay the whole events ``chunk`` completes in one send (the rest waits for more);
+        ``last``: the answer ends with it, so its end goes out in the same send."""
         if not self.started:
             await self._send_head()
-        self._buffer += chunk
-        out: list[bytes] = []
+        buffer = self._buffer + chunk if self._buffer else chunk
+        cut = _events_end(buffer)
+        events, self._buffer = buffer[:cut], buffer[cut:]
         account = self.account
-        while True:
-            end = self._buffer.find(b"\n\n")
-            if end < 0:
-                break
-            event, self._buffer = self._buffer[: end + 2], self._buffer[end + 2 :]
-            if not (account.read_event(event) and self.strip_usage):
-                out.append(event)  # all but the usage chunk only we asked for
-        if account.final_usage:
-            await account.settle()
-        if out:
-            account.events_sent += len(out)
-            await self.send(
-                {"type": "http.response.body", "body": b"".join(out), "more_body": True}
-            )
+        if b'"usage"' in events:
+            events, sent = self._scan(events)
+        else:
+            sent = events.count(b"\n\n")
+        account.events_sent += sent
+        if account.final_usage or last:
+            await account.settle()  # before the client can see the end of the answer
+        if last:
+            events, self._buffer = events + self._buffer, b""
+            await self.send({"type": "http.response.body", "body": events, "more_body": False})
+        elif events:
+            await self.send({"type": "http.response.body", "body": events, "more_body": True})
+
+    def _scan(self, events: bytes) -> tuple[bytes, int]:
+        """``events`` (whole events) as relayed, and how many: each event that carries usage is
+        read, and the usage chunk only we asked for is dropped. Only the events with a
+        ``"usage"`` that is not ``null`` are cut out and read (OpenAI's chunks all have one)."""
+        account, strip = self.account, self.strip_usage
+        if b"\n\n\n" in events:  # blank lines in a row: split as they come, one by one
+            out = []
+            while events:
+                end = events.find(b"\n\n") + 2
+                event, events = events[:end], events[end:]
+                if not (account.read_event(event) and strip):
+                    out.append(event)
+            return b"".join(out), len(out)
+        sent = events.count(b"\n\n")
+        kept: list[bytes] = []
+        start = 0
+        at = events.find(b'"usage"')
+        while at >= 0:
+            if events.startswith(b":null", at + 7):
+                at = events.find(b'"usage"', at + 12)
+                continue
+            begin = events.rfind(b"\n\n", 0, at)
+            begin = begin + 2 if begin >= 0 else 0
+            end = events.find(b"\n\n", at) + 2
+            if account.read_event(events[begin:end]) and strip:
+                kept.append(events[start:begin])  # all but the usage chunk only we asked for
+                start = end
+                sent -= 1
+            at = events.find(b'"usage"', end)
+        if start == 0:
+            return events, sent
+        kept.append(events[start:])
+        return b"".join(kept), sent
 
     async def _stream_end(self) -> None:
         await self.account.settle()  # before the last bytes: the answer's end is charged, metered

@@ -33,6 +33,12 @@ class UpstreamResponse(Protocol):
     #: ``text/event-stream``: relayed chunk by chunk as it arrives, else read whole.
     is_stream: bool
 
+    @property
+    def ended(self) -> bool:
+        """The body has been read to its end: iterating further would stop (False while not
+        known; the relay then sends the answer's end on its own)."""
+        ...
+
     def header_items(self) -> Iterable[tuple[str, str]]:
         """The response's headers as they came (hop-by-hop ones too: the relay drops those)."""
         ...
@@ -129,6 +135,10 @@ class _AiohttpResponse:
         self._chunks = response.content.iter_any()
         self.status = response.status
         self.is_stream = response.content_type == "text/event-stream"
+
+    @property
+    def ended(self) -> bool:
+        return self._response.content.at_eof()
 
     def header_items(self) -> Iterable[tuple[str, str]]:
         return self._response.headers.items()

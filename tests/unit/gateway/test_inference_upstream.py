@@ -38,6 +38,8 @@ class Answer:
     fail: Exception | None = None
     #: Raised after this many chunks (mid-answer).
     fail_after: int | None = None
+    #: The response says when its last chunk has been read (``H1Upstream`` does).
+    end_known: bool = False
 
 
 class FakeResponse:
@@ -45,6 +47,11 @@ class FakeResponse:
         self.answer = answer
         self.status = answer.status
         self.is_stream = answer.stream
+        self._served = 0
+
+    @property
+    def ended(self) -> bool:
+        return self.answer.end_known and self._served == len(self.answer.chunks)
 
     def header_items(self) -> Iterable[tuple[str, str]]:
         content_type = "text/event-stream" if self.is_stream else "application/json"
@@ -60,6 +67,7 @@ class FakeResponse:
         for index, chunk in enumerate(self.answer.chunks):
             if index == self.answer.fail_after:
                 raise UpstreamError("ServerDisconnectedError")
+            self._served += 1
             yield chunk
 
 
