@@ -59,19 +59,72 @@ class _HeadTooLarge(Exception):
 
 
 class _CloseAfterBody:
-    """A connection's transport as its request cycles see it, but for ``close()``: while the
-    request's body is still arriving, the protocol closes once it has been read (or a bound
-    passes)."""
+    """A connection's transport as its request cycles see it, but for ``write()`` and
+    ``close()``.
 
-    __slots__ = ("_protocol", "get_extra_info", "is_closing", "write")
+    ``write``: a response head whose body has a known, non-zero length is held back and goes out
+    with the body's first bytes in one ``transport.write`` (one system call, one segment) instead
+    of two; uvicorn writes the head in ``http.response.start`` and the body apart. A held head
+    never waits past the current event-loop turn (a ``call_soon`` flush), nor past ``close()``.
+
+    ``close``: while the request's body is still arriving, the protocol closes once it has been
+    read (or a bound passes)."""
+
+    __slots__ = (
+        "_cycle",
+        "_flush_handle",
+        "_held",
+        "_loop",
+        "_protocol",
+        "_write",
+        "get_extra_info",
+        "is_closing",
+    )
 
     def __init__(self, protocol: BoundedHttpToolsProtocol, transport: asyncio.Transport) -> None:
         self._protocol = protocol
-        self.write = transport.write
+        self._write = transport.write
+        self._loop = protocol.loop
+        self._held: bytes | None = None
+        self._cycle: object = None
+        self._flush_handle: asyncio.Handle | None = None
         self.is_closing = transport.is_closing
         self.get_extra_info = transport.get_extra_info
 
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._write(held + data)
+            return
+        cycle = self._protocol.cycle
+        if cycle is not None and cycle is not self._cycle:
+            # A cycle's first write is its head (http.response.start); if a body of known
+            # length follows, the body's first write takes the head along.
+            self._cycle = cycle
+            if (
+                cycle.chunked_encoding is False
+                and cycle.expected_content_length > 0
+                and cycle.scope["method"] != "HEAD"
+            ):
+                self._held = data
+                handle = self._flush_handle
+                if handle is None or handle.cancelled():
+                    self._flush_handle = self._loop.call_soon(self.flush)
+                return
+        self._write(data)
+
+    def flush(self) -> None:
+        """Write a held head now."""
+        self._flush_handle = None
+        held = self._held
+        if held is not None:
+            self._held = None
+            if not self.is_closing():
+                self._write(held)
+
     def close(self) -> None:
+        self.flush()
         self._protocol.close_after_body()
 
 
