@@ -8,6 +8,7 @@ existed, and B's key is untouched afterwards (as B's own management key sees it)
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -15,6 +16,8 @@ from typing import Any
 import httpx2
 import pytest
 
+from keyplane.control import routing
+from keyplane.services.auth import authenticate
 from tests.support.inprocess import ControlApp, control_app
 from tests.support.management import ManagementClient
 from tests.support.procs import create_management_key, revoke_management_key
@@ -246,3 +249,34 @@ def test_malformed_or_unknown_credentials_are_401(
         "code": "unauthenticated:bad-credentials",
         "error": "The presented credentials are not valid.",
     }
+
+
+def test_on_sqlite_authentication_reads_on_the_loop_and_a_revocation_counts_at_once(
+    control: ControlApp, a: ManagementClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No thread hop: the key's row is read on the event loop, on the loop's own connection;
+    that connection's next read still sees a revocation committed by another one."""
+    on_loop: list[bool] = []
+
+    def spy(ctx: Any, authorization: str | None, *, here: bool = False) -> Any:
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        return authenticate(ctx, authorization, here=here)
+
+    monkeypatch.setattr(routing, "authenticate", spy)
+    key_id, secret = create_management_key(control.dep, a.team_id, name="read on the loop")
+    with control.client(secret) as client:
+        for _ in range(3):
+            assert client.get(f"/auth/teams/{a.team_id}/api-keys").status_code == 200
+        assert client.post(f"/auth/teams/{a.team_id}/api-keys", json={"name": "x"}).is_success
+        assert on_loop == [True] * 4
+
+        revoke_management_key(control.dep, key_id)
+
+        assert client.get(f"/auth/teams/{a.team_id}/api-keys").status_code == 401
+        r = client.post(f"/auth/teams/{a.team_id}/api-keys", json={"name": "after revocation"})
+        assert r.status_code == 401
+    assert a.http.get(f"/auth/teams/{a.team_id}/api-keys").status_code == 200

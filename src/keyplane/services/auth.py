@@ -38,7 +38,9 @@ class Principal:
             )
 
 
-def authenticate(ctx: Context, authorization: str | None) -> Principal:
+def authenticate(ctx: Context, authorization: str | None, *, here: bool = False) -> Principal:
+    """The management key ``authorization`` presents. ``here``: read on the calling thread's own
+    connection (``Context.read_here``; the event loop, on SQLite)."""
     if not authorization:
         raise Unauthenticated.no_credentials()
     scheme, _, token = authorization.strip().partition(" ")
@@ -47,7 +49,7 @@ def authenticate(ctx: Context, authorization: str | None) -> Principal:
         raise Unauthenticated.bad_credentials()
     if not keysecrets.looks_like(token, ctx.management_key_prefix):
         raise Unauthenticated.bad_credentials()
-    with ctx.read() as uow:
+    with ctx.read_here() if here else ctx.read() as uow:
         key = uow.management_keys.live(keysecrets.digest(token))
     if key is None:
         raise Unauthenticated.bad_credentials()

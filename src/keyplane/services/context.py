@@ -40,6 +40,17 @@ class Context:
     #: tests pass in-memory ones (``tests/support/fake_uow.py``).
     units: UnitsOfWork | None = None
 
+    @property
+    def reads_here(self) -> bool:
+        """Whether a short read may run on the calling thread, the event loop: on SQLite (in WAL,
+        a reader waits neither for the writer nor, with ``read_here``, for a pooled connection),
+        not on PostgreSQL (a read waits on the server) nor with in-memory units."""
+        return self.units is None and self.db.here_reader is not None
+
+    def read_here(self) -> AbstractContextManager[UnitOfWork]:
+        """``read()`` on the calling thread's own SQLite connection (see ``reads_here``)."""
+        return self._sql(write=False, here=True)
+
     def write(self) -> AbstractContextManager[UnitOfWork]:
         """A unit of work on a write transaction: commits at the end of the ``with`` block."""
         return self._open(write=True)
@@ -68,11 +79,12 @@ class Context:
             return self.units(write)
         return self._sql(write=write)
 
-    def _sql(self, *, write: bool) -> AbstractContextManager[SqlUnitOfWork]:
+    def _sql(self, *, write: bool, here: bool = False) -> AbstractContextManager[SqlUnitOfWork]:
         return unit_of_work(
             self.db,
             write=write,
             clock=self.clock,
             on_commit=self.on_commit,
             refine=budgets.refine,
+            here=here,
         )

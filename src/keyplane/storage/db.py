@@ -20,10 +20,10 @@ from typing import Any, TypeVar
 import structlog
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, create_engine, delete, event, insert, select
+from sqlalchemy import Connection, Engine, create_engine, delete, event, insert, select
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, SingletonThreadPool
 
 from keyplane.domain.errors import Unavailable
 from keyplane.private_files import private_file
@@ -90,13 +90,24 @@ class Database:
             # The thread the server's writes run in, several to a commit (``WriteLane``).
             self.write_lane: Executor | None = WriteLane(self)
             self.reader = create_engine(self.url, pool_size=pool_size, max_overflow=0)
-            for engine, begin in ((self.writer, "BEGIN IMMEDIATE"), (self.reader, "BEGIN")):
+            # A connection of the calling thread's own (``read_here``): an event loop's point
+            # reads never wait for a pooled connection, and in WAL never for the writer.
+            self.here_reader: Engine | None = create_engine(
+                self.url, poolclass=SingletonThreadPool, pool_size=4
+            )
+            engines = (
+                (self.writer, "BEGIN IMMEDIATE"),
+                (self.reader, "BEGIN"),
+                (self.here_reader, "BEGIN"),
+            )
+            for engine, begin in engines:
                 event.listen(engine, "connect", _sqlite_pragmas(sqlite_synchronous))
                 # The dialect's own begin, not a "begin" event: an engine with connection events
                 # joins two dispatchers on every connection and builds a listener per event
                 # fired (~4 % of a create's CPU, on the reader and the writer alike).
                 setattr(engine.dialect, "do_begin", _make_begin(begin))  # noqa: B010
         else:
+            self.here_reader = None  # a read may wait on the server: in a thread, off the loop
             self.write_lane = None  # writers in parallel: the event loop's default threads
             # Writers in READ COMMITTED: the revision counter's row lock orders them. Readers in
             # REPEATABLE READ: a snapshot and its revision come from one consistent view.
@@ -175,12 +186,22 @@ class Database:
         with _unavailable_store(), self.reader.begin() as conn:
             yield conn
 
+    @contextmanager
+    def read_here(self) -> Iterator[Connection]:
+        """``read()`` on a connection of the calling thread's own (SQLite only, ``here_reader``):
+        for a short read on the event loop, which must not wait for a pooled connection."""
+        assert self.here_reader is not None, "read_here is for SQLite"
+        with _unavailable_store(), self.here_reader.begin() as conn:
+            yield conn
+
     def dispose(self) -> None:
         if self.write_lane is not None:
             self.write_lane.shutdown(wait=True)
         self.writer.dispose()
         if self.reader is not self.writer:
             self.reader.dispose()
+        if self.here_reader is not None:
+            self.here_reader.dispose()
 
 
 T = TypeVar("T")
