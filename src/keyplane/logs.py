@@ -38,6 +38,8 @@ def configure(level: str = "info") -> None:
             *tail,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        # WriteLogger: a line and its newline in one write (print() made two system calls of
+        # each line on an unbuffered stderr: the access log's line per request).
+        logger_factory=structlog.WriteLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
