@@ -133,3 +133,21 @@ def test_an_update_returning_runs_by_the_driver_with_the_literals_it_holds(db: D
     assert _stored(db, _rows) == [("a", 4, True)]
     with pytest.raises(StatementError), db.read() as conn:
         driver.first(conn, _BY_ID, {})  # a parameter missing: SQLAlchemy's error
+
+
+def test_a_read_here_is_a_snapshot_and_the_next_one_sees_what_committed_since(
+    db: Database,
+) -> None:
+    """``read_here``: one connection of the thread's own, the driver's BEGIN … ROLLBACK; inside,
+    a statement SQLAlchemy runs (``execute``) shares the snapshot, and nothing stays open."""
+    by_id = select(_rows.c.n).where(_rows.c.id == bindparam("id"))
+    with db.write() as conn:
+        driver.insert(conn, _INSERT, {"id": "a", "n": 1, "flag": True})
+    for n in (1, 2, 3):
+        with db.read_here() as conn:
+            assert not conn.in_transaction()
+            assert driver.first(conn, by_id, {"id": "a"}) == (n,)
+            with db.write() as writing:  # committed by another connection meanwhile
+                writing.execute(update(_rows).values(n=_rows.c.n + 1))
+            assert driver.first(conn, by_id, {"id": "a"}) == (n,)
+            assert conn.execute(by_id, {"id": "a"}).scalar_one() == n
