@@ -24,7 +24,7 @@ from keyplane.ratelimit import (
     RequestLimit,
     TokenLimit,
 )
-from keyplane.ratelimit.redis import _fast_packing
+from keyplane.ratelimit.redis import _PATIENCE, _fast_packing
 from tests.support.procs import free_port
 
 
@@ -97,6 +97,26 @@ async def test_the_local_policy_and_the_journal_use_the_limiters_exact_max_and_b
         # Per series: window, bucket width, entry count, then (age, seq, units) per entry.
         assert replay.args[:3] == [window, window // 4, 2]
         assert replay.args[9:12] == [window, window // 3, 1]
+    finally:
+        await limiter.aclose()
+
+
+async def test_from_urls_sockets_time_out_at_the_timeout_and_at_a_replays_patience_in_one() -> None:
+    # _replay sets _PATIENCE around its call (contract/test_ratelimit_failover_edges.py holds the
+    # replay itself); a connection made meanwhile or before reads it as its socket timeout.
+    limiter = RedisLimiter.from_url(nowhere(), RedisLimiterSettings(timeout=0.3))
+    try:
+        pool = limiter._client.connection_pool
+        connection = pool.connection_class(**pool.connection_kwargs)  # as the pool makes them
+        assert connection.socket_timeout == 0.3
+        token = _PATIENCE.set(1.2)
+        try:
+            assert connection.socket_timeout == 1.2
+        finally:
+            _PATIENCE.reset(token)
+        assert connection.socket_timeout == 0.3
+        connection.socket_timeout = 0.7  # redis-py may set it (its relaxed timeouts)
+        assert connection.socket_timeout == 0.7
     finally:
         await limiter.aclose()
 
