@@ -40,6 +40,9 @@ __all__ = ["H1Upstream"]
 
 #: Buffered body bytes past which the socket stops being read until the relay takes them.
 _HIGH_WATER = 256 * 1024
+#: Bytes an answer's status line and headers may take (aiohttp's limits come to about as much): a
+#: model server that sends more is broken, and its head would otherwise be buffered without end.
+MAX_HEAD = 64 * 1024
 _EVENT_STREAM = b"text/event-stream"
 
 
@@ -269,6 +272,7 @@ class _Connection(asyncio.Protocol):
         self._complete = False
         self._error: Exception | None = None
         self._last_data = 0.0
+        self._head_bytes = 0
         self.closed = False
         self.idle_since = 0.0
         self.status = 0
@@ -298,6 +302,11 @@ class _Connection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserError as error:
             self._fail(UpstreamError(f"ClientResponseError: {error}"))
+            return
+        if not self._head:  # the head is still coming: what the parser holds of it is bounded
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD:
+                self._fail(UpstreamError("ClientResponseError: the answer's head is too large"))
 
     def pause_writing(self) -> None:
         pass  # the request is written whole; the answer waits on it anyway
@@ -347,6 +356,7 @@ class _Connection(asyncio.Protocol):
         self._in_exchange = True
         self._head = self._complete = self._delimited = self._whole = self.is_stream = False
         self._headers = []
+        self._head_bytes = 0
         self.status = 0
         upstream = self._upstream
         self._last_data = upstream._now()

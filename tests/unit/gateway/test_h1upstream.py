@@ -12,7 +12,7 @@ from typing import cast
 
 import pytest
 
-from keyplane.gateway.h1upstream import _HIGH_WATER, H1Upstream, _Connection
+from keyplane.gateway.h1upstream import _HIGH_WATER, MAX_HEAD, H1Upstream, _Connection
 from keyplane.gateway.upstream import KEEPALIVE_SECONDS, POOL_LIMIT, UpstreamError
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -392,3 +392,45 @@ async def test_https_and_urls_with_credentials_go_through_aiohttp(url: str) -> N
             exchange._request.close()  # type: ignore[attr-defined]  # its coroutine, unawaited
         plain = upstream.post("http://models.example/v1/x", b"{}", HEADERS)
         assert type(plain).__name__ == "_Exchange"
+
+
+@pytest.mark.parametrize("shape", ["many headers", "one endless value"])
+async def test_an_answer_head_past_its_bound_is_an_upstream_error(shape: str) -> None:
+    sent: list[int] = []
+
+    def endless_head(server: Server) -> Handler:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await server.request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\n" + (b"X-Long: " if shape != "many headers" else b""))
+            line = b"X-Filler: %s\r\n" % (b"f" * 1000) if shape == "many headers" else b"v" * 1000
+            total = 0
+            while total < 4 * MAX_HEAD:  # bounded: the client gives up well before
+                writer.write(line)
+                total += len(line)
+                sent.append(total)
+                await writer.drain()
+            await asyncio.Event().wait()  # the client must not wait for more
+
+        return handle
+
+    async with serving(endless_head) as server, client(read_timeout=30) as upstream:
+        with pytest.raises(UpstreamError, match="head is too large"):
+            async with asyncio.timeout(10):
+                await read_all(upstream, server.url)
+    assert sent[-1] > MAX_HEAD  # the server did send past the bound
+
+
+async def test_a_head_just_under_the_bound_with_a_body_in_the_same_read_is_read() -> None:
+    body = b"b" * (3 * MAX_HEAD)  # a body far larger than the bound, sent with the head
+
+    def big_head(server: Server) -> Handler:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await server.request(reader)
+            filler = b"X-Filler: %s\r\n" % (b"f" * (MAX_HEAD - 200))
+            writer.write(answer(body, extra=filler))
+            await writer.drain()
+
+        return handle
+
+    async with serving(big_head) as server, client() as upstream:
+        assert await read_all(upstream, server.url) == body
