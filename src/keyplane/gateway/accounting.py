@@ -158,9 +158,12 @@ class Account:
 
 def metered(send: Send, tally: Tally, meter: Meter) -> Send:
     """``send``, recording the request's usage just before its answer's last bytes go out: a
-    client that has its whole answer has been counted, even if the gateway dies right after."""
+    client that has its whole answer has been counted, even if the gateway dies right after.
 
-    async def metered_send(message: Message) -> None:
+    Not a coroutine of its own: it records, then hands back ``send``'s awaitable, so each message
+    costs one call more than ``send`` instead of one more coroutine (a stream sends many)."""
+
+    def metered_send(message: Message) -> Awaitable[None]:
         kind = message["type"]
         if kind == "http.response.start":
             tally.status = message["status"]
@@ -169,8 +172,8 @@ def metered(send: Send, tally: Tally, meter: Meter) -> Send:
             and not message.get("more_body", False)
             and not tally.finished
         ):
-            meter.finish(tally)
-        await send(message)
+            meter.finish(tally)  # written before the last bytes are even handed to the server
+        return send(message)
 
     return metered_send
 
