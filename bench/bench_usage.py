@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import json
 import os
 import shutil
 import signal
@@ -22,8 +24,9 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -48,6 +51,8 @@ CONCURRENCY = 16
 ROUND_REQUESTS = 1200
 WARMUP_REQUESTS = 300
 ROUNDS = int(os.environ.get("BENCH_METERING_ROUNDS", "10"))
+INPROCESS_ROUNDS = int(os.environ.get("BENCH_INPROCESS_ROUNDS", "30"))
+INPROCESS_REQUESTS = 2_000
 BODY = {
     "model": "grok-3-mini",
     "messages": [{"role": "user", "content": "Say hello"}],
@@ -268,6 +273,169 @@ def gateway_section(tmp: Path) -> str:
         f"{CONCURRENCY} concurrent, per gateway, the gateways in a rotating order; CPU of the "
         "gateway's threads from /proc/<pid>/task/*/schedstat, in ns)\n\n"
         + table(["measure", "value"], rows)
+    )
+
+
+class _Answer:
+    """A model server's whole answer, the same every time (for the in-process bench)."""
+
+    status = 200
+    is_stream = False
+    _body = (
+        b'{"id":"c1","object":"chat.completion","choices":[{"index":0,"message":{"role":'
+        b'"assistant","content":"Hello"},"finish_reason":"stop"}],"usage":{"prompt_tokens":4,'
+        b'"completion_tokens":1,"total_tokens":5}}'
+    )
+
+    def header_items(self) -> Iterable[tuple[str, str]]:
+        return [("content-type", "application/json")]
+
+    async def read(self) -> bytes:
+        return self._body
+
+
+class _Upstream:
+    """An ``Upstream`` answering every post at once, no socket: what is left is the gateway."""
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    @asynccontextmanager
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> AsyncIterator[Any]:
+        yield _Answer()
+
+
+def inprocess_section(tmp: Path) -> str:
+    """Metering's part of a request in process (the gateway's ASGI app, a real spool, an upstream
+    with no socket): on, off, and on with parts of it taken out, in short interleaved rounds; CPU
+    per request by ``time.process_time``. What the end-to-end run cannot resolve on a loaded
+    machine (its A/A control spreads ~10 % of ~230 µs), this resolves to ~1–2 µs."""
+    from keyplane.catalog import Catalog
+    from keyplane.domain import keysecrets
+    from keyplane.gateway import Gateway, GatewayConfig, Inference, accounting
+    from keyplane.gateway.replica import Change, Replica
+    from keyplane.ratelimit import MemoryLimiter
+    from keyplane.settings import Settings
+    from keyplane.usage.meter import Meter, Tally
+    from keyplane.usage.spool import Spool
+
+    secret = keysecrets.generate_secret("xai-")
+    body = json.dumps(BODY).encode()
+    headers = [
+        (b"host", b"gateway"),
+        (b"authorization", f"Bearer {secret}".encode()),
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+
+    class NoWrap(Gateway):
+        """Metering without the metered send: the record written as the request ends."""
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            assert self.meter is not None
+            tally = self._tally(scope)
+            assert tally is not None
+            try:
+                await self._dispatch(scope, receive, send)
+            finally:
+                accounting.close(tally, self.meter)
+
+    async def build(variant: str) -> Gateway:
+        replica = Replica()
+        view = {
+            "apiKeyId": "k1",
+            "teamId": "t1",
+            "redactedApiKey": "xai-...abcd",
+            "acls": ["api-key:endpoint:*", "api-key:model:*"],
+            "qps": None,
+            "qpm": None,
+            "tpm": None,
+            "secrets": [{"digest": keysecrets.digest(secret), "expireTime": None}],
+            "revision": 1,
+        }
+        replica.apply([Change(1, "upsert", view)])
+        kind = NoWrap if variant == "on, no metered send" else Gateway
+        gateway = kind(GatewayConfig(cluster=CLUSTER), replica)
+        catalog = Catalog(Settings())
+        await Inference(gateway, catalog, MemoryLimiter(), upstream=_Upstream()).start()
+        if not variant.startswith("off"):
+            meter = gateway.meter = Meter(Spool(tmp / "inprocess" / variant), catalog.models)
+            if variant == "on, no write":
+                meter.spool.append = lambda data: None  # type: ignore[method-assign]
+            elif variant == "on, no record":
+
+                def finish(tally: Tally) -> None:
+                    tally.finished = True
+
+                meter.finish = finish  # type: ignore[method-assign]
+        return gateway
+
+    async def serve(gateway: Gateway, n: int) -> float:
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: Any) -> None:
+            pass
+
+        started = time.process_time()
+        for _ in range(n):
+            scope = {
+                "type": "http",
+                "method": "POST",
+                "path": "/v1/chat/completions",
+                "headers": headers,
+                "query_string": b"",
+                "client": ("127.0.0.1", 1),
+                "server": ("127.0.0.1", 2),
+                "scheme": "http",
+                "http_version": "1.1",
+                "root_path": "",
+            }
+            await gateway(scope, receive, send)
+        return (time.process_time() - started) / n * 1e6
+
+    variants = ["off", "on", "on, no write", "on, no record", "on, no metered send", "off, again"]
+    rounds = INPROCESS_ROUNDS
+    per: dict[str, list[float]] = {v: [] for v in variants}
+
+    async def run() -> None:
+        gateways = {v: await build(v) for v in variants}
+        for gateway in gateways.values():
+            await serve(gateway, 2_000)  # warm
+        gc.collect()
+        gc.freeze()
+        for round_ in range(rounds):
+            shift = round_ % len(variants)
+            for v in variants[shift:] + variants[:shift]:
+                per[v].append(await serve(gateways[v], INPROCESS_REQUESTS))
+        for gateway in gateways.values():
+            if gateway.meter is not None:
+                gateway.meter.spool.close()
+
+    asyncio.run(run())
+    base = per["off"]
+
+    def quartile(values: list[float]) -> float:
+        return sorted(values)[len(values) // 4]
+
+    rows = [
+        (
+            v,
+            f"{statistics.median(per[v]):.1f}",
+            f"{quartile(per[v]):.1f}",
+            f"{statistics.median(a - b for a, b in zip(per[v], base, strict=True)):+.1f}",
+        )
+        for v in variants
+    ]
+    return (
+        f"\n**Metering in process** ({rounds} interleaved rounds of {INPROCESS_REQUESTS} chat "
+        "requests per variant through the gateway's ASGI app, an upstream with no socket, a real "
+        "spool; CPU µs per request by time.process_time; load average "
+        f"{os.getloadavg()[0]:.1f})\n\n"
+        + table(["variant", "median µs", "first quartile µs", "− off, median of rounds µs"], rows)
     )
 
 
@@ -610,6 +778,7 @@ def query_section(tmp: Path) -> str:
 
 SECTIONS: dict[str, Callable[[Path], str]] = {
     "gateway": gateway_section,
+    "inprocess": inprocess_section,
     "ingest": ingest_section,
     "query": query_section,
 }
