@@ -11,6 +11,7 @@ from sqlalchemy import Connection, bindparam, case, delete, func, literal, selec
 from sqlalchemy.dialects import postgresql, sqlite
 
 from keyplane.domain.timefmt import to_micros
+from keyplane.storage import driver
 from keyplane.storage import tables as t
 from keyplane.usage.schema import (
     ALL_KEYS,
@@ -410,7 +411,9 @@ _TEAM_BILLING_ROW = select(team_billing).where(team_billing.c.team_id == bindpar
 
 
 def team_billing_row(conn: Connection, team_id: str) -> Any:
-    return conn.execute(_TEAM_BILLING_ROW, {"team_id": team_id}).first()
+    # By the driver on SQLite (keyplane.storage.driver): a plain row read, without SQLAlchemy's
+    # execute (~3.7 % of a create's CPU before).
+    return driver.first(conn, _TEAM_BILLING_ROW, {"team_id": team_id})
 
 
 def team_billing_rows(conn: Connection, team_ids: Iterable[str]) -> dict[str, Any]:
