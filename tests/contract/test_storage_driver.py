@@ -23,7 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError, StatementError
 
 from keyplane.storage import driver
-from keyplane.storage.db import Database
+from keyplane.storage.db import HERE_BUSY_TIMEOUT_MS, Database
 
 _meta = MetaData()
 _rows = Table(
@@ -151,3 +151,15 @@ def test_a_read_here_is_a_snapshot_and_the_next_one_sees_what_committed_since(
                 writing.execute(update(_rows).values(n=_rows.c.n + 1))
             assert driver.first(conn, by_id, {"id": "a"}) == (n,)
             assert conn.execute(by_id, {"id": "a"}).scalar_one() == n
+
+
+def test_a_read_on_the_event_loop_waits_for_a_lock_only_briefly(db: Database) -> None:
+    """``read_here`` runs on the event loop: under a lock SQLite holds against readers (in WAL an
+    index being recovered, or another process's exclusive locking mode) it is ``Unavailable``
+    after ``HERE_BUSY_TIMEOUT_MS``, where a thread's reader waits out its 10 s busy timeout."""
+    with db.read_here() as conn:
+        here = conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one()
+    with db.read() as conn:
+        pooled = conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one()
+    assert (here, pooled) == (HERE_BUSY_TIMEOUT_MS, 10_000)
+    assert HERE_BUSY_TIMEOUT_MS <= 100

@@ -42,14 +42,20 @@ def normalize_url(url: str) -> URL:
     return parsed
 
 
-def _sqlite_pragmas(synchronous: str) -> Any:
+#: How long a read on the event loop (``read_here``) waits for a lock SQLite holds against it (in
+#: WAL only while recovering its index, or under another process's exclusive lock) before it is
+#: ``Unavailable``: the loop must not stall for the 10 s the threads' connections wait.
+HERE_BUSY_TIMEOUT_MS = 100
+
+
+def _sqlite_pragmas(synchronous: str, busy_timeout_ms: int = 10_000) -> Any:
     def on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
         # Take over transaction control from pysqlite, so BEGIN is ours to emit.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.close()
 
@@ -99,12 +105,12 @@ class Database:
             # ``read_here`` emits its own BEGIN: a statement SQLAlchemy runs inside it begins
             # nothing more (the dialect's begin is "").
             engines = (
-                (self.writer, "BEGIN IMMEDIATE"),
-                (self.reader, "BEGIN"),
-                (self.here_reader, ""),
+                (self.writer, "BEGIN IMMEDIATE", 10_000),
+                (self.reader, "BEGIN", 10_000),
+                (self.here_reader, "", HERE_BUSY_TIMEOUT_MS),
             )
-            for engine, begin in engines:
-                event.listen(engine, "connect", _sqlite_pragmas(sqlite_synchronous))
+            for engine, begin, busy in engines:
+                event.listen(engine, "connect", _sqlite_pragmas(sqlite_synchronous, busy))
                 # The dialect's own begin, not a "begin" event: an engine with connection events
                 # joins two dispatchers on every connection and builds a listener per event
                 # fired (~4 % of a create's CPU, on the reader and the writer alike).
