@@ -79,23 +79,17 @@ def _admission_setup() -> tuple[Any, Any, dict[str, Any]]:
     from keyplane.catalog import Catalog
     from keyplane.domain import keysecrets
     from keyplane.gateway.app import Gateway, GatewayConfig
-    from keyplane.gateway.replica import Change, Replica
     from keyplane.settings import Settings
+    from tests.support.replica import one_key_replica
 
     secret = keysecrets.generate_secret("xai-")
-    replica = Replica()
-    view = {
-        "apiKeyId": "k1",
-        "teamId": "t1",
-        "redactedApiKey": "xai-...abcd",
-        "acls": ["api-key:endpoint:chat", "api-key:model:grok-3-mini"],
-        "qps": 10**9,
-        "qpm": 10**9,
-        "tpm": 10**12,
-        "secrets": [{"digest": keysecrets.digest(secret), "expireTime": None}],
-        "revision": 1,
-    }
-    replica.apply([Change(1, "upsert", view)])
+    replica = one_key_replica(
+        secret,
+        acls=["api-key:endpoint:chat", "api-key:model:grok-3-mini"],
+        qps=10**9,
+        qpm=10**9,
+        tpm=10**12,
+    )
     gateway = Gateway(GatewayConfig(cluster=CLUSTER), replica)
     catalog = Catalog(Settings())
     scope = {"headers": [(b"authorization", f"Bearer {secret}".encode())]}

@@ -316,11 +316,11 @@ def inprocess_section(tmp: Path) -> str:
     from keyplane.catalog import Catalog
     from keyplane.domain import keysecrets
     from keyplane.gateway import Gateway, GatewayConfig, Inference, accounting
-    from keyplane.gateway.replica import Change, Replica
     from keyplane.ratelimit import MemoryLimiter
     from keyplane.settings import Settings
     from keyplane.usage.meter import Meter, Tally
     from keyplane.usage.spool import Spool
+    from tests.support.replica import one_key_replica
 
     secret = keysecrets.generate_secret("xai-")
     body = json.dumps(BODY).encode()
@@ -344,19 +344,7 @@ def inprocess_section(tmp: Path) -> str:
                 accounting.close(tally, self.meter)
 
     async def build(variant: str) -> Gateway:
-        replica = Replica()
-        view = {
-            "apiKeyId": "k1",
-            "teamId": "t1",
-            "redactedApiKey": "xai-...abcd",
-            "acls": ["api-key:endpoint:*", "api-key:model:*"],
-            "qps": None,
-            "qpm": None,
-            "tpm": None,
-            "secrets": [{"digest": keysecrets.digest(secret), "expireTime": None}],
-            "revision": 1,
-        }
-        replica.apply([Change(1, "upsert", view)])
+        replica = one_key_replica(secret)
         kind = NoWrap if variant == "on, no metered send" else Gateway
         gateway = kind(GatewayConfig(cluster=CLUSTER), replica)
         catalog = Catalog(Settings())

@@ -17,9 +17,9 @@ from keyplane.asgi import Message
 from keyplane.catalog import Catalog
 from keyplane.domain import keysecrets
 from keyplane.gateway import Gateway, GatewayConfig, Inference, UpstreamError, UpstreamResponse
-from keyplane.gateway.replica import Change, Replica
 from keyplane.ratelimit import MemoryLimiter
 from keyplane.settings import Settings
+from tests.support.replica import one_key_replica
 
 CLUSTER = "us-east-1"
 MODEL = "grok-3-mini"
@@ -109,20 +109,7 @@ class Stack:
 
 
 def _gateway(tpm: int | None) -> Gateway:
-    replica = Replica()
-    view = {
-        "apiKeyId": "k1",
-        "teamId": "t1",
-        "redactedApiKey": "xai-...abcd",
-        "acls": ["api-key:endpoint:*", "api-key:model:*"],
-        "qps": None,
-        "qpm": None,
-        "tpm": tpm,
-        "secrets": [{"digest": keysecrets.digest(SECRET), "expireTime": None}],
-        "revision": 1,
-    }
-    replica.apply([Change(1, "upsert", view)])
-    return Gateway(GatewayConfig(cluster=CLUSTER), replica)
+    return Gateway(GatewayConfig(cluster=CLUSTER), one_key_replica(SECRET, tpm=tpm))
 
 
 @asynccontextmanager
