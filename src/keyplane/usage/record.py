@@ -5,11 +5,16 @@ unit). A record's ``cost`` is tokens × price, an integer in **1e-8 USD cents** 
 units per cent), so sums are exact on every engine and a dollar is ``10**10`` units.
 
 A frame is ``<length u32 LE><crc32 u32 LE><msgpack payload>``: the length finds the next frame,
-the checksum tells a torn tail (power loss) from a record.
+the checksum tells a torn tail (power loss, a process killed mid-copy) from a record. A length of
+0 is never a record (a record's payload is at least its msgpack array's first byte): it is where
+the data ends. The gateway's spool is a memory-mapped, zero-filled segment, and a zero header
+would otherwise read as a valid empty frame, since ``crc32(b"") == 0``. Every frame any version
+wrote has a nonzero length, so older spool files read the same.
 """
 
 from __future__ import annotations
 
+import mmap
 import struct
 import zlib
 from collections.abc import Iterator
@@ -78,21 +83,34 @@ def frame_into(buffer: bytearray, fields: RecordFields) -> bytearray:
     return buffer
 
 
-def iter_frames(data: bytes | memoryview, base: int = 0) -> Iterator[tuple[int, int, bytes]]:
+def iter_frames(
+    data: bytes | bytearray | memoryview, base: int = 0
+) -> Iterator[tuple[int, int, bytes]]:
     """``(start, end, payload)`` of each whole, intact frame from the start of ``data``; stops at
-    the first torn or damaged one. Offsets are ``base`` plus the position in ``data``."""
+    the first torn or damaged one, or at a zero length (zero fill: the end of what was written).
+    Offsets are ``base`` plus the position in ``data``."""
     view = memoryview(data)
     position = 0
     while position + HEADER_SIZE <= len(view):
         length, crc = _HEADER.unpack_from(view, position)
         end = position + HEADER_SIZE + length
-        if length > MAX_FRAME or end > len(view):
+        if not 0 < length <= MAX_FRAME or end > len(view):
             return
         payload = bytes(view[position + HEADER_SIZE : end])
         if zlib.crc32(payload) != crc:
             return
         yield base + position, base + end, payload
         position = end
+
+
+def frames_end(data: bytes | bytearray | mmap.mmap, start: int, stop: int) -> int:
+    """Where the intact frames from ``start`` end (``stop`` at most): the used length of a spool
+    segment, found without copying the frames out."""
+    with memoryview(data) as view:
+        good = start
+        for _, end, _ in iter_frames(view[start:stop], start):
+            good = end
+    return good
 
 
 def decode(payload: bytes) -> UsageRecord:

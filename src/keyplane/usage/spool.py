@@ -1,10 +1,21 @@
 """The gateway's usage spool: append-only segment files, shipped in order, dropped once acked.
 
-The hot path appends one frame with one ``os.write`` (no fsync): the page cache keeps it through
-a SIGKILL of the process. ``sync()`` (called off the hot path, about once a second) makes it
-survive power loss too. A small ``cursor`` file says how far the control plane has acknowledged;
-a segment is deleted only when everything in it is acknowledged, so after any crash the gateway
-resends from the cursor and the control plane drops what it already has (by offset).
+The hot path copies one frame into the live segment, a shared memory map of the file: no system
+call, and the pages are the kernel's page cache, so a SIGKILL of the process loses nothing that
+was copied in (a process killed in the middle of a copy leaves a torn frame, which its checksum
+tells apart). ``sync()`` (called off the hot path, about once a second) makes it survive power
+loss too (``fdatasync`` writes back the pages dirtied through the map). The live segment's file is
+``MAX_SEGMENT_BYTES`` (and a frame) long, zero past what was written: a zero length ends the
+frames (``record.iter_frames``), so its used length is found by reading its frames when it is
+opened, and the torn or zeroed rest is cleared before appending. Disk blocks are reserved
+(``posix_fallocate``) a MiB ahead of the appends, so a full disk fails an append with ``OSError``
+rather than the process with ``SIGBUS``. A segment is cut to its used length when it is closed
+(rotated, or at shutdown), so closed segments hold only frames, as in the spool files of
+versions before the map (``write`` per record), which read and append the same way.
+
+A small ``cursor`` file says how far the control plane has acknowledged; a segment is deleted only
+when everything in it is acknowledged, so after any crash the gateway resends from the cursor and
+the control plane drops what it already has (by offset).
 
 Everything but ``sync`` runs on the event loop's thread, and ``read`` of an older segment (a
 backlog, perhaps not in the page cache); ``read`` only touches bytes below the size it is given,
@@ -15,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import mmap
 import os
 import re
 import threading
@@ -22,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from keyplane.private_files import FILE_MODE, private_dir
-from keyplane.usage.record import HEADER_SIZE, MAX_FRAME, iter_frames
+from keyplane.usage.record import HEADER_SIZE, MAX_FRAME, frames_end, iter_frames
 
 _SEGMENT = re.compile(r"(\d{12})\.spool")
 CURSOR = "cursor"
@@ -32,6 +44,8 @@ DEAD_LETTER = "dead-letter"
 ROTATE_BYTES = 4 * 1024 * 1024
 #: A segment still waiting for its ack is closed for appends past this size.
 MAX_SEGMENT_BYTES = 64 * 1024 * 1024
+#: Disk blocks are reserved this far ahead of the appends (one ``posix_fallocate`` per MiB).
+RESERVE_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +70,7 @@ class Spool:
             self._path(old).unlink(missing_ok=True)  # acked before a crash, not yet removed
         self.segment = max([self.cursor[0], *segments])
         self._fd = -1
+        self._map: mmap.mmap | None = None
         self._open(self.segment)
         self.appended = 0
         #: Appended since the last ``sync``.
@@ -84,32 +99,56 @@ class Spool:
             tmp.replace(self.directory / CURSOR)
 
     def _open(self, segment: int) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-        path = self._path(segment)
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
-        size = os.fstat(self._fd).st_size
-        # A torn tail (power loss mid-write) ends the segment: cut it off before appending.
-        start = self.cursor[1] if segment == self.cursor[0] else 0
-        start = min(start, size)
-        with open(path, "rb") as f:
-            f.seek(start)
-            tail = f.read()
-        good = start
-        for _, end, _ in iter_frames(tail, start):
-            good = end
+        self._close_segment()
+        self._fd = fd = os.open(self._path(segment), os.O_RDWR | os.O_CREAT, 0o600)
+        size = os.fstat(fd).st_size
+        # Room for the largest segment and one frame past it: appends never outgrow the map.
+        capacity = -(-(max(size, MAX_SEGMENT_BYTES) + HEADER_SIZE + MAX_FRAME) // mmap.PAGESIZE)
+        capacity *= mmap.PAGESIZE
+        if size < capacity:
+            os.ftruncate(fd, capacity)  # zeros, sparse: no disk blocks yet
+        self._map = mmap.mmap(fd, capacity)
+        self._capacity = capacity
+        # Where the frames end: at a zero length (never written) or a torn or damaged frame
+        # (power loss, or the process killed mid-copy). Read from the cursor in its segment.
+        start = min(self.cursor[1] if segment == self.cursor[0] else 0, size)
+        good = frames_end(self._map, start, size)
         if good < size:
-            os.ftruncate(self._fd, good)
+            # Clear what lies past them, so that no later append ends next to stale bytes.
+            os.ftruncate(fd, good)
+            os.ftruncate(fd, capacity)
         self.segment = segment
         self.size = good
+        #: Disk blocks are reserved up to here (those below ``good`` are written already).
+        self._reserved = good
+
+    def _close_segment(self) -> None:
+        """Unmap the live segment and cut its file to what it holds."""
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+            os.ftruncate(self._fd, self.size)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _reserve(self, end: int) -> None:
+        """Reserve disk blocks past ``end`` (``OSError`` if the disk is full: the append fails,
+        and is counted, instead of a page fault on a full disk killing the process)."""
+        reserved = min(self._capacity, -(-end // RESERVE_BYTES) * RESERVE_BYTES)
+        os.posix_fallocate(self._fd, self._reserved, reserved - self._reserved)
+        self._reserved = reserved
 
     # -- the hot path --------------------------------------------------------------------------
 
     def append(self, data: bytes | bytearray) -> None:
-        written = os.write(self._fd, data)
-        while written < len(data):  # a short write (e.g. disk nearly full): finish the frame
-            written += os.write(self._fd, data[written:])
-        self.size += len(data)
+        start = self.size
+        end = start + len(data)
+        if end > self._reserved:
+            self._reserve(end)
+        assert self._map is not None
+        self._map[start:end] = data  # into the page cache: no system call
+        self.size = end
         self.appended += 1
         self.dirty = True
         if self.size >= MAX_SEGMENT_BYTES:
@@ -144,12 +183,12 @@ class Spool:
 
     def read(self, segment: int, start: int, end: int, limit: int) -> Batch:
         """The whole frames in ``[start, end)``, at most ``limit`` bytes of them (at least one).
-        From the segment being appended to: one ``pread`` of the append descriptor, pages just
-        written (cheap enough for the event loop); from an older one, the file opened."""
+        From the segment being appended to: a copy out of its map, pages just written (cheap
+        enough for the event loop); from an older one, the file opened."""
         # Room for one frame at least, whatever the limit.
         size = min(end - start, max(limit, HEADER_SIZE + MAX_FRAME))
-        if segment == self.segment:
-            data = os.pread(self._fd, size, start)
+        if segment == self.segment and self._map is not None:
+            data = self._map[start : start + size]
         else:
             with open(self._path(segment), "rb") as f:
                 f.seek(start)
@@ -213,13 +252,11 @@ class Spool:
         off the hot path)."""
         self.dirty = False
         with contextlib.suppress(OSError):
-            os.fdatasync(self._fd)  # the data and the size: all an append-only file needs
+            os.fdatasync(self._fd)  # the pages written through the map, and the size
         if self.cursor_dirty:
             self._write_cursor()
 
     def close(self) -> None:
         if self.cursor_dirty:
             self._write_cursor()
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        self._close_segment()

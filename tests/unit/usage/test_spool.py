@@ -1,9 +1,15 @@
 """The gateway's usage spool: what is appended is read back whole, in order, until acked; a
-torn tail is cut; a reopened spool resumes from its cursor; acked segments are dropped."""
+torn tail is cut; a reopened spool resumes from its cursor; acked segments are dropped; what was
+copied into the live segment's map survives a SIGKILL; the framing tells zero fill, a torn frame
+and a record apart."""
 
 from __future__ import annotations
 
+import itertools
 import os
+import signal
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -12,7 +18,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keyplane.usage import spool as spool_module
-from keyplane.usage.record import UsageRecord, decode, frame, frame_into, iter_frames
+from keyplane.usage.record import (
+    UsageRecord,
+    decode,
+    frame,
+    frame_into,
+    frames_end,
+    iter_frames,
+)
 from keyplane.usage.spool import Spool
 
 
@@ -134,3 +147,124 @@ def test_a_frame_written_into_a_reused_buffer_is_the_records_frame(
     buffer = bytearray()
     for fields in records:
         assert bytes(frame_into(buffer, fields)) == frame(UsageRecord(*fields))
+
+
+def segment_file(directory: Path) -> Path:
+    (path,) = [p for p in directory.iterdir() if p.suffix == ".spool"]
+    return path
+
+
+def test_a_spool_killed_without_closing_resumes_after_its_last_frame(tmp_path: Path) -> None:
+    """The live segment is zero past its frames (its file is its map's length); a process that
+    died without closing it leaves it so, and the reopened spool finds the end by reading."""
+    spool = Spool(tmp_path)
+    for i in range(5):
+        spool.append(frame(rec(i)))
+    used = spool.size
+    assert segment_file(tmp_path).stat().st_size > used  # zero fill past the frames
+    reopened = Spool(tmp_path)  # ``spool`` is never closed: as after a SIGKILL
+    assert reopened.size == used
+    reopened.append(frame(rec(5)))
+    assert drain(reopened) == [rec(i) for i in range(6)]
+    reopened.close()
+    assert segment_file(tmp_path).stat().st_size == reopened.size  # cut to its frames on close
+
+
+def test_a_frame_torn_mid_copy_is_cleared_before_the_next_append(tmp_path: Path) -> None:
+    """A process killed in the middle of copying a frame leaves its first bytes: cut and zeroed
+    when the segment is opened, so no later, shorter frame ends next to its stale bytes."""
+    spool = Spool(tmp_path)
+    for i in range(3):
+        spool.append(frame(rec(i)))
+    torn_at = spool.size
+    long_one = UsageRecord(9, "team", "k" * 36, "m" * 100, "chat", 200, 1, 2, 3)
+    with segment_file(tmp_path).open("r+b") as f:
+        f.seek(torn_at)
+        f.write(frame(long_one)[:-3])
+    reopened = Spool(tmp_path)
+    assert reopened.size == torn_at
+    reopened.append(frame(rec(3)))
+    reopened.append(frame(rec(4)))
+    assert drain(reopened) == [rec(i) for i in range(5)]
+
+
+def test_a_spool_file_of_the_write_per_record_version_is_read_and_appended_to(
+    tmp_path: Path,
+) -> None:
+    """Upgrade: a segment written a frame per ``write`` (the file exactly its frames, no zero
+    fill) has the same framing; it is read as it is and appended to in place."""
+    with (tmp_path / "000000000001.spool").open("wb") as f:
+        for i in range(4):
+            f.write(frame(rec(i)))
+    spool = Spool(tmp_path)
+    spool.append(frame(rec(4)))
+    assert drain(spool) == [rec(i) for i in range(5)]
+
+
+def test_what_was_copied_in_survives_a_sigkill(tmp_path: Path) -> None:
+    """The page cache is the kernel's: a process killed right after its appends (no close, no
+    sync) leaves every frame it copied in."""
+    code = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from keyplane.usage.record import UsageRecord, frame\n"
+        "from keyplane.usage.spool import Spool\n"
+        "spool = Spool(Path(sys.argv[1]))\n"
+        "for i in range(2000):\n"
+        "    spool.append(frame(UsageRecord(1000 + i, 'team', f'key-{i}', 'grok-4', 'chat',"
+        " 200, i, 2 * i, 3 * i)))\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", code, str(tmp_path)], timeout=60)
+    assert killed.returncode == -signal.SIGKILL
+    assert drain(Spool(tmp_path)) == [rec(i) for i in range(2000)]
+
+
+_record = st.builds(
+    UsageRecord,
+    st.integers(0, 2**62),
+    st.text(max_size=36),
+    st.text(max_size=36),
+    st.text(max_size=128),
+    st.text(max_size=32),
+    st.integers(0, 999),
+    st.integers(0, 2**62),
+    st.integers(0, 2**62),
+    st.integers(0, 2**62),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(_record, min_size=1, max_size=12),
+    st.sampled_from(["truncate", "zero fill", "zeroed range", "bit flip"]),
+    st.data(),
+)
+def test_the_reader_yields_exactly_the_intact_frames_before_any_damage(
+    records: list[UsageRecord], damage: str, data: st.DataObject
+) -> None:
+    """Zero fill (never written), a torn frame (cut short, or partly zero: a page not written
+    back) and a flipped bit all end the frames: the reader yields exactly those wholly before
+    the first changed byte, and ``frames_end`` is where they end. (A zero header is not an empty
+    frame, though ``crc32(b"") == 0``.)"""
+    written = b"".join(frame(r) for r in records)
+    ends = list(itertools.accumulate(len(frame(r)) for r in records))
+    blob = bytearray(written)
+    at = data.draw(st.integers(0, len(blob) - 1), label="at")
+    if damage == "truncate":
+        del blob[at:]
+    elif damage == "zero fill":  # from ``at`` on, and past the end: a preallocated segment
+        blob[at:] = bytes(len(blob) - at + data.draw(st.integers(0, 300), label="fill"))
+    elif damage == "zeroed range":
+        stop = data.draw(st.integers(at, len(blob)), label="stop")
+        blob[at:stop] = bytes(stop - at)
+    else:
+        blob[at] ^= 1 << data.draw(st.integers(0, 7), label="bit")
+    # The first byte that differs from what was written (a zeroed byte may have been zero).
+    changed = next(
+        (i for i, (a, b) in enumerate(zip(blob, written, strict=False)) if a != b),
+        min(len(blob), len(written)),
+    )
+    intact = [r for r, end in zip(records, ends, strict=True) if end <= changed]
+    assert [decode(p) for _, _, p in iter_frames(bytes(blob))] == intact
+    assert frames_end(bytes(blob), 0, len(blob)) == (ends[len(intact) - 1] if intact else 0)
