@@ -66,7 +66,7 @@ def start_stub(port: int, log_path: Path) -> subprocess.Popen[bytes]:
     return stub
 
 
-def load(url: str, auth: str | None, seconds: float, **mode: float) -> dict[str, Any]:
+def load(url: str, auth: str | None, seconds: float, **mode: float | str) -> dict[str, Any]:
     """Run bench/_loadgen.py against ``url``: closed loop (``connections``) or open (``rate``)."""
     argv = [PYTHON, str(HERE / "_loadgen.py"), url, "--body", json.dumps(BODY)]
     argv += ["--seconds", str(seconds)]
@@ -153,6 +153,13 @@ def main() -> None:
         help="(b)'s offered load, requests/s (default: half the measured saturation); fixed, "
         "two runs (say, two commits) compare at the same load.",
     )
+    parser.add_argument(
+        "--clock",
+        choices=("thread", "loop"),
+        default="thread",
+        help="(b)'s schedule: kept by a thread in nanosleep's precision, or (loop) "
+        "by the event loop's millisecond timers (this bench until now), which send in bursts.",
+    )
     args = parser.parse_args()
     redis_bin = shutil.which("redis-server")
     if redis_bin is None:
@@ -232,13 +239,18 @@ def main() -> None:
             log(f"open loop at {rate}/s (saturation {sat['rate']:.0f}/s)")
             fixed: dict[str, dict[str, Any]] = {}
             stub_url = f"http://127.0.0.1:{stub_port}/v1/chat/completions"
+            server_pid = {"direct": stub.pid, "gateway": pid_of(memory)}
             for round_ in range(ROUNDS):
                 for tag, url, auth in (
                     ("direct", stub_url, None),
                     ("gateway", memory.url + "/v1/chat/completions", secret),
                 ):
                     log(f"open loop round {round_ + 1}/{ROUNDS}: {tag}")
-                    r = load(url, auth, args.seconds, rate=rate, connections=64)
+                    cpu0 = tree_cpu_seconds(server_pid[tag])
+                    r = load(url, auth, args.seconds, rate=rate, connections=64, clock=args.clock)
+                    r["server_us"] = (
+                        (tree_cpu_seconds(server_pid[tag]) - cpu0) / max(1, r["requests"]) * 1e6
+                    )
                     if set(r["statuses"]) != {"200"}:
                         raise SystemExit(f"{tag}: answers other than 200: {r['statuses']}")
                     keep = fixed.get(tag)
@@ -247,25 +259,39 @@ def main() -> None:
                     if keep is None or r["ms"]["99"] < keep["ms"]["99"]:
                         fixed[tag] = r
             d, g = fixed["direct"], fixed["gateway"]
+            clock = {"thread": "a thread of its own", "loop": "the event loop's ms timers"}
             out.append(
                 f"(b) Latency at a fixed offered load: {rate:,}/s "
                 f"({'given' if args.rate else 'half of'} the 1-worker gateway's saturation, "
                 f"{sat['rate']:,.0f}/s, memory limiter), open loop "
-                f"(latency from each request's scheduled time, ≤ 64 connections), "
-                f"{args.seconds:.0f} s per run, best of {ROUNDS} interleaved runs by p99.\n"
+                f"(latency from each request's scheduled time, ≤ 64 connections, the schedule "
+                f"kept by {clock[args.clock]}), "
+                f"{args.seconds:.0f} s per run, best of {ROUNDS} interleaved runs by p99. "
+                '"From the write": from the request\'s write to its answer (without the '
+                "generator's own lag behind the schedule, its p50 in the next column). Server "
+                "CPU: the stub's or the gateway's, per request at this rate.\n"
             )
             rows_b = []
             for tag, r in (("direct to the stub", d), ("through the gateway", g)):
                 rows_b.append([tag, r["requests"], f"{r['rate']:,.0f}",
                                *(f"{r['ms'][p]:.2f}" for p in ("50", "90", "99", "99.9")),
-                               r["late"]])  # fmt: skip
-            added = (f"**{g['ms'][p] - d['ms'][p]:.2f}**" for p in ("50", "90", "99", "99.9"))
-            rows_b.append(["**added by the gateway**", "", "", *added, ""])
+                               *(f"{r['service_ms'][p]:.2f}" for p in ("50", "99")),
+                               f"{r['lag_ms']['50']:.2f}", r["late"],
+                               f"{r['server_us']:.0f}"])  # fmt: skip
+            added = [f"**{g['ms'][p] - d['ms'][p]:.2f}**" for p in ("50", "90", "99", "99.9")]
+            added += [f"**{g['service_ms'][p] - d['service_ms'][p]:.2f}**" for p in ("50", "99")]
+            rows_b.append(["**added by the gateway**", "", "", *added, "", "", ""])
             out.append(table(
                 ["path", "requests", "req/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms",
-                 "started late (no free connection)"],
+                 "from the write: p50 ms", "p99 ms", "generator lag p50 ms",
+                 "started late (no free connection)", "server CPU µs/req"],
                 rows_b,
             ))  # fmt: skip
+            busy = g["server_us"] * g["rate"] / 1e6
+            out.append(
+                f"\nThe gateway's CPU at {rate:,}/s: {g['server_us']:.0f} µs/req "
+                f"(at saturation {sat['gw']:.0f}), so one core {busy:.0%} busy.\n"
+            )
         finally:
             dep.stop_all()
             stub.terminate()
