@@ -2,8 +2,8 @@
 
 Beside ``test_ratelimit_pipelining.py`` (whose helpers these use): the calls of one turn go as
 one batch after another, never two at once, and calls made while two batches are unanswered wait
-and go together in the next — counted by the script calls Redis ran and the connections the
-limiter opened (one per batch on the wire).
+and go together in the next — counted by the script calls Redis ran; from_url's client pipelines
+them all on one connection.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ async def test_calls_made_while_two_batches_are_unanswered_go_together_in_the_ne
         assert all(d.allowed and not d.degraded for d in decisions)
         # The first two calls went alone; the other four waited for one of them, then went as one.
         assert await script_calls(client) - before == 3
-        assert await connections(client) == 2
+        assert await connections(client) == 1  # the two batches on the wire, pipelined
 
 
 async def test_a_call_queued_behind_two_late_batches_waits_no_longer_than_its_own_timeout(
@@ -91,7 +91,8 @@ async def test_a_call_queued_behind_two_late_batches_waits_no_longer_than_its_ow
     # fails at its deadline, not a whole timeout after its batch left.
     timeout = 2.0
     async with warmed(server, timeout=timeout) as (shared, _):
-        # Two connections open first: a new one waits for Redis to answer its handshake.
+        # Two batches on the wire first (with redis-py's pool: two connections, each waiting for
+        # Redis to answer its handshake).
         server.pause()
         try:
             warm = [asyncio.ensure_future(shared.acquire([QPM]))]

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 import time
 import uuid
@@ -56,7 +55,7 @@ import msgspec
 import redis.exceptions
 from prometheus_client import Counter, Gauge, Histogram
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import AbstractConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -73,6 +72,8 @@ from keyplane.ratelimit.base import (
 )
 from keyplane.ratelimit.journal import Journal
 from keyplane.ratelimit.memory import MemoryLimiter
+from keyplane.ratelimit.resp import PATIENCE as _PATIENCE
+from keyplane.ratelimit.resp import RespClient, Script
 
 __all__ = ["FAILURES", "FailurePolicy", "RedisLimiter", "RedisLimiterSettings"]
 
@@ -130,7 +131,7 @@ class RedisLimiterSettings:
       the cluster (the ``local`` policies give each ``limit // replicas``, at least 1).
     * ``prefix`` is prepended to every key (one per cluster: clusters must not share counters).
     * ``timeout``: the longest a decision waits on Redis, connecting and queueing for one of the
-      ``max_connections`` included; past it the policy decides.
+      ``max_connections`` of redis-py's pool included; past it the policy decides.
     * ``probe_min`` … ``probe_max``: the backoff between probes while Redis is down (seconds,
       doubling). Keep ``probe_max`` under the shortest window (1 s) so that every replica is back
       within one window of the first (the hand-back relies on it).
@@ -189,8 +190,8 @@ _KEY_CACHE_SIZE = 100_000
 """Counters whose encoded keys are kept; past it the cache starts afresh."""
 """Batches sent and not yet answered, at most: while they are, new calls gather into the next."""
 _ROSTER_TTL_MS = 3_600_000
-_PATIENCE: contextvars.ContextVar[float | None] = contextvars.ContextVar("_PATIENCE", default=None)
-"""While set, the socket timeout of from_url's connections (see _patient): a replay's patience."""
+_LEAN_URL = frozenset({"host", "port", "db", "username", "password"})
+"""What a URL may give for from_url to use :class:`RespClient` (the rest: redis-py)."""
 # The policies that never exceed a limit when Redis itself fails, and those that decide locally.
 _EXACT = frozenset({FailurePolicy.DENY, FailurePolicy.LOCAL_STRICT})
 _LOCAL = frozenset({FailurePolicy.LOCAL, FailurePolicy.LOCAL_STRICT})
@@ -212,7 +213,7 @@ class RedisLimiter:
 
     def __init__(
         self,
-        client: Redis,
+        client: Redis | RespClient,
         settings: RedisLimiterSettings | None = None,
         *,
         clock: Clock | None = None,
@@ -280,14 +281,28 @@ class RedisLimiter:
     def from_url(
         cls, url: str, settings: RedisLimiterSettings | None = None, *, clock: Clock | None = None
     ) -> RedisLimiter:
-        """A limiter with its own client for ``url`` (``redis://host:port/db``).
+        """A limiter with its own client for ``url`` (``redis://[[user]:password@]host:port/db``).
 
-        The client retries once, and only a broken connection: after Redis restarts every pooled
-        connection is dead, and each would otherwise count as an outage in turn. Timeouts are not
-        retried: the failure policy is the answer to an unreachable Redis, not waiting for it.
-        Its sockets time out at ``timeout``, but at a replay's patience during a replay's call.
+        A ``redis://`` URL with nothing in its query gets the limiter's own pipelined client
+        (:class:`~keyplane.ratelimit.resp.RespClient`); any other (``rediss://``, ``unix://``,
+        options in the query) gets redis-py's, a pool of up to ``max_connections``. Either
+        retries once, and only a broken connection: after Redis restarts every open connection
+        is dead, and each would otherwise count as an outage in turn. Timeouts are not retried:
+        the failure policy is the answer to an unreachable Redis, not waiting for it. Their
+        sockets time out at ``timeout``, but at a replay's patience during a replay's call.
         """
         settings = settings or RedisLimiterSettings()
+        given = parse_url(url)
+        if given.keys() <= _LEAN_URL:
+            lean = RespClient(
+                given.get("host", "localhost"),
+                given.get("port", 6379),
+                db=given.get("db", 0),
+                username=given.get("username"),
+                password=given.get("password"),
+                timeout=settings.timeout,
+            )
+            return cls(lean, settings, clock=clock, owns_client=True)
         pool = BlockingConnectionPool.from_url(
             url,
             max_connections=settings.max_connections,
@@ -420,6 +435,8 @@ class RedisLimiter:
         # A task, so that a call past the timeout is left to end on its own: cancelling it in
         # place would wait for the client's clean-up, itself bounded only by its own timeouts.
         timeout = patience or self.settings.timeout
+        if type(script) is Script:  # the lean client's: it keeps the deadline itself
+            return await script.client.evalsha(script, keys, args, timeout)
         task = asyncio.ensure_future(script(keys=keys, args=args))
         done, _ = await asyncio.wait((task,), timeout=timeout)
         if not done:

@@ -5,6 +5,7 @@ No server is needed: Redis is a free loopback port nobody listens on."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import hiredis
@@ -24,7 +25,9 @@ from keyplane.ratelimit import (
     RequestLimit,
     TokenLimit,
 )
-from keyplane.ratelimit.redis import _PATIENCE, _fast_packing
+from keyplane.ratelimit.redis import _fast_packing
+from keyplane.ratelimit.resp import PATIENCE as _PATIENCE
+from keyplane.ratelimit.resp import RespClient
 from tests.support.procs import free_port
 
 
@@ -52,8 +55,10 @@ async def test_a_client_given_to_the_limiter_is_left_to_the_caller_to_close(
     monkeypatch.setattr(made._client, "aclose", recorder("made"))
     await made.aclose()
     assert closed == ["made"]  # from_url's client is the limiter's own
-    for owned in (client, made._client):
-        await Redis.aclose(owned)  # what the recorders stood in for
+    # What the recorders stood in for.
+    await Redis.aclose(client)
+    assert isinstance(made._client, RespClient)  # redis:// : the limiter's own client
+    await RespClient.aclose(made._client)
 
 
 async def test_a_new_limiter_reports_redis_up() -> None:
@@ -104,8 +109,12 @@ async def test_the_local_policy_and_the_journal_use_the_limiters_exact_max_and_b
 async def test_from_urls_sockets_time_out_at_the_timeout_and_at_a_replays_patience_in_one() -> None:
     # _replay sets _PATIENCE around its call (contract/test_ratelimit_failover_edges.py holds the
     # replay itself); a connection made meanwhile or before reads it as its socket timeout.
-    limiter = RedisLimiter.from_url(nowhere(), RedisLimiterSettings(timeout=0.3))
+    # redis-py's connections: from_url's client for a rediss:// URL (TLS).
+    limiter = RedisLimiter.from_url(
+        nowhere().replace("redis://", "rediss://"), RedisLimiterSettings(timeout=0.3)
+    )
     try:
+        assert isinstance(limiter._client, Redis)
         pool = limiter._client.connection_pool
         connection = pool.connection_class(**pool.connection_kwargs)  # as the pool makes them
         assert connection.socket_timeout == 0.3
@@ -119,6 +128,53 @@ async def test_from_urls_sockets_time_out_at_the_timeout_and_at_a_replays_patien
         assert connection.socket_timeout == 0.7
     finally:
         await limiter.aclose()
+
+
+async def test_from_urls_own_client_gives_a_call_the_timeout_or_a_replays_patience() -> None:
+    # A redis:// URL: the limiter's own client (resp.py), whose calls made without a deadline (as
+    # redis-py's scripts are called) fail at the timeout, or at _PATIENCE while it is set.
+    limiter = RedisLimiter.from_url(nowhere(), RedisLimiterSettings(timeout=0.3))
+    client = limiter._client
+    try:
+        assert isinstance(client, RespClient)
+        assert client.timeout == 0.3
+        loop = asyncio.get_running_loop()
+        sent: list[float] = []
+
+        def execute(packed: bytes, timeout: float, script: Any = None) -> asyncio.Future[Any]:
+            sent.append(timeout)
+            future = loop.create_future()
+            future.set_result(None)
+            return future
+
+        client.execute = execute  # type: ignore[method-assign]
+        await limiter._batch_script(keys=[], args=[])
+        token = _PATIENCE.set(1.2)
+        try:
+            await limiter._batch_script(keys=[], args=[])
+        finally:
+            _PATIENCE.reset(token)
+        await limiter._batch_script(keys=[], args=[])
+        assert sent == [0.3, 1.2, 0.3]
+    finally:
+        await limiter.aclose()
+
+
+def test_from_url_gives_redis_urls_its_own_client_and_the_rest_to_redis_py() -> None:
+    lean = RedisLimiter.from_url("redis://u%40x:p%3Aw@10.1.2.3:6380/4")._client
+    assert isinstance(lean, RespClient)
+    assert (lean.host, lean.port, lean.db) == ("10.1.2.3", 6380, 4)
+    assert lean._hello == [
+        hiredis.pack_command(("AUTH", "u@x", "p:w")),  # type: ignore[arg-type]
+        hiredis.pack_command(("SELECT", 4)),  # type: ignore[arg-type]
+    ]
+    plain = RedisLimiter.from_url("redis://:secret@localhost")._client
+    assert isinstance(plain, RespClient)
+    assert (plain.host, plain.port, plain.db) == ("localhost", 6379, 0)
+    assert plain._hello == [hiredis.pack_command(("AUTH", "secret"))]  # type: ignore[arg-type]
+    assert RedisLimiter.from_url("redis://h")._client._hello == []  # type: ignore[union-attr]
+    for url in ("rediss://h:1/0", "unix:///tmp/redis.sock", "redis://h:1/0?protocol=3"):
+        assert isinstance(RedisLimiter.from_url(url)._client, Redis), url
 
 
 def test_the_limiters_connections_pack_plain_commands_in_one_call_into_hiredis() -> None:
