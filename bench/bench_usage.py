@@ -319,6 +319,7 @@ def inprocess_section(tmp: Path) -> str:
     from keyplane.ratelimit import MemoryLimiter
     from keyplane.settings import Settings
     from keyplane.usage.meter import Meter, Tally
+    from keyplane.usage.record import HEADER_SIZE, header_into
     from keyplane.usage.spool import Spool
     from tests.support.replica import one_key_replica
 
@@ -352,7 +353,19 @@ def inprocess_section(tmp: Path) -> str:
         if not variant.startswith("off"):
             meter = gateway.meter = Meter(Spool(tmp / "inprocess" / variant), catalog.models)
             if variant == "on, no write":
-                meter.spool.append = lambda data: None  # type: ignore[method-assign]
+                meter.spool.append_payload = lambda data: None  # type: ignore[method-assign]
+            elif variant == "on, a write() per record":
+                # The spool before the memory map: the frame built, then one ``os.write``.
+                path = tmp / f"write-{len(variant)}-{id(meter)}.spool"
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                frame = bytearray(HEADER_SIZE)
+
+                def write(payload: bytearray) -> None:
+                    frame[HEADER_SIZE:] = payload
+                    header_into(frame, 0, payload)
+                    os.write(fd, frame)
+
+                meter.spool.append_payload = write  # type: ignore[method-assign]
             elif variant == "on, no record":
 
                 def finish(tally: Tally) -> None:
@@ -385,7 +398,15 @@ def inprocess_section(tmp: Path) -> str:
             await gateway(scope, receive, send)
         return (time.process_time() - started) / n * 1e6
 
-    variants = ["off", "on", "on, no write", "on, no record", "on, no metered send", "off, again"]
+    variants = [
+        "off",
+        "on",
+        "on, a write() per record",
+        "on, no write",
+        "on, no record",
+        "on, no metered send",
+        "off, again",
+    ]
     rounds = INPROCESS_ROUNDS
     per: dict[str, list[float]] = {v: [] for v in variants}
 

@@ -2,7 +2,8 @@
 
 The gateway creates a ``Tally`` for each request to a metered route and fills it as it learns
 (key, model, status, tokens); ``Meter.finish`` turns it into a framed record and appends it to
-the spool. That is all the hot path pays: an object, an encode and one ``write``.
+the spool. That is all the hot path pays: an object, an encode and a copy into the spool's
+memory map.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Iterable
 import structlog
 
 from keyplane.catalog import CatalogModel
-from keyplane.usage.record import Prices, frame_into
+from keyplane.usage.record import Prices, payload_into
 from keyplane.usage.spool import Spool
 
 log = structlog.get_logger("keyplane.usage")
@@ -54,34 +55,45 @@ class Meter:
 
     def __init__(self, spool: Spool, models: Iterable[CatalogModel]) -> None:
         self.spool = spool
-        self._prices = {m.name: Prices.of(m) for m in models}
-        self._free = Prices()
-        self._frame = bytearray()
+        # (prompt, completion, image) prices by model: a tuple, no method call per record.
+        prices = {m.name: Prices.of(m) for m in models}
+        self._prices = {name: (p.prompt, p.completion, p.image) for name, p in prices.items()}
+        self._payload = bytearray()
         self.failed = 0
 
     def finish(self, tally: Tally) -> None:
         tally.finished = True
-        prices = self._prices.get(tally.model, self._free)
-        cost, completion_cost, image_cost = prices.costs(
-            tally.prompt_tokens, tally.completion_tokens, tally.images
-        )
-        # The record's fields as ``UsageRecord`` orders them, framed in one reused buffer.
-        fields = (
-            time.time_ns() // 1_000_000,
-            tally.team_id,
-            tally.api_key_id,
-            tally.model,
-            tally.endpoint,
-            tally.status,
-            tally.prompt_tokens,
-            tally.completion_tokens,
-            cost,
-            completion_cost,
-            image_cost,
+        prompt_price, completion_price, image_price = self._prices.get(tally.model, _FREE)
+        prompt, completion = tally.prompt_tokens, tally.completion_tokens
+        completion_cost = completion * completion_price
+        image_cost = tally.images * image_price
+        payload = self._payload
+        # The record's fields as ``UsageRecord`` orders them, ``cost`` the whole request's (the
+        # part not in ``completion_cost`` or ``image_cost`` is the prompt's), encoded into one
+        # reused buffer and framed in the spool's map: no record, payload or frame object.
+        payload_into(
+            (
+                _time_ns() // 1_000_000,
+                tally.team_id,
+                tally.api_key_id,
+                tally.model,
+                tally.endpoint,
+                tally.status,
+                prompt,
+                completion,
+                prompt * prompt_price + completion_cost + image_cost,
+                completion_cost,
+                image_cost,
+            ),
+            payload,
         )
         try:
-            self.spool.append(frame_into(self._frame, fields))
+            self.spool.append_payload(payload)
         except OSError as error:
             # The request is answered already; count the loss loudly rather than fail it.
             self.failed += 1
             log.error("usage_spool_write_failed", error=str(error))
+
+
+_FREE = (0, 0, 0)
+_time_ns = time.time_ns

@@ -66,21 +66,17 @@ def frame(record: UsageRecord) -> bytes:
     return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
-_encode_into = msgspec.msgpack.Encoder().encode_into
 #: A record's fields in ``UsageRecord``'s order, every one given.
 RecordFields = tuple[int, str, str, str, str, int, int, int, int, int, int]
+#: ``payload_into(fields, buffer)``: ``UsageRecord(*fields)``'s payload written over ``buffer``
+#: (an array-like record is its fields' msgpack array): no record object or payload allocated
+#: per call, the gateway's hot path reuses one buffer.
+payload_into = msgspec.msgpack.Encoder().encode_into
 
 
-def frame_into(buffer: bytearray, fields: RecordFields) -> bytearray:
-    """``frame(UsageRecord(*fields))``, byte for byte (an array-like record is its fields'
-    msgpack array), written over ``buffer`` and returned: no record object, payload or frame
-    allocated per call (the gateway's hot path reuses one buffer)."""
-    _encode_into(fields, buffer, HEADER_SIZE)
-    payload = memoryview(buffer)[HEADER_SIZE:]
-    crc = zlib.crc32(payload)
-    payload.release()  # before the next encode may resize the buffer
-    _HEADER.pack_into(buffer, 0, len(buffer) - HEADER_SIZE, crc)
-    return buffer
+def header_into(target: bytearray | mmap.mmap, offset: int, payload: bytearray) -> None:
+    """Write ``payload``'s frame header at ``offset`` of ``target`` (the payload follows it)."""
+    _HEADER.pack_into(target, offset, len(payload), zlib.crc32(payload))
 
 
 def iter_frames(
@@ -136,11 +132,6 @@ class Prices(msgspec.Struct, frozen=True):
             cents(p.completion_text_token_price),
             cents(p.image_price),
         )
-
-    def costs(self, prompt: int, completion: int, images: int) -> tuple[int, int, int]:
-        """``(cost, completion_cost, image_cost)`` of a request."""
-        completion_cost, image_cost = completion * self.completion, images * self.image
-        return prompt * self.prompt + completion_cost + image_cost, completion_cost, image_cost
 
 
 def status_class(status: int) -> str:

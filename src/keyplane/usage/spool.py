@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from keyplane.private_files import FILE_MODE, private_dir
-from keyplane.usage.record import HEADER_SIZE, MAX_FRAME, frames_end, iter_frames
+from keyplane.usage.record import HEADER_SIZE, MAX_FRAME, frames_end, header_into, iter_frames
 
 _SEGMENT = re.compile(r"(\d{12})\.spool")
 CURSOR = "cursor"
@@ -142,12 +142,30 @@ class Spool:
     # -- the hot path --------------------------------------------------------------------------
 
     def append(self, data: bytes | bytearray) -> None:
+        """Append whole frames."""
         start = self.size
         end = start + len(data)
         if end > self._reserved:
             self._reserve(end)
         assert self._map is not None
         self._map[start:end] = data  # into the page cache: no system call
+        self._appended(end)
+
+    def append_payload(self, payload: bytearray) -> None:
+        """Append one record's payload, framed in place: the payload copied into the map, then
+        its header written in front of it (a process killed between the two leaves a zero
+        length, the end of the frames). No frame is built, no system call made."""
+        start = self.size
+        end = start + HEADER_SIZE + len(payload)
+        if end > self._reserved:
+            self._reserve(end)
+        target = self._map
+        assert target is not None
+        target[start + HEADER_SIZE : end] = payload
+        header_into(target, start, payload)
+        self._appended(end)
+
+    def _appended(self, end: int) -> None:
         self.size = end
         self.appended += 1
         self.dirty = True

@@ -22,9 +22,9 @@ from keyplane.usage.record import (
     UsageRecord,
     decode,
     frame,
-    frame_into,
     frames_end,
     iter_frames,
+    payload_into,
 )
 from keyplane.usage.spool import Spool
 
@@ -139,14 +139,21 @@ _fields = st.tuples(
 
 @settings(deadline=None)
 @given(st.lists(_fields, min_size=1, max_size=4))
-def test_a_frame_written_into_a_reused_buffer_is_the_records_frame(
+def test_a_payload_framed_in_the_spool_is_the_records_frame(
     records: list[tuple[int, str, str, str, str, int, int, int, int, int, int]],
 ) -> None:
-    """The gateway frames each record's fields into one reused buffer (``Meter.finish``): the
-    bytes are ``frame(UsageRecord(...))``'s, whatever the buffer held before."""
-    buffer = bytearray()
-    for fields in records:
-        assert bytes(frame_into(buffer, fields)) == frame(UsageRecord(*fields))
+    """The gateway encodes each record's fields into one reused buffer and frames it in the
+    spool's map (``Meter.finish``): the bytes are ``frame(UsageRecord(...))``'s, whatever the
+    buffer held before."""
+    with tempfile.TemporaryDirectory() as raw:
+        spool = Spool(Path(raw))
+        buffer = bytearray()
+        for fields in records:
+            payload_into(fields, buffer)
+            spool.append_payload(buffer)
+        spool.close()
+        written = segment_file(Path(raw)).read_bytes()
+    assert written == b"".join(frame(UsageRecord(*fields)) for fields in records)
 
 
 def segment_file(directory: Path) -> Path:
