@@ -16,7 +16,9 @@ seconds, whichever comes first; the tables give the median over the rounds.
 Columns: decisions per wall-clock second, CPU µs per decision of this process (user + system:
 the client's share of the socket work included) and of redis-server, share admitted, and p50/p99
 latency of one decision. The last table divides the Redis limiter's CPU per decision by the
-memory limiter's (``await acquire``, same workload, same concurrency), within the run.
+memory limiter's (``await acquire``, same workload, same concurrency), within the run; the
+``redis-py`` rows are the same limiter on redis-py's client (what ``from_url`` gives a
+``rediss://`` URL, and gave every URL before ``keyplane.ratelimit.resp``): the client's share.
 
 The Redis limiter runs with a 5 s timeout here (default 0.25 s): on a loaded machine a slow
 answer would otherwise count as an outage, and the failure policy would decide instead of Redis
@@ -48,6 +50,7 @@ from keyplane.ratelimit import (
     RequestLimit,
     TokenLimit,
 )
+from keyplane.ratelimit.redis import _redis_py
 
 TOKENS_PER_REQUEST = 150
 TEAMS = 100
@@ -282,7 +285,12 @@ def main() -> int:
                 settings = RedisLimiterSettings(prefix=f"bench:{next(prefixes)}:", timeout=5.0)
                 return RedisLimiter.from_url(url, settings)
 
+            def redis_py_limiter() -> RedisLimiter:
+                settings = RedisLimiterSettings(prefix=f"bench:{next(prefixes)}:", timeout=5.0)
+                return RedisLimiter(_redis_py(url, settings), settings, owns_client=True)
+
             backends.append(("redis", redis_limiter, pid))
+            backends.append(("redis-py", redis_py_limiter, pid))
         for concurrency in (1, 32):
             for name, pick in workloads:
                 for backend, make, server_pid in backends:
@@ -314,17 +322,22 @@ def main() -> int:
         for name, _ in workloads:
             memory = by_name[f"memory, {name}, {concurrency} in flight"]
             redis = by_name.get(f"redis, {name}, {concurrency} in flight")
-            if redis is None:
+            redis_py = by_name.get(f"redis-py, {name}, {concurrency} in flight")
+            if redis is None or redis_py is None:
                 continue
             mem_cpu = memory.median(lambda r: r.cpu_us)
             redis_cpu = redis.median(lambda r: r.cpu_us)
+            py_cpu = redis_py.median(lambda r: r.cpu_us)
             ratios.append(
                 f"| {name}, {concurrency} in flight | {mem_cpu:.1f} | {redis_cpu:.1f} "
-                f"| ×{redis_cpu / mem_cpu:.1f} |"
+                f"| ×{redis_cpu / mem_cpu:.1f} | {py_cpu:.1f} | ×{py_cpu / mem_cpu:.1f} |"
             )
     if ratios:
-        print("\n| workload | memory CPU µs/decision | Redis CPU µs/decision | Redis ÷ memory |")
-        print("|---|---:|---:|---:|")
+        print(
+            "\n| workload | memory CPU µs/decision | Redis CPU µs/decision | Redis ÷ memory "
+            "| Redis (redis-py client) CPU µs/decision | redis-py ÷ memory |"
+        )
+        print("|---|---:|---:|---:|---:|---:|")
         print("\n".join(ratios))
     return 0
 

@@ -303,17 +303,7 @@ class RedisLimiter:
                 timeout=settings.timeout,
             )
             return cls(lean, settings, clock=clock, owns_client=True)
-        pool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=settings.max_connections,
-            timeout=settings.timeout,
-            socket_timeout=settings.timeout,
-            socket_connect_timeout=settings.timeout,
-            retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)),
-        )
-        pool.connection_class = _patient(_fast_packing(pool.connection_class))
-        client = Redis.from_pool(pool)  # the client owns the pool and closes it
-        return cls(client, settings, clock=clock, owns_client=True)
+        return cls(_redis_py(url, settings), settings, clock=clock, owns_client=True)
 
     @property
     def available(self) -> bool:
@@ -778,6 +768,20 @@ class RedisLimiter:
 _Op = tuple[float, list[bytes], bytes, asyncio.Future[Any]]
 """A call waiting for its batch: (deadline on the loop's clock, its keys, its argument string
 ``"<kind> <key count> <args…>"``, its future)."""
+
+
+def _redis_py(url: str, settings: RedisLimiterSettings) -> Redis:
+    """from_url's redis-py client for ``url`` (also what bench/bench_limiter.py compares with)."""
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=settings.max_connections,
+        timeout=settings.timeout,
+        socket_timeout=settings.timeout,
+        socket_connect_timeout=settings.timeout,
+        retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)),
+    )
+    pool.connection_class = _patient(_fast_packing(pool.connection_class))
+    return Redis.from_pool(pool)  # the client owns the pool and closes it
 
 
 def _fast_packing(cls: type[AbstractConnection]) -> type[AbstractConnection]:

@@ -96,7 +96,7 @@ class Script:
 class _Call:
     """One command on its way: its bytes, its future and deadline, what it may still try."""
 
-    __slots__ = ("deadline", "future", "loads", "packed", "retried", "script", "timeout")
+    __slots__ = ("deadline", "future", "hello", "loads", "packed", "retried", "script", "timeout")
 
     def __init__(
         self,
@@ -113,6 +113,7 @@ class _Call:
         self.script = script  # set while a NOSCRIPT may still load it and run the call again
         self.retried = False  # sent again after a broken connection: not a second time
         self.loads = False  # a SCRIPT LOAD before its call's second try: not the call's answer
+        self.hello = False  # AUTH or SELECT on a new connection
 
 
 class _Connection(asyncio.Protocol):
@@ -149,6 +150,11 @@ class _Connection(asyncio.Protocol):
                 self.abort(redis.exceptions.ConnectionError("an answer to no call"))
                 return
             call = waiting.popleft()
+            if call.hello:
+                if type(reply) is hiredis.ReplyError:  # before the calls behind it are answered
+                    self.refused(_error(reply))
+                    return
+                continue
             future = call.future
             if future.done():  # given up at its deadline, or its caller is gone
                 continue
@@ -165,6 +171,14 @@ class _Connection(asyncio.Protocol):
                 future.set_exception(error)  # a load that failed: the call after it is skipped
             elif not call.loads:
                 future.set_result(reply)
+
+    def refused(self, error: redis.exceptions.RedisError) -> None:
+        """Redis refused the connection's AUTH or SELECT: its calls fail with that, once."""
+        if not isinstance(error, redis.exceptions.ConnectionError):
+            error = redis.exceptions.ConnectionError(str(error))
+        for call in self.waiting:
+            call.retried = True  # no second try: it would be refused the same way
+        self.abort(error)
 
     def abort(self, error: Exception) -> None:
         """Close the connection, failing or re-sending its calls with ``error``."""
@@ -284,20 +298,12 @@ class RespClient:
                 connection.send(call)
 
     def _handshake(self, connection: _Connection, packed: bytes) -> None:
+        """``AUTH`` or ``SELECT`` before the calls: a refusal closes the connection."""
         future = asyncio.get_running_loop().create_future()
-
-        def check(done: asyncio.Future[Any]) -> None:
-            error = None if done.cancelled() else done.exception()
-            if isinstance(error, redis.exceptions.RedisError):  # refused (a timeout: _expire's)
-                if not isinstance(error, redis.exceptions.ConnectionError):
-                    error = redis.exceptions.AuthenticationError(str(error))
-                for call in connection.waiting:
-                    call.retried = True  # no second try: it would be refused the same way
-                connection.abort(error)
-
-        future.add_done_callback(check)
-        deadline = asyncio.get_running_loop().time() + self.timeout
-        connection.send(_Call(packed, future, self.timeout, deadline, None))
+        future.cancel()  # nobody waits for it
+        call = _Call(packed, future, self.timeout, float("inf"), None)
+        call.hello = True
+        connection.send(call)
 
     def _fail_queued(self, error: Exception, *, retry: bool) -> None:
         """The connection could not be made: its calls fail, or try once more if ``retry``."""

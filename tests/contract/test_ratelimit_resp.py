@@ -1,0 +1,188 @@
+"""The Redis limiter's own client (``keyplane.ratelimit.resp``) on real redis-servers: what
+``from_url``'s redis-py client did and the limiter relies on — ``AUTH`` and ``SELECT`` from the
+URL, a script flushed from Redis loaded again, each call's deadline, a connection silent past
+every deadline closed and the next call on a new one, a broken protocol a ``ConnectionError``, and
+error replies as redis-py's exception classes."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import hiredis
+import pytest
+import redis.exceptions
+from redis.asyncio import Redis
+
+from keyplane.ratelimit import FailurePolicy, RedisLimiter
+from keyplane.ratelimit.resp import RespClient, _error
+from tests.contract.test_ratelimit_failover import settings
+from tests.support.limits import qpm
+from tests.support.redis import RedisServer
+
+
+@asynccontextmanager
+async def client_of(server: RedisServer, timeout: float = 5.0) -> AsyncIterator[RespClient]:
+    client = RespClient("127.0.0.1", server.port, timeout=timeout)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def ping(client: RespClient, timeout: float = 5.0) -> object:
+    return await client.execute(hiredis.pack_command(("PING",)), timeout)
+
+
+async def test_the_urls_password_user_and_database_are_used(server: RedisServer) -> None:
+    admin = Redis.from_url(server.url)
+    try:
+        await admin.execute_command(  # type: ignore[no-untyped-call]
+            "ACL", "SETUSER", "limiter", "on", ">s3cr:t", "~*", "+@all"
+        )
+        await admin.config_set("requirepass", "p@ss")
+        await admin.execute_command("AUTH", "p@ss")  # type: ignore[no-untyped-call]
+        url = f"redis://limiter:s3cr%3At@127.0.0.1:{server.port}/3"
+        for given in (url, f"redis://:p%40ss@127.0.0.1:{server.port}/3"):
+            prefix = f"test:{uuid.uuid4().hex}:"
+            limiter = RedisLimiter.from_url(given, settings(FailurePolicy.DENY, prefix))
+            try:
+                assert isinstance(limiter._client, RespClient)
+                decision = await limiter.acquire([qpm(10)])
+                assert (decision.allowed, decision.degraded) == (True, False)
+            finally:
+                await limiter.aclose()
+            await admin.select(3)
+            assert await admin.get(prefix + "r:key:1:qpm:sum") == b"1"
+            await admin.select(0)
+            assert await admin.get(prefix + "r:key:1:qpm:sum") is None
+
+        # A refused password is an outage (redis-py's AuthenticationError, a ConnectionError).
+        wrong = f"redis://:nope@127.0.0.1:{server.port}/0"
+        limiter = RedisLimiter.from_url(wrong, settings(FailurePolicy.DENY, "test:", heartbeat=60))
+        try:
+            assert (await limiter.acquire([qpm(10)])).degraded
+            assert not limiter.available
+        finally:
+            await limiter.aclose()
+        async with client_of(server) as client:
+            client._hello = [hiredis.pack_command(("AUTH", "nope"))]  # type: ignore[arg-type]
+            with pytest.raises(redis.exceptions.AuthenticationError):
+                await ping(client)
+    finally:
+        await admin.config_set("requirepass", "")
+        await admin.aclose()
+
+
+async def test_a_script_flushed_from_redis_is_loaded_again(server: RedisServer) -> None:
+    admin = Redis.from_url(server.url)
+    async with client_of(server) as client:
+        try:
+            script = client.register_script("return ARGV[1] + KEYS[1]")
+            assert await script(keys=["2"], args=["40"]) == 42
+            await admin.script_flush()
+            # Both calls pipelined meet NOSCRIPT: each loads the script and runs again, in order.
+            both = await asyncio.gather(
+                script(keys=["1"], args=["1"]), script(keys=["2"], args=["2"])
+            )
+            assert list(both) == [2, 4]
+            broken = client.register_script("return +")  # NOSCRIPT, then its load refused
+            with pytest.raises(redis.exceptions.ResponseError, match="Error compiling script"):
+                await broken(keys=[], args=[])
+            assert await ping(client) == b"PONG"  # the connection is still in step
+        finally:
+            await admin.aclose()
+
+
+async def test_a_call_fails_at_its_deadline_and_a_silent_connection_is_closed(
+    server: RedisServer,
+) -> None:
+    async with client_of(server) as client:
+        assert await ping(client) == b"PONG"
+        first = client._connection
+        assert first is not None
+        server.pause()
+        try:
+            short = asyncio.ensure_future(ping(client, 0.2))
+            long = asyncio.ensure_future(ping(client, 1.5))
+            with pytest.raises(TimeoutError, match=r"^no answer from Redis within 0\.2 s$"):
+                await short
+            assert client._connection is first  # a call on it may still be answered
+            await asyncio.sleep(0.3)  # Redis answers after the first deadline, before the second
+        finally:
+            server.resume()
+        assert await long == b"PONG"
+        server.pause()
+        try:
+            with pytest.raises(TimeoutError):
+                await ping(client, 0.2)
+            assert client._connection is None  # silent past every deadline: closed
+        finally:
+            server.resume()
+        assert await ping(client) == b"PONG"  # on a new connection
+        assert client._connection is not None
+        assert client._connection is not first
+
+
+async def test_a_broken_protocol_or_a_refused_connection_is_a_connection_error() -> None:
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)
+        writer.write(b"?not resp\r\n")
+        await writer.drain()
+        await reader.read()  # until the client closes
+        writer.close()
+
+    server = await asyncio.start_server(garbage, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        client = RespClient("127.0.0.1", port, timeout=5.0)
+        with pytest.raises(redis.exceptions.ConnectionError, match=r"^Protocol error: "):
+            await ping(client)  # twice: a broken connection's call goes once more
+        await client.aclose()
+    finally:
+        server.close()
+        await server.wait_closed()
+    client = RespClient("127.0.0.1", port, timeout=5.0)  # nobody listens there now
+    with pytest.raises(redis.exceptions.ConnectionError, match=r"^Error 111 connecting to "):
+        await ping(client)
+    await client.aclose()
+
+
+async def test_closing_fails_the_calls_still_waiting(server: RedisServer) -> None:
+    async with client_of(server) as client:
+        assert await ping(client) == b"PONG"
+        server.pause()
+        try:
+            waiting = asyncio.ensure_future(ping(client))
+            await asyncio.sleep(0.05)
+            await client.aclose()
+            with pytest.raises(redis.exceptions.ConnectionError, match=r"^the client was closed$"):
+                await waiting
+        finally:
+            server.resume()
+
+
+@pytest.mark.parametrize(
+    ("reply", "cls", "message"),
+    [
+        ("NOSCRIPT No matching script.", redis.exceptions.NoScriptError, "No matching script."),
+        ("READONLY You can't write.", redis.exceptions.ReadOnlyError, "You can't write."),
+        ("OOM command not allowed", redis.exceptions.OutOfMemoryError, "command not allowed"),
+        ("LOADING Redis is loading", redis.exceptions.BusyLoadingError, "Redis is loading"),
+        ("MASTERDOWN Link is down", redis.exceptions.MasterDownError, "Link is down"),
+        ("NOAUTH Auth required.", redis.exceptions.AuthenticationError, "Auth required."),
+        ("WRONGPASS invalid pair", redis.exceptions.AuthenticationError, "invalid pair"),
+        # Whole messages: the one error of ERR that redis-py tells apart, and the rest.
+        ("ERR max number of clients reached", redis.exceptions.ConnectionError, None),
+        ("WRONGTYPE Operation against a key", redis.exceptions.ResponseError, None),
+        ("ERR max number of clients", redis.exceptions.ResponseError, None),
+    ],
+)
+def test_error_replies_become_redis_pys_exceptions(
+    reply: str, cls: type[Exception], message: str | None
+) -> None:
+    error = _error(hiredis.ReplyError(reply))
+    assert type(error) is cls
+    assert str(error) == (reply if message is None else message)
