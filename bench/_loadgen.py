@@ -1,15 +1,19 @@
 """A lean HTTP/1.1 load generator for the benches, run as its own process (its CPU is its own).
 
     LOADGEN_AUTHORIZATION='Bearer …' python bench/_loadgen.py URL --body JSON --seconds S
-        (--connections N | --rate R [--connections MAX]) [--max-requests N]
+        (--connections N | --rate R [--connections MAX] [--clock thread|loop]) [--max-requests N]
 
 Closed loop (no ``--rate``): N keep-alive connections, each sending its next request when the
 last answer is in; measures saturation. Open loop (``--rate R``): requests are *scheduled* at
 R per second whatever the answers do, each taking an idle connection (at most ``--connections``
 open); its latency counts from its scheduled time, so a stall is charged to every request it
-delays (no coordinated omission). Requests are encoded once; answers are parsed only as far as
-their status and length (Content-Length or chunked). Bounded by seconds and requests. Prints one
-JSON object: requests, elapsed, statuses, latency percentiles (ms), the late starts and its CPU.
+delays (no coordinated omission). The schedule is kept by a thread sleeping to each due time
+(``--clock loop``: by the event loop's timers, which tick in whole milliseconds and so send in
+bursts). Requests are encoded once; answers are parsed only as far as their status and length
+(Content-Length or chunked). Bounded by seconds and requests. Prints one JSON object: requests,
+elapsed, statuses, latency percentiles (ms), the late starts and its CPU; in the open loop also
+its own lag behind the schedule (due → written, ``lag_ms``) and the latency from the write
+(``service_ms``).
 """
 
 from __future__ import annotations

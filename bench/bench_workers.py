@@ -16,7 +16,8 @@ Markdown:
     the table shows it;
 (b) latency at a fixed offered load (open loop) of half the 1-worker gateway's saturation rate
     with in-memory limits, straight to the stub and through the gateway: p50/p90/p99 and what the
-    gateway adds.
+    gateway adds, from each request's scheduled time and from its write, with the generator's
+    lag behind its schedule and the stub's and the gateway's CPU per request at that rate.
 """
 
 from __future__ import annotations
