@@ -10,20 +10,21 @@ import string
 SECRET_LENGTH = 80
 _ALPHABET = string.ascii_letters + string.digits
 _UNBIASED = 256 - 256 % len(_ALPHABET)  # 248: bytes at or above it would favour some letters
+#: ``bytes.translate``'s table and deletions: a byte below 248 becomes ``_ALPHABET[byte % 62]``,
+#: one at or above it is dropped.
+_PICK = bytes(ord(_ALPHABET[b % len(_ALPHABET)]) if b < _UNBIASED else 0 for b in range(256))
+_DROP = bytes(range(_UNBIASED, 256))
 
 
 def generate_secret(prefix: str) -> str:
     """``prefix`` + 80 characters of [A-Za-z0-9] from the OS CSPRNG (about 476 bits)."""
     # Rejection sampling over whole random bytes: uniform over the 62 characters, and one
-    # call into the OS CSPRNG instead of eighty.
-    chars: list[str] = []
-    while len(chars) < SECRET_LENGTH:
-        for byte in _secrets.token_bytes(SECRET_LENGTH + 16):
-            if byte < _UNBIASED:
-                chars.append(_ALPHABET[byte % len(_ALPHABET)])
-                if len(chars) == SECRET_LENGTH:
-                    break
-    return prefix + "".join(chars)
+    # call into the OS CSPRNG instead of eighty. The mapping and the dropping are one
+    # ``bytes.translate`` (~1 µs; a loop over the bytes in Python took ~20).
+    body = b""
+    while len(body) < SECRET_LENGTH:
+        body += _secrets.token_bytes(SECRET_LENGTH + 16).translate(_PICK, _DROP)
+    return prefix + body[:SECRET_LENGTH].decode("ascii")
 
 
 def digest(secret: str) -> str:
