@@ -329,7 +329,7 @@ async def create_key(request: Request, user: User) -> Response:
             team_id=user.team_id,
             spec=spec,
             idempotency_key=f"console:{form.get('idem')}" if form.get("idem") else None,
-            render=lambda r: render.dump(render.api_key(r.key, r.secret)),
+            render=lambda r: render.api_key_json(r.key, r.secret),
         )
         if replay is not None:
             answer = json.loads(replay)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from keyplane.catalog import Catalog, CatalogModel
 from keyplane.control import schemas
 from keyplane.domain.acl import API_KEY_NAMESPACE, ENDPOINTS
@@ -30,6 +33,47 @@ def api_key(key: ApiKey, secret: str | None = None) -> schemas.ApiKeyOut:
         if key.budget_cents is None
         else schemas.Budget(cents=str(key.budget_cents), period=key.budget_period),
     )
+
+
+#: pydantic's ``model_dump_json``: compact, and UTF-8 as is (only ``"``, ``\\`` and the control
+#: characters escaped, in lowercase hex).
+_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
+
+
+def api_key_json(key: ApiKey, secret: str | None = None) -> bytes:
+    """``dump(api_key(key, secret))``, the same bytes, without building and serializing the
+    pydantic model (a fifth of the answer's cost: CreateApiKey and RotateApiKey answer it)."""
+    out: dict[str, Any] = {
+        "apiKeyId": key.api_key_id,
+        "teamId": key.team_id,
+        "userId": key.user_id,
+        "name": key.name,
+        "redactedApiKey": key.redacted,
+    }
+    if secret is not None:
+        out["apiKey"] = secret
+    out["createTime"] = format_ts(key.create_time)
+    out["modifyTime"] = format_ts(key.modify_time)
+    out["modifiedBy"] = key.modified_by
+    out["disabled"] = key.disabled
+    if key.expire_time is not None:
+        out["expireTime"] = format_ts(key.expire_time)
+    if key.qps is not None:
+        out["qps"] = key.qps
+    if key.qpm is not None:
+        out["qpm"] = key.qpm
+    if key.tpm is not None:
+        out["tpm"] = str(key.tpm)
+    out["aclStrings"] = list(key.acl_strings)
+    if key.budget_cents is not None:
+        budget = {"cents": str(key.budget_cents)}
+        if key.budget_period is not None:
+            budget["period"] = key.budget_period
+        out["budget"] = budget
+    try:
+        return _compact(out).encode()
+    except UnicodeEncodeError:  # a lone surrogate: pydantic refuses it, and says so its way
+        return dump(api_key(key, secret))
 
 
 def dump(model: schemas.Wire) -> bytes:

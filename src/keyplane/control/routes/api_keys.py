@@ -41,7 +41,7 @@ rpcs = Rpcs("api-keys")
 
 
 def _key_with_secret(made: keys.KeyWithSecret) -> bytes:
-    return render.dump(render.api_key(made.key, made.secret))
+    return render.api_key_json(made.key, made.secret)
 
 
 async def _create_now(request: Request) -> Response | None:
