@@ -11,6 +11,7 @@ import structlog
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp
 
+from keyplane import logs
 from keyplane.asgi import Message, Receive, Scope, Send
 from keyplane.control import errors
 
@@ -54,10 +55,13 @@ class AccessLog:
             # Probes and the gateways' feed (a long-poll every few seconds, per gateway) are
             # routine: at debug, unless they failed.
             routine = status < 400 and scope["path"].startswith(_ROUTINE_PATHS)
-            (log.debug if routine else log.info)(
-                "request",
-                method=scope["method"],
-                path=scope["path"],
-                status=status,
-                ms=round((time.perf_counter() - began) * 1000, 2),
-            )
+            level = "debug" if routine else "info"
+            line: dict[str, str | int | float] = {
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status,
+                "ms": round((time.perf_counter() - began) * 1000, 2),
+            }
+            # The same line, rendered directly while keyplane's JSON logging is in force.
+            if not logs.write_line(level, "request", line):
+                getattr(log, level)("request", **line)
