@@ -52,6 +52,9 @@ ROUND_REQUESTS = 1200
 WARMUP_REQUESTS = 300
 ROUNDS = int(os.environ.get("BENCH_METERING_ROUNDS", "10"))
 INPROCESS_ROUNDS = int(os.environ.get("BENCH_INPROCESS_ROUNDS", "30"))
+#: Another checkout's ``src`` (e.g. ``git archive <commit> src``): ``gateway`` adds a fourth
+#: gateway, metering on, running that code.
+BASELINE = os.environ.get("BENCH_METERING_BASELINE", "")
 INPROCESS_REQUESTS = 2_000
 BODY = {
     "model": "grok-3-mini",
@@ -176,6 +179,8 @@ def gateway_section(tmp: Path) -> str:
         "off": {"KEYPLANE_USAGE__METERING": "false", **common},
         "on, again": common,
     }
+    if BASELINE:  # metering on, with another checkout's code: before and after in one run
+        envs["on, baseline"] = {"PYTHONPATH": BASELINE, **common}
     labels = list(envs)
     try:
         dep.start_control()
@@ -212,7 +217,7 @@ def gateway_section(tmp: Path) -> str:
         statuses: dict[str, dict[int, int]] = {label: {} for label in labels}
         for round_ in range(ROUNDS):
             # Each round in another order: no gateway always starts or runs first or last.
-            order = labels[round_ % 3 :] + labels[: round_ % 3]
+            order = labels[round_ % len(labels) :] + labels[: round_ % len(labels)]
             gateways = fresh(order)
             for label in order:
                 pid = pid_of(gateways[label])
@@ -240,6 +245,11 @@ def gateway_section(tmp: Path) -> str:
         control = statistics.median(
             a / b for a, b in zip(per_request["on"], per_request["on, again"], strict=True)
         )
+        baseline = [
+            (f"{label} / off", f"{statistics.median(a / b for a, b in pairs):.3f}")
+            for label in labels[3:]
+            if (pairs := list(zip(per_request[label], per_request["off"], strict=True)))
+        ]
         micro = meter_micro()
         _ = models
     finally:
@@ -260,7 +270,9 @@ def gateway_section(tmp: Path) -> str:
         ("on / off (median of per-round ratios; aim ≤ 1.05)", f"{ratio:.3f}"),
         ("on, again / off", f"{ratio_again:.3f}"),
         ("on / on, again (A/A control: the machine's floor)", f"{control:.3f}"),
-        ("`Meter.finish` alone (encode + one os.write), CPU µs", f"{micro:.2f}"),
+        *((f"gateway CPU µs/request, {label}", rounds(label)) for label in labels[3:]),
+        *baseline,
+        ("`Meter.finish` alone (encode + copy into the spool's map), CPU µs", f"{micro:.2f}"),
         *(
             (f"system calls / voluntary context switches per request, {label}", per(label))
             for label in labels
@@ -268,10 +280,10 @@ def gateway_section(tmp: Path) -> str:
         ("statuses", "; ".join(f"{k}: {v}" for k, v in statuses.items())),
     ]
     return (
-        f"\n**Gateway CPU with metering on vs off** ({ROUNDS} rounds, each with three fresh "
-        f"gateways warmed up by {WARMUP_REQUESTS} requests, then {ROUND_REQUESTS} chat requests, "
-        f"{CONCURRENCY} concurrent, per gateway, the gateways in a rotating order; CPU of the "
-        "gateway's threads from /proc/<pid>/task/*/schedstat, in ns)\n\n"
+        f"\n**Gateway CPU with metering on vs off** ({ROUNDS} rounds, each with {len(labels)} "
+        f"fresh gateways warmed up by {WARMUP_REQUESTS} requests, then {ROUND_REQUESTS} chat "
+        f"requests, {CONCURRENCY} concurrent, per gateway, the gateways in a rotating order; CPU "
+        "of the gateway's threads from /proc/<pid>/task/*/schedstat, in ns)\n\n"
         + table(["measure", "value"], rows)
     )
 
@@ -353,7 +365,7 @@ def inprocess_section(tmp: Path) -> str:
         if not variant.startswith("off"):
             meter = gateway.meter = Meter(Spool(tmp / "inprocess" / variant), catalog.models)
             if variant == "on, no write":
-                meter.spool.append_payload = lambda data: None  # type: ignore[method-assign]
+                meter.spool.append_payload = lambda payload: None  # type: ignore[method-assign]
             elif variant == "on, a write() per record":
                 # The spool before the memory map: the frame built, then one ``os.write``.
                 path = tmp / f"write-{len(variant)}-{id(meter)}.spool"
