@@ -26,6 +26,7 @@ from keyplane.ratelimit import (
     RequestLimit,
     TokenLimit,
 )
+from keyplane.ratelimit.redis import _redis_py
 from tests.support.limits import qpm
 from tests.support.redis import RedisServer
 
@@ -44,13 +45,25 @@ def settings(policy: FailurePolicy, prefix: str, **extra: Any) -> RedisLimiterSe
 
 @asynccontextmanager
 async def replicas(
-    server: RedisServer, policy: FailurePolicy, count: int = 2, **extra: Any
+    server: RedisServer,
+    policy: FailurePolicy,
+    count: int = 2,
+    *,
+    redis_py: bool = False,
+    **extra: Any,
 ) -> AsyncIterator[list[RedisLimiter]]:
-    """``count`` limiters sharing one prefix: the replicas of one cluster."""
+    """``count`` limiters sharing one prefix: the replicas of one cluster, each on from_url's
+    client for ``server.url`` (its own), or with ``redis_py`` on the redis-py client from_url
+    gives the URLs it leaves to redis-py (``rediss://``...)."""
     prefix = f"test:{uuid.uuid4().hex}:"
-    limiters = [
-        RedisLimiter.from_url(server.url, settings(policy, prefix, **extra)) for _ in range(count)
-    ]
+
+    def made() -> RedisLimiter:
+        given = settings(policy, prefix, **extra)
+        if redis_py:
+            return RedisLimiter(_redis_py(server.url, given), given, owns_client=True)
+        return RedisLimiter.from_url(server.url, given)
+
+    limiters = [made() for _ in range(count)]
     try:
         for limiter in limiters:
             await limiter.start()

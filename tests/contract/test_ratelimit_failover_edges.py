@@ -590,14 +590,15 @@ async def held_by_pause(client: Redis) -> bool:
     return any("b" in c["flags"] for c in await client.client_list())
 
 
+@pytest.mark.parametrize("redis_py", [False, True], ids=["own-client", "redis-py"])
 async def test_a_connection_broken_under_a_call_is_retried_once_and_is_no_outage(
-    server: RedisServer,
+    server: RedisServer, redis_py: bool
 ) -> None:
     # After a restart or a failover every pooled connection is dead: from_url's client sends a
     # call once more on a fresh connection when its own breaks, rather than counting an outage.
     # Here Redis holds the call unrun (CLIENT PAUSE WRITE), then closes the connection under it.
     async with (
-        replicas(server, FailurePolicy.LOCAL, count=1, heartbeat=60.0) as (a,),
+        replicas(server, FailurePolicy.LOCAL, count=1, redis_py=redis_py, heartbeat=60.0) as (a,),
         admin(server) as client,
     ):
         limit = qpm(10)
@@ -690,8 +691,9 @@ async def test_a_replay_gives_up_at_its_patience_of_at_least_a_second(server: Re
             server.resume()
 
 
+@pytest.mark.parametrize("redis_py", [False, True], ids=["own-client", "redis-py"])
 async def test_a_replay_through_from_urls_client_waits_up_to_its_patience_too(
-    server: RedisServer,
+    server: RedisServer, redis_py: bool
 ) -> None:
     # from_url's client (the one keyplane makes for every limiter) has the decisions' timeout on
     # its sockets: a replay's commands still wait up to the replay's patience, or a replay that
@@ -700,7 +702,7 @@ async def test_a_replay_through_from_urls_client_waits_up_to_its_patience_too(
     timeout = 0.5  # a replay's patience: 2 s
     loop = asyncio.get_running_loop()
     extra = {"timeout": timeout, "heartbeat": 60.0}
-    async with replicas(server, FailurePolicy.ALLOW, count=1, **extra) as (a,):
+    async with replicas(server, FailurePolicy.ALLOW, count=1, redis_py=redis_py, **extra) as (a,):
         await stop_probe(a)
         limit = qpm(3)
         assert await recover_from_a_late_redis(server, a, limit, 2 * timeout) > 2 * timeout - 0.01

@@ -173,6 +173,9 @@ def test_from_url_gives_redis_urls_its_own_client_and_the_rest_to_redis_py() -> 
     assert (plain.host, plain.port, plain.db) == ("localhost", 6379, 0)
     assert plain._hello == [hiredis.pack_command(("AUTH", "secret"))]  # type: ignore[arg-type]
     assert RedisLimiter.from_url("redis://h")._client._hello == []  # type: ignore[union-attr]
+    default = RedisLimiter.from_url("redis:///2")._client  # no host: redis-py's default
+    assert isinstance(default, RespClient)
+    assert (default.host, default.port, default.db) == ("localhost", 6379, 2)
     for url in ("rediss://h:1/0", "unix:///tmp/redis.sock", "redis://h:1/0?protocol=3"):
         assert isinstance(RedisLimiter.from_url(url)._client, Redis), url
 
