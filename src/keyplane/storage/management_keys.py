@@ -14,6 +14,22 @@ from keyplane.storage import driver
 from keyplane.storage import tables as t
 from keyplane.storage._convert import time_or_none
 
+#: The live keys read lately, by their rows: every Management API request reads its caller's key,
+#: and turning the row into a ``ManagementKey`` (its ACLs' JSON, three times) cost as much CPU as
+#: the read. A row's values are plain, and the same row makes the same (frozen) key; a key whose
+#: row changed (renamed, revoked) is another row. Emptied when full.
+_live: dict[Any, ManagementKey] = {}
+_LIVE_KEPT = 1024
+
+
+def _live_key(row: Any) -> ManagementKey:
+    key = _live.get(row)
+    if key is None:
+        if len(_live) >= _LIVE_KEPT:
+            _live.clear()
+        key = _live[row] = _management_key(row)
+    return key
+
 
 def _management_key(row: Row[Any]) -> ManagementKey:
     return ManagementKey(
@@ -71,12 +87,12 @@ class ManagementKeys:
     def live(self, digest: str) -> ManagementKey | None:
         """The management key with this digest, unless it is revoked or its team blocked."""
         row = driver.first(self._conn, _LIVE_BY_DIGEST, {"digest": digest})
-        return None if row is None else _management_key(row)
+        return None if row is None else _live_key(row)
 
     def live_by_id(self, key_id: str) -> ManagementKey | None:
         """``live`` by id: for a session that names its key without its secret."""
         row = driver.first(self._conn, _LIVE_BY_ID, {"key_id": key_id})
-        return None if row is None else _management_key(row)
+        return None if row is None else _live_key(row)
 
     def all(self, team_id: str | None) -> list[ManagementKey]:
         """Every team's keys (``team_id`` None) or one team's, revoked ones too, oldest first."""
