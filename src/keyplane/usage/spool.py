@@ -123,11 +123,17 @@ class Spool:
         self._reserved = good
 
     def _close_segment(self) -> None:
-        """Unmap the live segment and cut its file to what it holds."""
+        """Unmap the live segment and cut its file to what it holds. If some of it is not yet
+        acknowledged (a backlog outgrew ``MAX_SEGMENT_BYTES``, or shutdown), it is synced first:
+        ``sync`` only ever reaches the live segment, so nothing else would write back the pages
+        copied in since its last call."""
         if self._map is not None:
             self._map.close()
             self._map = None
             os.ftruncate(self._fd, self.size)
+            if self.cursor < (self.segment, self.size):
+                with contextlib.suppress(OSError):
+                    os.fdatasync(self._fd)  # at most about a second of records since ``sync``
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

@@ -93,6 +93,36 @@ def test_segments_rotate_and_acked_ones_are_removed(
     assert drain(spool) == [rec(99)]
 
 
+def test_a_segment_closed_with_frames_not_yet_acked_is_synced_and_an_acked_one_is_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Power loss cannot be staged here: what is checked is that the pages reach fdatasync.
+    monkeypatch.setattr(spool_module, "MAX_SEGMENT_BYTES", 400)
+    monkeypatch.setattr(spool_module, "ROTATE_BYTES", 200)
+    synced: list[str] = []
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    spool = Spool(tmp_path)
+    while spool.segment == 1:  # a backlog: the control plane has acked nothing
+        spool.append(frame(rec(spool.appended)))
+    assert [Path(p).name for p in synced] == ["000000000001.spool"]
+    synced.clear()
+    drain(spool)  # everything acked: the live segment is replaced once past ROTATE_BYTES
+    for i in range(8):
+        spool.append(frame(rec(i)))
+        drain(spool)
+    assert spool.segment > 2
+    assert synced == []
+    spool.append(frame(rec(0)))
+    spool.close()  # shutdown with one record waiting
+    assert [Path(p).name for p in synced] == [f"{spool.segment:012d}.spool"]
+
+
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.tuples(st.integers(1, 20), st.integers(40, 500), st.booleans()), max_size=12))
 def test_any_interleaving_of_appends_reads_and_restarts_loses_and_repeats_nothing(
