@@ -160,6 +160,27 @@ async def test_from_urls_own_client_gives_a_call_the_timeout_or_a_replays_patien
         await limiter.aclose()
 
 
+async def test_from_urls_redis_py_client_comes_with_the_settings_and_clock_and_is_owned(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = ManualClock(7.5)
+    given = RedisLimiterSettings(timeout=5.0, prefix="test:tls:")
+    limiter = RedisLimiter.from_url(nowhere().replace("redis://", "rediss://"), given, clock=clock)
+    client = limiter._client
+    assert isinstance(client, Redis)
+    assert limiter.settings is given
+    assert limiter._now() == 7.5
+    closed: list[bool] = []
+
+    async def aclose() -> None:
+        closed.append(True)
+
+    monkeypatch.setattr(client, "aclose", aclose)
+    await limiter.aclose()
+    assert closed == [True]
+    await Redis.aclose(client)
+
+
 def test_from_url_gives_redis_urls_its_own_client_and_the_rest_to_redis_py() -> None:
     lean = RedisLimiter.from_url("redis://u%40x:p%3Aw@10.1.2.3:6380/4")._client
     assert isinstance(lean, RespClient)
