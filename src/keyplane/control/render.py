@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from json.encoder import encode_basestring
 
 from keyplane.catalog import Catalog, CatalogModel
 from keyplane.control import schemas
@@ -35,43 +34,43 @@ def api_key(key: ApiKey, secret: str | None = None) -> schemas.ApiKeyOut:
     )
 
 
-#: pydantic's ``model_dump_json``: compact, and UTF-8 as is (only ``"``, ``\\`` and the control
-#: characters escaped, in lowercase hex).
-_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
+#: A string as a JSON string the way pydantic writes it (UTF-8 as is, ``"``, ``\\`` and the
+#: control characters escaped, in lowercase hex): the json module's C encoder of strings.
+_text = encode_basestring
 
 
 def api_key_json(key: ApiKey, secret: str | None = None) -> bytes:
-    """``dump(api_key(key, secret))``, the same bytes, without building and serializing the
-    pydantic model (a fifth of the answer's cost: CreateApiKey and RotateApiKey answer it)."""
-    out: dict[str, Any] = {
-        "apiKeyId": key.api_key_id,
-        "teamId": key.team_id,
-        "userId": key.user_id,
-        "name": key.name,
-        "redactedApiKey": key.redacted,
-    }
+    """``dump(api_key(key, secret))``, the same bytes, written out directly instead of building
+    and serializing the pydantic model (half the answer's cost: CreateApiKey and RotateApiKey
+    answer it). As pydantic writes it: compact, fields in the model's order, nulls left out,
+    UTF-8 as is (only ``"``, ``\\`` and the control characters escaped, as ``_text`` does)."""
+    parts = [
+        f'{{"apiKeyId":{_text(key.api_key_id)},"teamId":{_text(key.team_id)}',
+        f',"userId":{_text(key.user_id)},"name":{_text(key.name)}',
+        f',"redactedApiKey":{_text(key.redacted)}',
+    ]
     if secret is not None:
-        out["apiKey"] = secret
-    out["createTime"] = format_ts(key.create_time)
-    out["modifyTime"] = format_ts(key.modify_time)
-    out["modifiedBy"] = key.modified_by
-    out["disabled"] = key.disabled
+        parts.append(f',"apiKey":{_text(secret)}')
+    parts.append(
+        f',"createTime":{_text(format_ts(key.create_time))}'
+        f',"modifyTime":{_text(format_ts(key.modify_time))}'
+        f',"modifiedBy":{_text(key.modified_by)},"disabled":{"true" if key.disabled else "false"}'
+    )
     if key.expire_time is not None:
-        out["expireTime"] = format_ts(key.expire_time)
+        parts.append(f',"expireTime":{_text(format_ts(key.expire_time))}')
     if key.qps is not None:
-        out["qps"] = key.qps
+        parts.append(f',"qps":{int(key.qps)}')
     if key.qpm is not None:
-        out["qpm"] = key.qpm
+        parts.append(f',"qpm":{int(key.qpm)}')
     if key.tpm is not None:
-        out["tpm"] = str(key.tpm)
-    out["aclStrings"] = list(key.acl_strings)
+        parts.append(f',"tpm":{_text(str(key.tpm))}')
+    parts.append(f',"aclStrings":[{",".join(map(_text, key.acl_strings))}]')
     if key.budget_cents is not None:
-        budget = {"cents": str(key.budget_cents)}
-        if key.budget_period is not None:
-            budget["period"] = key.budget_period
-        out["budget"] = budget
+        period = "" if key.budget_period is None else f',"period":{_text(key.budget_period)}'
+        parts.append(f',"budget":{{"cents":{_text(str(key.budget_cents))}{period}}}')
+    parts.append("}")
     try:
-        return _compact(out).encode()
+        return "".join(parts).encode()
     except UnicodeEncodeError:  # a lone surrogate: pydantic refuses it, and says so its way
         return dump(api_key(key, secret))
 

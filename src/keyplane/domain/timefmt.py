@@ -17,6 +17,8 @@ _MAX = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 def format_ts(value: datetime) -> str:
     """``2026-11-26T14:25:07.123456Z`` — always six fractional digits, always UTC."""
     # isoformat, not strftime: strftime("%Y") drops the leading zeros of years before 1000.
+    if value.tzinfo is UTC:  # keyplane's own times: "+00:00" off the end, no conversion
+        return value.isoformat(timespec="microseconds")[:-6] + "Z"
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given
@@ -90,6 +90,17 @@ def test_a_stored_time_formats_as_its_datetime_does(value: datetime) -> None:
     """``format_micros`` (rows straight from the store) agrees with ``format_ts`` everywhere."""
     assert format_micros(to_micros(value)) == format_ts(value)
     assert format_micros(to_micros(value)).endswith("Z")
+
+
+@given(
+    st.datetimes(min_value=datetime(2, 1, 1), max_value=datetime(9998, 12, 31)),
+    st.integers(min_value=-23 * 60, max_value=23 * 60),
+)
+def test_a_time_in_any_zone_formats_as_the_same_instant_in_utc(
+    value: datetime, minutes: int
+) -> None:
+    zoned = value.replace(tzinfo=timezone(timedelta(minutes=minutes)))
+    assert format_ts(zoned) == format_ts(zoned.astimezone(UTC))
 
 
 def test_a_stored_time_reads_with_six_fractional_digits() -> None:
