@@ -144,6 +144,27 @@ async def test_a_broken_protocol_or_a_refused_connection_is_a_connection_error()
     finally:
         server.close()
         await server.wait_closed()
+    # A server that closes each connection as soon as it is made (as Redis does past maxclients):
+    # the call tries a second connection, then fails; a later call starts afresh.
+    accepted: list[int] = []
+
+    async def closing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(1)
+        writer.close()
+
+    server = await asyncio.start_server(closing, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        client = RespClient("127.0.0.1", port, timeout=5.0)
+        for attempts in (2, 4):
+            with pytest.raises(redis.exceptions.ConnectionError):
+                await ping(client)
+            assert len(accepted) == attempts
+            assert client._connection is None
+        await client.aclose()
+    finally:
+        server.close()
+        await server.wait_closed()
     client = RespClient("127.0.0.1", port, timeout=5.0)  # nobody listens there now
     with pytest.raises(redis.exceptions.ConnectionError, match=r"^Error 111 connecting to "):
         await ping(client)

@@ -188,6 +188,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.lost:
+            self.client._lost(self, redis.exceptions.ConnectionError("Connection closed."))
             return
         self.lost = True
         error = (
@@ -254,7 +255,7 @@ class RespClient:
         deadline = loop.time() + timeout
         call = _Call(packed, future, timeout, deadline, script)
         connection = self._connection
-        if connection is not None:
+        if connection is not None and not connection.lost:
             connection.send(call)
         else:
             self._queue.append(call)
@@ -285,6 +286,8 @@ class RespClient:
             )
         finally:
             self._connecting = None
+        if connection is not None and connection.lost:  # closed by Redis as soon as made
+            error = redis.exceptions.ConnectionError("Connection closed by server.")
         if error is not None:
             self._fail_queued(error, retry=type(error) is redis.exceptions.ConnectionError)
             return
