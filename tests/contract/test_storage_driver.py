@@ -153,6 +153,26 @@ def test_a_read_here_is_a_snapshot_and_the_next_one_sees_what_committed_since(
             assert conn.execute(by_id, {"id": "a"}).scalar_one() == n
 
 
+def test_a_one_statement_read_here_sees_each_commit_and_leaves_nothing_open(
+    db: Database,
+) -> None:
+    """``read_here(one_statement=True)`` (authentication's read): no BEGIN, so its one statement
+    is its own snapshot, taken when it runs; afterwards the thread's connection holds no
+    transaction (a writer's commit is never held up, the next read sees it)."""
+    by_id = select(_rows.c.n).where(_rows.c.id == bindparam("id"))
+    with db.write() as conn:
+        driver.insert(conn, _INSERT, {"id": "a", "n": 1, "flag": True})
+    for n in (1, 2, 3):
+        with db.read_here(one_statement=True) as conn:
+            with db.write() as writing:  # committed by another connection before the read
+                writing.execute(update(_rows).values(n=_rows.c.n + 1))
+            assert driver.first(conn, by_id, {"id": "a"}) == (n + 1,)
+            raw = conn.connection.driver_connection
+        assert raw is not None
+        assert not raw.in_transaction
+        assert not conn.in_transaction()
+
+
 def test_a_read_on_the_event_loop_waits_for_a_lock_only_briefly(db: Database) -> None:
     """``read_here`` runs on the event loop: under a lock SQLite holds against readers (in WAL an
     index being recovered, or another process's exclusive locking mode) it is ``Unavailable``

@@ -49,7 +49,8 @@ def authenticate(ctx: Context, authorization: str | None, *, here: bool = False)
         raise Unauthenticated.bad_credentials()
     if not keysecrets.looks_like(token, ctx.management_key_prefix):
         raise Unauthenticated.bad_credentials()
-    with ctx.read_here() if here else ctx.read() as uow:
+    # One statement (the key joined with its team): on the loop, its own snapshot, no BEGIN.
+    with ctx.read_here(one_statement=True) if here else ctx.read() as uow:
         key = uow.management_keys.live(keysecrets.digest(token))
     if key is None:
         raise Unauthenticated.bad_credentials()

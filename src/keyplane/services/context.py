@@ -47,9 +47,10 @@ class Context:
         not on PostgreSQL (a read waits on the server) nor with in-memory units."""
         return self.units is None and self.db.here_reader is not None
 
-    def read_here(self) -> AbstractContextManager[UnitOfWork]:
-        """``read()`` on the calling thread's own SQLite connection (see ``reads_here``)."""
-        return self._sql(write=False, here=True)
+    def read_here(self, *, one_statement: bool = False) -> AbstractContextManager[UnitOfWork]:
+        """``read()`` on the calling thread's own SQLite connection (see ``reads_here``);
+        ``one_statement``: the block runs one statement, its own snapshot (no ``BEGIN``)."""
+        return self._sql(write=False, here=True, one_statement=one_statement)
 
     def write(self) -> AbstractContextManager[UnitOfWork]:
         """A unit of work on a write transaction: commits at the end of the ``with`` block."""
@@ -79,7 +80,9 @@ class Context:
             return self.units(write)
         return self._sql(write=write)
 
-    def _sql(self, *, write: bool, here: bool = False) -> AbstractContextManager[SqlUnitOfWork]:
+    def _sql(
+        self, *, write: bool, here: bool = False, one_statement: bool = False
+    ) -> AbstractContextManager[SqlUnitOfWork]:
         return unit_of_work(
             self.db,
             write=write,
@@ -87,4 +90,5 @@ class Context:
             on_commit=self.on_commit,
             refine=budgets.refine,
             here=here,
+            one_statement=one_statement,
         )

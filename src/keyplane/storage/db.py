@@ -196,18 +196,21 @@ class Database:
             yield conn
 
     @contextmanager
-    def read_here(self) -> Iterator[Connection]:
+    def read_here(self, *, one_statement: bool = False) -> Iterator[Connection]:
         """``read()`` on a connection of the calling thread's own (SQLite only, ``here_reader``):
         for a short read on the event loop, which must not wait for a pooled connection. The
         connection stays the thread's, and the transaction is the driver's ``BEGIN`` …
         ``ROLLBACK`` (SQLAlchemy's checkout, ``Transaction`` and reset were ~60 % of a one-row
-        read's CPU); SQLAlchemy's own state is rolled back too if a statement it ran began it."""
+        read's CPU); SQLAlchemy's own state is rolled back too if a statement it ran began it.
+        ``one_statement``: the block runs a single statement, which SQLite runs in a read
+        transaction of its own (one snapshot), so no ``BEGIN`` … ``ROLLBACK`` around it."""
         assert self.here_reader is not None, "read_here is for SQLite"
         conn: Connection | None = getattr(self._here, "conn", None)
         if conn is None or conn.closed or conn.invalidated:
             conn = self._here.conn = self.here_reader.connect()
         with _unavailable_store():
-            driver.statement(conn, "BEGIN")
+            if not one_statement:
+                driver.statement(conn, "BEGIN")
             try:
                 yield conn
             finally:

@@ -235,11 +235,15 @@ def unit_of_work(
     on_commit: Callable[[int], None],
     refine: KeyRefiner = _keep,
     here: bool = False,
+    one_statement: bool = False,
 ) -> Iterator[SqlUnitOfWork]:
     """A unit of work on a write transaction (``write``) or a read one (``here``: on the calling
-    thread's own connection, ``Database.read_here``); committed when the block ends without an
-    exception, rolled back (and ``on_commit`` not called) when it raises."""
-    with db.write() if write else db.read_here() if here else db.read() as conn:
+    thread's own connection, ``Database.read_here``, for ``one_statement`` or more); committed
+    when the block ends without an exception, rolled back (and ``on_commit`` not called) when it
+    raises."""
+    with (
+        db.write() if write else db.read_here(one_statement=one_statement) if here else db.read()
+    ) as conn:
         uow = SqlUnitOfWork(conn, now=clock.now(), on_commit=on_commit, refine=refine)
         yield uow
     db.after_commit(uow.committed)
