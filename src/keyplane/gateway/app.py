@@ -33,6 +33,7 @@ from keyplane.usage.meter import TALLY, Meter, Tally
 log = structlog.get_logger("keyplane.gateway")
 
 _BEARER_LENGTH = len(b"Bearer ")
+_DIGEST = keysecrets.DIGEST
 
 Handler = Callable[[Scope, Receive, Send, KeyRecord], Awaitable[None]]
 
@@ -202,8 +203,9 @@ class Gateway:
                     and value.startswith(self._bearer_prefix)
                     and value[self._secret_at :].isalnum()
                 ):
+                    # keysecrets.digest_bytes, inlined: one Python call less per request.
                     record = self.replica.lookup(
-                        keysecrets.digest_bytes(value[_BEARER_LENGTH:]), self._clock()
+                        _DIGEST(value[_BEARER_LENGTH:]).hexdigest(), self._clock()
                     )
                     if record is not None:
                         return record
@@ -227,6 +229,14 @@ class Gateway:
     def check_state(self, key: KeyRecord) -> None:
         if key.disabled:
             raise PermissionDenied(f"The API key {key.redacted} is disabled.")
+        # The common case: nothing that a time could end (no expiry, no spend block), so no
+        # clock read and no three calls below (#11).
+        if (
+            key.expire_at is None
+            and key.team_blocked_until is None
+            and key.key_blocked_until is None
+        ):
+            return
         now = self._clock()
         if key.is_expired(now):
             raise PermissionDenied(f"The API key {key.redacted} has expired.")

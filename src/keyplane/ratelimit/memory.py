@@ -48,13 +48,17 @@ _NONE = sys.maxsize  # "no limit seen yet" for the tightest-quota search: above 
 class _Log:
     """The entries of one counter still inside its window, oldest first."""
 
-    __slots__ = ("entries", "total", "window")
+    __slots__ = ("bucket_end", "bucket_window", "entries", "total", "window")
 
     def __init__(self, window: float) -> None:
         self.entries: deque[tuple[float, int]] = deque()
         self.total = 0
         # The window of the last write, which decides when the sweep may drop this counter.
         self.window = window
+        # The end of the bucket of the last bucketed admission and the window it was one of:
+        # until then, another admission with that window falls in the same bucket.
+        self.bucket_end = 0.0
+        self.bucket_window = 0.0
 
     def expire(self, cutoff: float) -> int:
         """Drop the entries at or before ``cutoff``; return the units still counted."""
@@ -167,45 +171,52 @@ class MemoryLimiter:
             if log is None:
                 checked.append((lim, None, 0))
                 continue
-            cutoff = now - lim.window
             entries = log.entries
-            count = log.expire(cutoff) if entries and entries[0][0] <= cutoff else log.total
+            if entries and entries[0][0] <= now - lim.window:
+                count = log.expire(now - lim.window)
+            else:
+                count = log.total
             checked.append((lim, log, count))
             if count >= limit:
                 retry = log.release(count - limit + 1) + lim.window - now
                 if violated is None or retry > retry_after:
                     violated = Violation("requests", lim.name, lim.counter, count, limit, retry)
                     retry_after = retry
-        token_counters = self._tokens
         tok_remaining = tok_limit = _NONE
         tok_reset = 0.0
-        for tlim in tokens:
-            limit = tlim.limit
-            if limit <= 0:
-                continue
-            log = token_counters.get(tlim.counter)
-            if log is None:
-                used = 0
-                reset = 0.0
-            else:
-                cutoff = now - tlim.window
+        if tokens:
+            token_counters = self._tokens
+            for tlim in tokens:
+                limit = tlim.limit
+                if limit <= 0:
+                    continue
+                log = token_counters.get(tlim.counter)
+                if log is None:  # nothing charged: all of it remains, with nothing to reset
+                    if limit < tok_remaining or (limit == tok_remaining and limit < tok_limit):
+                        tok_remaining = tok_limit = limit
+                        tok_reset = 0.0
+                    continue
                 entries = log.entries
-                used = log.expire(cutoff) if entries and entries[0][0] <= cutoff else log.total
+                if entries and entries[0][0] <= now - tlim.window:
+                    used = log.expire(now - tlim.window)
+                else:
+                    used = log.total
                 if used > limit:
                     retry = log.release(used - limit) + tlim.window - now
                     if violated is None or retry > retry_after:
                         violated = Violation("tokens", tlim.name, tlim.counter, used, limit, retry)
                         retry_after = retry
-                reset = entries[-1][0] + tlim.window - now if used else 0.0
-            remaining = limit - used if used < limit else 0
-            if remaining < tok_remaining or (remaining == tok_remaining and limit < tok_limit):
-                tok_remaining, tok_limit, tok_reset = remaining, limit, reset
+                remaining = limit - used if used < limit else 0
+                if remaining < tok_remaining or (remaining == tok_remaining and limit < tok_limit):
+                    tok_remaining, tok_limit = remaining, limit
+                    tok_reset = entries[-1][0] + tlim.window - now if used else 0.0
 
         # The tightest request limit: fewest remaining, then smallest limit.
         best_remaining = best_limit = _NONE
         best_reset = 0.0
         if violated is None:
             exact_max = self._exact_max
+            buckets = self._buckets
             for lim, log, count in checked:
                 window = lim.window
                 if log is None:
@@ -214,34 +225,49 @@ class MemoryLimiter:
                 else:
                     log.window = window
                 limit = lim.limit
-                if limit <= exact_max:
-                    at = now
-                else:
-                    width = window / self._buckets
-                    at = (_floor(now / width) + 1) * width
                 entries = log.entries
-                if entries and at <= entries[-1][0]:  # see _Log.add
+                if limit > exact_max and now < log.bucket_end and window == log.bucket_window:
+                    # Still in the bucket of this log's last bucketed write with this window:
+                    # that bucket's end is this admission's time too, and the newest entry is at
+                    # or after it (entries only grow later), so the admission merges into it.
+                    # (Where float rounding would put `now` just under that end into the next
+                    # bucket, it stays in this one, which still ends after `now`: never less
+                    # than a whole window counted.)
                     at, units = entries[-1]
                     entries[-1] = (at, units + 1)
                 else:
-                    entries.append((at, 1))
+                    if limit <= exact_max:
+                        at = now
+                    else:
+                        width = window / buckets
+                        at = log.bucket_end = (_floor(now / width) + 1) * width
+                        log.bucket_window = window
+                    if entries and at <= entries[-1][0]:  # see _Log.add
+                        at, units = entries[-1]
+                        entries[-1] = (at, units + 1)
+                    else:
+                        entries.append((at, 1))
                 log.total += 1
                 remaining = limit - count - 1
                 if remaining < best_remaining or (
                     remaining == best_remaining and limit < best_limit
                 ):
                     best_remaining, best_limit, best_reset = remaining, limit, at + window - now
-        else:
-            for lim, log, count in checked:
-                limit = lim.limit
-                remaining = limit - count if count < limit else 0
-                if remaining < best_remaining or (
-                    remaining == best_remaining and limit < best_limit
-                ):
-                    best_remaining, best_limit = remaining, limit
-                    best_reset = log.newest() + lim.window - now if log and count else 0.0
+            return Decision(
+                True,
+                0.0,
+                None,
+                Quota(best_limit, best_remaining, best_reset) if best_limit != _NONE else None,
+                Quota(tok_limit, tok_remaining, tok_reset) if tok_limit != _NONE else None,
+            )
+        for lim, log, count in checked:
+            limit = lim.limit
+            remaining = limit - count if count < limit else 0
+            if remaining < best_remaining or (remaining == best_remaining and limit < best_limit):
+                best_remaining, best_limit = remaining, limit
+                best_reset = log.newest() + lim.window - now if log and count else 0.0
         return Decision(
-            violated is None,
+            False,
             retry_after,
             violated,
             Quota(best_limit, best_remaining, best_reset) if best_limit != _NONE else None,
