@@ -20,6 +20,7 @@ from keyplane.ratelimit import FailurePolicy, RedisLimiter
 from keyplane.ratelimit.resp import RespClient, _error
 from tests.contract.test_ratelimit_failover import settings
 from tests.support.limits import qpm
+from tests.support.procs import free_port
 from tests.support.redis import RedisServer
 
 
@@ -74,6 +75,47 @@ async def test_the_urls_password_user_and_database_are_used(server: RedisServer)
     finally:
         await admin.config_set("requirepass", "")
         await admin.aclose()
+
+
+async def test_a_database_redis_refuses_fails_the_calls_behind_its_select(
+    server: RedisServer,
+) -> None:
+    client = RespClient("127.0.0.1", server.port, db=99, timeout=5.0)  # 16 databases
+    try:
+        with pytest.raises(redis.exceptions.ConnectionError, match="DB index is out of range"):
+            await ping(client)
+    finally:
+        await client.aclose()
+
+
+async def test_a_call_behind_an_unanswered_auth_still_ends_at_its_deadline(
+    server: RedisServer,
+) -> None:
+    client = RespClient("127.0.0.1", server.port, password="any", timeout=5.0)
+    server.pause()  # the kernel still accepts the connection: AUTH and the call wait
+    try:
+        async with asyncio.timeout(3.0):
+            with pytest.raises(TimeoutError, match=r"^no answer from Redis within 0\.3 s$"):
+                await ping(client, 0.3)
+    finally:
+        server.resume()
+        await client.aclose()
+
+
+async def test_a_call_given_up_while_connecting_does_not_hold_back_the_others() -> None:
+    # Connection refused: the calls queued for the connection fail with it (after one more
+    # try), the one its caller gave up on (cancelled) is skipped, not the end of the queue.
+    client = RespClient("127.0.0.1", free_port(), timeout=5.0)
+    try:
+        first, second = ping(client, 1.0), ping(client, 1.0)
+        given_up = asyncio.ensure_future(first)
+        kept = asyncio.ensure_future(second)
+        await asyncio.sleep(0)  # both queued, the connect started
+        given_up.cancel()
+        with pytest.raises(redis.exceptions.ConnectionError, match=r"^Error 111 connecting"):
+            await kept
+    finally:
+        await client.aclose()
 
 
 async def test_a_script_flushed_from_redis_is_loaded_again(server: RedisServer) -> None:
