@@ -1,0 +1,85 @@
+"""MemoryLimiter's bucketed admissions on a clock the tests move: the bucket of a log's last
+bucketed write is reused only while ``now`` is inside it and with the window it was computed for
+(#11 item 6 made that a fast path); a limit crossing ``exact_max`` merges into a later bucket's
+entry; and the quotas and token checks around it."""
+
+from __future__ import annotations
+
+from keyplane.ratelimit import ManualClock, MemoryLimiter, Quota, RequestLimit, TokenLimit
+
+# exact_max=2, buckets=4: a limit above 2 over a 1 s window counts in 0.25 s buckets.
+
+
+def limiter_at(start: float) -> tuple[MemoryLimiter, ManualClock]:
+    clock = ManualClock(start)
+    return MemoryLimiter(clock=clock, exact_max=2, buckets=4), clock
+
+
+def test_an_admission_at_a_buckets_end_opens_the_next_bucket() -> None:
+    limiter, clock = limiter_at(0.125)
+    lim = RequestLimit("rps", "c", 3, 1.0)
+    assert limiter.acquire_now([lim]).requests == Quota(3, 2, 1.125)  # counted at 0.25
+    clock.now = 0.25  # the first bucket's end: the next bucket, counted at 0.5
+    assert limiter.acquire_now([lim]).requests == Quota(3, 1, 1.25)
+
+
+def test_an_admission_past_the_last_bucket_is_counted_in_its_own() -> None:
+    limiter, clock = limiter_at(0.125)
+    lim = RequestLimit("rps", "c", 3, 1.0)
+    limiter.acquire_now([lim])
+    clock.now = 0.375  # counted at 0.5, not merged into 0.25
+    assert limiter.acquire_now([lim]).requests == Quota(3, 1, 1.125)
+
+
+def test_a_wider_window_on_the_same_counter_computes_its_own_bucket() -> None:
+    limiter, clock = limiter_at(0.125)
+    limiter.acquire_now([RequestLimit("rps", "c", 3, 1.0)])  # at 0.25
+    clock.now = 0.1875
+    # A 2 s window has 0.5 s buckets: counted at 0.5, after the entry at 0.25.
+    decision = limiter.acquire_now([RequestLimit("rps", "c", 3, 2.0)])
+    assert decision.requests == Quota(3, 1, 2.3125)
+
+
+def test_an_exact_admission_merges_into_a_later_buckets_entry_as_one_unit() -> None:
+    limiter, clock = limiter_at(0.125)
+    bucketed = RequestLimit("rps", "c", 3, 1.0)
+    exact = RequestLimit("rps", "c", 2, 1.0)
+    limiter.acquire_now([bucketed])  # at 0.25
+    clock.now = 0.1875
+    assert limiter.acquire_now([exact]).requests == Quota(2, 0, 1.0625)  # merged into 0.25
+    clock.now = 0.203125
+    decision = limiter.acquire_now([bucketed])  # two counted so far: the third fits
+    assert decision.allowed
+    assert decision.requests == Quota(3, 0, 1.046875)
+    looser = RequestLimit("rps", "c", 5, 1.0)
+    clock.now = 0.5
+    assert limiter.acquire_now([looser]).requests == Quota(5, 1, 1.25)  # at 0.75
+    clock.now = 1.25  # the three at 0.25 leave together; the one at 0.75 stays
+    assert limiter.acquire_now([looser]).requests == Quota(5, 3, 1.25)
+
+
+def test_a_token_limit_never_charged_does_not_end_the_token_checks() -> None:
+    limiter, _ = limiter_at(0.0)
+    spent = TokenLimit("tpm", "spent", 10)
+    limiter.charge_now([spent], 11)
+    decision = limiter.acquire_now([], [TokenLimit("tpm", "fresh", 100), spent])
+    assert not decision.allowed
+    assert decision.violated is not None
+    assert decision.violated.counter == "spent"
+
+
+def test_a_decision_reports_no_quota_of_a_kind_it_did_not_check() -> None:
+    limiter, _ = limiter_at(0.0)
+    tokens_only = limiter.acquire_now([], [TokenLimit("tpm", "t", 100)])
+    assert tokens_only.allowed
+    assert tokens_only.requests is None
+    assert tokens_only.tokens == Quota(100, 100, 0.0)
+    limiter.charge_now([TokenLimit("tpm", "t", 100)], 101)
+    refused_tokens = limiter.acquire_now([], [TokenLimit("tpm", "t", 100)])
+    assert not refused_tokens.allowed
+    assert refused_tokens.requests is None
+    lim = RequestLimit("rps", "r", 1, 1.0)
+    assert limiter.acquire_now([lim]).tokens is None
+    refused = limiter.acquire_now([lim])
+    assert not refused.allowed
+    assert refused.tokens is None
