@@ -426,6 +426,13 @@ def test_a_key_over_its_budget_is_refused_until_the_period_ends() -> None:
     assert state_refusal(key, NOW + 1) is None
 
 
+def test_each_time_bound_alone_refuses_the_key() -> None:
+    # check_state skips the clock for a key with none of them (#11): each alone must still count.
+    assert state_refusal(record(expireTime=ts(NOW))) == "The API key xai-...abcd has expired."
+    assert state_refusal(record(teamBlockedUntil=ts(NOW + 1))) is not None
+    assert state_refusal(record(apiKeyBlockedUntil=ts(NOW + 1))) is not None
+
+
 # -- the record a view becomes --------------------------------------------------------------------
 
 
