@@ -249,3 +249,40 @@ def test_error_replies_become_redis_pys_exceptions(
     error = _error(hiredis.ReplyError(reply))
     assert type(error) is cls
     assert str(error) == (reply if message is None else message)
+
+
+async def test_a_call_given_up_on_the_wire_does_not_hold_back_the_calls_behind_it(
+    server: RedisServer,
+) -> None:
+    admin = Redis.from_url(server.url)
+    async with client_of(server) as client:
+        try:
+            assert await ping(client) == b"PONG"
+            # Redis stopped: the call behind one its caller gave up on still ends at its deadline.
+            server.pause()
+            try:
+                given_up = asyncio.ensure_future(ping(client, 5.0))
+                behind = asyncio.ensure_future(ping(client, 0.3))
+                await asyncio.sleep(0.05)
+                given_up.cancel()
+                async with asyncio.timeout(3.0):
+                    with pytest.raises(TimeoutError, match=r"^no answer from Redis within 0\.3 s$"):
+                        await behind
+            finally:
+                server.resume()
+            # The connection broken under both: the call behind goes once more and is answered.
+            script = client.register_script("return 1")
+            assert await script(keys=[], args=[]) == 1
+            await admin.client_pause(10_000, all=False)  # scripts wait, the admin's commands not
+            try:
+                given_up = asyncio.ensure_future(script(keys=[], args=[]))
+                behind = asyncio.ensure_future(script(keys=[], args=[]))
+                await asyncio.sleep(0.05)
+                given_up.cancel()
+                assert await admin.client_kill_filter(_type="normal", skipme=True) == 1
+            finally:
+                await admin.client_unpause()
+            async with asyncio.timeout(3.0):
+                assert await behind == 1
+        finally:
+            await admin.aclose()
