@@ -7,9 +7,10 @@ error replies as redis-py's exception classes."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, suppress
 
 import hiredis
 import pytest
@@ -17,20 +18,25 @@ import redis.exceptions
 from redis.asyncio import Redis
 
 from keyplane.ratelimit import FailurePolicy, RedisLimiter
-from keyplane.ratelimit.resp import RespClient, _error
+from keyplane.ratelimit.resp import RespClient, _error, _pack
 from tests.contract.test_ratelimit_failover import settings
+from tests.contract.test_ratelimit_failover_edges import admin as admin_of
 from tests.support.limits import qpm
 from tests.support.procs import free_port
 from tests.support.redis import RedisServer
 
 
 @asynccontextmanager
-async def client_of(server: RedisServer, timeout: float = 5.0) -> AsyncIterator[RespClient]:
-    client = RespClient("127.0.0.1", server.port, timeout=timeout)
+async def client_at(port: int, timeout: float = 5.0) -> AsyncIterator[RespClient]:
+    client = RespClient("127.0.0.1", port, timeout=timeout)
     try:
         yield client
     finally:
         await client.aclose()
+
+
+def client_of(server: RedisServer) -> AbstractAsyncContextManager[RespClient]:
+    return client_at(server.port)
 
 
 async def ping(client: RespClient, timeout: float = 5.0) -> object:
@@ -286,3 +292,168 @@ async def test_a_call_given_up_on_the_wire_does_not_hold_back_the_calls_behind_i
                 assert await behind == 1
         finally:
             await admin.aclose()
+
+
+@contextmanager
+def a_connect_that_hangs() -> Iterator[int]:
+    """A port on loopback whose accept queue is full: the kernel drops a new connection's SYN, so
+    connecting to it neither completes nor fails (until the client gives up)."""
+    listener = socket.socket()
+    filling = [socket.socket() for _ in range(2)]
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        for sock in filling:
+            sock.setblocking(False)
+            with suppress(BlockingIOError):
+                sock.connect(("127.0.0.1", port))
+        yield port
+    finally:
+        for sock in (*filling, listener):
+            sock.close()
+
+
+async def test_calls_queued_while_connecting_each_fail_at_their_own_deadline() -> None:
+    with a_connect_that_hangs() as port:
+        async with client_at(port) as client:
+            short = asyncio.ensure_future(ping(client, 0.2))
+            long = asyncio.ensure_future(ping(client, 0.5))
+            async with asyncio.timeout(2.0):  # well before the connect's own 5 s
+                with pytest.raises(TimeoutError, match=r"^no answer from Redis within 0\.2 s$"):
+                    await short
+                assert not long.done()  # still queued for the connection
+                with pytest.raises(TimeoutError, match=r"^no answer from Redis within 0\.5 s$"):
+                    await long
+            assert client._connecting is not None  # the connect goes on, for the next calls
+
+
+async def test_closing_while_connecting_fails_the_queued_calls_and_stops_the_connect() -> None:
+    with a_connect_that_hangs() as port:
+        client = RespClient("127.0.0.1", port, timeout=5.0)
+        queued = asyncio.ensure_future(ping(client, 5.0))
+        await asyncio.sleep(0)  # queued, the connect started
+        connecting = client._connecting
+        assert connecting is not None
+        async with asyncio.timeout(1.0):
+            await client.aclose()
+            assert connecting.cancelled()
+            assert client._connecting is None
+            with pytest.raises(redis.exceptions.ConnectionError, match=r"^the client was closed$"):
+                await queued
+
+
+async def test_a_connection_closed_by_the_client_leaves_no_error_to_the_event_loop(
+    server: RedisServer,
+) -> None:
+    # The transport tells the protocol of its end once more after abort(): nothing is left to
+    # fail then, and nothing may raise into the loop's exception handler.
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    try:
+        async with client_of(server) as client:
+            assert await ping(client) == b"PONG"
+            server.pause()
+            try:
+                with pytest.raises(TimeoutError):
+                    await ping(client, 0.2)  # silent past its deadline: the client aborts it
+            finally:
+                server.resume()
+            for _ in range(3):  # the transport's own connection_lost, called soon after
+                await asyncio.sleep(0)
+            assert await ping(client) == b"PONG"
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert errors == []
+    finally:
+        loop.set_exception_handler(None)
+
+
+async def test_a_connect_past_the_clients_timeout_fails_its_calls_once() -> None:
+    # Bounded by the client's timeout, not the call's; a connect that timed out is not tried again
+    # (a broken connection is: see the refused and closing servers above).
+    loop = asyncio.get_running_loop()
+    with a_connect_that_hangs() as port:
+        async with client_at(port, timeout=0.5) as client:
+            started = loop.time()
+            async with asyncio.timeout(3.0):
+                with pytest.raises(
+                    redis.exceptions.TimeoutError, match=r"^Timeout connecting to server$"
+                ):
+                    await ping(client, 10.0)
+            assert loop.time() - started < 0.9  # one connect's 0.5 s, not two
+            assert client._connecting is None
+
+
+async def test_a_refused_connect_says_where_and_why() -> None:
+    port = free_port()
+    # Where, then the reason once (not "[Errno 111] ..." again after the number).
+    message = rf"^Error 111 connecting to 127\.0\.0\.1:{port}\. [^\[]+\.$"
+    async with client_at(port) as client:
+        with pytest.raises(redis.exceptions.ConnectionError, match=message):
+            await ping(client)
+
+
+async def test_a_script_redis_still_lacks_after_its_load_fails_with_noscript(
+    server: RedisServer,
+) -> None:
+    # One load per call, as redis-py's Script: a second NOSCRIPT (the load ran, the script
+    # named still missing) is the call's error, and the connection stays in step.
+    async with client_of(server) as client:
+        script = client.register_script("return 1")
+        script.sha = "0" * 40  # a script no load will make
+        async with asyncio.timeout(3.0):
+            with pytest.raises(redis.exceptions.NoScriptError):
+                await script(keys=[], args=[])
+            assert await ping(client) == b"PONG"
+
+
+async def test_a_scripts_load_counts_against_its_calls_deadline(server: RedisServer) -> None:
+    # The load sent on NOSCRIPT carries its call's deadline: a load Redis holds (here a BLPOP
+    # in its place, blocking the connection for 2 s) fails the call at that deadline.
+    async with client_of(server) as client:
+        script = client.register_script("return 1")
+        script.sha = "0" * 40
+        script.load = _pack(("BLPOP", f"test:{uuid.uuid4().hex}", "2"))
+        async with asyncio.timeout(1.5):
+            with pytest.raises(TimeoutError, match=r"^no answer from Redis within 0\.3 s$"):
+                await client.evalsha(script, [], [], 0.3)
+
+
+async def test_a_client_without_a_database_uses_redis_default_one(server: RedisServer) -> None:
+    admin = Redis.from_url(server.url)  # database 0
+    key = f"test:{uuid.uuid4().hex}"
+    try:
+        async with client_of(server) as client:
+            assert await client.execute(_pack(("SET", key, "1")), 5.0) == b"OK"
+        assert await admin.get(key) == b"1"
+    finally:
+        await admin.delete(key)
+        await admin.aclose()
+    default = RespClient(timeout=1.0)
+    assert (default.host, default.port, default.db) == ("localhost", 6379, 0)
+
+
+async def test_a_call_on_a_connection_closed_twice_under_it_fails_with_the_closing(
+    server: RedisServer,
+) -> None:
+    async with admin_of(server) as admin, client_of(server) as client:
+        assert await ping(client) == b"PONG"
+        first = client._connection
+        await admin.client_pause(10_000, all=False)  # scripts wait, the admin's commands not
+        try:
+            script = client.register_script("return 1")
+            call = asyncio.ensure_future(script(keys=[], args=[]))
+            async with asyncio.timeout(3.0):
+                await asyncio.sleep(0)
+                assert await admin.client_kill_filter(_type="normal", skipme=True) == 1
+                while client._connection is None or client._connection is first:
+                    await asyncio.sleep(0.01)  # the call sent again on a new connection
+                assert await admin.client_kill_filter(_type="normal", skipme=True) == 1
+                with pytest.raises(
+                    redis.exceptions.ConnectionError, match=r"^Connection closed by server\.$"
+                ):
+                    await call
+        finally:
+            await admin.client_unpause()
