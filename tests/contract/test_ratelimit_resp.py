@@ -314,8 +314,21 @@ def a_connect_that_hangs() -> Iterator[int]:
             sock.close()
 
 
+@contextmanager
+def no_error_to_the_event_loop() -> Iterator[None]:
+    """Nothing the block runs raises into the loop's exception handler (a callback's error)."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    try:
+        yield
+    finally:
+        loop.set_exception_handler(None)
+    assert errors == []
+
+
 async def test_calls_queued_while_connecting_each_fail_at_their_own_deadline() -> None:
-    with a_connect_that_hangs() as port:
+    with a_connect_that_hangs() as port, no_error_to_the_event_loop():
         async with client_at(port) as client:
             short = asyncio.ensure_future(ping(client, 0.2))
             long = asyncio.ensure_future(ping(client, 0.5))
@@ -348,10 +361,7 @@ async def test_a_connection_closed_by_the_client_leaves_no_error_to_the_event_lo
 ) -> None:
     # The transport tells the protocol of its end once more after abort(): nothing is left to
     # fail then, and nothing may raise into the loop's exception handler.
-    loop = asyncio.get_running_loop()
-    errors: list[dict[str, object]] = []
-    loop.set_exception_handler(lambda _, context: errors.append(context))
-    try:
+    with no_error_to_the_event_loop():
         async with client_of(server) as client:
             assert await ping(client) == b"PONG"
             server.pause()
@@ -365,9 +375,6 @@ async def test_a_connection_closed_by_the_client_leaves_no_error_to_the_event_lo
             assert await ping(client) == b"PONG"
         for _ in range(3):
             await asyncio.sleep(0)
-        assert errors == []
-    finally:
-        loop.set_exception_handler(None)
 
 
 async def test_a_connect_past_the_clients_timeout_fails_its_calls_once() -> None:
@@ -457,3 +464,21 @@ async def test_a_call_on_a_connection_closed_twice_under_it_fails_with_the_closi
                     await call
         finally:
             await admin.client_unpause()
+
+
+async def test_closing_with_a_call_on_the_wire_opens_no_connection_again(
+    server: RedisServer,
+) -> None:
+    async with client_of(server) as client:
+        assert await ping(client) == b"PONG"
+        server.pause()  # the call stays on the wire, unanswered
+        try:
+            waiting = asyncio.ensure_future(ping(client))
+            await asyncio.sleep(0)  # sent
+            await client.aclose()
+            with pytest.raises(redis.exceptions.ConnectionError, match=r"^the client was closed$"):
+                await waiting
+            assert client._connecting is None  # the call was not sent again
+            assert client._queue == []
+        finally:
+            server.resume()
