@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, suppress
@@ -482,3 +483,30 @@ async def test_closing_with_a_call_on_the_wire_opens_no_connection_again(
             assert client._queue == []
         finally:
             server.resume()
+
+
+async def test_a_connection_reset_under_a_call_is_a_connection_error_naming_the_reset() -> None:
+    # A server that resets the connection (RST, SO_LINGER 0) once it has a call: the call goes
+    # once more on a new connection, then fails with the reset as a ConnectionError.
+    resets: list[int] = []
+
+    async def resetting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        resets.append(1)
+        writer.transport.abort()
+
+    server = await asyncio.start_server(resetting, "127.0.0.1", 0)
+    try:
+        async with client_at(server.sockets[0].getsockname()[1]) as client:
+            async with asyncio.timeout(3.0):
+                with pytest.raises(
+                    redis.exceptions.ConnectionError,
+                    match=r"^ConnectionResetError: \[Errno 104\] Connection reset by peer$",
+                ):
+                    await ping(client)
+            assert len(resets) == 2
+    finally:
+        server.close()
+        await server.wait_closed()
