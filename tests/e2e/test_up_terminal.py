@@ -56,6 +56,8 @@ def test_up_at_a_terminal_reads_well_and_stops_quietly_on_ctrl_c(
 ) -> None:
     term, dep = terminal
     key_everywhere(dep, term)  # the feed's long-polls have answered: they would be logged now
+    # Read before the key is pressed: Ctrl-C flushes what the terminal has not yet shown.
+    term.wait_for(lambda t: "snapshot_applied" in t, timeout=30, what="a gateway's snapshot line")
 
     status = term.press_ctrl_c()
 

@@ -1,14 +1,20 @@
 """A command run on a pseudo-terminal, as a person at a shell runs it: its output read as they see
 it, and Ctrl-C pressed as they press it (the terminal sends SIGINT to the whole foreground process
-group, children included)."""
+group, children included).
+
+A thread reads the terminal all the time, as a terminal emulator does. Output left unread would
+fill the terminal's buffer and block the command's writes, and Ctrl-C flushes whatever is still
+queued (the line discipline's default without NOFLSH), so lines written long before the key was
+pressed could be lost.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import pty
-import select
 import signal
+import threading
 import time
 from collections.abc import Callable
 
@@ -26,35 +32,46 @@ class Terminal:
         self.pid, self.fd = pid, fd
         self.output = bytearray()
         self.status: int | None = None
+        self._changed = threading.Condition()
+        self._closed = False  # every process holding the terminal has gone
+        self._reader = threading.Thread(target=self._read_all, daemon=True)
+        self._reader.start()
 
     def text(self) -> str:
-        return self.output.decode(errors="replace")
+        with self._changed:
+            return self.output.decode(errors="replace")
 
-    def _read(self, seconds: float) -> bool:
-        """Read what arrives within ``seconds``; False once the terminal is closed."""
-        ready, _, _ = select.select([self.fd], [], [], seconds)
-        if not ready:
-            return True
-        try:
-            data = os.read(self.fd, 65536)
-        except OSError:  # EIO: every process holding the terminal has gone
-            return False
-        self.output += data
-        return bool(data)
+    def _read_all(self) -> None:
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except OSError:  # EIO: every process holding the terminal has gone
+                data = b""
+            with self._changed:
+                if data:
+                    self.output += data
+                else:
+                    self._closed = True
+                self._changed.notify_all()
+            if not data:
+                return
 
     def wait_for(self, condition: Callable[[str], bool], *, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
-        while not condition(self.text()):
-            if time.monotonic() > deadline or not self._read(0.1):
-                raise AssertionError(f"timed out waiting for {what}:\n{self.text()[-3000:]}")
+        with self._changed:
+            while not condition(self.output.decode(errors="replace")):
+                left = deadline - time.monotonic()
+                if left <= 0 or self._closed:
+                    raise AssertionError(f"timed out waiting for {what}:\n{self.text()[-3000:]}")
+                self._changed.wait(left)
 
     def press_ctrl_c(self, *, timeout: float = 60.0) -> int:
-        """Type Ctrl-C; read until the command exits; return its exit status."""
+        """Type Ctrl-C; wait until the command exits and its output is read; its exit status."""
         os.write(self.fd, b"\x03")
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self._read(0.1):
-            pass
-        return self.wait(timeout=max(1.0, deadline - time.monotonic()))
+        status = self.wait(timeout=timeout)
+        self._reader.join(max(1.0, deadline - time.monotonic()))
+        return status
 
     def wait(self, *, timeout: float) -> int:
         deadline = time.monotonic() + timeout
@@ -74,4 +91,5 @@ class Terminal:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(os.getpgid(self.pid), signal.SIGKILL)
             self.wait(timeout=10)
+        self._reader.join(10)
         os.close(self.fd)
