@@ -106,13 +106,18 @@ def _allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
+def keyplane_error(error: KeyplaneError) -> JSONResponse:
+    """The answer to ``error`` (the exception handler's, and the fast paths')."""
+    headers: dict[str, str] = {}
+    if isinstance(error, Unauthenticated):
+        headers["www-authenticate"] = "Bearer"
+    return error_response(http_status(error), error.code, error.message, **headers)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(KeyplaneError)
     async def _keyplane(_request: Request, error: KeyplaneError) -> JSONResponse:
-        headers: dict[str, str] = {}
-        if isinstance(error, Unauthenticated):
-            headers["www-authenticate"] = "Bearer"
-        return error_response(http_status(error), error.code, error.message, **headers)
+        return keyplane_error(error)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, error: RequestValidationError) -> JSONResponse:

@@ -7,19 +7,30 @@ content types and trailing commas are forgiven; other content types get a 415.
 Order matters (issue #14): the caller is authenticated before a byte of the body is read, the
 body is capped while it is read, and forgiving trailing commas is one linear pass — a body crafted
 to make a backtracking pattern quadratic costs no more than any other body of its size.
+
+``FastPaths`` (plain ASGI, just inside the access log) sends a request that a route's fast path
+takes (``FAST_PATH``) straight to it, with the same steps in the same order, past Starlette's
+exception middleware and router and FastAPI's request handling.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
+from starlette._utils import get_route_path
 
-from keyplane.domain.errors import InvalidArgument, PayloadTooLarge, UnsupportedMediaType
+from keyplane.asgi import Receive, Scope, Send
+from keyplane.domain.errors import (
+    InvalidArgument,
+    KeyplaneError,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 
 _JSONISH = ("application/json", "application/x-www-form-urlencoded", "text/plain", "")
 # A string literal, kept as is, or a comma that only closes a container, dropped. Possessive and
@@ -73,6 +84,19 @@ async def read_capped(request: Request, limit: int) -> bytes:
 #: as the endpoint would, or returns None to leave the request to FastAPI's handler.
 FAST_PATH = "keyplane_fast_path"
 FastPath = Callable[[Request], Awaitable[Response | None]]
+_BODY_METHODS = ("POST", "PUT", "PATCH")
+
+
+async def _prepared(
+    request: Request,
+    limit: Callable[[Request], int],
+    authenticate: Callable[[Request], Awaitable[None]],
+) -> Request:
+    """``request`` with its caller authenticated and its body read (a body method's)."""
+    if request.method in _BODY_METHODS:
+        await authenticate(request)
+        request = await _normalized(request, limit(request))
+    return request
 
 
 def make_route_class(
@@ -84,23 +108,74 @@ def make_route_class(
     class LenientJsonRoute(APIRoute):
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
             handler = super().get_route_handler()
-            endpoint = self.endpoint
 
             async def lenient(request: Request) -> Response:
-                if request.method in ("POST", "PUT", "PATCH"):
-                    await authenticate(request)
-                    request = await _normalized(request, limit(request))
-                # Read per request, so that a test can compare the answers with and without it.
-                fast: FastPath | None = getattr(endpoint, FAST_PATH, None)
-                if fast is not None:
-                    answer = await fast(request)
-                    if answer is not None:
-                        return answer
-                return await handler(request)
+                return await handler(await _prepared(request, limit, authenticate))
 
             return lenient
 
     return LenientJsonRoute
+
+
+class FastPaths:
+    """Plain ASGI: a request for one of ``routes`` whose endpoint has a fast path (read per
+    request, so that a test can compare the answers with and without it) is prepared as the
+    route class prepares it (``authenticate``, the body capped at ``limit``) and answered by
+    the fast path, or by ``failed(error)`` when a step raises a ``KeyplaneError`` (the error
+    map's answer); everything else, and a request the fast path leaves (it returns None), goes
+    on to ``app``. Skipping Starlette's exception middleware, its router and FastAPI's request
+    handling saves ~a sixth of a create's CPU on the event loop."""
+
+    def __init__(
+        self,
+        app: Callable[[Scope, Receive, Send], Awaitable[None]],
+        *,
+        routes: Iterable[Any],
+        limit: Callable[[Request], int],
+        authenticate: Callable[[Request], Awaitable[None]],
+        failed: Callable[[KeyplaneError], Response],
+    ) -> None:
+        self.app = app
+        self._routes = [
+            (frozenset(route.methods or ()), route)
+            for route in routes
+            if isinstance(route, APIRoute) and getattr(route.endpoint, FAST_PATH, None)
+        ]
+        self._limit = limit
+        self._authenticate = authenticate
+        self._failed = failed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for methods, route in self._routes:
+                if scope["method"] not in methods:
+                    continue
+                match = route.path_regex.match(get_route_path(scope))
+                if match is None:
+                    continue
+                fast: FastPath | None = getattr(route.endpoint, FAST_PATH, None)
+                if fast is None:
+                    break
+                params = {
+                    name: route.param_convertors[name].convert(value)
+                    for name, value in match.groupdict().items()
+                }
+                await self._answer(fast, {**scope, "path_params": params}, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    async def _answer(self, fast: FastPath, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        try:
+            request = await _prepared(request, self._limit, self._authenticate)
+            answer = await fast(request)
+        except KeyplaneError as error:
+            answer = self._failed(error)
+        if answer is None:
+            # The route then prepares the request again (its body is the one read here).
+            await self.app(request.scope, request.receive, send)
+            return
+        await answer(request.scope, request.receive, send)
 
 
 async def _normalized(request: Request, limit: int) -> Request:
@@ -130,9 +205,10 @@ async def _normalized(request: Request, limit: int) -> Request:
         return {"type": "http.request", "body": body, "more_body": False}
 
     normalized = Request(scope, receive)
+    # Parsed once: FastAPI takes the body and its JSON from here (Starlette's Request keeps both
+    # once read) instead of reading and parsing it again; ``receive`` stays unread for a request
+    # that a fast path hands on to the route (``FastPaths``).
+    normalized._body = body
     if body:
-        # Parsed once: FastAPI takes the body and its JSON from here (Starlette's Request keeps
-        # both once read) instead of reading and parsing it again.
-        normalized._body = body
         normalized._json = parsed
     return normalized

@@ -11,13 +11,14 @@ No ``from __future__ import annotations``: FastAPI reads the annotations at defi
 """
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Header, Path, Request
 
 from keyplane.catalog import Catalog
-from keyplane.control.lenient import FAST_PATH, FastPath, make_route_class
+from keyplane.control import errors
+from keyplane.control.lenient import FAST_PATH, FastPath, FastPaths, make_route_class
 from keyplane.services.auth import Principal, authenticate
 from keyplane.services.context import Context
 from keyplane.settings import Settings
@@ -82,6 +83,18 @@ def _body_limit(request: Request) -> int:
 ManagementRoute = make_route_class(_body_limit, _authenticate_first)
 
 
+def fast_paths(app: Any, routes: Sequence[Any]) -> FastPaths:
+    """The fast paths of ``routes`` (``fast_path``) in front of ``app``, prepared as
+    ``ManagementRoute`` prepares a request, failing through the error map."""
+    return FastPaths(
+        app,
+        routes=routes,
+        limit=_body_limit,
+        authenticate=_authenticate_first,
+        failed=errors.keyplane_error,
+    )
+
+
 async def current_principal(
     request: Request,
     ctx: AppContext,
@@ -122,10 +135,10 @@ Route = TypeVar("Route", bound=Callable[..., Any])
 
 
 def fast_path(fast: FastPath) -> Callable[[Route], Route]:
-    """Give a body route (declared below this decorator) a fast path: ``fast(request)`` runs once
-    the caller is authenticated and the body read, skipping FastAPI's dependency solver; it must
-    answer byte for byte as the endpoint would, and return None for anything it does not
-    handle (FastAPI's handler then answers)."""
+    """Give a route (declared below this decorator) a fast path: ``fast(request)`` runs once the
+    caller is authenticated and the body read (``fast_paths``, in front of the app), skipping
+    Starlette's router and FastAPI's dependency solver; it must answer byte for byte as the
+    endpoint would, and return None for anything it does not handle (the route then answers)."""
 
     def mark(endpoint: Route) -> Route:
         setattr(endpoint, FAST_PATH, fast)
