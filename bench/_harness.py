@@ -6,6 +6,7 @@ Run the benches from the repository root (``bench/run`` does) so ``tests.support
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import platform
@@ -283,6 +284,42 @@ def tree_cpu_seconds(pid: int) -> float:
         except (OSError, ValueError):
             continue
     return total
+
+
+def _tree_tasks(pid: int) -> list[Path]:
+    """The /proc task directories of ``pid``'s threads and of its live descendants' threads."""
+    tasks: list[Path] = []
+    pending = [pid]
+    while pending:
+        p = pending.pop()
+        try:
+            for task in Path(f"/proc/{p}/task").iterdir():
+                tasks.append(task)
+                pending += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return tasks
+
+
+def tree_schedstat(pid: int) -> tuple[float, int]:
+    """Seconds the threads of ``pid`` and its descendants have waited on a run queue (runnable,
+    not running) so far, and their time slices: /proc/<tid>/schedstat's 2nd and 3rd fields."""
+    waited, slices = 0, 0
+    for task in _tree_tasks(pid):
+        try:
+            fields = (task / "schedstat").read_text().split()
+        except OSError:
+            continue
+        waited += int(fields[1])
+        slices += int(fields[2])
+    return waited / 1e9, slices
+
+
+def pin_tree(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` and its descendants on ``cpus`` (threads made later inherit it)."""
+    for task in _tree_tasks(pid):
+        with contextlib.suppress(OSError, ValueError):
+            os.sched_setaffinity(int(task.name), cpus)
 
 
 def _postgres_server(bindir: Path, *, fsync: bool) -> Any:

@@ -203,12 +203,15 @@ async def open_loop(
         loop = asyncio.get_running_loop()
 
         def pace() -> None:
+            before = run_queue()
             for i in range(total):
                 due = started + i / rate
                 delay = due - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)
                 loop.call_soon_threadsafe(start, due)
+            after = run_queue()
+            pacer[0], pacer[1] = after[0] - before[0], after[1] - before[1]
 
         await asyncio.to_thread(pace)
     if tasks:
@@ -218,6 +221,20 @@ async def open_loop(
         if c.transport is not None:
             c.transport.close()
     return latencies, statuses, elapsed, late[0], lag, service
+
+
+#: The pacing thread's run-queue wait (s) and time slices: it ends before the process reads its own.
+pacer = [0.0, 0]
+
+
+def run_queue() -> tuple[float, int]:
+    """Seconds the calling thread has waited on a run queue so far, and its time slices."""
+    try:
+        with open("/proc/thread-self/schedstat") as stat:
+            fields = stat.read().split()
+    except OSError:
+        return 0.0, 0
+    return int(fields[1]) / 1e9, int(fields[2])
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -268,8 +285,12 @@ def main() -> None:
             args.max_requests,
             args.clock,
         )
+    queued0 = run_queue()
     latencies, statuses, elapsed, late, lag, service = asyncio.run(run)
     cpu = time.process_time() - cpu0
+    queued1 = run_queue()
+    waited = queued1[0] - queued0[0] + pacer[0]
+    slices = queued1[1] - queued0[1] + pacer[1]
     print(
         json.dumps(
             {
@@ -282,6 +303,9 @@ def main() -> None:
                 "lag_ms": {str(p): percentile(lag, p) * 1000 for p in PERCENTILES} if lag else {},
                 "service_ms": {str(p): percentile(service, p) * 1000 for p in PERCENTILES},
                 "cpu_us": cpu / max(1, len(latencies)) * 1e6,
+                # Its event loop's thread and its pacing thread: waits on a run queue, per request.
+                "runq_us": waited / max(1, len(latencies)) * 1e6,
+                "slices": slices / max(1, len(latencies)),
                 "pid": os.getpid(),
             }
         )

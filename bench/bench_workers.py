@@ -2,6 +2,7 @@
 latency a gateway adds at a fixed offered load.
 
     .venv/bin/python bench/bench_workers.py [--seconds 4] [--connections 32]
+        [--rate R] [--pin] [--latency-only] [--clock thread|loop]
 
 The upstream is bench/_stub_upstream.py (one fixed chat completion from a raw asyncio protocol, a
 few µs per request) and the load comes from bench/_loadgen.py in its own process (requests
@@ -17,7 +18,10 @@ Markdown:
 (b) latency at a fixed offered load (open loop) of half the 1-worker gateway's saturation rate
     with in-memory limits, straight to the stub and through the gateway: p50/p90/p99 and what the
     gateway adds, from each request's scheduled time and from its write, with the generator's
-    lag behind its schedule and the stub's and the gateway's CPU per request at that rate.
+    lag behind its schedule and the stub's and the gateway's CPU per request at that rate, and
+    how long each process (gateway, stub, generator) waited on a run queue for a core, per
+    request (/proc/<tid>/schedstat). The schedule is steady (fixed intervals of 1/rate, as wrk2's),
+    not Poisson. ``--pin`` puts the gateway on a core of its own and the rest on another.
 """
 
 from __future__ import annotations
@@ -42,9 +46,11 @@ from _harness import (
     header,
     log,
     pid_of,
+    pin_tree,
     stop_servers_on_sigterm,
     table,
     tree_cpu_seconds,
+    tree_schedstat,
     wait_for,
 )
 
@@ -67,15 +73,26 @@ def start_stub(port: int, log_path: Path) -> subprocess.Popen[bytes]:
     return stub
 
 
+#: The cores the load generator runs on (``--pin``), None for any.
+GENERATOR_CPUS: set[int] | None = None
+
+
 def load(url: str, auth: str | None, seconds: float, **mode: float | str) -> dict[str, Any]:
     """Run bench/_loadgen.py against ``url``: closed loop (``connections``) or open (``rate``)."""
+    cpus = GENERATOR_CPUS
     argv = [PYTHON, str(HERE / "_loadgen.py"), url, "--body", json.dumps(BODY)]
     argv += ["--seconds", str(seconds)]
     for name, value in mode.items():
         argv += [f"--{name}", str(value)]
     # The key goes by environment, not argv: a process list or an error must not show it.
     env = {**os.environ, "LOADGEN_AUTHORIZATION": f"Bearer {auth}" if auth else ""}
-    done = subprocess.run(argv, capture_output=True, timeout=seconds + 60, env=env)
+    done = subprocess.run(
+        argv,
+        capture_output=True,
+        timeout=seconds + 60,
+        env=env,
+        preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
+    )
     if done.returncode != 0:
         raise SystemExit(f"load generator failed:\n{done.stderr.decode()[-3000:]}")
     result: dict[str, Any] = json.loads(done.stdout)
@@ -161,7 +178,19 @@ def main() -> None:
         help="(b)'s schedule: kept by a thread in nanosleep's precision, or (loop) "
         "by the event loop's millisecond timers (this bench until now), which send in bursts.",
     )
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="(b): the gateway on a core of its own and the generator and the stub on another, "
+        "as a deployment gives a gateway its own cores (default: every process on any core; "
+        "on a machine others load, a pinned gateway cannot flee a busy core).",
+    )
+    parser.add_argument(
+        "--latency-only", action="store_true", help="Only (b), the latency at a fixed load."
+    )
     args = parser.parse_args()
+    global GENERATOR_CPUS
     redis_bin = shutil.which("redis-server")
     if redis_bin is None:
         raise SystemExit("bench_workers needs redis-server on PATH (workers share limits in it)")
@@ -203,37 +232,21 @@ def main() -> None:
             secret = key_for(dep, processes=4)
             redis_pid = redis._proc.pid if redis._proc is not None else 0
             others = {"stub": stub.pid, "redis": redis_pid}
-            rows = saturation(
-                [("w1", "1 worker (Redis limiter)", one), ("w2", "2 workers (Redis limiter)", two)],
-                secret,
-                args.seconds,
-                args.connections,
-                others,
-            )
-            scale = rows[1]["rate"] / rows[0]["rate"]
-            out.append(
-                f"(a) Saturation: {args.connections} keep-alive connections from one load "
-                f"generator process, each path {ROUNDS}× {args.seconds:.0f} s interleaved (after a "
-                f"{WARMUP} s warm-up); chat completions answered by the stub upstream.\n"
-            )
-            out.append(table(
-                ["gateway", "requests", "req/s", "gateway CPU µs/req (all processes)",
-                 "load generator µs/req", "stub µs/req", "redis-server µs/req",
-                 "all four µs/req"],
-                [[r["name"], r["n"], f"{r['rate']:,.0f}", f"{r['gw']:.0f}", f"{r['gen']:.0f}",
-                  f"{r['stub']:.0f}", f"{r['redis']:.0f}",
-                  f"{r['gw'] + r['gen'] + r['stub'] + r['redis']:.0f}"] for r in rows],
-            ))  # fmt: skip
-            cores = float(len(os.sched_getaffinity(0)))
-            bound = [cores / ((r["gw"] + r["gen"] + r["stub"] + r["redis"]) / 1e6) for r in rows]
-            out.append(
-                f"\n2 workers ÷ 1 worker: **{scale:.2f}×** requests/s. With {cores:.0f} cores "
-                "shared by everything above, the machine cannot carry more than cores ÷ (sum of "
-                f"CPU per request): {bound[0]:,.0f}/s and {bound[1]:,.0f}/s here, so "
-                "the ratio shows scaling only when the gateway's share dominates.\n"
-            )
+            if not args.latency_only:
+                workers(out, one, two, secret, args.seconds, args.connections, others)
 
             # (b) latency at a fixed offered load: half the 1-worker saturation, memory limiter.
+            cores = sorted(os.sched_getaffinity(0))
+            placed = "every process on any of the cores"
+            if args.pin and len(cores) >= 2:
+                gateway_cpus, rest_cpus = {cores[-1]}, {cores[0]}
+                pin_tree(pid_of(memory), gateway_cpus)
+                pin_tree(stub.pid, rest_cpus)
+                GENERATOR_CPUS = rest_cpus
+                placed = (
+                    f"the gateway pinned to core {cores[-1]}, the generator and the stub to core "
+                    f"{cores[0]} (other processes unpinned)"
+                )
             sat = saturation([("mem", "1 worker (memory limiter)", memory)], secret,
                              args.seconds, args.connections, others)[0]  # fmt: skip
             rate = args.rate or round(sat["rate"] / 2)
@@ -248,10 +261,16 @@ def main() -> None:
                 ):
                     log(f"open loop round {round_ + 1}/{ROUNDS}: {tag}")
                     cpu0 = tree_cpu_seconds(server_pid[tag])
+                    queued0 = tree_schedstat(server_pid[tag])
+                    stub0 = tree_schedstat(stub.pid)
                     r = load(url, auth, args.seconds, rate=rate, connections=64, clock=args.clock)
-                    r["server_us"] = (
-                        (tree_cpu_seconds(server_pid[tag]) - cpu0) / max(1, r["requests"]) * 1e6
-                    )
+                    n = max(1, r["requests"])
+                    r["server_us"] = (tree_cpu_seconds(server_pid[tag]) - cpu0) / n * 1e6
+                    queued1 = tree_schedstat(server_pid[tag])
+                    stub1 = tree_schedstat(stub.pid)
+                    r["server_runq_us"] = (queued1[0] - queued0[0]) / n * 1e6
+                    r["server_slices"] = (queued1[1] - queued0[1]) / n
+                    r["stub_runq_us"] = (stub1[0] - stub0[0]) / n * 1e6
                     if set(r["statuses"]) != {"200"}:
                         raise SystemExit(f"{tag}: answers other than 200: {r['statuses']}")
                     keep = fixed.get(tag)
@@ -265,12 +284,15 @@ def main() -> None:
                 f"(b) Latency at a fixed offered load: {rate:,}/s "
                 f"({'given' if args.rate else 'half of'} the 1-worker gateway's saturation, "
                 f"{sat['rate']:,.0f}/s, memory limiter), open loop "
-                f"(latency from each request's scheduled time, ≤ 64 connections, the schedule "
-                f"kept by {clock[args.clock]}), "
+                f"(latency from each request's scheduled time, fixed intervals of 1/rate — not "
+                f"Poisson — ≤ 64 connections, the schedule kept by {clock[args.clock]}); "
+                f"{placed}; "
                 f"{args.seconds:.0f} s per run, best of {ROUNDS} interleaved runs by p99. "
                 '"From the write": from the request\'s write to its answer (without the '
                 "generator's own lag behind the schedule, its p50 in the next column). Server "
-                "CPU: the stub's or the gateway's, per request at this rate.\n"
+                "CPU: the stub's or the gateway's, per request at this rate. Run-queue wait: "
+                "the time a process's threads were runnable but waiting for a core "
+                "(/proc/<tid>/schedstat), per request.\n"
             )
             rows_b = []
             for tag, r in (("direct to the stub", d), ("through the gateway", g)):
@@ -278,14 +300,18 @@ def main() -> None:
                                *(f"{r['ms'][p]:.2f}" for p in ("50", "90", "99", "99.9")),
                                *(f"{r['service_ms'][p]:.2f}" for p in ("50", "99")),
                                f"{r['lag_ms']['50']:.2f}", r["late"],
-                               f"{r['server_us']:.0f}"])  # fmt: skip
+                               f"{r['server_us']:.0f}", f"{r['server_runq_us']:.0f}",
+                               f"{r['server_slices']:.2f}", f"{r['stub_runq_us']:.0f}",
+                               f"{r['runq_us']:.0f}"])  # fmt: skip
             added = [f"**{g['ms'][p] - d['ms'][p]:.2f}**" for p in ("50", "90", "99", "99.9")]
             added += [f"**{g['service_ms'][p] - d['service_ms'][p]:.2f}**" for p in ("50", "99")]
-            rows_b.append(["**added by the gateway**", "", "", *added, "", "", ""])
+            rows_b.append(["**added by the gateway**", "", "", *added, *[""] * 8])
             out.append(table(
                 ["path", "requests", "req/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms",
                  "from the write: p50 ms", "p99 ms", "generator lag p50 ms",
-                 "started late (no free connection)", "server CPU µs/req"],
+                 "started late (no free connection)", "server CPU µs/req",
+                 "server run-queue wait µs/req", "server time slices /req",
+                 "stub run-queue wait µs/req", "generator run-queue wait µs/req"],
                 rows_b,
             ))  # fmt: skip
             busy = g["server_us"] * g["rate"] / 1e6
@@ -300,6 +326,47 @@ def main() -> None:
             redis.close()
     print("\n".join(out))
     print(footer())
+
+
+def workers(
+    out: list[str],
+    one: Proc,
+    two: Proc,
+    secret: str,
+    seconds: float,
+    connections: int,
+    others: dict[str, int],
+) -> None:
+    """(a): 1 and 2 workers at saturation, both with the Redis limiter."""
+    rows = saturation(
+        [("w1", "1 worker (Redis limiter)", one), ("w2", "2 workers (Redis limiter)", two)],
+        secret,
+        seconds,
+        connections,
+        others,
+    )
+    scale = rows[1]["rate"] / rows[0]["rate"]
+    out.append(
+        f"(a) Saturation: {connections} keep-alive connections from one load "
+        f"generator process, each path {ROUNDS}× {seconds:.0f} s interleaved (after a "
+        f"{WARMUP} s warm-up); chat completions answered by the stub upstream.\n"
+    )
+    out.append(table(
+        ["gateway", "requests", "req/s", "gateway CPU µs/req (all processes)",
+         "load generator µs/req", "stub µs/req", "redis-server µs/req",
+         "all four µs/req"],
+        [[r["name"], r["n"], f"{r['rate']:,.0f}", f"{r['gw']:.0f}", f"{r['gen']:.0f}",
+          f"{r['stub']:.0f}", f"{r['redis']:.0f}",
+          f"{r['gw'] + r['gen'] + r['stub'] + r['redis']:.0f}"] for r in rows],
+    ))  # fmt: skip
+    cores = float(len(os.sched_getaffinity(0)))
+    bound = [cores / ((r["gw"] + r["gen"] + r["stub"] + r["redis"]) / 1e6) for r in rows]
+    out.append(
+        f"\n2 workers ÷ 1 worker: **{scale:.2f}×** requests/s. With {cores:.0f} cores "
+        "shared by everything above, the machine cannot carry more than cores ÷ (sum of "
+        f"CPU per request): {bound[0]:,.0f}/s and {bound[1]:,.0f}/s here, so "
+        "the ratio shows scaling only when the gateway's share dominates.\n"
+    )
 
 
 if __name__ == "__main__":
