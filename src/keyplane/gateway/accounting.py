@@ -3,8 +3,10 @@ that admitted it, and its usage record, handed to the meter (``keyplane.usage.me
 
 Tokens are read from the upstream's own ``usage`` (a whole answer's, or a stream's usage event);
 a stream cut short before it is charged what the client received, the prompt estimated from the
-body's size. Every call to the meter is in this module: ``metered`` records a request as its
-answer's last bytes go out, ``close`` records one that ended some other way.
+body's size. Every call to the meter is in this module: ``Account.ending`` records a relayed
+request as its answer's last bytes are about to go out, ``close`` records any other (refused, cut
+short, or answered by the gateway itself) — each sender on a metered route calls one of them
+before its last bytes, nothing wraps ``send``.
 """
 
 from __future__ import annotations
@@ -14,10 +16,9 @@ from typing import Any
 
 import msgspec
 
-from keyplane.asgi import Message, Send
 from keyplane.usage.meter import Meter, Tally
 
-__all__ = ["Account", "Usage", "close", "metered"]
+__all__ = ["Account", "Usage", "close"]
 
 
 class Usage(msgspec.Struct):
@@ -58,6 +59,7 @@ class Account:
         "_settled",
         "events_sent",
         "final_usage",
+        "meter",
         "prompt_estimate",
         "tally",
         "usage",
@@ -69,9 +71,12 @@ class Account:
         prompt_estimate: int,
         charge: Callable[[int], Awaitable[None]] | None = None,
         tally: Tally | None = None,
+        meter: Meter | None = None,
     ) -> None:
         self.prompt_estimate = prompt_estimate
+        #: The request's usage record, and where it goes (both or neither: metering is on).
         self.tally = tally
+        self.meter = meter
         self.usage: Usage | None = None
         #: Stream events relayed to the client.
         self.events_sent = 0
@@ -119,6 +124,21 @@ class Account:
         if self._charge is not None:
             await self._charge(self.tokens())
 
+    def started(self, status: int) -> None:
+        """The answer's head goes out with ``status``: what the request is metered with, also
+        if it is cut short before ``ending``."""
+        if self.tally is not None:
+            self.tally.status = status
+
+    def ending(self, status: int) -> None:
+        """The answer (head sent with ``status``) is about to send its last bytes: record the
+        request's usage now, so a client that has its whole answer has been counted even if the
+        gateway dies right after. Once: a no-op if it is recorded already."""
+        tally, meter = self.tally, self.meter
+        if tally is not None and meter is not None and not tally.finished:
+            tally.status = status
+            meter.finish(tally)
+
     def read_whole(self, data: bytes) -> None:
         """Take the usage of a whole (successful) answer."""
         if b'"usage"' in data:
@@ -156,29 +176,8 @@ class Account:
         return total
 
 
-def metered(send: Send, tally: Tally, meter: Meter) -> Send:
-    """``send``, recording the request's usage just before its answer's last bytes go out: a
-    client that has its whole answer has been counted, even if the gateway dies right after.
-
-    Not a coroutine of its own: it records, then hands back ``send``'s awaitable, so each message
-    costs one call more than ``send`` instead of one more coroutine (a stream sends many)."""
-
-    def metered_send(message: Message) -> Awaitable[None]:
-        kind = message["type"]
-        if kind == "http.response.start":
-            tally.status = message["status"]
-        elif (
-            kind == "http.response.body"
-            and not message.get("more_body", False)
-            and not tally.finished
-        ):
-            meter.finish(tally)  # written before the last bytes are even handed to the server
-        return send(message)
-
-    return metered_send
-
-
-def close(tally: Tally, meter: Meter) -> None:
-    """Record a request whose answer did not end through ``metered`` (refused, or cut short)."""
-    if not tally.finished:
+def close(tally: Tally | None, meter: Meter | None) -> None:
+    """Record a request that did not end through ``Account.ending`` (refused, cut short, or
+    answered by the gateway itself: call it before that answer goes out), once."""
+    if tally is not None and meter is not None and not tally.finished:
         meter.finish(tally)

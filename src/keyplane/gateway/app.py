@@ -117,22 +117,23 @@ class Gateway:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
+        # A metered request is recorded by whatever sends its answer's last bytes, just before
+        # (``keyplane.gateway.accounting``); ``send`` itself is not wrapped (a stream sends many).
         meter = self.meter
         tally = None if meter is None else self._tally(scope)
-        if tally is not None and meter is not None:
-            send = accounting.metered(send, tally, meter)
         try:
             await self._dispatch(scope, receive, send)
         except KeyplaneError as error:
             if tally is not None:
                 tally.status = status_of(error)
+                accounting.close(tally, meter)  # before the refusal goes out
             await send_error(send, error)
         except ConnectionResetError:
             if tally is not None:
                 tally.status = 499  # the client went away before the answer
         finally:
-            if tally is not None and meter is not None:
-                accounting.close(tally, meter)
+            if tally is not None and not tally.finished:
+                accounting.close(tally, meter)  # cut short: recorded as it ends
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         method, path = scope["method"], scope["path"]

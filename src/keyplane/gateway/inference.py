@@ -17,6 +17,7 @@ import msgspec
 from keyplane.asgi import DISCONNECT_WATCH, Receive, Scope, Send, send_json
 from keyplane.catalog import Catalog
 from keyplane.domain.errors import InvalidArgument
+from keyplane.gateway import accounting
 from keyplane.gateway.accounting import Account
 from keyplane.gateway.admission import Admission, quota_headers
 from keyplane.gateway.app import Gateway, Handler
@@ -117,7 +118,9 @@ class Inference:
                 authorization=self._upstream_auth.get(model.name),
             )
             charge = functools.partial(limiter.charge, limits.tokens) if limits.tokens else None
-            account = Account(prompt_estimate=len(body) // 4, charge=charge, tally=tally)
+            account = Account(
+                prompt_estimate=len(body) // 4, charge=charge, tally=tally, meter=self.gateway.meter
+            )
             relay = Relay(
                 send, account, strip_usage=strip_usage, extra_headers=quota_headers(decision)
             )
@@ -138,6 +141,7 @@ class Inference:
         self.admission.check_endpoint(key, "models")
         await self.admission.admit(key, None)
         data = [_model_object(name) for name in self.admission.visible_models(key)]
+        accounting.close(scope.get(TALLY), self.gateway.meter)  # metered before the answer
         await send_json(send, 200, {"object": "list", "data": data})
 
     async def _get_model(self, scope: Scope, receive: Receive, send: Send, key: KeyRecord) -> None:
@@ -145,6 +149,7 @@ class Inference:
         requested = scope["path"][len("/v1/models/") :]
         self.admission.resolve(key, requested, scope.get(TALLY))
         await self.admission.admit(key, None)
+        accounting.close(scope.get(TALLY), self.gateway.meter)  # metered before the answer
         await send_json(send, 200, _model_object(requested))
 
 

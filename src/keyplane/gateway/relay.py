@@ -220,9 +220,10 @@ class Relay:
         self._headers = headers
 
     async def _whole(self, data: bytes, *, ok: bool) -> None:
+        account = self.account
         if ok:
-            self.account.read_whole(data)
-        await self.account.settle()
+            account.read_whole(data)
+        await account.settle()
         await self.send(
             {
                 "type": "http.response.start",
@@ -231,9 +232,11 @@ class Relay:
             }
         )
         self.started = True
+        account.ending(self._status)  # metered before the body goes out
         await self.send({"type": "http.response.body", "body": data})
 
     async def _send_head(self) -> None:
+        self.account.started(self._status)
         await self.send(
             {"type": "http.response.start", "status": self._status, "headers": self._headers}
         )
@@ -257,6 +260,7 @@ class Relay:
             await account.settle()  # before the client can see the end of the answer
         if last:
             events, self._buffer = events + self._buffer, b""
+            account.ending(self._status)
             await self.send({"type": "http.response.body", "body": events, "more_body": False})
         elif events:
             await self.send({"type": "http.response.body", "body": events, "more_body": True})
@@ -299,5 +303,6 @@ class Relay:
         await self.account.settle()  # before the last bytes: the answer's end is charged, metered
         if not self.started:
             await self._send_head()
+        self.account.ending(self._status)
         await self.send({"type": "http.response.body", "body": self._buffer, "more_body": False})
         self._buffer = b""

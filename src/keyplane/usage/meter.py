@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
+import msgspec
 import structlog
 
 from keyplane.catalog import CatalogModel
@@ -23,31 +24,19 @@ log = structlog.get_logger("keyplane.usage")
 TALLY = "keyplane.tally"
 
 
-class Tally:
-    """What one request did, as far as usage is concerned."""
+class Tally(msgspec.Struct, gc=False):
+    """What one request did, as far as usage is concerned. A struct the garbage collector does
+    not track (strings and numbers only), built in C: no Python call per request."""
 
-    __slots__ = (
-        "api_key_id",
-        "completion_tokens",
-        "endpoint",
-        "finished",
-        "images",
-        "model",
-        "prompt_tokens",
-        "status",
-        "team_id",
-    )
-
-    def __init__(self, endpoint: str) -> None:
-        self.endpoint = endpoint
-        self.team_id = ""
-        self.api_key_id = ""
-        self.model = ""
-        self.status = 200
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
-        self.images = 0
-        self.finished = False
+    endpoint: str
+    team_id: str = ""
+    api_key_id: str = ""
+    model: str = ""
+    status: int = 200
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    images: int = 0
+    finished: bool = False
 
 
 class Meter:

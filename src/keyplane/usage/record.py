@@ -28,7 +28,8 @@ from keyplane.catalog import CatalogModel
 COST_SCALE = 100_000_000
 #: Cost units per US dollar.
 COST_PER_USD = 100 * COST_SCALE
-_HEADER = struct.Struct("<II")
+#: A frame's header: its payload's length and crc32.
+HEADER = _HEADER = struct.Struct("<II")
 HEADER_SIZE = _HEADER.size
 #: No single record is anywhere near this; a larger length is a torn or foreign frame.
 MAX_FRAME = 4096

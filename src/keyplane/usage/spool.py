@@ -30,11 +30,12 @@ import mmap
 import os
 import re
 import threading
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from keyplane.private_files import FILE_MODE, private_dir
-from keyplane.usage.record import HEADER_SIZE, MAX_FRAME, frames_end, header_into, iter_frames
+from keyplane.usage.record import HEADER, HEADER_SIZE, MAX_FRAME, frames_end, iter_frames
 
 _SEGMENT = re.compile(r"(\d{12})\.spool")
 CURSOR = "cursor"
@@ -44,6 +45,8 @@ DEAD_LETTER = "dead-letter"
 ROTATE_BYTES = 4 * 1024 * 1024
 #: A segment still waiting for its ack is closed for appends past this size.
 MAX_SEGMENT_BYTES = 64 * 1024 * 1024
+_pack_header = HEADER.pack_into
+_crc32 = zlib.crc32
 #: Disk blocks are reserved this far ahead of the appends (one ``posix_fallocate`` per MiB).
 RESERVE_BYTES = 1024 * 1024
 
@@ -168,13 +171,22 @@ class Spool:
         target = self._map
         assert target is not None
         target[start + HEADER_SIZE : end] = payload
-        header_into(target, start, payload)
-        self._appended(end)
+        _pack_header(target, start, len(payload), _crc32(payload))  # ``header_into``, inline
+        # ``_appended``, inline: a call less per request.
+        self.size = end
+        self.appended += 1
+        self.dirty = True
+        if end >= MAX_SEGMENT_BYTES or (self._wake is not None and end >= self._wake_size):
+            self._rotate_or_wake()
 
     def _appended(self, end: int) -> None:
         self.size = end
         self.appended += 1
         self.dirty = True
+        if end >= MAX_SEGMENT_BYTES or (self._wake is not None and end >= self._wake_size):
+            self._rotate_or_wake()
+
+    def _rotate_or_wake(self) -> None:
         if self.size >= MAX_SEGMENT_BYTES:
             self._open(self.segment + 1)
         if self._wake is not None and self.size >= self._wake_size:
