@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -186,9 +187,10 @@ _BATCH_MAX = 128
 """The most operations one batch carries: Redis runs a script alone, so this bounds how long one
 batch holds it (a few ms at most); more calls wait for the next batch."""
 _IN_FLIGHT = 2
-_KEY_CACHE_SIZE = 100_000
-"""Counters whose encoded keys are kept; past it the cache starts afresh."""
 """Batches sent and not yet answered, at most: while they are, new calls gather into the next."""
+_KEY_CACHE_SIZE = 100_000
+"""Counters whose shapes (keys and fields) are kept, of each kind; past it the cache starts
+afresh."""
 _ROSTER_TTL_MS = 3_600_000
 _LEAN_URL = frozenset({"host", "port", "db", "username", "password"})
 """What a URL may give for from_url to use :class:`RespClient` (the rest: redis-py)."""
@@ -251,9 +253,9 @@ class RedisLimiter:
             self.prefix + "roster",
         )
         self._batch_keys = (self._keys[0].encode(), self._keys[1].encode())
-        # Per counter: its log and sum keys, encoded (see _limit_keys).
-        self._request_keys: dict[str, tuple[bytes, bytes]] = {}
-        self._token_keys: dict[str, tuple[bytes, bytes]] = {}
+        # Per counter: its limit and window, its keys and its script fields (see _shape).
+        self._request_shapes: dict[str, _Shape] = {}
+        self._token_shapes: dict[str, _Shape] = {}
         self._up = True
         self._epoch: str | None = None  # the Redis data this replica counts on; None: not yet met
         self._join_lock = asyncio.Lock()
@@ -274,7 +276,7 @@ class RedisLimiter:
         self._pending: list[_Op] = []
         self._flush_due = False
         self._in_flight = 0
-        self._batches: set[asyncio.Task[None]] = set()
+        self._batches: set[asyncio.Future[Any]] = set()  # sent, not yet answered
         self._up_metric.set(1)
 
     @classmethod
@@ -348,7 +350,7 @@ class RedisLimiter:
         seq = self._seq
         started = time.perf_counter()
         try:
-            raw = await self._submit("a", self._limit_keys(reqs, toks), self._args(seq, reqs, toks))
+            raw = await self._submit(*self._acquire_op(seq, reqs, toks))
         except _UNAVAILABLE as exc:
             WAITED.observe(time.perf_counter() - started)
             self._mark_down(f"{type(exc).__name__}: {exc}")
@@ -383,9 +385,7 @@ class RedisLimiter:
         seq = self._seq
         if self._up:
             try:
-                done = await self._submit(
-                    "c", self._limit_keys((), toks), self._charge_args(seq, toks, amount)
-                )
+                done = await self._submit(*self._charge_op(seq, toks, amount))
             except _UNAVAILABLE as exc:
                 self._mark_down(f"{type(exc).__name__}: {exc}")
             else:
@@ -435,9 +435,10 @@ class RedisLimiter:
             raise TimeoutError(f"no answer from Redis within {timeout} s")
         return task.result()
 
-    def _submit(self, kind: str, keys: list[bytes], args: str) -> asyncio.Future[Any]:
-        """Queue one acquire (``"a"``) or charge (``"c"``) for the next batch; its future gets
-        the reply the operation's script gives, or the error that stopped its batch.
+    def _submit(self, keys: list[bytes], op: bytes) -> asyncio.Future[Any]:
+        """Queue one acquire or charge (``op``, its argument of ``batch.lua``, on ``keys``) for
+        the next batch; its future gets the reply the operation's script gives, or the error that
+        stopped its batch.
 
         Every call made in one turn of the event loop goes in one batch: one ``EVALSHA`` of
         ``batch.lua``, one round trip, however many requests are in flight. While ``_IN_FLIGHT``
@@ -446,7 +447,6 @@ class RedisLimiter:
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        op = f"{kind} {len(keys)} {args}".encode()
         self._pending.append((loop.time() + self.settings.timeout, keys, op, future))
         if not self._flush_due and self._in_flight < _IN_FLIGHT:
             self._flush_due = True
@@ -461,39 +461,83 @@ class RedisLimiter:
             return
         batch, self._pending = pending[:_BATCH_MAX], pending[_BATCH_MAX:]
         self._in_flight += 1
+        script = self._batch_script
+        if type(script) is Script:
+            # The lean client keeps the deadline itself: the batch goes now, and its answer is
+            # handed out from the reply's callback (no task, two loop turns fewer per batch).
+            keys, args = self._batch_args(batch)
+            patience = batch[0][0] - asyncio.get_running_loop().time()
+            if patience > 0:
+                reply = script.client.evalsha(script, keys, args, patience)
+                self._batches.add(reply)
+                reply.add_done_callback(functools.partial(self._landed, batch))
+                return
+            self._settle(batch, None, self._late())
+            return
         task = asyncio.get_running_loop().create_task(self._send(batch))
         self._batches.add(task)  # the loop keeps only a weak reference to a task
         task.add_done_callback(self._batches.discard)
 
-    async def _send(self, batch: list[_Op]) -> None:
+    def _batch_args(self, batch: list[_Op]) -> tuple[list[bytes], list[bytes]]:
         keys = [self._batch_keys[0], self._batch_keys[1]]
         args: list[bytes] = []
         for _, op_keys, op, _ in batch:
             keys += op_keys
             args.append(op)
+        return keys, args
+
+    def _late(self) -> TimeoutError:
+        return TimeoutError(f"no answer from Redis within {self.settings.timeout} s")
+
+    async def _send(self, batch: list[_Op]) -> None:
+        """One batch through a client other than the lean one (redis-py's, or a test's)."""
+        keys, args = self._batch_args(batch)
         # The first call queued waits the longest: the batch has what is left of its timeout.
         patience = batch[0][0] - asyncio.get_running_loop().time()
         try:
             if patience <= 0:
-                raise TimeoutError(f"no answer from Redis within {self.settings.timeout} s")
+                raise self._late()
             replies = await self._call(self._batch_script, keys, args, patience)
         except asyncio.CancelledError:
             for *_, future in batch:
                 future.cancel()
+            self._settle([], None, None)
             raise
         except Exception as exc:
-            failed = batch
-            if isinstance(exc, _UNAVAILABLE):
-                # The calls queued behind this batch would meet the same Redis: they fail with
-                # it, and the failure policy answers them at once.
-                failed, self._pending = batch + self._pending, []
-            for *_, future in failed:
-                if not future.done():
-                    future.set_exception(exc)
+            self._settle(batch, None, exc)
         else:
-            for (*_, future), reply in zip(batch, replies, strict=True):
-                if not future.done():
-                    future.set_result(reply)
+            self._settle(batch, replies, None)
+
+    def _landed(self, batch: list[_Op], reply: asyncio.Future[Any]) -> None:
+        """The lean client's answer to ``batch`` (or its failure)."""
+        self._batches.discard(reply)
+        if reply.cancelled():
+            for *_, future in batch:
+                future.cancel()
+            self._settle([], None, None)
+            return
+        exc = reply.exception()
+        if exc is not None:
+            self._settle(batch, None, exc)
+        else:
+            self._settle(batch, reply.result(), None)
+
+    def _settle(self, batch: list[_Op], replies: Any, exc: BaseException | None) -> None:
+        """Hand out a batch's replies (or ``exc``), then let the next batch go."""
+        try:
+            if exc is not None:
+                failed = batch
+                if isinstance(exc, _UNAVAILABLE):
+                    # The calls queued behind this batch would meet the same Redis: they fail
+                    # with it, and the failure policy answers them at once.
+                    failed, self._pending = batch + self._pending, []
+                for *_, future in failed:
+                    if not future.done():
+                        future.set_exception(exc)
+            elif batch:
+                for (*_, future), reply in zip(batch, replies, strict=True):
+                    if not future.done():
+                        future.set_result(reply)
         finally:
             self._in_flight -= 1
             if self._pending and not self._flush_due:
@@ -714,60 +758,107 @@ class RedisLimiter:
 
     # -- script arguments -----------------------------------------------------------------------
 
-    def _seen_ttl_ms(self) -> int:
-        return round(max(self._journal.horizon, 1.0) * 1000) + 1000
-
-    def _limit_keys(self, reqs: Sequence[RequestLimit], toks: Sequence[TokenLimit]) -> list[bytes]:
-        """The log and sum keys of each limit (a batch adds the epoch and seen keys once), built
-        and encoded once per counter: the client passes bytes through as they are."""
-        keys: list[bytes] = []
-        for cache, kind, counters in (
-            (self._request_keys, "r:", reqs),
-            (self._token_keys, "t:", toks),
-        ):
-            for lim in counters:
-                pair = cache.get(lim.counter)
-                if pair is None:
-                    if len(cache) >= _KEY_CACHE_SIZE:
-                        cache.clear()
-                    base = (self.prefix + kind + lim.counter).encode()
-                    pair = cache[lim.counter] = (base + b":log", base + b":sum")
-                keys += pair
-        return keys
-
     # An operation's arguments travel as one string of space-separated fields (see batch.lua):
-    # the client then encodes one argument per operation rather than one per number. The epoch
-    # is a hex string; "-" stands for none known, which matches no epoch Redis holds.
+    # "<kind> <key count> <epoch> <seq> <seen ttl> ..." — the client then encodes one argument
+    # per operation rather than one per number. The epoch is a hex string; "-" stands for none
+    # known, which matches no epoch Redis holds. Each counter's keys and fields are built once
+    # (its shape, until its limit or window changes): a call joins them.
 
-    def _args(self, seq: int, reqs: Sequence[RequestLimit], toks: Sequence[TokenLimit]) -> str:
-        exact_max, buckets = self.settings.exact_max, self.settings.buckets
-        args = [self._epoch or "-", seq, self._seen_ttl_for(reqs), len(reqs)]
-        for lim in reqs:
-            window = _us(lim.window)
-            width = 0 if lim.limit <= exact_max else max(1, window // buckets)
-            args += (lim.limit, window, width)
-        for tlim in toks:
-            args += (tlim.limit, _us(tlim.window), 0)
-        return " ".join(map(str, args))
+    def _acquire_op(
+        self, seq: int, reqs: Sequence[RequestLimit], toks: Sequence[TokenLimit]
+    ) -> tuple[list[bytes], bytes]:
+        """The keys and the argument of one acquire: per request limit its limit, window and
+        bucket width (0: exact), per token limit its limit and window."""
+        keys: list[bytes] = []
+        fields: list[bytes] = []
+        longest = self._lay(reqs, self._request_shapes, "r:", 0, keys, fields)
+        self._lay(toks, self._token_shapes, "t:", 0, keys, fields)
+        ttl = _ttl_ms(max(longest, self._journal.horizon))
+        head = f"a {len(keys)} {self._epoch or '-'} {seq} {ttl} {len(reqs)} "
+        return keys, head.encode() + b" ".join(fields)
 
-    def _charge_args(self, seq: int, toks: Sequence[TokenLimit], amount: int) -> str:
-        args = [self._epoch or "-", seq, self._seen_ttl_for(toks), amount]
-        for lim in toks:
-            window = _us(lim.window)
-            args += (window, max(1, window // self.settings.token_buckets))
-        return " ".join(map(str, args))
+    def _charge_op(
+        self, seq: int, toks: Sequence[TokenLimit], amount: int
+    ) -> tuple[list[bytes], bytes]:
+        """The keys and the argument of one charge: per token limit its window and bucket width."""
+        keys: list[bytes] = []
+        fields: list[bytes] = []
+        longest = self._lay(toks, self._token_shapes, "t:", 1, keys, fields)
+        ttl = _ttl_ms(max(longest, self._journal.horizon))
+        head = f"c {len(keys)} {self._epoch or '-'} {seq} {ttl} {amount} "
+        return keys, head.encode() + b" ".join(fields)
+
+    def _lay(
+        self,
+        limits: Sequence[RequestLimit] | Sequence[TokenLimit],
+        shapes: dict[str, _Shape],
+        kind: str,
+        field: int,
+        keys: list[bytes],
+        fields: list[bytes],
+    ) -> float:
+        """Add each limit's keys to ``keys`` and its fields in an acquire (``field`` 0) or a
+        charge (1) to ``fields``; return the longest window among them (0 if none)."""
+        longest = 0.0
+        for lim in limits:
+            shape = shapes.get(lim.counter)
+            if shape is None or shape[0] != lim.limit or shape[1] != lim.window:
+                shape = self._shape(lim, shapes, kind)
+            keys += shape[2]
+            fields.append(shape[3][field])
+            if lim.window > longest:
+                longest = lim.window
+        return longest
+
+    def _shape(
+        self, lim: RequestLimit | TokenLimit, shapes: dict[str, _Shape], kind: str
+    ) -> _Shape:
+        """``lim``'s shape, built and kept in ``shapes`` (emptied when full)."""
+        if len(shapes) >= _KEY_CACHE_SIZE:
+            shapes.clear()
+        base = (self.prefix + kind + lim.counter).encode()
+        window = _us(lim.window)
+        if kind == "r:":
+            width = (
+                0
+                if lim.limit <= self.settings.exact_max
+                else max(1, window // self.settings.buckets)
+            )
+            acquire = f"{lim.limit} {window} {width}"
+            charge = ""
+        else:
+            acquire = f"{lim.limit} {window} 0"
+            charge = f"{window} {max(1, window // self.settings.token_buckets)}"
+        shape = shapes[lim.counter] = (
+            lim.limit,
+            lim.window,
+            (base + b":log", base + b":sum"),
+            (acquire.encode(), charge.encode()),
+        )
+        return shape
+
+    def _seen_ttl_ms(self) -> int:
+        return _ttl_ms(self._journal.horizon)
 
     def _seen_ttl_for(self, limits: Sequence[RequestLimit | TokenLimit]) -> int:
         longest = self._journal.horizon
         for lim in limits:
             if lim.window > longest:
                 longest = lim.window
-        return round(max(longest, 1.0) * 1000) + 1000
+        return _ttl_ms(longest)
 
 
+def _ttl_ms(longest: float) -> int:
+    """How long the seen mark lives, in ms: the longest window (at least 1 s), plus a second."""
+    return round(max(longest, 1.0) * 1000) + 1000
+
+
+_Shape = tuple[int, float, tuple[bytes, bytes], tuple[bytes, bytes]]
+"""One counter's shape: its limit and window, its log and sum keys, its fields in an acquire
+and in a charge (see ``_acquire_op``, ``_charge_op``)."""
 _Op = tuple[float, list[bytes], bytes, asyncio.Future[Any]]
-"""A call waiting for its batch: (deadline on the loop's clock, its keys, its argument string
-``"<kind> <key count> <args…>"``, its future)."""
+"""A call waiting for its batch: (deadline on the loop's clock, its keys, its argument of
+``batch.lua``, its future)."""
 
 
 def _redis_py(url: str, settings: RedisLimiterSettings) -> Redis:
