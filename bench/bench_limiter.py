@@ -8,17 +8,23 @@ charge is not timed, but its CPU is counted: it is part of what a request costs)
 hot key (far over its qps, so mostly refusals) and 10,000 keys in rotation over 100 teams (mostly
 admissions). Backends: memory through its synchronous ``acquire_now`` (what the gateway calls),
 memory through ``await acquire``, and — if ``redis-server`` is installed — a ``RedisLimiter`` on a
-Redis the benchmark starts on a free loopback port; the async ones with 1 request at a time and
-with 32 in flight. Every scenario runs once per round, the rounds interleaved (so that a shared
+Redis the benchmark starts on a free loopback port; the async ones with 1 request at a time,
+with 32 in flight (a closed loop: each of 32 tasks asks again as soon as it is answered) and 32
+at once (waves: 32 decisions made together, each timed from that moment, then their charges, then
+the next wave). Every scenario runs once per round, the rounds interleaved (so that a shared
 machine's load falls on all of them alike), each for ``--ops`` decisions or ``--seconds``
 seconds, whichever comes first; the tables give the median over the rounds.
 
 Columns: decisions per wall-clock second, CPU µs per decision of this process (user + system:
 the client's share of the socket work included) and of redis-server, share admitted, and p50/p99
-latency of one decision. The last table divides the Redis limiter's CPU per decision by the
-memory limiter's (``await acquire``, same workload, same concurrency), within the run; the
-``redis-py`` rows are the same limiter on redis-py's client (what ``from_url`` gives a
-``rediss://`` URL, and gave every URL before ``keyplane.ratelimit.resp``): the client's share.
+latency of one decision. For the Redis limiter on its own client a second table gives its
+script calls: the calls per batch and the round trip of a batch (sent → answer on the event loop),
+beside in flight ÷ decisions/s — in the closed loop a task's mean cycle (its decision and its
+charge) by Little's law, whatever the client does — and the decision p99. The last table
+divides the Redis limiter's CPU per decision by the memory limiter's (``await acquire``, same
+workload, same concurrency), within the run; the ``redis-py`` rows are the same limiter on
+redis-py's client (what ``from_url`` gives a ``rediss://`` URL, and gave every URL before
+``keyplane.ratelimit.resp``): the client's share.
 
 The Redis limiter runs with a 5 s timeout here (default 0.25 s): on a loaded machine a slow
 answer would otherwise count as an outage, and the failure policy would decide instead of Redis
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import shutil
 import socket
@@ -51,6 +58,7 @@ from keyplane.ratelimit import (
     TokenLimit,
 )
 from keyplane.ratelimit.redis import _redis_py
+from keyplane.ratelimit.resp import RespClient
 
 TOKENS_PER_REQUEST = 150
 TEAMS = 100
@@ -87,14 +95,19 @@ class Result:
     server_cpu_seconds: float | None  # redis-server, for the Redis scenarios
     admitted: int
     latencies_ns: list[int]
+    batches: list[tuple[int, int]] = field(default_factory=list)  # (round trip ns, calls)
 
     @property
     def cpu_us(self) -> float:
         return self.cpu_seconds / self.ops * 1e6
 
     def pct(self, p: float) -> float:
-        lat = sorted(self.latencies_ns)
-        return lat[min(len(lat) - 1, int(p * len(lat)))] / 1000
+        return pct(self.latencies_ns, p) / 1000
+
+
+def pct(values: list[int], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
 
 
 @dataclass
@@ -175,10 +188,14 @@ async def bench_async(
     seconds: float,
     concurrency: int,
     server_pid: int | None,
+    waves: bool = False,
 ) -> Result:
-    """``await acquire``, then ``await charge`` when admitted, from ``concurrency`` tasks."""
+    """``await acquire``, then ``await charge`` when admitted, from ``concurrency`` tasks; with
+    ``waves``, ``concurrency`` decisions made at once, each timed from that moment, their charges
+    awaited together, then the next wave."""
     limiter = make()
     await limiter.acquire(pick(0).limits[:1])  # connect and load the script outside the timing
+    batches = round_trips(limiter)
     latencies: list[int] = []
     admitted = 0
     counter = 0
@@ -199,8 +216,27 @@ async def bench_async(
                 admitted += 1
                 await limiter.charge(req.tokens, TOKENS_PER_REQUEST)
 
+    async def timed(req: Request, t0: int) -> Any:
+        decision = await limiter.acquire(req.limits, req.tokens)
+        latencies.append(time.perf_counter_ns() - t0)
+        return decision
+
+    async def wave() -> None:
+        nonlocal admitted, counter
+        while counter < ops and time.perf_counter() < stop_at:
+            reqs = [pick(counter + i) for i in range(concurrency)]
+            counter += concurrency
+            t0 = time.perf_counter_ns()
+            decisions = await asyncio.gather(*(timed(req, t0) for req in reqs))
+            charged = [req for req, d in zip(reqs, decisions, strict=True) if d.allowed]
+            admitted += len(charged)
+            await asyncio.gather(*(limiter.charge(r.tokens, TOKENS_PER_REQUEST) for r in charged))
+
     try:
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        if waves:
+            await wave()
+        else:
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
         cpu = time.process_time() - cpu_start
         elapsed = time.perf_counter() - start
         server_cpu = cpu_seconds(server_pid) - server_start if server_pid else None
@@ -210,7 +246,27 @@ async def bench_async(
     finally:
         await limiter.aclose()
     # The charges are awaited inside the loop, so throughput counts decisions over wall time.
-    return Result(scenario, len(latencies), elapsed, cpu, server_cpu, admitted, latencies)
+    return Result(scenario, len(latencies), elapsed, cpu, server_cpu, admitted, latencies, batches)
+
+
+def round_trips(limiter: Any) -> list[tuple[int, int]]:
+    """Each script call of the limiter's own client from now on, as (ns from its sending to its
+    answer reaching the event loop, calls it carried): what one decision cannot wait less
+    than, beside what it waits for in this process (its batch's turn, the other tasks)."""
+    client = getattr(limiter, "_client", None)
+    found: list[tuple[int, int]] = []
+    if not isinstance(client, RespClient):
+        return found
+    send = client.evalsha
+
+    def timed(script: Any, keys: Any, args: Any, timeout: float) -> asyncio.Future[Any]:
+        t0 = time.perf_counter_ns()
+        future = send(script, keys, args, timeout)
+        future.add_done_callback(lambda _: found.append((time.perf_counter_ns() - t0, len(args))))
+        return future
+
+    client.evalsha = timed  # type: ignore[method-assign]
+    return found
 
 
 def cpu_seconds(pid: int) -> float:
@@ -291,18 +347,18 @@ def main() -> int:
 
             backends.append(("redis", redis_limiter, pid))
             backends.append(("redis-py", redis_py_limiter, pid))
-        for concurrency in (1, 32):
+        for concurrency, waves in ((1, False), (32, False), (32, True)):
             for name, pick in workloads:
                 for backend, make, server_pid in backends:
-                    label = f"{backend}, {name}, {concurrency} in flight"
-                    scenarios.append(
-                        Scenario(
-                            label,
-                            lambda lb=label, m=make, p=pick, c=concurrency, sp=server_pid: (
-                                asyncio.run(bench_async(lb, m, p, args.ops, args.seconds, c, sp))
-                            ),
-                        )
-                    )
+                    if waves and backend == "redis-py":
+                        continue
+                    how = "at once" if waves else "in flight"
+                    label = f"{backend}, {name}, {concurrency} {how}"
+                    run = functools.partial(
+                        bench_async, label, make, pick, args.ops, args.seconds, concurrency,
+                        server_pid, waves,
+                    )  # fmt: skip
+                    scenarios.append(Scenario(label, lambda r=run: asyncio.run(r())))
         for round_ in range(args.rounds):
             for scenario in scenarios:
                 print(f"round {round_ + 1}/{args.rounds}: {scenario.name}", file=sys.stderr)
@@ -331,6 +387,26 @@ def main() -> int:
             ratios.append(
                 f"| {name}, {concurrency} in flight | {mem_cpu:.1f} | {redis_cpu:.1f} "
                 f"| ×{redis_cpu / mem_cpu:.1f} | {py_cpu:.1f} | ×{py_cpu / mem_cpu:.1f} |"
+            )
+    trips = [s for s in scenarios if s.results[0].batches]
+    if trips:
+        print(
+            "\n| own client's script calls (median of the rounds) | calls/batch "
+            "| round trip p50 (µs) | round trip p99 (µs) "
+            "| a task's cycle: in flight ÷ decisions/s (µs) "
+            "| decision p99 (µs) |"
+        )
+        print("|---|---:|---:|---:|---:|---:|")
+        for s in trips:
+            in_flight = 32 if "32 in flight" in s.name else 1
+            little = 1e6 * in_flight / s.median(lambda r: r.ops / r.seconds)
+            print(
+                f"| {s.name} "
+                f"| {s.median(lambda r: statistics.mean(n for _, n in r.batches)):.1f} "
+                f"| {s.median(lambda r: pct([t for t, _ in r.batches], 0.5) / 1000):,.0f} "
+                f"| {s.median(lambda r: pct([t for t, _ in r.batches], 0.99) / 1000):,.0f} "
+                + (f"| {little:,.0f} " if "at once" not in s.name else "| — ")
+                + f"| {s.median(lambda r: r.pct(0.99)):,.0f} |"
             )
     if ratios:
         print(
