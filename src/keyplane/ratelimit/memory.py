@@ -161,22 +161,21 @@ class MemoryLimiter:
         violated: Violation | None = None
         retry_after = 0.0
         counters = self._requests
-        # Check every limit first; nothing is written until all of them have passed.
-        checked: list[tuple[RequestLimit, _Log | None, int]] = []
+        # Check every limit first; nothing is written until all of them have passed. The passes
+        # below find each log again by its counter rather than keep a list of what was checked:
+        # a counter is given once per call, and a checked log's total is its count.
         for lim in requests:
             limit = lim.limit
             if limit <= 0:
                 continue
             log = counters.get(lim.counter)
             if log is None:
-                checked.append((lim, None, 0))
                 continue
             entries = log.entries
             if entries and entries[0][0] <= now - lim.window:
                 count = log.expire(now - lim.window)
             else:
                 count = log.total
-            checked.append((lim, log, count))
             if count >= limit:
                 retry = log.release(count - limit + 1) + lim.window - now
                 if violated is None or retry > retry_after:
@@ -217,22 +216,27 @@ class MemoryLimiter:
         if violated is None:
             exact_max = self._exact_max
             buckets = self._buckets
-            for lim, log, count in checked:
+            for lim in requests:
+                limit = lim.limit
+                if limit <= 0:
+                    continue
                 window = lim.window
+                log = counters.get(lim.counter)
                 if log is None:
                     log = counters[lim.counter] = _Log(window)
                     heapq.heappush(due, (now + window, lim.counter, _REQUESTS))
                 else:
                     log.window = window
-                limit = lim.limit
+                count = log.total
                 entries = log.entries
-                if limit > exact_max and now < log.bucket_end and window == log.bucket_window:
+                if now < log.bucket_end and window == log.bucket_window:
                     # Still in the bucket of this log's last bucketed write with this window:
                     # that bucket's end is this admission's time too, and the newest entry is at
                     # or after it (entries only grow later), so the admission merges into it.
                     # (Where float rounding would put `now` just under that end into the next
                     # bucket, it stays in this one, which still ends after `now`: never less
-                    # than a whole window counted.)
+                    # than a whole window counted. A limit now exact would merge into that
+                    # entry too: it is after `now`.)
                     at, units = entries[-1]
                     entries[-1] = (at, units + 1)
                 else:
@@ -247,7 +251,7 @@ class MemoryLimiter:
                         entries[-1] = (at, units + 1)
                     else:
                         entries.append((at, 1))
-                log.total += 1
+                log.total = count + 1
                 remaining = limit - count - 1
                 if remaining < best_remaining or (
                     remaining == best_remaining and limit < best_limit
@@ -260,8 +264,12 @@ class MemoryLimiter:
                 Quota(best_limit, best_remaining, best_reset) if best_limit != _NONE else None,
                 Quota(tok_limit, tok_remaining, tok_reset) if tok_limit != _NONE else None,
             )
-        for lim, log, count in checked:
+        for lim in requests:
             limit = lim.limit
+            if limit <= 0:
+                continue
+            log = counters.get(lim.counter)
+            count = log.total if log is not None else 0
             remaining = limit - count if count < limit else 0
             if remaining < best_remaining or (remaining == best_remaining and limit < best_limit):
                 best_remaining, best_limit = remaining, limit
