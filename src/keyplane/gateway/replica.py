@@ -379,7 +379,8 @@ class Replica:
 
     def __init__(self, store: ReplicaStore | None = None, *, cache_keys: int = CACHE_KEYS) -> None:
         self._store = store
-        self._cache: OrderedDict[str, KeyRecord] = OrderedDict()
+        # Digest -> (its key, when that secret dies): a hit needs no search of the key's secrets.
+        self._cache: OrderedDict[str, tuple[KeyRecord, float | None]] = OrderedDict()
         self._by_id: dict[str, KeyRecord] = {}
         self._cache_keys = cache_keys
         self.revision = 0 if store is None else store.revision
@@ -396,17 +397,18 @@ class Replica:
         self._forget_all()
 
     def lookup(self, digest: str, now: float) -> KeyRecord | None:
-        record = self._cache.get(digest)
-        if record is None:
+        hit = self._cache.get(digest)
+        if hit is None:
             record = self._load(digest)
             if record is None:
                 return None
+            hit = self._cache.get(digest)
+            if hit is None:  # the store's row does not hold this digest among its secrets
+                return None
         else:
             self._cache.move_to_end(digest)
-        for secret, dies_at in record.secrets:
-            if secret == digest:
-                return record if dies_at is None or dies_at > now else None
-        return None
+        record, dies_at = hit
+        return record if dies_at is None or dies_at > now else None
 
     def _load(self, digest: str) -> KeyRecord | None:
         row = self.store.find(digest)
@@ -414,19 +416,20 @@ class Replica:
             return None
         record = KeyRecord.from_view(row_to_view(_decode_row(row)))
         if len(self._cache) >= self._cache_keys:
-            _, evicted = self._cache.popitem(last=False)
+            _, (evicted, _) = self._cache.popitem(last=False)
             self._forget(evicted.api_key_id)
         self._forget(record.api_key_id)
         self._by_id[record.api_key_id] = record
-        for secret, _ in record.secrets:
-            self._cache[secret] = record
+        for secret, dies_at in record.secrets:
+            self._cache[secret] = (record, dies_at)
         return record
 
     def _forget(self, api_key_id: str) -> None:
         old = self._by_id.pop(api_key_id, None)
         if old is not None:
             for secret, _ in old.secrets:
-                if self._cache.get(secret) is old:
+                hit = self._cache.get(secret)
+                if hit is not None and hit[0] is old:
                     del self._cache[secret]
 
     def _forget_all(self) -> None:

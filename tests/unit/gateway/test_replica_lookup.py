@@ -1,0 +1,55 @@
+"""Replica.lookup over its bounded cache of hot keys: a secret's own death time, eviction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from keyplane.gateway.replica import Change, Replica
+
+
+def _view(kid: str, revision: int, secrets: list[tuple[str, str | None]]) -> dict[str, Any]:
+    return {
+        "apiKeyId": kid,
+        "teamId": "t1",
+        "secrets": [{"digest": d, "expireTime": e} for d, e in secrets],
+        "revision": revision,
+    }
+
+
+DIES = "2030-01-01T00:00:00Z"
+DIES_AT = 1893456000.0  # DIES in epoch seconds
+
+
+def test_each_secret_of_a_key_lives_until_its_own_expiry_cached_or_not() -> None:
+    replica = Replica()
+    replica.apply([Change(1, "upsert", _view("k1", 1, [("old", DIES), ("new", None)]))])
+    for _ in range(2):  # the first lookup loads the key, the second hits the cache
+        before, after = replica.lookup("old", DIES_AT - 1), replica.lookup("old", DIES_AT)
+        assert before is not None
+        assert before.api_key_id == "k1"
+        assert after is None
+        assert replica.lookup("new", DIES_AT + 10**6) is before
+        assert replica.lookup("other", 0.0) is None
+
+
+def test_an_evicted_key_is_found_again_and_a_changed_one_is_reloaded() -> None:
+    replica = Replica(cache_keys=1)
+    replica.apply(
+        [
+            Change(1, "upsert", _view("k1", 1, [("a", None)])),
+            Change(2, "upsert", _view("k2", 2, [("b", DIES)])),
+        ]
+    )
+    a = replica.lookup("a", 0.0)
+    b = replica.lookup("b", 0.0)  # evicts k1
+    assert a is not None
+    assert a.api_key_id == "k1"
+    assert b is not None
+    assert b.api_key_id == "k2"
+    assert replica.lookup("a", 0.0) == a  # loaded again, evicting k2
+    assert replica.lookup("b", DIES_AT) is None
+    replica.apply([Change(3, "upsert", _view("k1", 3, [("a", DIES)]))])
+    assert replica.lookup("a", DIES_AT) is None
+    renewed = replica.lookup("a", 0.0)
+    assert renewed is not None
+    assert renewed.revision == 3
