@@ -24,7 +24,7 @@ from tests.contract.test_ratelimit_failover import settings
 from tests.contract.test_ratelimit_failover_edges import admin as admin_of
 from tests.support.limits import qpm
 from tests.support.procs import free_port
-from tests.support.redis import RedisServer
+from tests.support.redis import RedisServer, paused
 
 
 @asynccontextmanager
@@ -99,13 +99,12 @@ async def test_a_call_behind_an_unanswered_auth_still_ends_at_its_deadline(
     server: RedisServer,
 ) -> None:
     client = RespClient("127.0.0.1", server.port, password="any", timeout=5.0)
-    server.pause()  # the kernel still accepts the connection: AUTH and the call wait
     try:
-        async with asyncio.timeout(3.0):
-            with pytest.raises(TimeoutError, match=r"^no answer from Redis within 0\.3 s$"):
-                await ping(client, 0.3)
+        with paused(server):  # the kernel still accepts the connection: AUTH and the call wait
+            async with asyncio.timeout(3.0):
+                with pytest.raises(TimeoutError, match=r"^no answer from Redis within 0\.3 s$"):
+                    await ping(client, 0.3)
     finally:
-        server.resume()
         await client.aclose()
 
 
@@ -152,24 +151,18 @@ async def test_a_call_fails_at_its_deadline_and_a_silent_connection_is_closed(
         assert await ping(client) == b"PONG"
         first = client._connection
         assert first is not None
-        server.pause()
-        try:
+        with paused(server):
             short = asyncio.ensure_future(ping(client, 0.2))
             long = asyncio.ensure_future(ping(client, 1.5))
             with pytest.raises(TimeoutError, match=r"^no answer from Redis within 0\.2 s$"):
                 await short
             assert client._connection is first  # a call on it may still be answered
             await asyncio.sleep(0.3)  # Redis answers after the first deadline, before the second
-        finally:
-            server.resume()
         assert await long == b"PONG"
-        server.pause()
-        try:
+        with paused(server):
             with pytest.raises(TimeoutError):
                 await ping(client, 0.2)
             assert client._connection is None  # silent past every deadline: closed
-        finally:
-            server.resume()
         assert await ping(client) == b"PONG"  # on a new connection
         assert client._connection is not None
         assert client._connection is not first
@@ -223,15 +216,12 @@ async def test_a_broken_protocol_or_a_refused_connection_is_a_connection_error()
 async def test_closing_fails_the_calls_still_waiting(server: RedisServer) -> None:
     async with client_of(server) as client:
         assert await ping(client) == b"PONG"
-        server.pause()
-        try:
+        with paused(server):
             waiting = asyncio.ensure_future(ping(client))
             await asyncio.sleep(0.05)
             await client.aclose()
             with pytest.raises(redis.exceptions.ConnectionError, match=r"^the client was closed$"):
                 await waiting
-        finally:
-            server.resume()
 
 
 @pytest.mark.parametrize(
@@ -266,8 +256,7 @@ async def test_a_call_given_up_on_the_wire_does_not_hold_back_the_calls_behind_i
         try:
             assert await ping(client) == b"PONG"
             # Redis stopped: the call behind one its caller gave up on still ends at its deadline.
-            server.pause()
-            try:
+            with paused(server):
                 given_up = asyncio.ensure_future(ping(client, 5.0))
                 behind = asyncio.ensure_future(ping(client, 0.3))
                 await asyncio.sleep(0.05)
@@ -275,8 +264,6 @@ async def test_a_call_given_up_on_the_wire_does_not_hold_back_the_calls_behind_i
                 async with asyncio.timeout(3.0):
                     with pytest.raises(TimeoutError, match=r"^no answer from Redis within 0\.3 s$"):
                         await behind
-            finally:
-                server.resume()
             # The connection broken under both: the call behind goes once more and is answered.
             script = client.register_script("return 1")
             assert await script(keys=[], args=[]) == 1
@@ -365,12 +352,8 @@ async def test_a_connection_closed_by_the_client_leaves_no_error_to_the_event_lo
     with no_error_to_the_event_loop():
         async with client_of(server) as client:
             assert await ping(client) == b"PONG"
-            server.pause()
-            try:
-                with pytest.raises(TimeoutError):
-                    await ping(client, 0.2)  # silent past its deadline: the client aborts it
-            finally:
-                server.resume()
+            with paused(server), pytest.raises(TimeoutError):
+                await ping(client, 0.2)  # silent past its deadline: the client aborts it
             for _ in range(3):  # the transport's own connection_lost, called soon after
                 await asyncio.sleep(0)
             assert await ping(client) == b"PONG"
@@ -472,8 +455,7 @@ async def test_closing_with_a_call_on_the_wire_opens_no_connection_again(
 ) -> None:
     async with client_of(server) as client:
         assert await ping(client) == b"PONG"
-        server.pause()  # the call stays on the wire, unanswered
-        try:
+        with paused(server):  # the call stays on the wire, unanswered
             waiting = asyncio.ensure_future(ping(client))
             await asyncio.sleep(0)  # sent
             await client.aclose()
@@ -481,8 +463,6 @@ async def test_closing_with_a_call_on_the_wire_opens_no_connection_again(
                 await waiting
             assert client._connecting is None  # the call was not sent again
             assert client._queue == []
-        finally:
-            server.resume()
 
 
 async def test_a_connection_reset_under_a_call_is_a_connection_error_naming_the_reset() -> None:

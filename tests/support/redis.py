@@ -101,6 +101,17 @@ class RedisServer:
 
 
 @contextmanager
+def paused(server: RedisServer) -> Iterator[None]:
+    """``server`` stopped (SIGSTOP: connections open, no replies) for the block, continued after
+    it whatever happens in it."""
+    server.pause()
+    try:
+        yield
+    finally:
+        server.resume()
+
+
+@contextmanager
 def running_redis() -> Iterator[RedisServer]:
     """A started ``redis-server`` for the block (a module fixture's body)."""
     server = RedisServer(require_redis_server())
