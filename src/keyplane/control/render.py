@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from json.encoder import encode_basestring
 
 from keyplane.catalog import Catalog, CatalogModel
@@ -73,6 +74,13 @@ def api_key_json(key: ApiKey, secret: str | None = None) -> bytes:
         return "".join(parts).encode()
     except UnicodeEncodeError:  # a lone surrogate: pydantic refuses it, and says so its way
         return dump(api_key(key, secret))
+
+
+def api_keys_page_json(keys: Sequence[ApiKey], token: str | None) -> bytes:
+    """``dump(ListApiKeysResponse(...))``'s bytes, each key by ``api_key_json`` (the token is the
+    server's own, ASCII)."""
+    tail = "" if token is None else f',"paginationToken":{_text(token)}'
+    return b'{"apiKeys":[' + b",".join(map(api_key_json, keys)) + f"]{tail}}}".encode()
 
 
 def dump(model: schemas.Wire) -> bytes:
