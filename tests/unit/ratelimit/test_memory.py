@@ -182,6 +182,14 @@ def test_a_limit_of_zero_is_unlimited(limiter: MemoryLimiter) -> None:
     assert (decision.requests, decision.tokens) == (None, None)
 
 
+def test_a_limit_set_to_zero_on_a_counter_with_admissions_is_unlimited(
+    limiter: MemoryLimiter,
+) -> None:
+    assert admitted(limiter, 3, qps(3)) == 3  # the counter now holds 3 admissions
+    assert admitted(limiter, 10, qps(0)) == 10
+    assert not limiter.acquire_now([qps(3)]).allowed  # the unlimited ones were not recorded
+
+
 def test_no_limits_is_allowed_without_quotas(limiter: MemoryLimiter) -> None:
     assert limiter.acquire_now([]) is ALLOWED
 
