@@ -9,6 +9,7 @@ them all on one connection.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -184,3 +185,44 @@ async def test_a_flush_that_finds_nothing_pending_sends_nothing(server: RedisSer
         assert not shared._batches
         assert (await shared.acquire([QPM])).allowed
         assert shared._in_flight == 0
+
+
+async def test_a_batch_cancelled_on_its_way_cancels_its_calls_and_gives_its_place_back(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nothing in the limiter cancels a batch, but if something did (a loop shutting down), its
+    # calls end cancelled and the batch no longer counts as on the wire.
+    async with warmed(server) as (shared, _):
+        release = asyncio.Event()
+
+        async def stalled(*, keys: Any, args: Any) -> Any:
+            await release.wait()
+
+        monkeypatch.setattr(shared, "_batch_script", stalled)  # the task path
+        call = asyncio.ensure_future(shared.acquire([QPM]))
+        await until(lambda: len(shared._batches) == 1, "the batch on its way")
+        assert shared._in_flight == 1
+        (batch,) = shared._batches
+        batch.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        await until(lambda: not shared._batches, "the cancelled batch forgotten")
+        assert shared._in_flight == 0
+        release.set()
+
+
+async def test_a_call_whose_time_ran_out_before_its_batch_could_go_is_an_outage_named_so(
+    server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The event loop held up past a call's timeout between the call and its batch's flush (a
+    # stalled loop): the batch is not sent, and the outage's reason says what ran out.
+    async with warmed(server, timeout=0.2) as (shared, _):
+        loop = asyncio.get_running_loop()
+        call = asyncio.ensure_future(shared.acquire([QPM]))
+        loop.call_soon(time.sleep, 0.3)  # runs after the call is made, before its flush
+        decision = await call
+        assert decision.degraded
+        assert any(
+            "TimeoutError: no answer from Redis within 0.2 s" in record.getMessage()
+            for record in caplog.records
+        )
