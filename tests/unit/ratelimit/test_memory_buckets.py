@@ -83,3 +83,18 @@ def test_a_decision_reports_no_quota_of_a_kind_it_did_not_check() -> None:
     refused = limiter.acquire_now([lim])
     assert not refused.allowed
     assert refused.tokens is None
+
+
+def test_an_admission_merged_into_a_recorded_buckets_entry_leaves_with_it_as_one_unit() -> None:
+    # record_now writes a bucket's entry without the fast path's state, so the exact admission
+    # below merges into it through the general path; both leave together, one unit each.
+    clock = ManualClock(0.125)
+    limiter = MemoryLimiter(clock=clock, exact_max=3, buckets=4)
+    exact = RequestLimit("rps", "c", 3, 1.0)
+    limiter.record_now([RequestLimit("rps", "c", 5, 1.0)])  # at 0.25
+    clock.now = 0.1875
+    assert limiter.acquire_now([exact]).requests == Quota(3, 1, 1.0625)  # merged into 0.25
+    clock.now = 0.5
+    assert limiter.acquire_now([exact]).requests == Quota(3, 0, 1.0)  # keeps the counter alive
+    clock.now = 1.25  # the two at 0.25 leave; the one at 0.5 stays
+    assert limiter.acquire_now([exact]).requests == Quota(3, 1, 1.0)
