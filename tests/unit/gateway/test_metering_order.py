@@ -46,6 +46,7 @@ async def _call(
     answers: list[Answer],
     *,
     authorization: bytes = f"Bearer {SECRET}".encode(),
+    reset: bool = False,
 ) -> tuple[list[UsageRecord], list[tuple[Message, int]]]:
     """The records spooled by one request, and each message it sent with how many records the
     spool held as it was sent."""
@@ -62,6 +63,8 @@ async def _call(
 
     async def send(message: Message) -> None:
         sent.append((message, spool.appended))
+        if reset:
+            raise ConnectionResetError  # the client's connection is gone
 
     scope = {
         "type": "http",
@@ -143,3 +146,11 @@ async def test_a_stream_cut_short_is_recorded_once_as_it_ends(tmp_path: Path) ->
     assert len(records) == 1
     assert records[0].status == 200
     assert records[0].completion_tokens == 1  # what the client received
+
+
+async def test_a_client_gone_before_its_answer_is_recorded_once_as_499(tmp_path: Path) -> None:
+    answers = [Answer([_completion(9)])]
+    body = {"model": MODEL}
+    records, sent = await _call(tmp_path, "POST", "/v1/chat/completions", body, answers, reset=True)
+    assert [m["type"] for m, _ in sent] == ["http.response.start"]
+    assert [(r.status, r.api_key_id != "") for r in records] == [(499, True)]
