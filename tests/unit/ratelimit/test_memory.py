@@ -190,6 +190,16 @@ def test_a_limit_set_to_zero_on_a_counter_with_admissions_is_unlimited(
     assert not limiter.acquire_now([qps(3)]).allowed  # the unlimited ones were not recorded
 
 
+def test_a_refusal_reports_the_quota_of_a_real_limit_past_a_zero_one(
+    limiter: MemoryLimiter, clock: ManualClock
+) -> None:
+    assert admitted(limiter, 1, qpm(1)) == 1
+    clock.advance(2.0)
+    refused = limiter.acquire_now([qps(0), qpm(1)])
+    assert not refused.allowed
+    assert refused.requests == Quota(1, 0, 58.0)
+
+
 def test_no_limits_is_allowed_without_quotas(limiter: MemoryLimiter) -> None:
     assert limiter.acquire_now([]) is ALLOWED
 
