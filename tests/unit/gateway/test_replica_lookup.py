@@ -53,3 +53,15 @@ def test_an_evicted_key_is_found_again_and_a_changed_one_is_reloaded() -> None:
     renewed = replica.lookup("a", 0.0)
     assert renewed is not None
     assert renewed.revision == 3
+
+
+def test_a_cached_key_s_new_revision_replaces_every_secret_it_had() -> None:
+    replica = Replica()
+    replica.apply([Change(1, "upsert", _view("k1", 1, [("a", None), ("b", None)]))])
+    assert replica.lookup("a", 0.0) is not None  # k1 cached under both secrets
+    replica.apply([Change(2, "upsert", _view("k1", 2, [("b", DIES), ("c", None)]))])
+    assert replica.lookup("a", 0.0) is None  # rotated away
+    assert replica.lookup("b", DIES_AT) is None  # now mortal
+    renewed = replica.lookup("c", 0.0)
+    assert renewed is not None
+    assert renewed.revision == 2
