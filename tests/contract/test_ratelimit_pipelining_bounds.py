@@ -21,7 +21,7 @@ from redis.exceptions import ResponseError
 from keyplane.ratelimit import Decision, RedisLimiter, RequestLimit
 from tests.contract.test_ratelimit_failover import until
 from tests.contract.test_ratelimit_pipelining import limiter, script_calls
-from tests.support.redis import RedisServer
+from tests.support.redis import RedisServer, paused
 
 QPM = RequestLimit("qpm", "key:1:qpm", 1000, 60.0)
 
@@ -187,6 +187,20 @@ async def test_a_flush_that_finds_nothing_pending_sends_nothing(server: RedisSer
         assert shared._in_flight == 0
 
 
+async def cancelled_on_its_way(shared: RedisLimiter) -> None:
+    """One call whose batch is cancelled on its way: the call ends cancelled, and the batch no
+    longer counts as on the wire."""
+    call = asyncio.ensure_future(shared.acquire([QPM]))
+    await until(lambda: len(shared._batches) == 1, "the batch on its way")
+    assert shared._in_flight == 1
+    (batch,) = shared._batches
+    batch.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await until(lambda: not shared._batches, "the cancelled batch forgotten")
+    assert shared._in_flight == 0
+
+
 async def test_a_batch_cancelled_on_its_way_cancels_its_calls_and_gives_its_place_back(
     server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -199,16 +213,17 @@ async def test_a_batch_cancelled_on_its_way_cancels_its_calls_and_gives_its_plac
             await release.wait()
 
         monkeypatch.setattr(shared, "_batch_script", stalled)  # the task path
-        call = asyncio.ensure_future(shared.acquire([QPM]))
-        await until(lambda: len(shared._batches) == 1, "the batch on its way")
-        assert shared._in_flight == 1
-        (batch,) = shared._batches
-        batch.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await call
-        await until(lambda: not shared._batches, "the cancelled batch forgotten")
-        assert shared._in_flight == 0
+        await cancelled_on_its_way(shared)
         release.set()
+
+
+async def test_a_batch_whose_answer_is_cancelled_cancels_its_calls_and_gives_its_place_back(
+    server: RedisServer,
+) -> None:
+    # The same on from_url's own client, whose batch is a call on the wire, not a task.
+    async with warmed(server) as (shared, _):
+        with paused(server):
+            await cancelled_on_its_way(shared)
 
 
 async def test_a_call_whose_time_ran_out_before_its_batch_could_go_is_an_outage_named_so(
