@@ -18,7 +18,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from keyplane.ratelimit import Decision, RedisLimiter, RequestLimit
+from keyplane.ratelimit import Decision, RedisLimiter, RequestLimit, TokenLimit
 from tests.contract.test_ratelimit_failover import until
 from tests.contract.test_ratelimit_pipelining import limiter, script_calls
 from tests.support.redis import RedisServer, paused
@@ -241,3 +241,15 @@ async def test_a_call_whose_time_ran_out_before_its_batch_could_go_is_an_outage_
             "TimeoutError: no answer from Redis within 0.2 s" in record.getMessage()
             for record in caplog.records
         )
+
+
+async def test_an_acquire_and_a_charge_keep_a_token_limit_under_its_own_keys(
+    server: RedisServer,
+) -> None:
+    # An acquire meets the counter first and builds its keys (its shape); the charge after it
+    # reuses them: the tokens are where replays and every other replica look for them.
+    tpm = TokenLimit("tpm", "key:3:tpm", 1000, 60.0)
+    async with warmed(server) as (shared, client):
+        assert (await shared.acquire([QPM], [tpm])).allowed
+        await shared.charge([tpm], 7)
+        assert await client.get(f"{shared.prefix}t:key:3:tpm:sum") == b"7"
