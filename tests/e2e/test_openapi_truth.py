@@ -38,6 +38,7 @@ def control(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Deployme
     proc.stop(timeout=2)
 
 
+@pytest.mark.slow  # ~40 s: the default suite keeps under 15 minutes; CI runs -m slow too
 def test_schemathesis_finds_no_failure(
     control: tuple[Deployment, str, str], tmp_path: Path
 ) -> None:

@@ -104,6 +104,7 @@ def test_gateway_sigkilled_mid_stream_loses_nothing_and_counts_nothing_twice(
     team.close()
 
 
+@pytest.mark.slow  # ~10 s: a SIGKILL suite, with the other fault suites in the slow group
 def test_control_plane_sigkilled_mid_stream_loses_nothing_and_counts_nothing_twice(
     stack: Stack,
 ) -> None:

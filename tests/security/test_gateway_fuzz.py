@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 import httpx2
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -99,6 +100,7 @@ def _assert_documented(response: httpx2.Response) -> None:
         assert isinstance(body["error"]["message"], str)
 
 
+@pytest.mark.slow  # ~10 s of 150 examples: kept out of the default suite's 15 minutes
 @settings(
     max_examples=150,
     deadline=None,
