@@ -288,6 +288,68 @@ async def test_redis_rebuilds_a_lost_sum_from_the_log(redis_server: RedisServer)
         await limiter.aclose()
 
 
+async def test_redis_counters_keep_their_expiry_when_only_their_sum_changes(
+    redis_server: RedisServer,
+) -> None:
+    # A sum rewritten without a new newest entry keeps its TTL (SET ... KEEPTTL): one merged into
+    # its bucket; one rebuilt after it was lost needs a new TTL, whether the decision records in
+    # it or not. None may ever be left without one.
+    limiter = shared_limiter(redis_server)
+    prefix = limiter.prefix
+    client = Redis.from_url(redis_server.url)
+
+    async def expiring(*names: str) -> None:
+        for name in names:
+            for part in (":log", ":sum"):
+                assert 0 < await client.pttl(prefix + name + part) <= 62_000, name + part
+
+    try:
+        for _ in range(20):  # 20 charges, most in the same 1 s bucket
+            await limiter.charge([tpm(10**9)], 3)
+            await expiring("t:key:1:tpm")
+        assert await client.get(prefix + "t:key:1:tpm:sum") == b"60"
+        await client.delete(prefix + "t:key:1:tpm:sum")  # lost: rebuilt, with a TTL
+        await limiter.charge([tpm(10**9)], 3)
+        assert await client.get(prefix + "t:key:1:tpm:sum") == b"63"
+        await expiring("t:key:1:tpm")
+        # Lost, then rebuilt by a decision that another limit refuses: a new TTL all the same.
+        full = RequestLimit("qpm", "key:1:full", 1, 60.0)
+        assert await admitted(limiter, 2, qpm(5)) == 2
+        assert await admitted(limiter, 1, full) == 1
+        await client.delete(prefix + "r:key:1:qpm:sum")
+        assert not (await limiter.acquire([qpm(5), full])).allowed
+        assert await client.get(prefix + "r:key:1:qpm:sum") == b"2"
+        await expiring("r:key:1:qpm")
+        assert limiter.failures == 0
+    finally:
+        await client.aclose()
+        await limiter.aclose()
+
+
+async def test_redis_a_batch_marks_the_highest_sequence_it_counted(
+    redis_server: RedisServer,
+) -> None:
+    # 10 acquires gathered into one batch, the last 5 refused, then 3 charges: the seen mark
+    # ends at the last charge's number, and a refused acquire alone moves it not.
+    limiter = shared_limiter(redis_server)
+    client = Redis.from_url(redis_server.url)
+    seen = limiter.prefix + "seen:" + limiter.replica_id
+    try:
+        await limiter.start()
+        decisions = await asyncio.gather(*(limiter.acquire([qpm(5)]) for _ in range(10)))
+        assert [d.allowed for d in decisions] == [True] * 5 + [False] * 5
+        assert await client.get(seen) == b"5"  # seq 1..10: the refused 6..10 not counted
+        await asyncio.gather(*(limiter.charge([tpm(10**9)], 1) for _ in range(3)))
+        assert await client.get(seen) == b"13"
+        assert 0 < await client.pttl(seen) <= 61_000
+        assert not (await limiter.acquire([qpm(5)])).allowed
+        assert await client.get(seen) == b"13"
+        assert limiter.failures == 0
+    finally:
+        await client.aclose()
+        await limiter.aclose()
+
+
 # -- MEMORY ONLY: exact time control needs an injected clock, which Redis cannot have ------------
 
 

@@ -10,8 +10,11 @@ Lua (``lua/*.lua``, loaded once at import) so that each call is atomic:
 Auto-pipelining: the acquires and charges made in one turn of the event loop travel together, as
 one ``EVALSHA`` of ``batch.lua`` that runs each in the order made — one round trip and one
 script call for all the requests in flight, so the client's CPU per decision falls with the load
-while every decision is exactly what it would be alone. At most two batches are on the wire;
-calls made meanwhile gather into the next.
+while every decision is exactly what it would be alone at the batch's time (one ``TIME`` per
+batch: Redis runs the script alone, nothing comes between its calls). The batch also reads the
+epoch once and moves the replica's seen mark once; each call's arguments travel as one
+MessagePack array, which the script reads as numbers without parsing text. At most two batches
+are on the wire; calls made meanwhile gather into the next.
 
 Each counter is a list ``<prefix><r|t>:<counter>:log`` of entries ``"<µs>"`` or ``"<µs>:<units>"``
 (oldest first) plus ``...:sum`` holding their total, so a check costs O(1) amortised: drop the
@@ -19,7 +22,8 @@ expired head entries, read the sum. Request limits up to ``exact_max`` log each 
 exact microsecond (a sliding log of at most ``limit`` entries); larger limits and all token limits
 round times up to bucket ends (``window / buckets``) and merge entries per bucket, so their lists
 hold at most ``buckets + 1`` entries whatever the traffic. Both keys get a TTL of the time until
-their newest entry leaves the window, so idle counters vanish on their own.
+their newest entry leaves the window, so idle counters vanish on their own (set again only when
+a new newest entry is pushed: the expiry is absolute, ``SET ... KEEPTTL`` otherwise).
 
 ``TIME`` is the Redis host's wall clock: if it is stepped, windows shift with it. Keep that host
 on NTP slewing, as usual. The scripts touch keys in several hash slots: use one Redis, not Redis
@@ -758,11 +762,12 @@ class RedisLimiter:
 
     # -- script arguments -----------------------------------------------------------------------
 
-    # An operation's arguments travel as one string of space-separated fields (see batch.lua):
-    # "<kind> <key count> <epoch> <seq> <seen ttl> ..." — the client then encodes one argument
-    # per operation rather than one per number. The epoch is a hex string; "-" stands for none
-    # known, which matches no epoch Redis holds. Each counter's keys and fields are built once
-    # (its shape, until its limit or window changes): a call joins them.
+    # An operation's arguments travel as one MessagePack array (see batch.lua): [kind, key count,
+    # epoch, seq, seen ttl, ...] — the client encodes one argument per operation rather than one
+    # per number, and the script reads numbers without parsing text. The epoch is a hex string;
+    # "-" stands for none known, which matches no epoch Redis holds. Each counter's keys and
+    # encoded fields are built once (its shape, until its limit or window changes): a call joins
+    # them under the array's header.
 
     def _acquire_op(
         self, seq: int, reqs: Sequence[RequestLimit], toks: Sequence[TokenLimit]
@@ -774,8 +779,8 @@ class RedisLimiter:
         longest = self._lay(reqs, self._request_shapes, "r:", 0, keys, fields)
         self._lay(toks, self._token_shapes, "t:", 0, keys, fields)
         ttl = _ttl_ms(max(longest, self._journal.horizon))
-        head = f"a {len(keys)} {self._epoch or '-'} {seq} {ttl} {len(reqs)} "
-        return keys, head.encode() + b" ".join(fields)
+        head = _pack(("a", len(keys), self._epoch or "-", seq, ttl, len(reqs)))
+        return keys, _array(6 + 3 * len(fields)) + head + b"".join(fields)
 
     def _charge_op(
         self, seq: int, toks: Sequence[TokenLimit], amount: int
@@ -785,8 +790,8 @@ class RedisLimiter:
         fields: list[bytes] = []
         longest = self._lay(toks, self._token_shapes, "t:", 1, keys, fields)
         ttl = _ttl_ms(max(longest, self._journal.horizon))
-        head = f"c {len(keys)} {self._epoch or '-'} {seq} {ttl} {amount} "
-        return keys, head.encode() + b" ".join(fields)
+        head = _pack(("c", len(keys), self._epoch or "-", seq, ttl, amount))
+        return keys, _array(6 + 2 * len(fields)) + head + b"".join(fields)
 
     def _lay(
         self,
@@ -824,16 +829,16 @@ class RedisLimiter:
                 if lim.limit <= self.settings.exact_max
                 else max(1, window // self.settings.buckets)
             )
-            acquire = f"{lim.limit} {window} {width}"
-            charge = ""
+            acquire = _pack((lim.limit, window, width))
+            charge = b""
         else:
-            acquire = f"{lim.limit} {window} 0"
-            charge = f"{window} {max(1, window // self.settings.token_buckets)}"
+            acquire = _pack((lim.limit, window, 0))
+            charge = _pack((window, max(1, window // self.settings.token_buckets)))
         shape = shapes[lim.counter] = (
             lim.limit,
             lim.window,
             (base + b":log", base + b":sum"),
-            (acquire.encode(), charge.encode()),
+            (acquire, charge),
         )
         return shape
 
@@ -846,6 +851,22 @@ class RedisLimiter:
             if lim.window > longest:
                 longest = lim.window
         return _ttl_ms(longest)
+
+
+_encode = msgspec.msgpack.Encoder().encode
+
+
+def _pack(items: tuple[int | str, ...]) -> bytes:
+    """``items`` as consecutive MessagePack values, without the array's header (at most 15 items:
+    a fixarray's header is one byte)."""
+    return _encode(items)[1:]
+
+
+def _array(length: int) -> bytes:
+    """The MessagePack header of an array of ``length`` items."""
+    if length < 16:
+        return bytes((0x90 | length,))
+    return b"\xdc" + length.to_bytes(2, "big")
 
 
 def _ttl_ms(longest: float) -> int:

@@ -21,15 +21,17 @@ local function now_us()
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 
--- Drop the entries at or before cutoff; return the units still counted and whether the sum key
--- must be rewritten. A sum key lost apart from its log is rebuilt from the log.
+-- Drop the entries at or before cutoff; return the units still counted, whether the sum key
+-- must be rewritten, and whether it was there (it then has the log's TTL). A sum key lost apart
+-- from its log is rebuilt from the log.
 local function load(log, sum, cutoff)
   local total = tonumber(redis.call('GET', sum))
+  local had = total ~= nil
   local dirty = false
   while true do
     local e = redis.call('LINDEX', log, 0)
     if not e then
-      return 0, total ~= nil
+      return 0, had, had
     end
     local q, n = parse(e)
     if q > cutoff then break end
@@ -45,22 +47,23 @@ local function load(log, sum, cutoff)
     end
     dirty = true
   end
-  return total, dirty
+  return total, dirty, had
 end
 
--- Append n units at time q and return the newest entry's time; a q not after the newest entry
--- merges into it (keeps the log sorted and only ever makes units count longer).
+-- Append n units at time q and return the newest entry's time, and whether it is new; a q not
+-- after the newest entry merges into it (keeps the log sorted and only ever makes units count
+-- longer).
 local function add(log, q, n)
   local tail = redis.call('LINDEX', log, -1)
   if tail then
     local tq, tn = parse(tail)
     if q <= tq then
       redis.call('LSET', log, -1, fmt(tq, tn + n))
-      return tq
+      return tq, false
     end
   end
   redis.call('RPUSH', log, fmt(q, n))
-  return q
+  return q, true
 end
 
 local function newest(log)
@@ -73,10 +76,15 @@ local function newest(log)
 end
 
 -- Write the total back and expire both keys when the newest entry (at time last) leaves the
--- window.
-local function store(log, sum, total, last, window, now)
+-- window. `keep`: the sum key is there and the newest entry is the one it was last stored with,
+-- so both keys already expire at the right time (the expiry is absolute: last + window).
+local function store(log, sum, total, last, window, now, keep)
   if total <= 0 then
     redis.call('DEL', log, sum)
+    return
+  end
+  if keep then
+    redis.call('SET', sum, total, 'KEEPTTL')
     return
   end
   local ttl = math.ceil((last + window - now) / 1000) + 1
@@ -94,12 +102,6 @@ local function release(log, excess)
     if seen >= excess then return q end
   end
   error('rate-limit log ' .. log .. ' holds less than its sum')
-end
-
--- Whether this Redis still holds the state the calling replica last saw: the epoch key is
--- written once into an empty Redis (by replay.lua) and vanishes only with the data.
-local function same_epoch(key, known)
-  return redis.call('GET', key) == known
 end
 
 -- Remember that every admission and charge of the replica up to `seq` is counted here.
