@@ -90,7 +90,7 @@ def list_api_keys(
         list[str] | None, Query(alias="aclFilters", json_schema_extra=ACL_FILTERS)
     ] = None,
     active_only: Annotated[bool, Query(alias="activeOnly")] = False,
-) -> schemas.ListApiKeysResponse:
+) -> Response:
     page = keys.list_keys(
         ctx,
         principal=principal,
@@ -100,9 +100,7 @@ def list_api_keys(
         acl_filters=acl_filters or (),
         active_only=active_only,
     )
-    return schemas.ListApiKeysResponse(
-        api_keys=[render.api_key(k) for k in page.keys], pagination_token=page.next_token
-    )
+    return Response(render.api_keys_page_json(page.keys, page.next_token), media_type=JSON)
 
 
 def _update(
@@ -111,7 +109,7 @@ def _update(
     api_key_id: str,
     body: schemas.UpdateApiKeyRequest,
     team: str | None,
-) -> schemas.ApiKeyOut:
+) -> Response:
     patch = body.api_key.model_dump(by_alias=True, exclude_unset=True)
     key = keys.update_key(
         ctx,
@@ -121,7 +119,7 @@ def _update(
         field_mask=body.field_mask,
         team_id=team,
     )
-    return render.api_key(key)
+    return Response(render.api_key_json(key), media_type=JSON)
 
 
 @rpcs.route("PUT", "/auth/api-keys/{apiKeyId}", "UpdateApiKey", schemas.ApiKeyOut)
@@ -130,7 +128,7 @@ def update_api_key(
     body: schemas.UpdateApiKeyRequest,
     principal: Annotated[Principal, rpc("UpdateApiKey")],
     ctx: AppContext,
-) -> schemas.ApiKeyOut:
+) -> Response:
     return _update(ctx, principal, api_key_id, body, None)
 
 
@@ -145,7 +143,7 @@ def update_api_key_in_team(
     body: schemas.UpdateApiKeyInTeamRequest,
     principal: Annotated[Principal, team_rpc("UpdateApiKey")],
     ctx: AppContext,
-) -> schemas.ApiKeyOut:
+) -> Response:
     if not body.api_key.api_key_id:
         raise InvalidArgument("is required on this route", field="apiKey.apiKeyId")
     return _update(ctx, principal, body.api_key.api_key_id, body, team_id)
