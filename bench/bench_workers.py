@@ -2,7 +2,7 @@
 latency a gateway adds at a fixed offered load.
 
     .venv/bin/python bench/bench_workers.py [--seconds 4] [--connections 32]
-        [--rate R] [--pin] [--latency-only] [--clock thread|loop]
+        [--rate R] [--pin] [--realtime off|on|both] [--latency-only] [--clock thread|loop]
 
 The upstream is bench/_stub_upstream.py (one fixed chat completion from a raw asyncio protocol, a
 few µs per request) and the load comes from bench/_loadgen.py in its own process (requests
@@ -12,7 +12,8 @@ Markdown:
 (a) saturation (closed loop): requests/s through ``keyplane serve gateway --workers 1`` and
     ``--workers 2``, both with the Redis limiter (the one that keeps limits exact across workers,
     so only the worker count differs), interleaved in rounds, with the CPU per request of the
-    gateway (all its processes), the load generator, the stub and redis-server: on a machine with
+    gateway (all its processes), the load generator, the stub, redis-server and the control plane
+    (which ingests the usage the gateways ship): on a machine with
     fewer cores than those processes need, the sum of their CPU per request bounds the rate, and
     the table shows it;
 (b) latency at a fixed offered load (open loop) of half the 1-worker gateway's saturation rate
@@ -22,6 +23,10 @@ Markdown:
     how long each process (gateway, stub, generator) waited on a run queue for a core, per
     request (/proc/<tid>/schedstat). The schedule is steady (fixed intervals of 1/rate, as wrk2's),
     not Poisson. ``--pin`` puts the gateway on a core of its own and the rest on another.
+    ``--realtime both`` interleaves each round with one in which the gateway, the stub and the
+    generator run in the real-time class (SCHED_FIFO): the other processes on the machine (other
+    sessions' work, the control plane, the bench itself) cannot keep them off a core, so those
+    rows show the latency of the path itself, the others what this machine's scheduling adds.
 """
 
 from __future__ import annotations
@@ -75,11 +80,35 @@ def start_stub(port: int, log_path: Path) -> subprocess.Popen[bytes]:
 
 #: The cores the load generator runs on (``--pin``), None for any.
 GENERATOR_CPUS: set[int] | None = None
+#: (b)'s processes in the real-time class (``--realtime``): no other process's work delays them.
+REALTIME = False
+
+
+def scheduling(realtime: bool, *pids: int) -> None:
+    """Every thread of ``pids``, and the generators started from now on, in SCHED_FIFO at the
+    lowest priority (``realtime``) or back in the default class."""
+    global REALTIME
+    REALTIME = realtime
+    policy, priority = (os.SCHED_FIFO, 1) if realtime else (os.SCHED_OTHER, 0)
+    for pid in pids:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                os.sched_setscheduler(int(tid), policy, os.sched_param(priority))
+            except ProcessLookupError:  # a thread that just ended
+                continue
+            except PermissionError:
+                raise SystemExit("--realtime needs root or CAP_SYS_NICE") from None
+
+
+def _generator_setup() -> None:
+    if GENERATOR_CPUS is not None:
+        os.sched_setaffinity(0, GENERATOR_CPUS)
+    if REALTIME:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
 
 
 def load(url: str, auth: str | None, seconds: float, **mode: float | str) -> dict[str, Any]:
     """Run bench/_loadgen.py against ``url``: closed loop (``connections``) or open (``rate``)."""
-    cpus = GENERATOR_CPUS
     argv = [PYTHON, str(HERE / "_loadgen.py"), url, "--body", json.dumps(BODY)]
     argv += ["--seconds", str(seconds)]
     for name, value in mode.items():
@@ -91,7 +120,7 @@ def load(url: str, auth: str | None, seconds: float, **mode: float | str) -> dic
         capture_output=True,
         timeout=seconds + 60,
         env=env,
-        preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
+        preexec_fn=_generator_setup,
     )
     if done.returncode != 0:
         raise SystemExit(f"load generator failed:\n{done.stderr.decode()[-3000:]}")
@@ -187,6 +216,14 @@ def main() -> None:
         "on a machine others load, a pinned gateway cannot flee a busy core).",
     )
     parser.add_argument(
+        "--realtime",
+        choices=("off", "on", "both"),
+        default="off",
+        help="(b): the gateway, the stub and the generator in the real-time class (SCHED_FIFO, "
+        "needs root or CAP_SYS_NICE), so no other process's work keeps them off a core: the "
+        "gateway's own latency on a loaded machine (both: interleaved with ordinary rounds).",
+    )
+    parser.add_argument(
         "--latency-only", action="store_true", help="Only (b), the latency at a fixed load."
     )
     args = parser.parse_args()
@@ -220,7 +257,7 @@ def main() -> None:
             ),
         )
         try:
-            dep.start_control()
+            control = dep.start_control()
             one = dep.start_gateway(CLUSTER)
             two = dep.start_gateway(CLUSTER, replica=1, workers=2)
             memory = dep.start_gateway(
@@ -231,7 +268,9 @@ def main() -> None:
             )  # fmt: skip
             secret = key_for(dep, processes=4)
             redis_pid = redis._proc.pid if redis._proc is not None else 0
-            others = {"stub": stub.pid, "redis": redis_pid}
+            # The control plane ingests the usage the gateways ship: on the same cores, its CPU
+            # per request bounds the rate as the others' does.
+            others = {"stub": stub.pid, "redis": redis_pid, "control": pid_of(control)}
             if not args.latency_only:
                 workers(out, one, two, secret, args.seconds, args.connections, others)
 
@@ -251,34 +290,43 @@ def main() -> None:
                              args.seconds, args.connections, others)[0]  # fmt: skip
             rate = args.rate or round(sat["rate"] / 2)
             log(f"open loop at {rate}/s (saturation {sat['rate']:.0f}/s)")
-            fixed: dict[str, dict[str, Any]] = {}
+            fixed: dict[tuple[str, bool], dict[str, Any]] = {}
             stub_url = f"http://127.0.0.1:{stub_port}/v1/chat/completions"
             server_pid = {"direct": stub.pid, "gateway": pid_of(memory)}
+            variants = {"off": (False,), "on": (True,), "both": (False, True)}[args.realtime]
             for round_ in range(ROUNDS):
-                for tag, url, auth in (
-                    ("direct", stub_url, None),
-                    ("gateway", memory.url + "/v1/chat/completions", secret),
-                ):
-                    log(f"open loop round {round_ + 1}/{ROUNDS}: {tag}")
-                    cpu0 = tree_cpu_seconds(server_pid[tag])
-                    queued0 = tree_schedstat(server_pid[tag])
-                    stub0 = tree_schedstat(stub.pid)
-                    r = load(url, auth, args.seconds, rate=rate, connections=64, clock=args.clock)
-                    n = max(1, r["requests"])
-                    r["server_us"] = (tree_cpu_seconds(server_pid[tag]) - cpu0) / n * 1e6
-                    queued1 = tree_schedstat(server_pid[tag])
-                    stub1 = tree_schedstat(stub.pid)
-                    r["server_runq_us"] = (queued1[0] - queued0[0]) / n * 1e6
-                    r["server_slices"] = (queued1[1] - queued0[1]) / n
-                    r["stub_runq_us"] = (stub1[0] - stub0[0]) / n * 1e6
-                    if set(r["statuses"]) != {"200"}:
-                        raise SystemExit(f"{tag}: answers other than 200: {r['statuses']}")
-                    keep = fixed.get(tag)
-                    # Of the rounds, the one with the lowest p99: the machine is shared, and a
-                    # neighbour's burst lands in a round, not in the path.
-                    if keep is None or r["ms"]["99"] < keep["ms"]["99"]:
-                        fixed[tag] = r
-            d, g = fixed["direct"], fixed["gateway"]
+                for rt in variants:
+                    scheduling(rt, pid_of(memory), stub.pid)
+                    for tag, url, auth in (
+                        ("direct", stub_url, None),
+                        ("gateway", memory.url + "/v1/chat/completions", secret),
+                    ):
+                        log(
+                            f"open loop round {round_ + 1}/{ROUNDS}: {tag}{' (FIFO)' if rt else ''}"
+                        )
+                        cpu0 = tree_cpu_seconds(server_pid[tag])
+                        queued0 = tree_schedstat(server_pid[tag])
+                        stub0 = tree_schedstat(stub.pid)
+                        control0 = tree_cpu_seconds(pid_of(control))
+                        r = load(url, auth, args.seconds, rate=rate, connections=64,
+                                 clock=args.clock)  # fmt: skip
+                        n = max(1, r["requests"])
+                        r["server_us"] = (tree_cpu_seconds(server_pid[tag]) - cpu0) / n * 1e6
+                        queued1 = tree_schedstat(server_pid[tag])
+                        stub1 = tree_schedstat(stub.pid)
+                        r["server_runq_us"] = (queued1[0] - queued0[0]) / n * 1e6
+                        r["server_slices"] = (queued1[1] - queued0[1]) / n
+                        r["stub_runq_us"] = (stub1[0] - stub0[0]) / n * 1e6
+                        # The usage the gateway ships is ingested there, on the same cores.
+                        r["control_us"] = (tree_cpu_seconds(pid_of(control)) - control0) / n * 1e6
+                        if set(r["statuses"]) != {"200"}:
+                            raise SystemExit(f"{tag}: answers other than 200: {r['statuses']}")
+                        keep = fixed.get((tag, rt))
+                        # Of the rounds, the one with the lowest p99: the machine is shared, and a
+                        # neighbour's burst lands in a round, not in the path.
+                        if keep is None or r["ms"]["99"] < keep["ms"]["99"]:
+                            fixed[(tag, rt)] = r
+            scheduling(False, pid_of(memory), stub.pid)
             clock = {"thread": "a thread of its own", "loop": "the event loop's ms timers"}
             out.append(
                 f"(b) Latency at a fixed offered load: {rate:,}/s "
@@ -292,33 +340,25 @@ def main() -> None:
                 "generator's own lag behind the schedule, its p50 in the next column). Server "
                 "CPU: the stub's or the gateway's, per request at this rate. Run-queue wait: "
                 "the time a process's threads were runnable but waiting for a core "
-                "(/proc/<tid>/schedstat), per request.\n"
+                "(/proc/<tid>/schedstat), per request. Control plane CPU: what it spent per "
+                "request meanwhile (it ingests the usage the gateway ships, on the same cores).\n"
             )
-            rows_b = []
-            for tag, r in (("direct to the stub", d), ("through the gateway", g)):
-                rows_b.append([tag, r["requests"], f"{r['rate']:,.0f}",
-                               *(f"{r['ms'][p]:.2f}" for p in ("50", "90", "99", "99.9")),
-                               *(f"{r['service_ms'][p]:.2f}" for p in ("50", "99")),
-                               f"{r['lag_ms']['50']:.2f}", r["late"],
-                               f"{r['server_us']:.0f}", f"{r['server_runq_us']:.0f}",
-                               f"{r['server_slices']:.2f}", f"{r['stub_runq_us']:.0f}",
-                               f"{r['runq_us']:.0f}"])  # fmt: skip
-            added = [f"**{g['ms'][p] - d['ms'][p]:.2f}**" for p in ("50", "90", "99", "99.9")]
-            added += [f"**{g['service_ms'][p] - d['service_ms'][p]:.2f}**" for p in ("50", "99")]
-            rows_b.append(["**added by the gateway**", "", "", *added, *[""] * 8])
-            out.append(table(
-                ["path", "requests", "req/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms",
-                 "from the write: p50 ms", "p99 ms", "generator lag p50 ms",
-                 "started late (no free connection)", "server CPU µs/req",
-                 "server run-queue wait µs/req", "server time slices /req",
-                 "stub run-queue wait µs/req", "generator run-queue wait µs/req"],
-                rows_b,
-            ))  # fmt: skip
-            busy = g["server_us"] * g["rate"] / 1e6
-            out.append(
-                f"\nThe gateway's CPU at {rate:,}/s: {g['server_us']:.0f} µs/req "
-                f"(at saturation {sat['gw']:.0f}), so one core {busy:.0%} busy.\n"
-            )
+            for rt in variants:
+                d, g = fixed[("direct", rt)], fixed[("gateway", rt)]
+                out.append(
+                    "\n" + (
+                        "The gateway, the stub and the generator in the real-time class "
+                        "(SCHED_FIFO, priority 1; interleaved with any ordinary rounds): no other "
+                        "process's work keeps them off a core."
+                        if rt else "Ordinary scheduling (every process in the default class)."
+                    ) + "\n"
+                )  # fmt: skip
+                latency_table(out, d, g)
+                busy = g["server_us"] * g["rate"] / 1e6
+                out.append(
+                    f"\nThe gateway's CPU at {rate:,}/s: {g['server_us']:.0f} µs/req "
+                    f"(at saturation {sat['gw']:.0f}), so one core {busy:.0%} busy.\n"
+                )
         finally:
             dep.stop_all()
             stub.terminate()
@@ -326,6 +366,36 @@ def main() -> None:
             redis.close()
     print("\n".join(out))
     print(footer())
+
+
+def latency_table(out: list[str], d: dict[str, Any], g: dict[str, Any]) -> None:
+    """(b)'s table: the direct path, the gateway's, and what the gateway adds."""
+    rows_b = []
+    for tag, r in (("direct to the stub", d), ("through the gateway", g)):
+        rows_b.append([tag, r["requests"], f"{r['rate']:,.0f}",
+                       *(f"{r['ms'][p]:.2f}" for p in ("50", "90", "99", "99.9")),
+                       *(f"{r['service_ms'][p]:.2f}" for p in ("50", "99")),
+                       f"{r['lag_ms']['50']:.2f}", r["late"],
+                       f"{r['server_us']:.0f}", f"{r['server_runq_us']:.0f}",
+                       f"{r['server_slices']:.2f}", f"{r['stub_runq_us']:.0f}",
+                       f"{r['control_us']:.0f}", f"{r['runq_us']:.0f}"])  # fmt: skip
+    added = [f"**{g['ms'][p] - d['ms'][p]:.2f}**" for p in ("50", "90", "99", "99.9")]
+    added += [f"**{g['service_ms'][p] - d['service_ms'][p]:.2f}**" for p in ("50", "99")]
+    rows_b.append(["**added by the gateway**", "", "", *added, *[""] * 9])
+    out.append(table(
+        ["path", "requests", "req/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms",
+         "from the write: p50 ms", "p99 ms", "generator lag p50 ms",
+         "started late (no free connection)", "server CPU µs/req",
+         "server run-queue wait µs/req", "server time slices /req",
+         "stub run-queue wait µs/req", "control plane CPU µs/req",
+         "generator run-queue wait µs/req"],
+        rows_b,
+    ))  # fmt: skip
+
+
+def _all(row: dict[str, Any]) -> float:
+    """CPU µs per request of every process a request passes through or sets working."""
+    return float(row["gw"] + row["gen"] + row["stub"] + row["redis"] + row["control"])
 
 
 def workers(
@@ -354,13 +424,13 @@ def workers(
     out.append(table(
         ["gateway", "requests", "req/s", "gateway CPU µs/req (all processes)",
          "load generator µs/req", "stub µs/req", "redis-server µs/req",
-         "all four µs/req"],
+         "control plane µs/req (usage ingest)", "all five µs/req"],
         [[r["name"], r["n"], f"{r['rate']:,.0f}", f"{r['gw']:.0f}", f"{r['gen']:.0f}",
-          f"{r['stub']:.0f}", f"{r['redis']:.0f}",
-          f"{r['gw'] + r['gen'] + r['stub'] + r['redis']:.0f}"] for r in rows],
+          f"{r['stub']:.0f}", f"{r['redis']:.0f}", f"{r['control']:.0f}",
+          f"{_all(r):.0f}"] for r in rows],
     ))  # fmt: skip
     cores = float(len(os.sched_getaffinity(0)))
-    bound = [cores / ((r["gw"] + r["gen"] + r["stub"] + r["redis"]) / 1e6) for r in rows]
+    bound = [cores / (_all(r) / 1e6) for r in rows]
     out.append(
         f"\n2 workers ÷ 1 worker: **{scale:.2f}×** requests/s. With {cores:.0f} cores "
         "shared by everything above, the machine cannot carry more than cores ÷ (sum of "
