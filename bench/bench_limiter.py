@@ -20,7 +20,8 @@ the client's share of the socket work included) and of redis-server, share admit
 latency of one decision. For the Redis limiter on its own client a second table gives its
 script calls: the calls per batch and the round trip of a batch (sent → answer on the event loop),
 beside in flight ÷ decisions/s — in the closed loop a task's mean cycle (its decision and its
-charge) by Little's law, whatever the client does — and the decision p99. The last table
+charge) by Little's law, whatever the client does — the decision p99, and the Redis commands
+the scripts ran per decision (``INFO commandstats``, reset at each scenario's start). The last table
 divides the Redis limiter's CPU per decision by the memory limiter's (``await acquire``, same
 workload, same concurrency), within the run; the ``redis-py`` rows are the same limiter on
 redis-py's client (what ``from_url`` gives a ``rediss://`` URL, and gave every URL before
@@ -49,6 +50,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import redis
 
 from keyplane.ratelimit import (
     MemoryLimiter,
@@ -96,6 +99,7 @@ class Result:
     admitted: int
     latencies_ns: list[int]
     batches: list[tuple[int, int]] = field(default_factory=list)  # (round trip ns, calls)
+    commands: int = 0  # what the scripts ran inside redis-server (INFO commandstats)
 
     @property
     def cpu_us(self) -> float:
@@ -189,6 +193,7 @@ async def bench_async(
     concurrency: int,
     server_pid: int | None,
     waves: bool = False,
+    server_url: str | None = None,
 ) -> Result:
     """``await acquire``, then ``await charge`` when admitted, from ``concurrency`` tasks; with
     ``waves``, ``concurrency`` decisions made at once, each timed from that moment, their charges
@@ -196,6 +201,9 @@ async def bench_async(
     limiter = make()
     await limiter.acquire(pick(0).limits[:1])  # connect and load the script outside the timing
     batches = round_trips(limiter)
+    stats = redis.Redis.from_url(server_url) if server_url else None
+    if stats is not None:
+        stats.config_resetstat()
     latencies: list[int] = []
     admitted = 0
     counter = 0
@@ -240,13 +248,26 @@ async def bench_async(
         cpu = time.process_time() - cpu_start
         elapsed = time.perf_counter() - start
         server_cpu = cpu_seconds(server_pid) - server_start if server_pid else None
+        commands = script_commands(stats) if stats is not None else 0
         failures = int(getattr(limiter, "failures", 0))
         if failures:
             raise RuntimeError(f"{failures} decisions fell back: Redis was not used")
     finally:
         await limiter.aclose()
+        if stats is not None:
+            stats.close()
     # The charges are awaited inside the loop, so throughput counts decisions over wall time.
-    return Result(scenario, len(latencies), elapsed, cpu, server_cpu, admitted, latencies, batches)
+    return Result(
+        scenario, len(latencies), elapsed, cpu, server_cpu, admitted, latencies, batches, commands
+    )
+
+
+def script_commands(stats: redis.Redis) -> int:
+    """The commands redis-server ran since its stats were reset, but the calls of the scripts
+    themselves and the bench's own: what the Lua of the limiter's calls did inside Redis."""
+    own = ("cmdstat_eval", "cmdstat_script", "cmdstat_config", "cmdstat_info")
+    counts = stats.info("commandstats")
+    return sum(int(v["calls"]) for k, v in counts.items() if not k.startswith(own))
 
 
 def round_trips(limiter: Any) -> list[tuple[int, int]]:
@@ -347,6 +368,7 @@ def main() -> int:
 
             backends.append(("redis", redis_limiter, pid))
             backends.append(("redis-py", redis_py_limiter, pid))
+        stats_url = server[0] if server is not None else None
         for concurrency, waves in ((1, False), (32, False), (32, True)):
             for name, pick in workloads:
                 for backend, make, server_pid in backends:
@@ -356,7 +378,7 @@ def main() -> int:
                     label = f"{backend}, {name}, {concurrency} {how}"
                     run = functools.partial(
                         bench_async, label, make, pick, args.ops, args.seconds, concurrency,
-                        server_pid, waves,
+                        server_pid, waves, stats_url if server_pid else None,
                     )  # fmt: skip
                     scenarios.append(Scenario(label, lambda r=run: asyncio.run(r())))
         for round_ in range(args.rounds):
@@ -394,9 +416,9 @@ def main() -> int:
             "\n| own client's script calls (median of the rounds) | calls/batch "
             "| round trip p50 (µs) | round trip p99 (µs) "
             "| a task's cycle: in flight ÷ decisions/s (µs) "
-            "| decision p99 (µs) |"
+            "| decision p99 (µs) | Redis commands/decision |"
         )
-        print("|---|---:|---:|---:|---:|---:|")
+        print("|---|---:|---:|---:|---:|---:|---:|")
         for s in trips:
             in_flight = 32 if "32 in flight" in s.name else 1
             little = 1e6 * in_flight / s.median(lambda r: r.ops / r.seconds)
@@ -406,7 +428,8 @@ def main() -> int:
                 f"| {s.median(lambda r: pct([t for t, _ in r.batches], 0.5) / 1000):,.0f} "
                 f"| {s.median(lambda r: pct([t for t, _ in r.batches], 0.99) / 1000):,.0f} "
                 + (f"| {little:,.0f} " if "at once" not in s.name else "| — ")
-                + f"| {s.median(lambda r: r.pct(0.99)):,.0f} |"
+                + f"| {s.median(lambda r: r.pct(0.99)):,.0f} "
+                f"| {s.median(lambda r: r.commands / r.ops):.1f} |"
             )
     if ratios:
         print(
