@@ -143,6 +143,8 @@ class _Param:
         self.many = _is_sequence(info.annotation)  # every value of the name, as a list
         self.loc = (info.in_.value, field.alias)
         self.required = info.is_required()
+        # A text as is: what pydantic's validation of a plain ``str`` (or ``str | None``) gives.
+        self.text = not info.metadata and info.annotation in (str, str | None)
 
     @staticmethod
     def plain(field: ModelField) -> bool:
@@ -162,6 +164,8 @@ class _Param:
             value = deepcopy(self.field.default)
             if not self.field.field_info.validate_default:
                 return value, []
+        elif self.text and type(value) is str:
+            return value, []
         validated: tuple[Any, list[Any]] = self.field.validate(value, values, loc=self.loc)
         return validated
 
@@ -191,6 +195,7 @@ class _Plan:
         self.headers = [_Param(f) for f in dependant.header_params]
         self.request = dependant.request_param_name
         self.body = dependant.body_params[0] if dependant.body_params else None
+        self.awaits = inspect.iscoroutinefunction(dependant.call)
 
     @classmethod
     def of(cls, dependant: Dependant, *, top: bool = True) -> _Plan | None:
@@ -234,11 +239,14 @@ class _Plan:
                 solved = cache[sub.call] = await sub.call(**sub_values)  # type: ignore[misc]
             if name is not None:
                 values[name] = solved
-        for fields, received in (
-            (self.path, request.path_params),
-            (self.query, request.query_params),
-            (self.headers, request.headers),
+        for fields, where in (
+            (self.path, "path_params"),
+            (self.query, "query_params"),
+            (self.headers, "headers"),
         ):
+            if not fields:
+                continue
+            received = getattr(request, where)
             for param in fields:
                 value, errors = param.read(received, values)
                 if errors:
@@ -329,7 +337,7 @@ class FastPaths:
             return None
         endpoint = plan.call
         assert endpoint is not None
-        if inspect.iscoroutinefunction(endpoint):
+        if plan.awaits:
             raw = await endpoint(**values)
         else:
             raw = await run_in_threadpool(endpoint, **values)
