@@ -2,7 +2,8 @@
 latency a gateway adds at a fixed offered load.
 
     .venv/bin/python bench/bench_workers.py [--seconds 4] [--connections 32]
-        [--rate R] [--pin] [--realtime off|on|both] [--latency-only] [--clock thread|loop]
+        [--rate R] [--pin] [--realtime off|on|both] [--control-idle] [--latency-only]
+        [--clock thread|loop]
 
 The upstream is bench/_stub_upstream.py (one fixed chat completion from a raw asyncio protocol, a
 few µs per request) and the load comes from bench/_loadgen.py in its own process (requests
@@ -27,6 +28,8 @@ Markdown:
     generator run in the real-time class (SCHED_FIFO): the other processes on the machine (other
     sessions' work, the control plane, the bench itself) cannot keep them off a core, so those
     rows show the latency of the path itself, the others what this machine's scheduling adds.
+    ``--control-idle`` adds rounds with the control plane (which ingests the gateway's usage, as
+    much CPU a request as the gateway on this machine) in SCHED_IDLE.
 """
 
 from __future__ import annotations
@@ -84,13 +87,26 @@ GENERATOR_CPUS: set[int] | None = None
 REALTIME = False
 
 
-def scheduling(realtime: bool, *pids: int) -> None:
-    """Every thread of ``pids``, and the generators started from now on, in SCHED_FIFO at the
-    lowest priority (``realtime``) or back in the default class."""
+#: (b)'s ways of scheduling the processes, each a table: what it means.
+VARIANTS = {
+    "ordinary": "Ordinary scheduling (every process in the default class).",
+    "control idle": "The control plane in SCHED_IDLE (it runs on what the measured processes leave "
+    "of the cores, as if on machines of its own), every other process in the default class.",
+    "real-time": "The gateway, the stub and the generator in the real-time class (SCHED_FIFO, "
+    "priority 1): no other process's work keeps them off a core.",
+}
+
+
+def scheduling(variant: str, path: tuple[int, ...], control: int) -> None:
+    """Schedule the processes for ``variant`` (of ``VARIANTS``): every thread of the ``path``
+    processes (and the generators started from now on) in SCHED_FIFO at the lowest priority or
+    in the default class; the ``control`` plane's in SCHED_IDLE or in the default class."""
     global REALTIME
-    REALTIME = realtime
-    policy, priority = (os.SCHED_FIFO, 1) if realtime else (os.SCHED_OTHER, 0)
-    for pid in pids:
+    REALTIME = variant == "real-time"
+    fifo, other = (os.SCHED_FIFO, 1), (os.SCHED_OTHER, 0)
+    placing = [(pid, fifo if REALTIME else other) for pid in path]
+    placing.append((control, (os.SCHED_IDLE, 0) if variant == "control idle" else other))
+    for pid, (policy, priority) in placing:
         for tid in os.listdir(f"/proc/{pid}/task"):
             try:
                 os.sched_setscheduler(int(tid), policy, os.sched_param(priority))
@@ -224,6 +240,13 @@ def main() -> None:
         "gateway's own latency on a loaded machine (both: interleaved with ordinary rounds).",
     )
     parser.add_argument(
+        "--control-idle",
+        action="store_true",
+        help="(b): also rounds with the control plane in SCHED_IDLE, so its usage ingest takes "
+        "only what the measured processes leave of the cores, as a control plane on other "
+        "machines would (interleaved with the others).",
+    )
+    parser.add_argument(
         "--latency-only", action="store_true", help="Only (b), the latency at a fixed load."
     )
     args = parser.parse_args()
@@ -290,20 +313,21 @@ def main() -> None:
                              args.seconds, args.connections, others)[0]  # fmt: skip
             rate = args.rate or round(sat["rate"] / 2)
             log(f"open loop at {rate}/s (saturation {sat['rate']:.0f}/s)")
-            fixed: dict[tuple[str, bool], dict[str, Any]] = {}
+            fixed: dict[tuple[str, str], dict[str, Any]] = {}
             stub_url = f"http://127.0.0.1:{stub_port}/v1/chat/completions"
             server_pid = {"direct": stub.pid, "gateway": pid_of(memory)}
-            variants = {"off": (False,), "on": (True,), "both": (False, True)}[args.realtime]
+            variants = ["ordinary"] if args.realtime != "on" else []
+            variants += ["control idle"] if args.control_idle else []
+            variants += ["real-time"] if args.realtime != "off" else []
+            path = (pid_of(memory), stub.pid)
             for round_ in range(ROUNDS):
-                for rt in variants:
-                    scheduling(rt, pid_of(memory), stub.pid)
+                for variant in variants:
+                    scheduling(variant, path, pid_of(control))
                     for tag, url, auth in (
                         ("direct", stub_url, None),
                         ("gateway", memory.url + "/v1/chat/completions", secret),
                     ):
-                        log(
-                            f"open loop round {round_ + 1}/{ROUNDS}: {tag}{' (FIFO)' if rt else ''}"
-                        )
+                        log(f"open loop round {round_ + 1}/{ROUNDS}: {tag} ({variant})")
                         cpu0 = tree_cpu_seconds(server_pid[tag])
                         queued0 = tree_schedstat(server_pid[tag])
                         stub0 = tree_schedstat(stub.pid)
@@ -321,12 +345,12 @@ def main() -> None:
                         r["control_us"] = (tree_cpu_seconds(pid_of(control)) - control0) / n * 1e6
                         if set(r["statuses"]) != {"200"}:
                             raise SystemExit(f"{tag}: answers other than 200: {r['statuses']}")
-                        keep = fixed.get((tag, rt))
+                        keep = fixed.get((tag, variant))
                         # Of the rounds, the one with the lowest p99: the machine is shared, and a
                         # neighbour's burst lands in a round, not in the path.
                         if keep is None or r["ms"]["99"] < keep["ms"]["99"]:
-                            fixed[(tag, rt)] = r
-            scheduling(False, pid_of(memory), stub.pid)
+                            fixed[(tag, variant)] = r
+            scheduling("ordinary", path, pid_of(control))
             clock = {"thread": "a thread of its own", "loop": "the event loop's ms timers"}
             out.append(
                 f"(b) Latency at a fixed offered load: {rate:,}/s "
@@ -335,7 +359,8 @@ def main() -> None:
                 f"(latency from each request's scheduled time, fixed intervals of 1/rate — not "
                 f"Poisson — ≤ 64 connections, the schedule kept by {clock[args.clock]}); "
                 f"{placed}; "
-                f"{args.seconds:.0f} s per run, best of {ROUNDS} interleaved runs by p99. "
+                f"{args.seconds:.0f} s per run, best of {ROUNDS} interleaved runs by p99 (each "
+                "way of scheduling below in every round). "
                 '"From the write": from the request\'s write to its answer (without the '
                 "generator's own lag behind the schedule, its p50 in the next column). Server "
                 "CPU: the stub's or the gateway's, per request at this rate. Run-queue wait: "
@@ -343,16 +368,9 @@ def main() -> None:
                 "(/proc/<tid>/schedstat), per request. Control plane CPU: what it spent per "
                 "request meanwhile (it ingests the usage the gateway ships, on the same cores).\n"
             )
-            for rt in variants:
-                d, g = fixed[("direct", rt)], fixed[("gateway", rt)]
-                out.append(
-                    "\n" + (
-                        "The gateway, the stub and the generator in the real-time class "
-                        "(SCHED_FIFO, priority 1; interleaved with any ordinary rounds): no other "
-                        "process's work keeps them off a core."
-                        if rt else "Ordinary scheduling (every process in the default class)."
-                    ) + "\n"
-                )  # fmt: skip
+            for variant in variants:
+                d, g = fixed[("direct", variant)], fixed[("gateway", variant)]
+                out.append(f"\n{VARIANTS[variant]}\n")
                 latency_table(out, d, g)
                 busy = g["server_us"] * g["rate"] / 1e6
                 out.append(
