@@ -60,6 +60,8 @@ async def test_an_acquire_sends_each_limits_keys_and_fields(limiter: RedisLimite
     ]  # fmt: skip
     # Built again from the kept shapes: the same bytes.
     assert limiter._acquire_op(7, [QPS, QPM], [TPM]) == (keys, op)
+    limiter._epoch = None  # none known: "-", which matches no epoch Redis holds
+    assert msgspec.msgpack.decode(limiter._acquire_op(8, [QPS], [])[1])[:4] == ["a", 2, "-", 8]
 
 
 async def test_a_charge_sends_each_token_limits_window_and_width(limiter: RedisLimiter) -> None:
