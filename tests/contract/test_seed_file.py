@@ -49,13 +49,13 @@ def test_a_seed_is_the_snapshot_as_a_replica_file(ctx: Context, tmp_path: Path) 
     expected = {k: v for k, v in _rows(ctx).items() if k != late.key.api_key_id}
     assert store.views() == {k: row_to_view(v) for k, v in expected.items()}
     for m in made:
-        record = replica.lookup(keysecrets.digest(m.secret), now=0.0)
+        record = replica.lookup(keysecrets.digest_raw(m.secret.encode()), now=0.0)
         assert record is not None
         assert record.api_key_id == m.key.api_key_id
-    record = replica.lookup(keysecrets.digest(rotated.secret), now=0.0)
+    record = replica.lookup(keysecrets.digest_raw(rotated.secret.encode()), now=0.0)
     assert record is not None
     assert record.api_key_id == made[1].key.api_key_id
-    assert replica.lookup(keysecrets.digest(late.secret), now=0.0) is None
+    assert replica.lookup(keysecrets.digest_raw(late.secret.encode()), now=0.0) is None
     store.close()
 
 

@@ -380,7 +380,9 @@ class Replica:
     def __init__(self, store: ReplicaStore | None = None, *, cache_keys: int = CACHE_KEYS) -> None:
         self._store = store
         # Digest -> (its key, when that secret dies): a hit needs no search of the key's secrets.
-        self._cache: OrderedDict[str, tuple[KeyRecord, float | None]] = OrderedDict()
+        # Keyed by the digest's 32 bytes, as the gateway computes it (``.digest()``): the stored
+        # hex digests are converted once, when a key is loaded, not on every request.
+        self._cache: OrderedDict[bytes, tuple[KeyRecord, float | None]] = OrderedDict()
         self._by_id: dict[str, KeyRecord] = {}
         self._cache_keys = cache_keys
         self.revision = 0 if store is None else store.revision
@@ -396,7 +398,9 @@ class Replica:
         self.revision = store.revision
         self._forget_all()
 
-    def lookup(self, digest: str, now: float) -> KeyRecord | None:
+    def lookup(self, digest: bytes, now: float) -> KeyRecord | None:
+        """The key holding the secret whose SHA-256 digest (raw bytes) this is, if that secret
+        is alive at ``now``."""
         hit = self._cache.get(digest)
         if hit is None:
             record = self._load(digest)
@@ -410,8 +414,8 @@ class Replica:
         record, dies_at = hit
         return record if dies_at is None or dies_at > now else None
 
-    def _load(self, digest: str) -> KeyRecord | None:
-        row = self.store.find(digest)
+    def _load(self, digest: bytes) -> KeyRecord | None:
+        row = self.store.find(digest.hex())
         if row is None:
             return None
         record = KeyRecord.from_view(row_to_view(_decode_row(row)))
@@ -421,16 +425,17 @@ class Replica:
         self._forget(record.api_key_id)
         self._by_id[record.api_key_id] = record
         for secret, dies_at in record.secrets:
-            self._cache[secret] = (record, dies_at)
+            self._cache[bytes.fromhex(secret)] = (record, dies_at)
         return record
 
     def _forget(self, api_key_id: str) -> None:
         old = self._by_id.pop(api_key_id, None)
         if old is not None:
             for secret, _ in old.secrets:
-                hit = self._cache.get(secret)
+                raw = bytes.fromhex(secret)
+                hit = self._cache.get(raw)
                 if hit is not None and hit[0] is old:
-                    del self._cache[secret]
+                    del self._cache[raw]
 
     def _forget_all(self) -> None:
         self._cache.clear()

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from keyplane.gateway.replica import Change, Replica
+
+
+def _raw(name: str) -> bytes:
+    """The digest (raw bytes, as the gateway looks it up) of a secret named ``name``."""
+    return hashlib.sha256(name.encode()).digest()
 
 
 def _view(kid: str, revision: int, secrets: list[tuple[str, str | None]]) -> dict[str, Any]:
     return {
         "apiKeyId": kid,
         "teamId": "t1",
-        "secrets": [{"digest": d, "expireTime": e} for d, e in secrets],
+        "secrets": [{"digest": _raw(d).hex(), "expireTime": e} for d, e in secrets],
         "revision": revision,
     }
 
@@ -24,12 +30,15 @@ def test_each_secret_of_a_key_lives_until_its_own_expiry_cached_or_not() -> None
     replica = Replica()
     replica.apply([Change(1, "upsert", _view("k1", 1, [("old", DIES), ("new", None)]))])
     for _ in range(2):  # the first lookup loads the key, the second hits the cache
-        before, after = replica.lookup("old", DIES_AT - 1), replica.lookup("old", DIES_AT)
+        before, after = (
+            replica.lookup(_raw("old"), DIES_AT - 1),
+            replica.lookup(_raw("old"), DIES_AT),
+        )
         assert before is not None
         assert before.api_key_id == "k1"
         assert after is None
-        assert replica.lookup("new", DIES_AT + 10**6) is before
-        assert replica.lookup("other", 0.0) is None
+        assert replica.lookup(_raw("new"), DIES_AT + 10**6) is before
+        assert replica.lookup(_raw("other"), 0.0) is None
 
 
 def test_an_evicted_key_is_found_again_and_a_changed_one_is_reloaded() -> None:
@@ -40,17 +49,17 @@ def test_an_evicted_key_is_found_again_and_a_changed_one_is_reloaded() -> None:
             Change(2, "upsert", _view("k2", 2, [("b", DIES)])),
         ]
     )
-    a = replica.lookup("a", 0.0)
-    b = replica.lookup("b", 0.0)  # evicts k1
+    a = replica.lookup(_raw("a"), 0.0)
+    b = replica.lookup(_raw("b"), 0.0)  # evicts k1
     assert a is not None
     assert a.api_key_id == "k1"
     assert b is not None
     assert b.api_key_id == "k2"
-    assert replica.lookup("a", 0.0) == a  # loaded again, evicting k2
-    assert replica.lookup("b", DIES_AT) is None
+    assert replica.lookup(_raw("a"), 0.0) == a  # loaded again, evicting k2
+    assert replica.lookup(_raw("b"), DIES_AT) is None
     replica.apply([Change(3, "upsert", _view("k1", 3, [("a", DIES)]))])
-    assert replica.lookup("a", DIES_AT) is None
-    renewed = replica.lookup("a", 0.0)
+    assert replica.lookup(_raw("a"), DIES_AT) is None
+    renewed = replica.lookup(_raw("a"), 0.0)
     assert renewed is not None
     assert renewed.revision == 3
 
@@ -58,10 +67,10 @@ def test_an_evicted_key_is_found_again_and_a_changed_one_is_reloaded() -> None:
 def test_a_cached_key_s_new_revision_replaces_every_secret_it_had() -> None:
     replica = Replica()
     replica.apply([Change(1, "upsert", _view("k1", 1, [("a", None), ("b", None)]))])
-    assert replica.lookup("a", 0.0) is not None  # k1 cached under both secrets
+    assert replica.lookup(_raw("a"), 0.0) is not None  # k1 cached under both secrets
     replica.apply([Change(2, "upsert", _view("k1", 2, [("b", DIES), ("c", None)]))])
-    assert replica.lookup("a", 0.0) is None  # rotated away
-    assert replica.lookup("b", DIES_AT) is None  # now mortal
-    renewed = replica.lookup("c", 0.0)
+    assert replica.lookup(_raw("a"), 0.0) is None  # rotated away
+    assert replica.lookup(_raw("b"), DIES_AT) is None  # now mortal
+    renewed = replica.lookup(_raw("c"), 0.0)
     assert renewed is not None
     assert renewed.revision == 2
