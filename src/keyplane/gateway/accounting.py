@@ -119,10 +119,15 @@ class Account:
         if self._settled:
             return
         self._settled = True
-        if self.tally is not None:
-            self.tally.prompt_tokens, self.tally.completion_tokens = self.token_counts()
+        tally = self.tally
+        if tally is None:
+            if self._charge is not None:
+                await self._charge(self.tokens())
+            return
+        # Metered: the split is counted once, and its sum is what ``tokens()`` would say.
+        prompt, completion = tally.prompt_tokens, tally.completion_tokens = self.token_counts()
         if self._charge is not None:
-            await self._charge(self.tokens())
+            await self._charge(prompt + completion)
 
     def started(self, status: int) -> None:
         """The answer's head goes out with ``status``: what the request is metered with, also

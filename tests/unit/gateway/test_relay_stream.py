@@ -18,6 +18,7 @@ from keyplane.asgi import Message
 from keyplane.gateway import accounting
 from keyplane.gateway.accounting import Account
 from keyplane.gateway.relay import Relay
+from keyplane.usage.meter import Tally
 from tests.unit.gateway.test_inference_upstream import Answer, FakeUpstream
 
 EVENTS = [
@@ -143,3 +144,44 @@ def test_stream_end_sent_with_the_last_events() -> None:
     assert (sends, charged, account.events_sent) == (2, [8], 4)
     _, _, _, sends = asyncio.run(_relay(list(chunks), True, False))
     assert sends == 3  # not known to be over: the end on its own, as before
+
+
+_counts = st.integers(min_value=0, max_value=10**9)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    usage=st.none()
+    | st.builds(
+        accounting.Usage,
+        prompt_tokens=_counts,
+        completion_tokens=_counts,
+        total_tokens=_counts,
+        input_tokens=_counts,
+        output_tokens=_counts,
+    ),
+    events_sent=st.integers(min_value=0, max_value=1000),
+    prompt_estimate=st.integers(min_value=0, max_value=10**6),
+)
+def test_settle_charges_the_same_metered_or_not(
+    usage: accounting.Usage | None, events_sent: int, prompt_estimate: int
+) -> None:
+    """A metered request is charged what an unmetered one is (``tokens()``), and its record's
+    prompt and completion tokens add up to that charge: the split is counted once."""
+    charged: dict[str, int] = {}
+
+    def account(label: str, tally: Tally | None) -> Account:
+        async def charge(tokens: int) -> None:
+            charged[label] = tokens
+
+        result = Account(prompt_estimate=prompt_estimate, charge=charge, tally=tally)
+        result.usage, result.events_sent = usage, events_sent
+        return result
+
+    tally = Tally("chat")
+    plain, metered = account("plain", None), account("metered", tally)
+    asyncio.run(plain.settle())
+    asyncio.run(metered.settle())
+    assert charged["metered"] == charged["plain"] == plain.tokens()
+    assert tally.prompt_tokens + tally.completion_tokens == charged["plain"]
+    assert (tally.prompt_tokens, tally.completion_tokens) == metered.token_counts()
