@@ -62,7 +62,18 @@ INPROCESS_ROUNDS = int(os.environ.get("BENCH_INPROCESS_ROUNDS", "30"))
 #: Another checkout's ``src`` (e.g. ``git archive <commit> src``): ``gateway`` adds a fourth
 #: gateway, metering on, running that code.
 BASELINE = os.environ.get("BENCH_METERING_BASELINE", "")
-INPROCESS_REQUESTS = 2_000
+INPROCESS_REQUESTS = int(os.environ.get("BENCH_INPROCESS_REQUESTS", "2000"))
+#: Set by the ``instructions`` section for the ``inprocess`` run it starts under callgrind: each
+#: timed batch of requests lies between two ``getppid`` calls, where callgrind dumps its counts.
+INPROCESS_MARK = os.environ.get("BENCH_INPROCESS_MARK") == "1"
+INPROCESS_VARIANTS = [
+    "off",
+    "on",
+    "on, a write() per record",
+    "on, no write",
+    "on, no record",
+    "off, again",
+]
 BODY = {
     "model": "grok-3-mini",
     "messages": [{"role": "user", "content": "Say hello"}],
@@ -420,14 +431,7 @@ def inprocess_section(tmp: Path) -> str:
             await gateway(scope, receive, send)
         return (time.process_time() - started) / n * 1e6
 
-    variants = [
-        "off",
-        "on",
-        "on, a write() per record",
-        "on, no write",
-        "on, no record",
-        "off, again",
-    ]
+    variants = INPROCESS_VARIANTS
     rounds = INPROCESS_ROUNDS
     per: dict[str, list[float]] = {v: [] for v in variants}
     calls: dict[str, float] = {}
@@ -441,7 +445,11 @@ def inprocess_section(tmp: Path) -> str:
         for round_ in range(rounds):
             shift = round_ % len(variants)
             for v in variants[shift:] + variants[:shift]:
+                if INPROCESS_MARK:
+                    os.getppid()  # callgrind dumps here: what came before is not this batch's
                 per[v].append(await serve(gateways[v], INPROCESS_REQUESTS))
+                if INPROCESS_MARK:
+                    os.getppid()  # and here: this batch's instructions alone
         for v, gateway in gateways.items():
             # Function calls per request (Python's and builtins'), the figure the load does not
             # move: counted by cProfile over a few requests, apart from the timed rounds.
@@ -484,6 +492,46 @@ def inprocess_section(tmp: Path) -> str:
             ],
             rows,
         )
+    )
+
+
+def instructions_section(tmp: Path) -> str:
+    """Metering's part of a request in machine instructions, which the load does not move (the
+    CPU-time figures above spread by ±10 % on a busy machine): one round of ``inprocess`` run
+    under callgrind, its counts dumped around each variant's batch of requests."""
+    if shutil.which("valgrind") is None:
+        return "\n(no valgrind here: no instruction counts)\n"
+    out = tmp / "callgrind.out"
+    requests = 1000
+    env = {
+        **os.environ,
+        "BENCH_INPROCESS_MARK": "1",
+        "BENCH_INPROCESS_ROUNDS": "1",
+        "BENCH_INPROCESS_REQUESTS": str(requests),
+    }
+    command = ["valgrind", "--tool=callgrind", "--dump-before=getppid"]
+    command += [f"--callgrind-out-file={out}", sys.executable, str(Path(__file__).resolve())]
+    subprocess.run([*command, "inprocess"], env=env, check=True, capture_output=True, timeout=3600)
+
+    def instructions(dump: int) -> float:
+        """Instructions per request in dump ``dump`` (the first is everything before the first
+        batch; then each batch and the gap after it, in turn)."""
+        for line in Path(f"{out}.{dump}").read_text().splitlines():
+            if line.startswith("summary:"):
+                return int(line.split()[1]) / requests
+        raise ValueError(f"no summary in callgrind dump {dump}")
+
+    counts = {v: instructions(2 + 2 * i) for i, v in enumerate(INPROCESS_VARIANTS)}
+    off = counts["off"]
+    rows = [
+        (v, f"{n:,.0f}", f"{n - off:+,.0f}", f"{(n - off) / off * 100:+.1f} %")
+        for v, n in counts.items()
+    ]
+    return (
+        f"\n**Metering in process, in instructions** (callgrind, {requests} chat requests per "
+        "variant through the gateway's ASGI app as in the section above; instructions of the "
+        "whole process per request, which the machine's load does not change)\n\n"
+        + table(["variant", "instructions per request", "− off", "− off, % of off"], rows)
     )
 
 
@@ -827,6 +875,7 @@ def query_section(tmp: Path) -> str:
 SECTIONS: dict[str, Callable[[Path], str]] = {
     "gateway": gateway_section,
     "inprocess": inprocess_section,
+    "instructions": instructions_section,
     "ingest": ingest_section,
     "query": query_section,
 }
