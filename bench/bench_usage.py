@@ -538,33 +538,36 @@ def instructions_section(tmp: Path) -> str:
 # -- 2. ingest ------------------------------------------------------------------------------------
 
 
-def batches(team_ids: list[str], key_ids: list[str]) -> Iterator[bytes]:
+def usage_frame(time_ms: int, n: int, team_ids: list[str], key_ids: list[str]) -> bytes:
+    """The spool frame of the ``n``-th record of an ingest run (also bench_ingest_batches)."""
     from keyplane.usage.record import UsageRecord, frame
 
+    models = ("grok-4", "grok-3", "grok-3-mini")
+    return frame(
+        UsageRecord(
+            time_ms,
+            team_ids[n % len(team_ids)],
+            key_ids[n % len(key_ids)],
+            models[n % 3],
+            "chat",
+            429 if n % 50 == 0 else 200,
+            100 + n % 17,
+            400 + n % 31,
+            (100 + n % 17) * 2000 + (400 + n % 31) * 10000,
+        )
+    )
+
+
+def batches(team_ids: list[str], key_ids: list[str]) -> Iterator[bytes]:
     # Live traffic: the records' minutes are the run's own (0.3 ms apart: a minute of traffic),
     # not yet folded into hours and days (the control plane folds minutes 2 minutes after).
     base = int(time.time() * 1000)
-    models = ("grok-4", "grok-3", "grok-3-mini")
     made = 0
     while made < INGEST_RECORDS:
-        frames = []
-        for i in range(INGEST_BATCH):
-            n = made + i
-            frames.append(
-                frame(
-                    UsageRecord(
-                        base + n * 3 // 10,
-                        team_ids[n % len(team_ids)],
-                        key_ids[n % len(key_ids)],
-                        models[n % 3],
-                        "chat",
-                        429 if n % 50 == 0 else 200,
-                        100 + n % 17,
-                        400 + n % 31,
-                        (100 + n % 17) * 2000 + (400 + n % 31) * 10000,
-                    )
-                )
-            )
+        frames = [
+            usage_frame(base + n * 3 // 10, n, team_ids, key_ids)
+            for n in range(made, made + INGEST_BATCH)
+        ]
         made += INGEST_BATCH
         yield b"".join(frames)
 

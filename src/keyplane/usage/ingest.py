@@ -55,21 +55,27 @@ def ingest(
     except msgspec.MsgspecError:
         raise InvalidArgument("the batch holds an undecodable record", field="body") from None
     revisions: list[int] = []
-    with ctx.sql_write() as uow:
-        mark = store.lock_mark(uow.conn, gateway_id, segment)
-        fresh = [r for offset, r in records if mark is None or offset >= mark]
-        if fresh:
-            revisions = _count(uow, fresh, cluster=cluster, hard=hard_limit_cents)
-        if mark is None or end > mark:
-            store.set_mark(
-                uow.conn,
-                gateway_id=gateway_id,
-                segment=segment,
-                cluster=cluster,
-                offset=end,
-                existed=mark is not None,
-                now=uow.now,
-            )
+    info: dict[Any, Any] = {}
+    try:
+        with ctx.sql_write() as uow:
+            info = uow.conn.info
+            mark = store.lock_mark(uow.conn, gateway_id, segment)
+            fresh = [r for offset, r in records if mark is None or offset >= mark]
+            if fresh:
+                revisions = _count(uow, fresh, cluster=cluster, hard=hard_limit_cents)
+            if mark is None or end > mark:
+                store.set_mark(
+                    uow.conn,
+                    gateway_id=gateway_id,
+                    segment=segment,
+                    cluster=cluster,
+                    offset=end,
+                    existed=mark is not None,
+                    now=uow.now,
+                )
+    except BaseException:
+        store.forget_staging(info)  # rolled back: maybe the staging tables' creation too
+        raise
     return IngestResult(len(fresh), len(records) - len(fresh), tuple(revisions))
 
 
@@ -81,11 +87,13 @@ def _count(
     conn = uow.conn
     store.stage(conn, records)
     store.roll_up(conn, cluster[:128], store.folded_to(conn))
-    teams, keys = store.stage_spend(conn)
+    # Only the teams a limit can apply to, and the keys with a budget: no statement per team
+    # or key that cannot be over.
+    teams, budgeted = store.stage_spend(conn, every_team=hard is not None)
     revisions: list[int] = []
     for team_id in teams:
         revisions += limits.check_team(uow, team_id, hard_cents=hard)
-    for row in store.budgeted_keys(conn, keys):
+    for row in budgeted:
         revisions += limits.check_key(
             uow,
             api_key_id=row.api_key_id,

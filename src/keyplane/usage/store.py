@@ -7,7 +7,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, case, delete, func, literal, select, text, update
+from sqlalchemy import (
+    Connection,
+    TextClause,
+    bindparam,
+    case,
+    delete,
+    func,
+    literal,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from keyplane.domain.timefmt import to_micros
@@ -51,8 +62,10 @@ def stage(conn: Connection, records: Sequence[Sequence[Any]]) -> None:
     """Put a batch's records (tuples in ``BATCH_COLUMNS`` order) in the connection's staging
     table, empty before: one driver call (an ``executemany`` on SQLite, a ``COPY`` on
     PostgreSQL)."""
-    for statement in _staging_sql(conn.dialect.name):
-        conn.exec_driver_sql(statement)
+    _prepare_staging(conn)
+    if conn.dialect.name == "sqlite":  # PostgreSQL's commit emptied them (ON COMMIT DELETE ROWS)
+        conn.exec_driver_sql("DELETE FROM usage_batch")
+        conn.exec_driver_sql("DELETE FROM usage_batch_minutes")
     if conn.dialect.name == "postgresql":
         # COPY's text format: a quarter of the CPU of binding arrays for unnest (measured
         # 5 against 19 µs per record, client and server).
@@ -93,13 +106,46 @@ _SQLITE_MARKS = ", ".join("?" for _ in BATCH_COLUMNS)
 _STAGE_SQLITE = f"INSERT INTO usage_batch VALUES ({_SQLITE_MARKS})"  # noqa: S608
 
 
+#: Set in a pooled connection's ``info`` once its staging tables exist (they live as long as it).
+_STAGING = "keyplane.usage.staging"
+
+
+def _prepare_staging(conn: Connection) -> None:
+    """Create the connection's two staging tables on its first ingest (a ``CREATE TEMP TABLE IF
+    NOT EXISTS`` per batch cost ~100 µs each on SQLite). The tables' creation commits with the
+    first batch's transaction; ``forget_staging`` after a rollback, which undoes it."""
+    if conn.info.get(_STAGING):
+        return
+    for statement in _staging_sql(conn.dialect.name):
+        conn.exec_driver_sql(statement)
+    conn.info[_STAGING] = True
+
+
+def forget_staging(info: dict[Any, Any]) -> None:
+    """After a failed ingest (its transaction rolled back, maybe with the tables' creation)."""
+    info.pop(_STAGING, None)
+
+
 @functools.lru_cache(maxsize=4)
 def _staging_sql(dialect: str) -> tuple[str, ...]:
     columns = ", ".join(f"{name} {kind}" for name, kind in BATCH_COLUMNS)
+    minutes = _minutes_table()
     if dialect == "postgresql":
         # Per session; emptied by every commit (and rollback).
-        return (f"CREATE TEMP TABLE IF NOT EXISTS usage_batch ({columns}) ON COMMIT DELETE ROWS",)
-    return (f"CREATE TEMP TABLE IF NOT EXISTS usage_batch ({columns})", "DELETE FROM usage_batch")
+        return (
+            f"CREATE TEMP TABLE IF NOT EXISTS usage_batch ({columns}) ON COMMIT DELETE ROWS",
+            f"{minutes} ON COMMIT DELETE ROWS",
+        )
+    return (f"CREATE TEMP TABLE IF NOT EXISTS usage_batch ({columns})", minutes)
+
+
+def _minutes_table() -> str:
+    """The batch grouped by minute: every rollup reads these rows, not the records."""
+    kinds = ", ".join(f"{c} BIGINT" for c in (*ROLLUP_SUMS, *(n for n, _, _ in _EXTREME_COLUMNS)))
+    return (
+        "CREATE TEMP TABLE IF NOT EXISTS usage_batch_minutes (team_id TEXT, bucket BIGINT, "
+        f"api_key_id TEXT, model TEXT, endpoint TEXT, status BIGINT, {kinds})"
+    )
 
 
 def roll_up(conn: Connection, cluster: str, folded_to: int) -> None:
@@ -108,28 +154,35 @@ def roll_up(conn: Connection, cluster: str, folded_to: int) -> None:
     database, one statement each. Minutes only, but for records older than the fold mark
     (``folded_to``: a gateway's backlog), which also go into the hours and days, as ``fold``
     would have put them there."""
-    prepare, minutes, late = _rollup_sql(conn.dialect.name)
-    for statement in prepare:
-        conn.exec_driver_sql(statement)
+    fill, minutes, late = _rollup_sql(conn.dialect.name)
+    conn.exec_driver_sql(fill)
     for statement in minutes:
-        conn.execute(text(statement), {"cluster": cluster})
+        conn.execute(statement, {"cluster": cluster})
     oldest = conn.exec_driver_sql("SELECT min(bucket) FROM usage_batch_minutes").scalar()
     if oldest is not None and oldest < folded_to:
         for statement in late:
-            conn.execute(text(statement), {"cluster": cluster, "folded_to": folded_to})
+            conn.execute(statement, {"cluster": cluster, "folded_to": folded_to})
 
 
-def stage_spend(conn: Connection) -> tuple[list[str], list[str]]:
-    """Add the staged records' cost to the teams' and keys' daily spend (after ``roll_up``);
-    the teams and keys that spent, each sorted."""
-    conn.execute(text(_SPEND_SQL))
-    teams = [r[0] for r in conn.exec_driver_sql(_SPENT_SQL.format(column="team_id"))]
-    keys = [r[0] for r in conn.exec_driver_sql(_SPENT_SQL.format(column="api_key_id"))]
-    return teams, keys
+def stage_spend(conn: Connection, *, every_team: bool) -> tuple[list[str], list[Any]]:
+    """Add the staged records' cost to the teams' and keys' daily spend (after ``roll_up``).
+    The teams that spent, sorted: all of them with ``every_team`` (a limit applies to every
+    team), else those with a billing row (only they can have a limit or a block); and the rows
+    (``api_key_id``, ``team_id``, ``budget_*``) of the keys that spent and have a budget."""
+    conn.exec_driver_sql(_SPEND_SQL)
+    teams = [r[0] for r in conn.exec_driver_sql(_SPENT_TEAMS if every_team else _BILLED_TEAMS)]
+    return teams, list(conn.exec_driver_sql(_BUDGETED_SQL))
 
 
-_SPENT_SQL = (
-    "SELECT DISTINCT {column} FROM usage_batch_minutes WHERE cost > 0 AND team_id <> '' ORDER BY 1"
+_SPENT = "FROM usage_batch_minutes WHERE cost > 0 AND team_id <> ''"
+_SPENT_TEAMS = f"SELECT DISTINCT team_id {_SPENT} ORDER BY 1"
+_BILLED_TEAMS = (
+    f"SELECT team_id FROM team_billing WHERE team_id IN (SELECT team_id {_SPENT}) ORDER BY 1"  # noqa: S608
+)
+_BUDGETED_SQL = (
+    "SELECT api_key_id, team_id, budget_cents, budget_period, budget_blocked_until "  # noqa: S608
+    f"FROM api_keys WHERE api_key_id IN (SELECT api_key_id {_SPENT}) "
+    "AND budget_cents IS NOT NULL ORDER BY api_key_id"
 )
 _SPEND_SQL = (
     "INSERT INTO usage_spend (subject, day, cost) "
@@ -170,9 +223,9 @@ def _upsert(dialect: str, table: str, rows: str) -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def _rollup_sql(dialect: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
-    """``(statements that fill usage_batch_minutes, minute upserts, hour and day upserts of the
-    records before the fold mark)``."""
+def _rollup_sql(dialect: str) -> tuple[str, tuple[TextClause, ...], tuple[TextClause, ...]]:
+    """``(the statement that fills usage_batch_minutes, minute upserts, hour and day upserts of
+    the records before the fold mark)``."""
     # Names are this module's own tables and columns, never input; the cluster is a parameter.
     names = [name for name, _, _ in _EXTREME_COLUMNS]
 
@@ -181,11 +234,6 @@ def _rollup_sql(dialect: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[s
 
     # The batch grouped by minute once: every rollup below reads these rows, not the records.
     minute_key = "team_id, bucket, api_key_id, model, endpoint, status"
-    kinds = ", ".join(f"{c} BIGINT" for c in (*ROLLUP_SUMS, *names))
-    create = (
-        "CREATE TEMP TABLE IF NOT EXISTS usage_batch_minutes (team_id TEXT, bucket BIGINT, "
-        f"api_key_id TEXT, model TEXT, endpoint TEXT, status BIGINT, {kinds})"
-    )
     sums = ", ".join(f"sum({c})" for c in ROLLUP_SUMS[1:])
     picks = ", ".join(f"{m}({value(v)})" for _, m, v in _EXTREME_COLUMNS)
     fill = (
@@ -193,10 +241,6 @@ def _rollup_sql(dialect: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[s
         f"model, endpoint, status, count(*), {sums}, {picks} FROM usage_batch "
         "GROUP BY team_id, 2, api_key_id, model, endpoint, status"
     )
-    if dialect == "postgresql":
-        prepare: tuple[str, ...] = (create + " ON COMMIT DELETE ROWS", fill)
-    else:
-        prepare = (create, "DELETE FROM usage_batch_minutes", fill)
     minutes: list[str] = []
     late: list[str] = []
     for width, table in ROLLUPS:
@@ -225,7 +269,8 @@ def _rollup_sql(dialect: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[s
                 )
             (minutes if width == 60 else late).append(_upsert(dialect, table.name, rows))
     late.append(series_upsert("usage_batch_minutes", "bucket < :folded_to"))
-    return prepare, tuple(minutes), tuple(late)
+    # Built once: a TextClause made per execute parses its parameters out of the text again.
+    return fill, tuple(map(text, minutes)), tuple(map(text, late))
 
 
 #: The cells of a ``usage_series`` row, in column order: every sum's slots, sum after sum.
@@ -264,11 +309,41 @@ def folded_to(conn: Connection, *, exclusive: bool = False) -> int:
     """The fold mark (epoch s): hours and days hold exactly the minutes before it. Locked until
     commit on PostgreSQL: shared by ingests (which write hours and days below it), exclusive by a
     fold (which moves it)."""
-    f = usage_fold
-    value = conn.execute(
-        select(f.c.folded_to).where(f.c.name == FOLD).with_for_update(read=not exclusive)
-    ).scalar_one_or_none()
-    return 0 if value is None else int(value)
+    row = driver.first(conn, _FOLD_MARK[exclusive], {})
+    return 0 if row is None else int(row.folded_to)
+
+
+# Built once, read by the driver on SQLite (keyplane.storage.driver): every ingest reads both
+# marks, and building a select per call cost more than the read.
+_FOLD_MARK = {
+    exclusive: select(usage_fold.c.folded_to)
+    .where(usage_fold.c.name == FOLD)
+    .with_for_update(read=not exclusive)
+    for exclusive in (False, True)
+}
+_INGEST_MARK = (
+    select(usage_ingest_marks.c.offset)
+    .where(
+        usage_ingest_marks.c.gateway_id == bindparam("gateway_id"),
+        usage_ingest_marks.c.segment == bindparam("segment"),
+    )
+    .with_for_update()
+)
+# RETURNING: a statement with a result, so the driver runs it (``driver.first``). Parameters
+# named unlike any column: SQLAlchemy would take those for SET values.
+_MOVE_MARK = (
+    update(usage_ingest_marks)
+    .where(
+        usage_ingest_marks.c.gateway_id == bindparam("of_gateway"),
+        usage_ingest_marks.c.segment == bindparam("of_segment"),
+    )
+    .values(
+        cluster=bindparam("to_cluster"),
+        offset=bindparam("to_offset"),
+        update_time=bindparam("to_time"),
+    )
+    .returning(usage_ingest_marks.c.offset)
+)
 
 
 def folded_to_expression() -> Any:
@@ -345,13 +420,8 @@ def _purge_series(conn: Connection, cutoff: int) -> int:
 
 def lock_mark(conn: Connection, gateway_id: str, segment: int) -> int | None:
     """The ingested offset of a gateway's spool segment, row-locked until commit (PostgreSQL)."""
-    m = usage_ingest_marks
-    value = conn.execute(
-        select(m.c.offset)
-        .where(m.c.gateway_id == gateway_id, m.c.segment == segment)
-        .with_for_update()
-    ).scalar_one_or_none()
-    return None if value is None else int(value)
+    row = driver.first(conn, _INGEST_MARK, {"gateway_id": gateway_id, "segment": segment})
+    return None if row is None else int(row.offset)
 
 
 def set_mark(
@@ -367,9 +437,8 @@ def set_mark(
     m = usage_ingest_marks
     values = {"cluster": cluster, "offset": offset, "update_time": to_micros(now)}
     if existed:
-        conn.execute(
-            update(m).where(m.c.gateway_id == gateway_id, m.c.segment == segment).values(values)
-        )
+        moved = {"to_cluster": cluster, "to_offset": offset, "to_time": values["update_time"]}
+        driver.first(conn, _MOVE_MARK, {**moved, "of_gateway": gateway_id, "of_segment": segment})
     else:
         # Two control planes may take the first batch of a segment at once: the second waits on
         # the first's row and then adds nothing (PostgreSQL); SQLite writers are serial anyway.
@@ -453,24 +522,6 @@ def team_key_ids(conn: Connection, team_id: str) -> list[str]:
             select(k.c.api_key_id).where(k.c.team_id == team_id).order_by(k.c.api_key_id)
         )
     ]
-
-
-def budgeted_keys(conn: Connection, key_ids: Iterable[str]) -> list[Any]:
-    k = t.api_keys
-    ids = list(key_ids)
-    if not ids:
-        return []
-    return list(
-        conn.execute(
-            select(
-                k.c.api_key_id,
-                k.c.team_id,
-                k.c.budget_cents,
-                k.c.budget_period,
-                k.c.budget_blocked_until,
-            ).where(k.c.api_key_id.in_(ids), k.c.budget_cents.is_not(None))
-        )
-    )
 
 
 def blocked_keys(conn: Connection, *, until_before: int) -> list[Any]:
