@@ -401,16 +401,18 @@ class Replica:
     def lookup(self, digest: bytes, now: float) -> KeyRecord | None:
         """The key holding the secret whose SHA-256 digest (raw bytes) this is, if that secret
         is alive at ``now``."""
+        if digest not in self._cache and self._load(digest) is None:
+            return None
+        return self.cached(digest, now)
+
+    def cached(self, digest: bytes, now: float) -> KeyRecord | None:
+        """``lookup`` among the hot keys only: None for a digest not cached, with no read of the
+        store. Only digests of stored secrets are ever cached, and every stored secret is well
+        formed (``keysecrets.generate_secret``), so a hit vouches for the secret's shape."""
         hit = self._cache.get(digest)
         if hit is None:
-            record = self._load(digest)
-            if record is None:
-                return None
-            hit = self._cache.get(digest)
-            if hit is None:  # the store's row does not hold this digest among its secrets
-                return None
-        else:
-            self._cache.move_to_end(digest)
+            return None
+        self._cache.move_to_end(digest)
         record, dies_at = hit
         return record if dies_at is None or dies_at > now else None
 

@@ -375,10 +375,17 @@ _KEY_BYTES = st.sampled_from([SECRET, OLD_SECRET, "xai-" + "a" * 80]).map(str.en
     )
 )
 def test_the_fast_path_of_authenticate_decides_as_the_general_one(authorization: bytes) -> None:
-    """``authenticate`` reads "Bearer <well-formed key>" from the bytes; whatever it is given,
-    it answers what the general path (decode, strip, partition, shape check) answers."""
+    """``authenticate`` reads "Bearer <key>" from the bytes and looks among the hot keys first;
+    whatever it is given, it answers what the general path (decode, strip, partition, shape
+    check, the store) answers, with the key cached (the fast path's hit) or not."""
     gw = gateway(view(secrets=[{"digest": keysecrets.digest(SECRET), "expireTime": None}]))
-    assert _outcome(gw.authenticate, authorization) == _outcome(gw._authenticate, authorization)
+    cold = _outcome(gw.authenticate, authorization)  # nothing cached yet: the general path
+    assert gw.replica.lookup(keysecrets.digest_raw(SECRET.encode()), NOW) is not None
+    assert (
+        cold
+        == _outcome(gw.authenticate, authorization)
+        == _outcome(gw._authenticate, authorization)
+    )
 
 
 def state_refusal(key: KeyRecord, now: float = NOW) -> str | None:

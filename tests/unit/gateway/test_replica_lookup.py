@@ -1,4 +1,5 @@
-"""Replica.lookup over its bounded cache of hot keys: a secret's own death time, eviction."""
+"""Replica.lookup over its bounded cache of hot keys: a secret's own death time, eviction;
+Replica.cached, the same among the hot keys only."""
 
 from __future__ import annotations
 
@@ -74,3 +75,16 @@ def test_a_cached_key_s_new_revision_replaces_every_secret_it_had() -> None:
     renewed = replica.lookup(_raw("c"), 0.0)
     assert renewed is not None
     assert renewed.revision == 2
+
+
+def test_cached_answers_from_the_hot_keys_only_as_lookup_would() -> None:
+    replica = Replica()
+    replica.apply([Change(1, "upsert", _view("k1", 1, [("old", DIES), ("new", None)]))])
+    assert replica.cached(_raw("new"), 0.0) is None  # in the store, not loaded: no read
+    loaded = replica.lookup(_raw("new"), 0.0)
+    assert loaded is not None
+    for name, now in (("new", DIES_AT + 1), ("old", DIES_AT - 1), ("old", DIES_AT)):
+        assert replica.cached(_raw(name), now) is replica.lookup(_raw(name), now)
+    assert replica.cached(_raw("old"), DIES_AT - 1) is loaded
+    assert replica.cached(_raw("old"), DIES_AT) is None
+    assert replica.cached(_raw("other"), 0.0) is None
