@@ -203,7 +203,7 @@ class Gateway:
                 if len(value) == self._bearer_length and value.startswith(self._bearer_prefix):
                     # keysecrets.digest_raw, inlined: one Python call less per request.
                     record = self.replica.cached(
-                        _DIGEST(value[_BEARER_LENGTH:]).digest(), self._clock()
+                        _DIGEST(value[_BEARER_LENGTH:]).digest(), self._clock
                     )
                     if record is not None:
                         return record

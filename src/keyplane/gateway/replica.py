@@ -21,7 +21,7 @@ import os
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -403,18 +403,19 @@ class Replica:
         is alive at ``now``."""
         if digest not in self._cache and self._load(digest) is None:
             return None
-        return self.cached(digest, now)
+        return self.cached(digest, lambda: now)
 
-    def cached(self, digest: bytes, now: float) -> KeyRecord | None:
-        """``lookup`` among the hot keys only: None for a digest not cached, with no read of the
-        store. Only digests of stored secrets are ever cached, and every stored secret is well
-        formed (``keysecrets.generate_secret``), so a hit vouches for the secret's shape."""
+    def cached(self, digest: bytes, clock: Callable[[], float]) -> KeyRecord | None:
+        """``lookup`` among the hot keys only, at ``clock()``: None for a digest not cached, with
+        no read of the store. Only digests of stored secrets are ever cached, and every stored
+        secret is well formed (``keysecrets.generate_secret``), so a hit vouches for the secret's
+        shape. The clock is read only for a secret that can die (most never do)."""
         hit = self._cache.get(digest)
         if hit is None:
             return None
         self._cache.move_to_end(digest)
         record, dies_at = hit
-        return record if dies_at is None or dies_at > now else None
+        return record if dies_at is None or dies_at > clock() else None
 
     def _load(self, digest: bytes) -> KeyRecord | None:
         row = self.store.find(digest.hex())

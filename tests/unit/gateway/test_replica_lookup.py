@@ -4,6 +4,7 @@ Replica.cached, the same among the hot keys only."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 from keyplane.gateway.replica import Change, Replica
@@ -80,11 +81,31 @@ def test_a_cached_key_s_new_revision_replaces_every_secret_it_had() -> None:
 def test_cached_answers_from_the_hot_keys_only_as_lookup_would() -> None:
     replica = Replica()
     replica.apply([Change(1, "upsert", _view("k1", 1, [("old", DIES), ("new", None)]))])
-    assert replica.cached(_raw("new"), 0.0) is None  # in the store, not loaded: no read
+    assert replica.cached(_raw("new"), _clock(0.0)) is None  # in the store, not loaded: no read
     loaded = replica.lookup(_raw("new"), 0.0)
     assert loaded is not None
     for name, now in (("new", DIES_AT + 1), ("old", DIES_AT - 1), ("old", DIES_AT)):
-        assert replica.cached(_raw(name), now) is replica.lookup(_raw(name), now)
-    assert replica.cached(_raw("old"), DIES_AT - 1) is loaded
-    assert replica.cached(_raw("old"), DIES_AT) is None
-    assert replica.cached(_raw("other"), 0.0) is None
+        assert replica.cached(_raw(name), _clock(now)) is replica.lookup(_raw(name), now)
+    assert replica.cached(_raw("old"), _clock(DIES_AT - 1)) is loaded
+    assert replica.cached(_raw("old"), _clock(DIES_AT)) is None
+    assert replica.cached(_raw("other"), _clock(0.0)) is None
+
+
+def test_cached_reads_the_clock_only_for_a_secret_that_can_die() -> None:
+    replica = Replica()
+    replica.apply([Change(1, "upsert", _view("k1", 1, [("old", DIES), ("new", None)]))])
+    assert replica.lookup(_raw("new"), 0.0) is not None
+    reads: list[float] = []
+
+    def clock() -> float:
+        reads.append(DIES_AT)
+        return DIES_AT
+
+    assert replica.cached(_raw("new"), clock) is not None
+    assert reads == []
+    assert replica.cached(_raw("old"), clock) is None
+    assert reads == [DIES_AT]
+
+
+def _clock(now: float) -> Callable[[], float]:
+    return lambda: now
