@@ -348,6 +348,25 @@ def test_a_rotated_out_secret_works_until_its_grace_ends() -> None:
         assert gateway(rotated, now=now).authenticate(scope(f"Bearer {SECRET}"))
 
 
+def test_a_rotated_out_secret_s_grace_ends_for_a_cached_key_too() -> None:
+    rotated = view(
+        secrets=[
+            {"digest": keysecrets.digest(SECRET), "expireTime": None},
+            {"digest": keysecrets.digest(OLD_SECRET), "expireTime": ts(NOW + 60)},
+        ]
+    )
+    replica = Replica()
+    replica.apply([Change(1, "upsert", rotated)])
+    now = [NOW + 59]
+    gw = Gateway(GatewayConfig(cluster=US), replica, clock=lambda: now[0])
+    for _ in range(2):  # loaded by the general path, then a hit on the fast path
+        assert gw.authenticate(scope(f"Bearer {OLD_SECRET}")).api_key_id == "k1"
+    now[0] = NOW + 60
+    with pytest.raises(InvalidArgument):
+        gw.authenticate(scope(f"Bearer {OLD_SECRET}"))
+    assert gw.authenticate(scope(f"Bearer {SECRET}")).api_key_id == "k1"
+
+
 def _outcome(authenticate: Any, authorization: bytes) -> str:
     try:
         return str(authenticate(scope_of(authorization)).api_key_id)
