@@ -55,27 +55,21 @@ def ingest(
     except msgspec.MsgspecError:
         raise InvalidArgument("the batch holds an undecodable record", field="body") from None
     revisions: list[int] = []
-    info: dict[Any, Any] = {}
-    try:
-        with ctx.sql_write() as uow:
-            info = uow.conn.info
-            mark = store.lock_mark(uow.conn, gateway_id, segment)
-            fresh = [r for offset, r in records if mark is None or offset >= mark]
-            if fresh:
-                revisions = _count(uow, fresh, cluster=cluster, hard=hard_limit_cents)
-            if mark is None or end > mark:
-                store.set_mark(
-                    uow.conn,
-                    gateway_id=gateway_id,
-                    segment=segment,
-                    cluster=cluster,
-                    offset=end,
-                    existed=mark is not None,
-                    now=uow.now,
-                )
-    except BaseException:
-        store.forget_staging(info)  # rolled back: maybe the staging tables' creation too
-        raise
+    with ctx.sql_write() as uow:
+        mark = store.lock_mark(uow.conn, gateway_id, segment)
+        fresh = [r for offset, r in records if mark is None or offset >= mark]
+        if fresh:
+            revisions = _count(uow, fresh, cluster=cluster, hard=hard_limit_cents)
+        if mark is None or end > mark:
+            store.set_mark(
+                uow.conn,
+                gateway_id=gateway_id,
+                segment=segment,
+                cluster=cluster,
+                offset=end,
+                existed=mark is not None,
+                now=uow.now,
+            )
     return IngestResult(len(fresh), len(records) - len(fresh), tuple(revisions))
 
 

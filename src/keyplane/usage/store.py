@@ -62,7 +62,8 @@ def stage(conn: Connection, records: Sequence[Sequence[Any]]) -> None:
     """Put a batch's records (tuples in ``BATCH_COLUMNS`` order) in the connection's staging
     table, empty before: one driver call (an ``executemany`` on SQLite, a ``COPY`` on
     PostgreSQL)."""
-    _prepare_staging(conn)
+    for statement in _staging_sql(conn.dialect.name):
+        conn.exec_driver_sql(statement)
     if conn.dialect.name == "sqlite":  # PostgreSQL's commit emptied them (ON COMMIT DELETE ROWS)
         conn.exec_driver_sql("DELETE FROM usage_batch")
         conn.exec_driver_sql("DELETE FROM usage_batch_minutes")
@@ -104,26 +105,6 @@ def _copy_field(value: Any) -> str:
 _STAGE_PG = "COPY usage_batch FROM STDIN"
 _SQLITE_MARKS = ", ".join("?" for _ in BATCH_COLUMNS)
 _STAGE_SQLITE = f"INSERT INTO usage_batch VALUES ({_SQLITE_MARKS})"  # noqa: S608
-
-
-#: Set in a pooled connection's ``info`` once its staging tables exist (they live as long as it).
-_STAGING = "keyplane.usage.staging"
-
-
-def _prepare_staging(conn: Connection) -> None:
-    """Create the connection's two staging tables on its first ingest (a ``CREATE TEMP TABLE IF
-    NOT EXISTS`` per batch cost ~100 µs each on SQLite). The tables' creation commits with the
-    first batch's transaction; ``forget_staging`` after a rollback, which undoes it."""
-    if conn.info.get(_STAGING):
-        return
-    for statement in _staging_sql(conn.dialect.name):
-        conn.exec_driver_sql(statement)
-    conn.info[_STAGING] = True
-
-
-def forget_staging(info: dict[Any, Any]) -> None:
-    """After a failed ingest (its transaction rolled back, maybe with the tables' creation)."""
-    info.pop(_STAGING, None)
 
 
 @functools.lru_cache(maxsize=4)
