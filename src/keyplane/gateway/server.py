@@ -47,6 +47,8 @@ log = structlog.get_logger("keyplane.gateway")
 
 CREDENTIAL_FILE = "feed-credential"
 CREDENTIAL_ENV = "KEYPLANE_GATEWAY_CREDENTIAL"
+#: The cyclic collector's gen-0 threshold once started (see ``GatewayProcess._lifespan``).
+GEN0_THRESHOLD = 10_000
 
 
 def gateway_dir(settings: Settings, cluster: str, replica: int) -> Path:
@@ -229,6 +231,10 @@ class GatewayProcess:
                 # it (in process, with a fake upstream, GC time per request fell by two thirds).
                 gc.collect()
                 gc.freeze()
+                # A request frees nearly all it allocates, but at the default gen-0 threshold
+                # (700 allocations) requests in flight together crossed it about every 100
+                # requests: a ~0.1 ms pause each that found little garbage, in the added p99.
+                gc.set_threshold(GEN0_THRESHOLD, *gc.get_threshold()[1:])
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 for task in (self._task, self._shipping):
