@@ -27,7 +27,7 @@ from keyplane.ratelimit import (
     TokenLimit,
 )
 from tests.support.limits import qpm, qps, tpm
-from tests.support.redis import RedisServer, shared_redis
+from tests.support.redis import RedisServer, counted, shared_redis
 
 
 @pytest.fixture(scope="module")
@@ -241,12 +241,12 @@ async def test_redis_keys_expire_with_their_window(redis_server: RedisServer) ->
     try:
         assert (await limiter.acquire([RequestLimit("qps", "k", 5, 0.2)])).allowed
         await limiter.charge([TokenLimit("tpm", "k", 100, 0.3)], 7)
-        keys = await client.keys(prefix + "[rt]:*")
+        keys = await client.keys(prefix + "v2:[rt]:*")
         assert len(keys) == 4  # a log and a sum per counter
         for key in keys:
             assert 0 < await client.pttl(key) <= 1000
         deadline = time.monotonic() + 5.0
-        while await client.keys(prefix + "[rt]:*"):
+        while await client.keys(prefix + "v2:[rt]:*"):
             assert time.monotonic() < deadline, "idle counters did not expire"
             await asyncio.sleep(0.02)
         assert limiter.failures == 0
@@ -263,10 +263,10 @@ async def test_redis_logs_stay_bounded(redis_server: RedisServer) -> None:
         for _ in range(300):
             await limiter.acquire([qpm(25)])
             await limiter.charge([tpm(10**9)], 3)
-        assert await client.llen(prefix + "r:key:1:qpm:log") == 25
-        assert await client.get(prefix + "r:key:1:qpm:sum") == b"25"
-        assert await client.llen(prefix + "t:key:1:tpm:log") <= 61  # merged per 1 s bucket
-        assert await client.get(prefix + "t:key:1:tpm:sum") == b"900"
+        assert await client.llen(prefix + "v2:r:key:1:qpm:log") == 25
+        assert counted(await client.get(prefix + "v2:r:key:1:qpm:sum")) == 25
+        assert await client.llen(prefix + "v2:t:key:1:tpm:log") <= 61  # merged per 1 s bucket
+        assert counted(await client.get(prefix + "v2:t:key:1:tpm:sum")) == 900
     finally:
         await client.aclose()
         await limiter.aclose()
@@ -277,11 +277,23 @@ async def test_redis_rebuilds_a_lost_sum_from_the_log(redis_server: RedisServer)
     client = Redis.from_url(redis_server.url)
     try:
         assert await admitted(limiter, 4, qpm(5)) == 4
-        await client.delete(limiter.prefix + "r:key:1:qpm:sum")  # e.g. evicted under maxmemory
+        await client.delete(limiter.prefix + "v2:r:key:1:qpm:sum")  # e.g. evicted under maxmemory
         assert await admitted(limiter, 5, qpm(5)) == 1
-        assert await client.get(limiter.prefix + "r:key:1:qpm:sum") == b"5"
-        await client.delete(limiter.prefix + "r:key:1:qpm:log")  # a sum without its log
-        assert await admitted(limiter, 6, qpm(5)) == 5
+        assert counted(await client.get(limiter.prefix + "v2:r:key:1:qpm:sum")) == 5
+        # A sum without its log still counts what was admitted, until the log is next written:
+        # the write finds the log out of step with its sum (its length) and rebuilds from it.
+        await client.delete(limiter.prefix + "v2:r:key:1:qpm:log")
+        assert await admitted(limiter, 1, qpm(5)) == 0
+        assert await admitted(limiter, 8, qpm(7)) == 7  # the first rebuilt it: 1, then 6 more
+        assert await client.llen(limiter.prefix + "v2:r:key:1:qpm:log") == 7
+        assert counted(await client.get(limiter.prefix + "v2:r:key:1:qpm:sum")) == 7
+        # The same when a charge merges into the newest entry of a log that is gone.
+        for _ in range(3):
+            await limiter.charge([tpm(10**9)], 4)
+        await client.delete(limiter.prefix + "v2:t:key:1:tpm:log")
+        await limiter.charge([tpm(10**9)], 5)
+        assert await client.llen(limiter.prefix + "v2:t:key:1:tpm:log") == 1
+        assert counted(await client.get(limiter.prefix + "v2:t:key:1:tpm:sum")) == 5
         assert limiter.failures == 0
     finally:
         await client.aclose()
@@ -301,24 +313,24 @@ async def test_redis_counters_keep_their_expiry_when_only_their_sum_changes(
     async def expiring(*names: str) -> None:
         for name in names:
             for part in (":log", ":sum"):
-                assert 0 < await client.pttl(prefix + name + part) <= 62_000, name + part
+                assert 0 < await client.pttl(prefix + "v2:" + name + part) <= 62_000, name + part
 
     try:
         for _ in range(20):  # 20 charges, most in the same 1 s bucket
             await limiter.charge([tpm(10**9)], 3)
             await expiring("t:key:1:tpm")
-        assert await client.get(prefix + "t:key:1:tpm:sum") == b"60"
-        await client.delete(prefix + "t:key:1:tpm:sum")  # lost: rebuilt, with a TTL
+        assert counted(await client.get(prefix + "v2:t:key:1:tpm:sum")) == 60
+        await client.delete(prefix + "v2:t:key:1:tpm:sum")  # lost: rebuilt, with a TTL
         await limiter.charge([tpm(10**9)], 3)
-        assert await client.get(prefix + "t:key:1:tpm:sum") == b"63"
+        assert counted(await client.get(prefix + "v2:t:key:1:tpm:sum")) == 63
         await expiring("t:key:1:tpm")
         # Lost, then rebuilt by a decision that another limit refuses: a new TTL all the same.
         full = RequestLimit("qpm", "key:1:full", 1, 60.0)
         assert await admitted(limiter, 2, qpm(5)) == 2
         assert await admitted(limiter, 1, full) == 1
-        await client.delete(prefix + "r:key:1:qpm:sum")
+        await client.delete(prefix + "v2:r:key:1:qpm:sum")
         assert not (await limiter.acquire([qpm(5), full])).allowed
-        assert await client.get(prefix + "r:key:1:qpm:sum") == b"2"
+        assert counted(await client.get(prefix + "v2:r:key:1:qpm:sum")) == 2
         await expiring("r:key:1:qpm")
         assert limiter.failures == 0
     finally:

@@ -28,7 +28,7 @@ from keyplane.ratelimit import (
 )
 from keyplane.ratelimit.redis import _redis_py
 from tests.support.limits import qpm
-from tests.support.redis import RedisServer
+from tests.support.redis import RedisServer, counted
 
 
 def sample(name: str, labels: dict[str, str] | None = None) -> float:
@@ -92,7 +92,7 @@ async def admitted(limiter: RedisLimiter, n: int, *limits: RequestLimit) -> list
 async def redis_count(server: RedisServer, prefix: str, counter: str) -> int:
     client = Redis.from_url(server.url)
     try:
-        return int(await client.get(f"{prefix}r:{counter}:sum") or 0)
+        return counted(await client.get(f"{prefix}v2:r:{counter}:sum"))
     finally:
         await client.aclose()
 
@@ -222,7 +222,7 @@ async def test_token_charges_made_while_down_are_replayed(server: RedisServer) -
         await until(lambda: a.available, "the replica back on Redis")
         client = Redis.from_url(server.url)
         try:
-            assert int(await client.get(a.prefix + "t:key:1:tpm:sum") or 0) == 450
+            assert counted(await client.get(a.prefix + "v2:t:key:1:tpm:sum")) == 450
         finally:
             await client.aclose()
 

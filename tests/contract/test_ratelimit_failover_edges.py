@@ -42,7 +42,7 @@ from tests.contract.test_ratelimit_failover import (
 )
 from tests.support.limits import qpm
 from tests.support.procs import free_port
-from tests.support.redis import RedisServer
+from tests.support.redis import RedisServer, counted, unpacked
 
 LOGGER = "keyplane.ratelimit.redis"
 
@@ -58,12 +58,12 @@ async def admin(server: RedisServer) -> AsyncIterator[Redis]:
 
 async def token_count(server: RedisServer, prefix: str, counter: str) -> int:
     async with admin(server) as client:
-        return int(await client.get(f"{prefix}t:{counter}:sum") or 0)
+        return counted(await client.get(f"{prefix}v2:t:{counter}:sum"))
 
 
-async def entries(client: Redis, key: str) -> list[str]:
-    """A counter's log, as Redis holds it: ``"<µs>"`` or ``"<µs>:<units>"`` per entry."""
-    return [e.decode() if isinstance(e, bytes) else str(e) for e in await client.lrange(key, 0, -1)]
+async def entries(client: Redis, key: str) -> list[list[int]]:
+    """A counter's log, as Redis holds it: ``[µs, units]`` per entry."""
+    return [unpacked(e, 2) for e in await client.lrange(key, 0, -1)]
 
 
 def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -412,13 +412,12 @@ async def test_a_limit_of_exactly_exact_max_is_logged_exactly_and_larger_ones_in
         assert 60.0 < last.requests.reset_after <= 60.0 + width / 1e6
         await limiter.charge([tokens], 7)
         async with admin(server) as client:
-            logged = await entries(client, prefix + "r:key:exact:log")
+            logged = await entries(client, prefix + "v2:r:key:exact:log")
             assert len(logged) == 4  # one entry per admission, at its microsecond
-            assert all(":" not in entry for entry in logged)
-            for key in ("r:key:bucketed:log", "t:key:tpm:log"):
-                (entry,) = await entries(client, prefix + key)
-                at = int(entry.split(":")[0])
-                assert at % width == 0, (key, entry)  # a bucket's end
+            assert [units for _, units in logged] == [1, 1, 1, 1]
+            for key in ("v2:r:key:bucketed:log", "v2:t:key:tpm:log"):
+                ((at, _),) = await entries(client, prefix + key)
+                assert at % width == 0, (key, at)  # a bucket's end
         assert limiter.failures == 0
     finally:
         await limiter.aclose()

@@ -23,7 +23,7 @@ from keyplane.ratelimit import (
     RequestLimit,
     TokenLimit,
 )
-from tests.support.redis import RedisServer
+from tests.support.redis import RedisServer, counted
 
 
 def limiter(server: RedisServer, **extra: Any) -> RedisLimiter:
@@ -56,7 +56,7 @@ async def test_calls_in_flight_share_round_trips_and_stay_exact(server: RedisSer
         assert all(d.violated is not None and d.violated.actual == 50 for d in decisions[50:])
         # 200 calls made in one turn: at most two batches go at once, at most 128 calls each.
         assert calls <= 4, calls
-        assert await client.get(shared.prefix + "r:key:1:qpm:sum") == b"50"
+        assert counted(await client.get(shared.prefix + "v2:r:key:1:qpm:sum")) == 50
         assert shared.failures == 0
     finally:
         await client.aclose()

@@ -21,7 +21,7 @@ from redis.exceptions import ResponseError
 from keyplane.ratelimit import Decision, RedisLimiter, RequestLimit, TokenLimit
 from tests.contract.test_ratelimit_failover import until
 from tests.contract.test_ratelimit_pipelining import limiter, script_calls
-from tests.support.redis import RedisServer, paused
+from tests.support.redis import RedisServer, counted, paused
 
 QPM = RequestLimit("qpm", "key:1:qpm", 1000, 60.0)
 
@@ -151,7 +151,7 @@ async def test_a_script_error_fails_the_calls_of_its_batch_and_not_those_queued_
     # raise that error (a bug to surface), Redis stays in use, and the next batch is not touched.
     bad = RequestLimit("qpm", "key:2:qpm", 1000, 60.0)
     async with warmed(server) as (shared, client):
-        await client.set(shared.prefix + "r:key:2:qpm:log", "not a list")
+        await client.set(shared.prefix + "v2:r:key:2:qpm:log", "not a list")
         server.pause()
         try:
             first = asyncio.ensure_future(shared.acquire([QPM]))  # on the wire alone
@@ -252,4 +252,4 @@ async def test_an_acquire_and_a_charge_keep_a_token_limit_under_its_own_keys(
     async with warmed(server) as (shared, client):
         assert (await shared.acquire([QPM], [tpm])).allowed
         await shared.charge([tpm], 7)
-        assert await client.get(f"{shared.prefix}t:key:3:tpm:sum") == b"7"
+        assert counted(await client.get(f"{shared.prefix}v2:t:key:3:tpm:sum")) == 7

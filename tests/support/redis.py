@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import msgspec
+
 from tests.support.procs import free_port, missing_server
 
 ALLOW_MISSING_ENV = "KEYPLANE_TEST_ALLOW_MISSING_REDIS"
@@ -137,3 +139,18 @@ def shared_redis() -> Iterator[RedisServer]:
         yield server
     finally:
         server.close()  # not started here: stop() leaves it running, close() drops the temp dir
+
+
+def unpacked(value: bytes | str | None, count: int) -> list[int]:
+    """The ``count`` MessagePack integers a rate-limit key's value holds one after the other (the
+    limiter's layout v2): a log entry's µs and units, or a sum's total, length, oldest entry (µs,
+    units) and newest (µs, units); ``[]`` for a missing key."""
+    if value is None:
+        return []
+    raw = value.encode() if isinstance(value, str) else value
+    return msgspec.msgpack.decode(bytes((0x90 | count,)) + raw, type=list[int])
+
+
+def counted(value: bytes | str | None) -> int:
+    """The total a rate-limit counter's sum key holds (0 when it is missing)."""
+    return (unpacked(value, 6) or [0])[0]

@@ -16,14 +16,24 @@ epoch once and moves the replica's seen mark once; each call's arguments travel 
 MessagePack array, which the script reads as numbers without parsing text. At most two batches
 are on the wire; calls made meanwhile gather into the next.
 
-Each counter is a list ``<prefix><r|t>:<counter>:log`` of entries ``"<µs>"`` or ``"<µs>:<units>"``
-(oldest first) plus ``...:sum`` holding their total, so a check costs O(1) amortised: drop the
-expired head entries, read the sum. Request limits up to ``exact_max`` log each admission at its
-exact microsecond (a sliding log of at most ``limit`` entries); larger limits and all token limits
-round times up to bucket ends (``window / buckets``) and merge entries per bucket, so their lists
-hold at most ``buckets + 1`` entries whatever the traffic. Both keys get a TTL of the time until
+Each counter is a list ``<prefix>v2:<r|t>:<counter>:log`` of entries (time in µs and units, two
+MessagePack integers; oldest first) plus ``...:sum`` holding their total, the log's length and its
+oldest and newest entries (six MessagePack integers), so a check is one ``GET`` (and an ``LPOP``
+and ``LINDEX`` per expired head entry), a refusal's retry time is the oldest entry's in the
+common case, and recording touches the log's tail without reading it. Request limits up to
+``exact_max`` log each admission at its exact microsecond (a sliding log of at most ``limit``
+entries); larger limits and all token limits round times up to bucket ends (``window /
+buckets``) and merge entries per bucket, so their lists hold at most ``buckets + 1`` entries
+whatever the traffic. Both keys get a TTL of the time until
 their newest entry leaves the window, so idle counters vanish on their own (set again only when
 a new newest entry is pushed: the expiry is absolute, ``SET ... KEEPTTL`` otherwise).
+
+The layout is versioned by the ``v2:`` after the prefix (the first layout, whose sum held the
+total alone, had none). A rolling upgrade from it runs the two layouts side by side: old and new
+replicas share the epoch, their seen marks and the roster, but count in separate keys, so while
+both serve, each layout sees only its own replicas' admissions (a limit can admit up to its limit
+in each, for the windows the rollout spans). Where that matters, replace every replica at once
+(or drain the old ones first); the old keys expire on their own within a window.
 
 ``TIME`` is the Redis host's wall clock: if it is stepped, windows shift with it. Keep that host
 on NTP slewing, as usual. The scripts touch keys in several hash slots: use one Redis, not Redis
@@ -196,6 +206,8 @@ _KEY_CACHE_SIZE = 100_000
 """Counters whose shapes (keys and fields) are kept, of each kind; past it the cache starts
 afresh."""
 _ROSTER_TTL_MS = 3_600_000
+_LAYOUT = "v2:"
+"""The counters' key layout, after the prefix (see the module's docstring)."""
 _LEAN_URL = frozenset({"host", "port", "db", "username", "password"})
 """What a URL may give for from_url to use :class:`RespClient` (the rest: redis-py)."""
 # The policies that never exceed a limit when Redis itself fails, and those that decide locally.
@@ -256,6 +268,7 @@ class RedisLimiter:
             self.prefix + "seen:" + self.replica_id,
             self.prefix + "roster",
         )
+        self._counters = self.prefix + _LAYOUT  # every counter's keys start with it
         self._batch_keys = (self._keys[0].encode(), self._keys[1].encode())
         # Per counter: its limit and window, its keys and its script fields (see _shape).
         self._request_shapes: dict[str, _Shape] = {}
@@ -571,7 +584,7 @@ class RedisLimiter:
         """One replay call; returns (status, roster size) and adopts the epoch on success."""
         now = self._now()
         top = self._seq
-        batch = self._journal.replay(now, 0 if complete else self._acked, self.prefix)
+        batch = self._journal.replay(now, 0 if complete else self._acked, self._counters)
         ttl = self._seen_ttl_ms()
         # Off the request path, and a replay may carry a window's worth of entries.
         patience = patience or self._replay_patience
@@ -821,7 +834,7 @@ class RedisLimiter:
         """``lim``'s shape, built and kept in ``shapes`` (emptied when full)."""
         if len(shapes) >= _KEY_CACHE_SIZE:
             shapes.clear()
-        base = (self.prefix + kind + lim.counter).encode()
+        base = (self._counters + kind + lim.counter).encode()
         window = _us(lim.window)
         if kind == "r:":
             width = (

@@ -44,12 +44,12 @@ async def test_an_acquire_sends_each_limits_keys_and_fields(limiter: RedisLimite
     limiter._epoch = "e1"
     keys, op = limiter._acquire_op(7, [QPS, QPM], [TPM])
     assert keys == [
-        b"p:r:key:1:qps:log",
-        b"p:r:key:1:qps:sum",
-        b"p:r:key:1:qpm:log",
-        b"p:r:key:1:qpm:sum",
-        b"p:t:key:1:tpm:log",
-        b"p:t:key:1:tpm:sum",
+        b"p:v2:r:key:1:qps:log",
+        b"p:v2:r:key:1:qps:sum",
+        b"p:v2:r:key:1:qpm:log",
+        b"p:v2:r:key:1:qpm:sum",
+        b"p:v2:t:key:1:tpm:log",
+        b"p:v2:t:key:1:tpm:sum",
     ]
     # kind, keys, epoch, seq, seen TTL (ms), request limits; per limit: limit, window, width.
     assert msgspec.msgpack.decode(op) == [
@@ -66,7 +66,7 @@ async def test_an_acquire_sends_each_limits_keys_and_fields(limiter: RedisLimite
 
 async def test_a_charge_sends_each_token_limits_window_and_width(limiter: RedisLimiter) -> None:
     keys, op = limiter._charge_op(9, [TPM], 150)
-    assert keys == [b"p:t:key:1:tpm:log", b"p:t:key:1:tpm:sum"]
+    assert keys == [b"p:v2:t:key:1:tpm:log", b"p:v2:t:key:1:tpm:sum"]
     # No epoch known yet: "-", which matches none Redis holds.
     assert msgspec.msgpack.decode(op) == ["c", 2, "-", 9, 61_000, 150, 60_000_000, 2_000_000]
     # After an acquire built the token limit's shape, a charge reuses it.

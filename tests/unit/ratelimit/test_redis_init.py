@@ -93,10 +93,10 @@ async def test_the_local_policy_and_the_journal_use_the_limiters_exact_max_and_b
         assert not got.allowed
         assert got == msgspec.structs.replace(reference.acquire_now([], [tpm]), degraded=True)
 
-        replay = limiter._journal.replay(clock.monotonic(), 0, limiter.prefix)
+        replay = limiter._journal.replay(clock.monotonic(), 0, limiter._counters)
         assert replay.keys == [
-            f"{limiter.prefix}r:key:1:qpm:log", f"{limiter.prefix}r:key:1:qpm:sum",
-            f"{limiter.prefix}t:key:1:tpm:log", f"{limiter.prefix}t:key:1:tpm:sum",
+            f"{limiter.prefix}v2:r:key:1:qpm:log", f"{limiter.prefix}v2:r:key:1:qpm:sum",
+            f"{limiter.prefix}v2:t:key:1:tpm:log", f"{limiter.prefix}v2:t:key:1:tpm:sum",
         ]  # fmt: skip
         window = 60_000_000
         # Per series: window, bucket width, entry count, then (age, seq, units) per entry.

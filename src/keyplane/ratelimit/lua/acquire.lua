@@ -10,45 +10,36 @@
 local function acquire(first, n, op, now)
   local nreq = op[6]
   local out = {1}
-  -- Per limit, out[3i - 1] holds its count and out[3i + 1] whether its sum must be rewritten
-  -- (1), or its keys only expire (2), until the second pass puts the reply there.
+  local counters = {}
   for i = 1, n do
-    local log, sum, a = KEYS[first + 2 * i - 2], KEYS[first + 2 * i - 1], 3 * i + 4
+    local a = 3 * i + 4
     local limit, window = op[a], op[a + 1]
-    local total, dirty, had = load(log, sum, now - window)
-    out[3 * i - 1] = total
-    out[3 * i + 1] = (dirty and 1 or 0) + (had and 2 or 0)
-    local excess = total - limit
+    local c = load(KEYS[first + 2 * i - 2], KEYS[first + 2 * i - 1], now - window)
+    counters[i] = c
+    local excess = c.total - limit
     if i <= nreq then excess = excess + 1 end
     local retry = 0
     if excess > 0 then
       out[1] = 0
-      retry = release(log, excess) + window - now
+      retry = release(c, excess) + window - now
     end
     out[3 * i] = retry
   end
   local admitted = out[1] == 1
   for i = 1, n do
-    local log, sum, a = KEYS[first + 2 * i - 2], KEYS[first + 2 * i - 1], 3 * i + 4
+    local c, a = counters[i], 3 * i + 4
     local window, width = op[a + 1], op[a + 2]
-    local total, flags, last = out[3 * i - 1], out[3 * i + 1], nil
-    local dirty, had = flags % 2 == 1, flags >= 2
     if admitted and i <= nreq then
       local q = now
       if width > 0 then q = (math.floor(now / width) + 1) * width end
-      local pushed
-      last, pushed = add(log, q, 1)
-      total = total + 1
-      store(log, sum, total, last, window, now, had and not pushed)
-    elseif total > 0 then
-      last = newest(log)
-      if dirty then store(log, sum, total, last, window, now, had) end
-    elseif dirty then
-      redis.call('DEL', log, sum)
+      local pushed = add(c, q, 1)
+      store(c, window, now, c.had and not pushed)
+    elseif c.dirty then
+      store(c, window, now, c.had)
     end
-    out[3 * i - 1] = total
+    out[3 * i - 1] = c.total
     local reset = 0
-    if last then reset = last + window - now end
+    if c.newest then reset = c.newest + window - now end
     out[3 * i + 1] = reset
   end
   return out

@@ -7,10 +7,9 @@
 local function charge(first, n, op, now)
   local amount = op[6]
   for i = 1, n do
-    local log, sum = KEYS[first + 2 * i - 2], KEYS[first + 2 * i - 1]
     local window, width = op[2 * i + 5], op[2 * i + 6]
-    local total, _, had = load(log, sum, now - window)
-    local last, pushed = add(log, (math.floor(now / width) + 1) * width, amount)
-    store(log, sum, total + amount, last, window, now, had and not pushed)
+    local c = load(KEYS[first + 2 * i - 2], KEYS[first + 2 * i - 1], now - window)
+    local pushed = add(c, (math.floor(now / width) + 1) * width, amount)
+    store(c, window, now, c.had and not pushed)
   end
 end

@@ -80,7 +80,10 @@ for i = 1, (#KEYS - 3) / 2 do
     for s = 1, #merged, 1000 do
       redis.call('RPUSH', log, unpack(merged, s, math.min(s + 999, #merged)))
     end
-    store(log, sum, total, last or now, window, now)
+    local c = {log = log, sum = sum, total = total, length = #merged}
+    c.oldest, c.first = parse(merged[1])
+    c.newest, c.last = parse(merged[#merged])
+    store(c, window, now, false)
   end
 end
 local top = tonumber(ARGV[5])
