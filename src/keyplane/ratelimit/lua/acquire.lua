@@ -16,7 +16,7 @@ local function acquire(first, n, op, now)
     local limit, window = op[a], op[a + 1]
     local c = load(KEYS[first + 2 * i - 2], KEYS[first + 2 * i - 1], now - window)
     counters[i] = c
-    local excess = c.total - limit
+    local excess = c[TOTAL] - limit
     if i <= nreq then excess = excess + 1 end
     local retry = 0
     if excess > 0 then
@@ -33,13 +33,13 @@ local function acquire(first, n, op, now)
       local q = now
       if width > 0 then q = (math.floor(now / width) + 1) * width end
       local pushed = add(c, q, 1)
-      store(c, window, now, c.had and not pushed)
-    elseif c.dirty then
-      store(c, window, now, c.had)
+      store(c, window, now, c[HAD] and not pushed)
+    elseif c[DIRTY] then
+      store(c, window, now, c[HAD])
     end
-    out[3 * i - 1] = c.total
+    out[3 * i - 1] = c[TOTAL]
     local reset = 0
-    if c.newest then reset = c.newest + window - now end
+    if c[NEWEST] then reset = c[NEWEST] + window - now end
     out[3 * i + 1] = reset
   end
   return out

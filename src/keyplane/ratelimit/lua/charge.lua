@@ -10,6 +10,6 @@ local function charge(first, n, op, now)
     local window, width = op[2 * i + 5], op[2 * i + 6]
     local c = load(KEYS[first + 2 * i - 2], KEYS[first + 2 * i - 1], now - window)
     local pushed = add(c, (math.floor(now / width) + 1) * width, amount)
-    store(c, window, now, c.had and not pushed)
+    store(c, window, now, c[HAD] and not pushed)
   end
 end

@@ -10,34 +10,39 @@
 
 local parse, fmt = cmsgpack.unpack, cmsgpack.pack
 
+-- A counter as the scripts hold it: an array (a table with named fields costs twice as much to
+-- make, and a decision makes one per limit), indexed by these.
+local LOG, SUM, CUTOFF, TOTAL, LENGTH, OLDEST, FIRST, NEWEST, LAST, DIRTY, HAD =
+  1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
+
 local function now_us()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 
--- Counter c from its log alone: drop the entries at or before c.cutoff, add up the rest. Its sum
--- must then be written (c.dirty), with a new TTL (c.had false), unless neither key was there.
+-- Counter c from its log alone: drop the entries at or before c[CUTOFF], add up the rest. Its
+-- sum must then be written (c[DIRTY]), with a new TTL (c[HAD] false), unless neither key was.
 local function rebuild(c)
-  local entries = redis.call('LRANGE', c.log, 0, -1)
-  c.dirty = c.had or #entries > 0
+  local entries = redis.call('LRANGE', c[LOG], 0, -1)
+  c[DIRTY] = c[HAD] or #entries > 0
   local total, first, q, n = 0, nil, nil, nil
   for i, e in ipairs(entries) do
     q, n = parse(e)
-    if q > c.cutoff then
+    if q > c[CUTOFF] then
       if not first then
-        first, c.oldest, c.first = i, q, n
+        first, c[OLDEST], c[FIRST] = i, q, n
       end
       total = total + n
     end
   end
   if not first then
-    if #entries > 0 then redis.call('DEL', c.log) end
-    c.total, c.length, c.newest = 0, 0, nil
+    if #entries > 0 then redis.call('DEL', c[LOG]) end
+    c[TOTAL], c[LENGTH], c[NEWEST] = 0, 0, nil
   else
-    if first > 1 then redis.call('LTRIM', c.log, first - 1, -1) end
-    c.total, c.length, c.newest, c.last = total, #entries - first + 1, q, n
+    if first > 1 then redis.call('LTRIM', c[LOG], first - 1, -1) end
+    c[TOTAL], c[LENGTH], c[NEWEST], c[LAST] = total, #entries - first + 1, q, n
   end
-  c.had = false
+  c[HAD] = false
   return c
 end
 
@@ -45,26 +50,26 @@ end
 -- length, oldest entry (time and units: oldest, first), newest (newest, last), whether its sum
 -- must be rewritten (dirty) and whether the sum was there with the right TTL (had).
 local function load(log, sum, cutoff)
-  local c = {log = log, sum = sum, cutoff = cutoff, dirty = false, had = false}
+  local c = {log, sum, cutoff, 0, 0, 0, 0, false, 0, false, false}
   local v = redis.call('GET', sum)
   if not v then return rebuild(c) end
-  c.had = true
-  c.total, c.length, c.oldest, c.first, c.newest, c.last = parse(v)
-  if not c.last then return rebuild(c) end
-  while c.oldest <= cutoff do
+  c[HAD] = true
+  c[TOTAL], c[LENGTH], c[OLDEST], c[FIRST], c[NEWEST], c[LAST] = parse(v)
+  if not c[LAST] then return rebuild(c) end
+  while c[OLDEST] <= cutoff do
     local e = redis.call('LPOP', log)
-    if not e or e ~= fmt(c.oldest, c.first) then  -- packs as written: compares as bytes
+    if not e or e ~= fmt(c[OLDEST], c[FIRST]) then  -- packs as written: compares as bytes
       if e then redis.call('LPUSH', log, e) end
       return rebuild(c)
     end
-    c.total, c.length, c.dirty = c.total - c.first, c.length - 1, true
-    if c.length == 0 then
-      c.newest = nil
+    c[TOTAL], c[LENGTH], c[DIRTY] = c[TOTAL] - c[FIRST], c[LENGTH] - 1, true
+    if c[LENGTH] == 0 then
+      c[NEWEST] = nil
       break
     end
     e = redis.call('LINDEX', log, 0)
     if not e then return rebuild(c) end
-    c.oldest, c.first = parse(e)
+    c[OLDEST], c[FIRST] = parse(e)
   end
   return c
 end
@@ -72,20 +77,20 @@ end
 -- Add n units at time q to counter c; return whether they made a new newest entry. A q not after
 -- the newest entry merges into it (keeps the log sorted and only ever makes units count longer).
 local function add(c, q, n)
-  if c.newest and q <= c.newest then
-    if not redis.pcall('LSET', c.log, -1, fmt(c.newest, c.last + n)).err then
-      if c.length == 1 then c.first = c.last + n end
-      c.total, c.last, c.dirty = c.total + n, c.last + n, true
+  if c[NEWEST] and q <= c[NEWEST] then
+    if not redis.pcall('LSET', c[LOG], -1, fmt(c[NEWEST], c[LAST] + n)).err then
+      if c[LENGTH] == 1 then c[FIRST] = c[LAST] + n end
+      c[TOTAL], c[LAST], c[DIRTY] = c[TOTAL] + n, c[LAST] + n, true
       return false
     end
     rebuild(c)  -- the log is gone: what it held is lost, as a lost log's entries always are
   end
-  if redis.call('RPUSH', c.log, fmt(q, n)) ~= c.length + 1 then
+  if redis.call('RPUSH', c[LOG], fmt(q, n)) ~= c[LENGTH] + 1 then
     rebuild(c)  -- the new entry is in the log: the rebuilt counter holds it
     return true
   end
-  if c.length == 0 then c.oldest, c.first = q, n end
-  c.total, c.length, c.newest, c.last, c.dirty = c.total + n, c.length + 1, q, n, true
+  if c[LENGTH] == 0 then c[OLDEST], c[FIRST] = q, n end
+  c[TOTAL], c[LENGTH], c[NEWEST], c[LAST], c[DIRTY] = c[TOTAL] + n, c[LENGTH] + 1, q, n, true
   return true
 end
 
@@ -93,31 +98,31 @@ end
 -- `keep`: the sum key is there and its newest entry is the one it was last stored with, so both
 -- keys already expire at the right time (the expiry is absolute: newest + window).
 local function store(c, window, now, keep)
-  if c.total <= 0 then
-    redis.call('DEL', c.log, c.sum)
+  if c[TOTAL] <= 0 then
+    redis.call('DEL', c[LOG], c[SUM])
     return
   end
-  local v = fmt(c.total, c.length, c.oldest, c.first, c.newest, c.last)
+  local v = fmt(c[TOTAL], c[LENGTH], c[OLDEST], c[FIRST], c[NEWEST], c[LAST])
   if keep then
-    redis.call('SET', c.sum, v, 'KEEPTTL')
+    redis.call('SET', c[SUM], v, 'KEEPTTL')
     return
   end
-  local ttl = math.ceil((c.newest + window - now) / 1000) + 1
-  redis.call('SET', c.sum, v, 'PX', ttl)
-  redis.call('PEXPIRE', c.log, ttl)
+  local ttl = math.ceil((c[NEWEST] + window - now) / 1000) + 1
+  redis.call('SET', c[SUM], v, 'PX', ttl)
+  redis.call('PEXPIRE', c[LOG], ttl)
 end
 
 -- The time of the entry whose departure takes `excess` units out of counter c's window. Each
 -- entry holds at least one unit, so the first `excess` entries are enough.
 local function release(c, excess)
-  if excess <= c.first then return c.oldest end
+  if excess <= c[FIRST] then return c[OLDEST] end
   local seen = 0
-  for _, e in ipairs(redis.call('LRANGE', c.log, 0, excess - 1)) do
+  for _, e in ipairs(redis.call('LRANGE', c[LOG], 0, excess - 1)) do
     local q, n = parse(e)
     seen = seen + n
     if seen >= excess then return q end
   end
-  error('rate-limit log ' .. c.log .. ' holds less than its sum')
+  error('rate-limit log ' .. c[LOG] .. ' holds less than its sum')
 end
 
 -- Remember that every admission and charge of the replica up to `seq` is counted here.

@@ -80,9 +80,9 @@ for i = 1, (#KEYS - 3) / 2 do
     for s = 1, #merged, 1000 do
       redis.call('RPUSH', log, unpack(merged, s, math.min(s + 999, #merged)))
     end
-    local c = {log = log, sum = sum, total = total, length = #merged}
-    c.oldest, c.first = parse(merged[1])
-    c.newest, c.last = parse(merged[#merged])
+    local c = {log, sum, 0, total, #merged, 0, 0, 0, 0, true, false}
+    c[OLDEST], c[FIRST] = parse(merged[1])
+    c[NEWEST], c[LAST] = parse(merged[#merged])
     store(c, window, now, false)
   end
 end
