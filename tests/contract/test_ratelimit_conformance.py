@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
+import msgspec
 import pytest
 from redis.asyncio import Redis
 
@@ -27,7 +28,7 @@ from keyplane.ratelimit import (
     TokenLimit,
 )
 from tests.support.limits import qpm, qps, tpm
-from tests.support.redis import RedisServer, counted, shared_redis
+from tests.support.redis import RedisServer, counted, shared_redis, unpacked
 
 
 @pytest.fixture(scope="module")
@@ -294,6 +295,50 @@ async def test_redis_rebuilds_a_lost_sum_from_the_log(redis_server: RedisServer)
         await limiter.charge([tpm(10**9)], 5)
         assert await client.llen(limiter.prefix + "v2:t:key:1:tpm:log") == 1
         assert counted(await client.get(limiter.prefix + "v2:t:key:1:tpm:sum")) == 5
+        assert limiter.failures == 0
+    finally:
+        await client.aclose()
+        await limiter.aclose()
+
+
+async def test_redis_rebuilds_a_counter_whose_log_head_is_not_the_one_its_sum_names(
+    redis_server: RedisServer,
+) -> None:
+    # The sum names the log's oldest entry; an expired head popped that is not it (the log was
+    # changed apart from its sum) goes back, and the counter is rebuilt from the log.
+    limiter = shared_limiter(redis_server)
+    client = Redis.from_url(redis_server.url)
+    lim = RequestLimit("qps", "key:head", 10, 2.0)
+    log, sum_key = (limiter.prefix + "v2:r:key:head" + part for part in (":log", ":sum"))
+
+    async def past(at: int) -> int:
+        """Wait until Redis's clock is past ``at`` (µs); return its time."""
+        deadline = time.monotonic() + 10
+        while True:
+            seconds, micros = await client.time()
+            if seconds * 1_000_000 + micros > at:
+                return int(seconds * 1_000_000 + micros)
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+
+    try:
+        assert await admitted(limiter, 1, lim) == 1
+        total, length, oldest, *_ = unpacked(await client.get(sum_key), 6)
+        assert (total, length) == (1, 1)
+        # Half a window on, a second admission (the sum now lives on past the first's window),
+        # then the log alone becomes one younger entry of 3 units: popping it as the expired one
+        # the sum names would lose them.
+        await past(oldest + 1_000_000)
+        assert await admitted(limiter, 1, lim) == 1
+        young = await past(oldest + 1_000_000)
+        await client.delete(log)
+        await client.rpush(log, msgspec.msgpack.encode(young) + msgspec.msgpack.encode(3))
+        await past(oldest + 2_000_000)
+        assert await admitted(limiter, 1, lim) == 1
+        entries = [unpacked(e, 2) for e in await client.lrange(log, 0, -1)]
+        assert entries[0] == [young, 3]
+        assert len(entries) == 2
+        assert counted(await client.get(sum_key)) == 4
         assert limiter.failures == 0
     finally:
         await client.aclose()
