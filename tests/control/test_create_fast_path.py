@@ -1,7 +1,7 @@
-"""CreateApiKey on the one fast path (``keyplane.control.lenient.FastPaths``, which skips FastAPI's
-request handling and dependency solver) answers exactly what FastAPI's handler answers: the same
-status, the same headers and the same bytes, for creates, idempotent replays and conflicts, and
-every refusal (authentication before the body, the body's bounds, the ACL, the team, validation).
+"""CreateApiKey's fast path (``keyplane.control.routes.api_keys._create_now``, which skips
+FastAPI's dependency solver) answers exactly what FastAPI's handler answers: the same status, the
+same headers and the same bytes, for creates, idempotent replays and conflicts, and every refusal
+(authentication before the body, the body's bounds, the ACL, the team, validation).
 
 Each case runs twice on one in-process control plane, with the fast path and without it (the
 endpoint's attribute removed), each on a team of its own; what differs by nature between two
@@ -10,14 +10,26 @@ creates (ids, secrets, times) is masked before the bytes are compared.
 
 from __future__ import annotations
 
+import re
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from fastapi import Request, Response
 
+from keyplane.control.lenient import FAST_PATH
 from keyplane.control.routes import api_keys
-from tests.support.fastpath import each_caller, team, with_and_without
+from keyplane.services import admin
 from tests.support.inprocess import ControlApp, control_app
+
+_MASKS = (
+    (re.compile(rb"xai-[A-Za-z0-9]{80}"), b"<secret>"),
+    (re.compile(rb"xai-(mgmt-)?\.\.\.[A-Za-z0-9]{4}"), b"<redacted>"),
+    (re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"), b"<uuid>"),
+    (re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z"), b"<time>"),
+    (re.compile(rb'"revision":\s*"?\d+"?'), b'"revision":<n>'),
+)
 
 JSON = {"content-type": "application/json"}
 
@@ -61,15 +73,31 @@ def control(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlApp]:
         yield running
 
 
+def _mask(raw: bytes) -> bytes:
+    for pattern, mask in _MASKS:
+        raw = pattern.sub(mask, raw)
+    return raw
+
+
 def _run(control: ControlApp, team_id: str, secret: str, other: str) -> list[Any]:
     answers: list[Any] = []
     with control.client() as client:
         for name, where, headers, body in CASES:
             path = f"/auth/teams/{other if where else team_id}/api-keys"
-            answers += each_caller(
-                client, "POST", path, secret, content=body, headers=headers, label=(name,)
-            )
+            for who, auth in (("key", f"Bearer {secret}"), ("none", None), ("bad", "Bearer x")):
+                sent = dict(headers)
+                if auth is not None:
+                    sent["authorization"] = auth
+                r = client.post(path, content=body, headers=sent)
+                masked_headers = sorted((k, _mask(v.encode())) for k, v in r.headers.items())
+                answers.append((name, who, r.status_code, masked_headers, _mask(r.content)))
     return answers
+
+
+def _team(control: ControlApp, acls: list[str] | None = None) -> tuple[str, str]:
+    team = admin.create_team(control.ctx, name=f"fast-{uuid.uuid4()}")
+    key = admin.create_management_key(control.ctx, team_id=team.team_id, name="k", acls=acls)
+    return team.team_id, key.secret
 
 
 @pytest.mark.parametrize(
@@ -78,14 +106,23 @@ def _run(control: ControlApp, team_id: str, secret: str, other: str) -> list[Any
 def test_the_fast_path_answers_byte_for_byte_what_fastapi_answers(
     control: ControlApp, monkeypatch: pytest.MonkeyPatch, acls: list[str] | None
 ) -> None:
-    other, _ = team(control)
-    fast, seen, slow = with_and_without(
-        monkeypatch,
-        [api_keys.create_api_key],
-        lambda: _run(control, *team(control, acls), other),
-    )
+    endpoint = api_keys.create_api_key
+    assert getattr(endpoint, FAST_PATH) is api_keys._create_now
+    answered: list[int] = []
+
+    async def counted(request: Request) -> Response | None:
+        answer = await api_keys._create_now(request)
+        if answer is not None:
+            answered.append(answer.status_code)
+        return answer
+
+    monkeypatch.setattr(endpoint, FAST_PATH, counted)
+    other, _ = _team(control)
+    fast = _run(control, *_team(control, acls), other)
     # It answered every well-formed create itself (the refusals it raises are not counted).
-    assert seen.count(("create_api_key", 200)) == (7 if acls is None else 0)
+    assert answered.count(200) == (7 if acls is None else 0)
+    monkeypatch.delattr(endpoint, FAST_PATH)
+    slow = _run(control, *_team(control, acls), other)
     assert [a[2] for a in fast] == [a[2] for a in slow]
     for f, s in zip(fast, slow, strict=True):
         assert f == s

@@ -15,26 +15,14 @@ exception middleware and router and FastAPI's request handling.
 
 from __future__ import annotations
 
-import inspect
 import json
 import re
-from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from copy import deepcopy
-from types import UnionType
-from typing import TYPE_CHECKING, Any, Union, get_args, get_origin
+from typing import Any
 
-from fastapi import Request, Response, params
-from fastapi.dependencies.models import Dependant
-from fastapi.exceptions import ResponseValidationError
+from fastapi import Request, Response
 from fastapi.routing import APIRoute
-from pydantic import BaseModel
-from pydantic_core import PydanticUndefined
-from starlette.concurrency import run_in_threadpool
-from starlette.routing import Match
-
-if TYPE_CHECKING:  # the type of a route's fields (``APIRoute.dependant``'s), for mypy only
-    from fastapi._compat import ModelField
+from starlette._utils import get_route_path
 
 from keyplane.asgi import Receive, Scope, Send
 from keyplane.domain.errors import (
@@ -44,7 +32,6 @@ from keyplane.domain.errors import (
     UnsupportedMediaType,
 )
 
-_JSON = "application/json"
 _JSONISH = ("application/json", "application/x-www-form-urlencoded", "text/plain", "")
 # A string literal, kept as is, or a comma that only closes a container, dropped. Possessive and
 # never failing on a string (an unterminated one runs to the end), so the scan is one linear pass
@@ -92,10 +79,11 @@ async def read_capped(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-#: The attribute of a route's endpoint that lets ``FastPaths`` answer it (``keyplane.control.
-#: routing.Rpcs`` sets it on every RPC it declares; read per request, so that a test can compare
-#: the answers with and without it).
+#: The attribute of a route's endpoint that names its fast path (``keyplane.control.routing.
+#: fast_path``): called with the request once it is authenticated and its body read, it answers
+#: as the endpoint would, or returns None to leave the request to FastAPI's handler.
 FAST_PATH = "keyplane_fast_path"
+FastPath = Callable[[Request], Awaitable[Response | None]]
 _BODY_METHODS = ("POST", "PUT", "PATCH")
 
 
@@ -129,153 +117,14 @@ def make_route_class(
     return LenientJsonRoute
 
 
-class _Param:
-    """A path, query or header parameter, read and validated as FastAPI's solver does it (its
-    ``request_params_to_args``, for a parameter of one plain alias), with what that works out
-    per request worked out once."""
-
-    def __init__(self, field: ModelField) -> None:
-        info = field.field_info
-        assert isinstance(info, params.Param)
-        self.field = field
-        self.name = field.name
-        self.alias = field.alias
-        self.many = _is_sequence(info.annotation)  # every value of the name, as a list
-        self.loc = (info.in_.value, field.alias)
-        self.required = info.is_required()
-        # A text as is: what pydantic's validation of a plain ``str`` (or ``str | None``) gives.
-        self.text = not info.metadata and info.annotation in (str, str | None)
-
-    @staticmethod
-    def plain(field: ModelField) -> bool:
-        info = field.field_info
-        return (
-            isinstance(info, params.Param)
-            and info.validation_alias in (None, field.alias)
-            and not info.metadata
-            and not (isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel))
-        )
-
-    def read(self, received: Any, values: dict[str, Any]) -> tuple[Any, list[Any]]:
-        value = received.getlist(self.alias) if self.many else received.get(self.alias)
-        if value is None or (self.many and not value):
-            if self.required:
-                return None, [{"loc": self.loc}]
-            value = deepcopy(self.field.default)
-            if not self.field.field_info.validate_default:
-                return value, []
-        elif self.text and type(value) is str:
-            return value, []
-        validated: tuple[Any, list[Any]] = self.field.validate(value, values, loc=self.loc)
-        return validated
-
-
-def _is_sequence(annotation: Any) -> bool:
-    if get_origin(annotation) in (Union, UnionType):
-        return any(_is_sequence(arg) for arg in get_args(annotation))
-    kind = get_origin(annotation) or annotation
-    return (
-        isinstance(kind, type)
-        and issubclass(kind, (list, set, tuple, frozenset, deque))
-        and not issubclass(kind, (str, bytes))
-    )
-
-
-class _Plan:
-    """How to make the arguments of a route's endpoint (or of one of its dependencies) as
-    FastAPI's solver makes them: the dependencies first, each once per request, in order; then
-    the path, query and header parameters and the (one, JSON) body, validated by the route's own
-    fields. ``of`` is None for what it does not cover (FastAPI's handler then answers)."""
-
-    def __init__(self, dependant: Dependant, subs: list[tuple[_Plan, str | None]]) -> None:
-        self.call = dependant.call
-        self.subs = subs
-        self.path = [_Param(f) for f in dependant.path_params]
-        self.query = [_Param(f) for f in dependant.query_params]
-        self.headers = [_Param(f) for f in dependant.header_params]
-        self.request = dependant.request_param_name
-        self.body = dependant.body_params[0] if dependant.body_params else None
-        self.awaits = inspect.iscoroutinefunction(dependant.call)
-
-    @classmethod
-    def of(cls, dependant: Dependant, *, top: bool = True) -> _Plan | None:
-        body = dependant.body_params
-        if (
-            dependant.cookie_params
-            or dependant.response_param_name
-            or dependant.background_tasks_param_name
-            or dependant.security_scopes_param_name
-            or dependant.websocket_param_name
-            or dependant.http_connection_param_name
-            or len(body) > (1 if top else 0)
-            or any(type(f.field_info) is not params.Body or f.field_info.embed for f in body)
-            or not all(
-                _Param.plain(f)
-                for f in (*dependant.path_params, *dependant.query_params, *dependant.header_params)
-            )
-        ):
-            return None
-        subs: list[tuple[_Plan, str | None]] = []
-        for sub in dependant.dependencies:
-            plan = cls.of(sub, top=False)
-            if plan is None or not sub.use_cache or not inspect.iscoroutinefunction(sub.call):
-                return None
-            subs.append((plan, sub.name))
-        return cls(dependant, subs)
-
-    async def solve(
-        self, request: Request, body: Any, cache: dict[Any, Any]
-    ) -> dict[str, Any] | None:
-        """The arguments, or None when one does not validate (FastAPI then answers, and says
-        why)."""
-        values: dict[str, Any] = {}
-        for sub, name in self.subs:
-            if sub.call in cache:
-                solved = cache[sub.call]
-            else:
-                sub_values = await sub.solve(request, body, cache)
-                if sub_values is None:
-                    return None
-                solved = cache[sub.call] = await sub.call(**sub_values)  # type: ignore[misc]
-            if name is not None:
-                values[name] = solved
-        for fields, where in (
-            (self.path, "path_params"),
-            (self.query, "query_params"),
-            (self.headers, "headers"),
-        ):
-            if not fields:
-                continue
-            received = getattr(request, where)
-            for param in fields:
-                value, errors = param.read(received, values)
-                if errors:
-                    return None
-                values[param.name] = value
-        if self.request is not None:
-            values[self.request] = request
-        if self.body is not None:
-            if body is PydanticUndefined:
-                if self.body.field_info.is_required():
-                    return None
-                value = deepcopy(self.body.default)
-            else:
-                value, errors = self.body.validate(body, values, loc=("body",))
-                if errors:
-                    return None
-            values[self.body.name] = value
-        return values
-
-
 class FastPaths:
-    """Plain ASGI: a request for one of ``routes`` whose endpoint is marked ``FAST_PATH`` is
-    prepared as the route class prepares it (``authenticate``, the body capped at ``limit``),
-    its arguments solved as FastAPI solves them (``_solve``, with the route's own fields), and
-    its answer serialized by the route's own response field, as FastAPI serializes it; a step
-    that raises a ``KeyplaneError`` is answered by ``failed(error)`` (the error map). Everything
-    else, and a request whose parameters do not validate, goes on to ``app``, which answers it.
-    Skipping Starlette's exception middleware and router and FastAPI's request handling and
-    dependency solver saves about a third of a create's CPU on the event loop."""
+    """Plain ASGI: a request for one of ``routes`` whose endpoint has a fast path (read per
+    request, so that a test can compare the answers with and without it) is prepared as the
+    route class prepares it (``authenticate``, the body capped at ``limit``) and answered by
+    the fast path, or by ``failed(error)`` when a step raises a ``KeyplaneError`` (the error
+    map's answer); everything else, and a request the fast path leaves (it returns None), goes
+    on to ``app``. Skipping Starlette's exception middleware, its router and FastAPI's request
+    handling saves ~a sixth of a create's CPU on the event loop."""
 
     def __init__(
         self,
@@ -288,12 +137,9 @@ class FastPaths:
     ) -> None:
         self.app = app
         self._routes = [
-            (route, plan)
+            (frozenset(route.methods or ()), route)
             for route in routes
-            if isinstance(route, APIRoute)
-            and getattr(route.endpoint, FAST_PATH, False)
-            and route.response_field is not None
-            and (plan := _Plan.of(route.dependant)) is not None
+            if isinstance(route, APIRoute) and getattr(route.endpoint, FAST_PATH, None)
         ]
         self._limit = limit
         self._authenticate = authenticate
@@ -301,22 +147,28 @@ class FastPaths:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            for route, plan in self._routes:
-                match, child = route.matches(scope)
-                if match is Match.FULL:
-                    if getattr(route.endpoint, FAST_PATH, False):
-                        await self._answer(route, plan, {**scope, **child}, receive, send)
-                        return
+            for methods, route in self._routes:
+                if scope["method"] not in methods:
+                    continue
+                match = route.path_regex.match(get_route_path(scope))
+                if match is None:
+                    continue
+                fast: FastPath | None = getattr(route.endpoint, FAST_PATH, None)
+                if fast is None:
                     break
+                params = {
+                    name: route.param_convertors[name].convert(value)
+                    for name, value in match.groupdict().items()
+                }
+                await self._answer(fast, {**scope, "path_params": params}, receive, send)
+                return
         await self.app(scope, receive, send)
 
-    async def _answer(
-        self, route: APIRoute, plan: _Plan, scope: Scope, receive: Receive, send: Send
-    ) -> None:
+    async def _answer(self, fast: FastPath, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         try:
             request = await _prepared(request, self._limit, self._authenticate)
-            answer = await self._call(route, plan, request)
+            answer = await fast(request)
         except KeyplaneError as error:
             answer = self._failed(error)
         if answer is None:
@@ -324,40 +176,6 @@ class FastPaths:
             await self.app(request.scope, request.receive, send)
             return
         await answer(request.scope, request.receive, send)
-
-    @staticmethod
-    async def _call(route: APIRoute, plan: _Plan, request: Request) -> Response | None:
-        if request.app.dependency_overrides:
-            return None
-        body: Any = PydanticUndefined
-        if plan.body is not None and await request.body():
-            body = await request.json()
-        values = await plan.solve(request, body, {})
-        if values is None:
-            return None
-        endpoint = plan.call
-        assert endpoint is not None
-        if plan.awaits:
-            raw = await endpoint(**values)
-        else:
-            raw = await run_in_threadpool(endpoint, **values)
-        if isinstance(raw, Response):
-            return raw
-        field = route.response_field
-        assert field is not None
-        value, errors = field.validate(raw, {}, loc=("response",))
-        if errors:
-            raise ResponseValidationError(errors, body=raw)
-        content = field.serialize_json(
-            value,
-            include=route.response_model_include,
-            exclude=route.response_model_exclude,
-            by_alias=route.response_model_by_alias,
-            exclude_unset=route.response_model_exclude_unset,
-            exclude_defaults=route.response_model_exclude_defaults,
-            exclude_none=route.response_model_exclude_none,
-        )
-        return Response(content, status_code=route.status_code or 200, media_type=_JSON)
 
 
 async def _normalized(request: Request, limit: int) -> Request:

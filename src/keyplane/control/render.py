@@ -42,9 +42,8 @@ _text = encode_basestring
 
 def api_key_json(key: ApiKey, secret: str | None = None) -> bytes:
     """``dump(api_key(key, secret))``, the same bytes, written out directly instead of building
-    and serializing the pydantic model (a third of a page's cost): every API key answer, the
-    endpoints' own (create, list, update, rotate), whichever path serves them. As pydantic
-    writes it: compact, fields in the model's order, nulls left out,
+    and serializing the pydantic model (half the answer's cost: CreateApiKey and RotateApiKey
+    answer it). As pydantic writes it: compact, fields in the model's order, nulls left out,
     UTF-8 as is (only ``"``, ``\\`` and the control characters escaped, as ``_text`` does)."""
     parts = [
         f'{{"apiKeyId":{_text(key.api_key_id)},"teamId":{_text(key.team_id)}',

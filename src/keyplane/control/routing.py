@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, Header, Path, Request
 
 from keyplane.catalog import Catalog
 from keyplane.control import errors
-from keyplane.control.lenient import FAST_PATH, FastPaths, make_route_class
+from keyplane.control.lenient import FAST_PATH, FastPath, FastPaths, make_route_class
 from keyplane.services.auth import Principal, authenticate
 from keyplane.services.context import Context
 from keyplane.settings import Settings
@@ -84,8 +84,8 @@ ManagementRoute = make_route_class(_body_limit, _authenticate_first)
 
 
 def fast_paths(app: Any, routes: Sequence[Any]) -> FastPaths:
-    """The one fast path of ``routes`` (each ``Rpcs`` declares) in front of ``app``, preparing a
-    request as ``ManagementRoute`` does, failing through the error map."""
+    """The fast paths of ``routes`` (``fast_path``) in front of ``app``, prepared as
+    ``ManagementRoute`` prepares a request, failing through the error map."""
     return FastPaths(
         app,
         routes=routes,
@@ -134,11 +134,27 @@ def team_rpc(name: str) -> Any:
 Route = TypeVar("Route", bound=Callable[..., Any])
 
 
+def fast_path(fast: FastPath) -> Callable[[Route], Route]:
+    """Give a route (declared below this decorator) a fast path: ``fast(request)`` runs once the
+    caller is authenticated and the body read (``fast_paths``, in front of the app), skipping
+    Starlette's router and FastAPI's dependency solver; it must answer byte for byte as the
+    endpoint would, and return None for anything it does not handle (the route then answers)."""
+
+    def mark(endpoint: Route) -> Route:
+        setattr(endpoint, FAST_PATH, fast)
+        return endpoint
+
+    return mark
+
+
+def principal_of(request: Request) -> Principal:
+    """The caller the route class authenticated before reading the body (body routes only)."""
+    principal: Principal = request.state.principal
+    return principal
+
+
 class Rpcs:
-    """A family of Management API routes: ``router`` (tagged ``tag``) and a declaration per RPC.
-    Each is answered by ``FastPaths`` (in front of the app: the same arguments, the same answer,
-    without Starlette's router and FastAPI's request handling) when its parameters validate and
-    it takes what ``FastPaths`` solves; by FastAPI otherwise."""
+    """A family of Management API routes: ``router`` (tagged ``tag``) and a declaration per RPC."""
 
     def __init__(self, tag: str) -> None:
         self.router = APIRouter(route_class=ManagementRoute, tags=[tag])
@@ -155,7 +171,7 @@ class Rpcs:
     ) -> Callable[[Route], Route]:
         """Declare the route answering ``method path``: the RPC ``summary``, answering ``model``
         (``None`` fields left out unless ``exclude_none`` is False); ``extra`` as FastAPI takes."""
-        declare = self.router.api_route(
+        return self.router.api_route(
             path,
             methods=[method],
             response_model=model,
@@ -163,9 +179,3 @@ class Rpcs:
             summary=summary,
             **extra,
         )
-
-        def mark(endpoint: Route) -> Route:
-            setattr(endpoint, FAST_PATH, True)
-            return declare(endpoint)
-
-        return mark
