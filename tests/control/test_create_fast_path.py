@@ -11,16 +11,14 @@ creates (ids, secrets, times) is masked before the bytes are compared.
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fastapi import Request, Response
 
 from keyplane.control.lenient import FAST_PATH
 from keyplane.control.routes import api_keys
-from keyplane.services import admin
+from tests.control.fast_paths import counting, team
 from tests.support.inprocess import ControlApp, control_app
 
 _MASKS = (
@@ -94,12 +92,6 @@ def _run(control: ControlApp, team_id: str, secret: str, other: str) -> list[Any
     return answers
 
 
-def _team(control: ControlApp, acls: list[str] | None = None) -> tuple[str, str]:
-    team = admin.create_team(control.ctx, name=f"fast-{uuid.uuid4()}")
-    key = admin.create_management_key(control.ctx, team_id=team.team_id, name="k", acls=acls)
-    return team.team_id, key.secret
-
-
 @pytest.mark.parametrize(
     "acls", [None, ["team-token:endpoint:ListApiKeys"]], ids=["every RPC", "no CreateApiKey"]
 )
@@ -107,22 +99,13 @@ def test_the_fast_path_answers_byte_for_byte_what_fastapi_answers(
     control: ControlApp, monkeypatch: pytest.MonkeyPatch, acls: list[str] | None
 ) -> None:
     endpoint = api_keys.create_api_key
-    assert getattr(endpoint, FAST_PATH) is api_keys._create_now
-    answered: list[int] = []
-
-    async def counted(request: Request) -> Response | None:
-        answer = await api_keys._create_now(request)
-        if answer is not None:
-            answered.append(answer.status_code)
-        return answer
-
-    monkeypatch.setattr(endpoint, FAST_PATH, counted)
-    other, _ = _team(control)
-    fast = _run(control, *_team(control, acls), other)
+    answered = counting(monkeypatch, endpoint, api_keys._create_now)
+    other, _ = team(control)
+    fast = _run(control, *team(control, acls), other)
     # It answered every well-formed create itself (the refusals it raises are not counted).
     assert answered.count(200) == (7 if acls is None else 0)
     monkeypatch.delattr(endpoint, FAST_PATH)
-    slow = _run(control, *_team(control, acls), other)
+    slow = _run(control, *team(control, acls), other)
     assert [a[2] for a in fast] == [a[2] for a in slow]
     for f, s in zip(fast, slow, strict=True):
         assert f == s

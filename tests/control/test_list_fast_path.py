@@ -9,16 +9,14 @@ Each case runs twice on one in-process control plane and team, with the fast pat
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fastapi import Request, Response
 
 from keyplane.control.lenient import FAST_PATH
 from keyplane.control.routes import api_keys
-from keyplane.services import admin
+from tests.control.fast_paths import counting, team
 from tests.support.inprocess import ControlApp, control_app
 
 QUERIES = [
@@ -62,12 +60,6 @@ def control(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlApp]:
         yield running
 
 
-def _team(control: ControlApp, acls: list[str] | None = None) -> tuple[str, str]:
-    team = admin.create_team(control.ctx, name=f"list-{uuid.uuid4()}")
-    key = admin.create_management_key(control.ctx, team_id=team.team_id, name="k", acls=acls)
-    return team.team_id, key.secret
-
-
 def _run(control: ControlApp, team_id: str, secret: str, other: str, token: str) -> list[Any]:
     answers: list[Any] = []
     with control.client() as client:
@@ -90,18 +82,9 @@ def test_the_list_fast_path_answers_byte_for_byte_what_fastapi_answers(
     control: ControlApp, monkeypatch: pytest.MonkeyPatch, acls: list[str] | None
 ) -> None:
     endpoint = api_keys.list_api_keys
-    assert getattr(endpoint, FAST_PATH) is api_keys._list_now
-    answered: list[int] = []
-
-    async def counted(request: Request) -> Response | None:
-        answer = await api_keys._list_now(request)
-        if answer is not None:
-            answered.append(answer.status_code)
-        return answer
-
-    team_id, secret = _team(control, acls)
-    writer = _team(control)
-    other, _ = _team(control)
+    team_id, secret = team(control, acls)
+    writer = team(control)
+    other, _ = team(control)
     with control.client() as client:
         for body in BODIES * 2:
             r = client.post(
@@ -117,7 +100,7 @@ def test_the_list_fast_path_answers_byte_for_byte_what_fastapi_answers(
     token = first["paginationToken"]
     if acls is None:
         team_id, secret = writer  # the team with the keys, its key holding every RPC
-    monkeypatch.setattr(endpoint, FAST_PATH, counted)
+    answered = counting(monkeypatch, endpoint, api_keys._list_now)
     fast = _run(control, team_id, secret, other, token)
     # It answered every usual query itself (the refusals it raises are not counted).
     assert answered.count(200) == (5 if acls is None else 0)
