@@ -28,7 +28,7 @@ def counting(monkeypatch: pytest.MonkeyPatch, endpoint: Any, fast: FastPath) -> 
     answered: list[int] = []
 
     async def counted(request: Request) -> Response | None:
-        answer = await fast(request)
+        answer: Response | None = await fast(request)
         if answer is not None:
             answered.append(answer.status_code)
         return answer
