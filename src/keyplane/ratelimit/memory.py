@@ -48,17 +48,18 @@ _NONE = sys.maxsize  # "no limit seen yet" for the tightest-quota search: above 
 class _Log:
     """The entries of one counter still inside its window, oldest first."""
 
-    __slots__ = ("bucket_end", "bucket_window", "entries", "total", "window")
+    __slots__ = ("bucket_end", "entries", "total", "window")
 
     def __init__(self, window: float) -> None:
         self.entries: deque[tuple[float, int]] = deque()
         self.total = 0
         # The window of the last write, which decides when the sweep may drop this counter.
         self.window = window
-        # The end of the bucket of the last bucketed admission and the window it was one of:
-        # until then, another admission with that window falls in the same bucket.
+        # The end of the bucket of the last bucketed admission, a bucket of ``window`` (0 when
+        # there is none): until then, another admission with this window falls in that bucket,
+        # and the newest entry is at or after its end (entries only grow later), so the
+        # admission merges into it. A write that may change ``window`` resets it.
         self.bucket_end = 0.0
-        self.bucket_window = 0.0
 
     def expire(self, cutoff: float) -> int:
         """Drop the entries at or before ``cutoff``; return the units still counted."""
@@ -160,27 +161,6 @@ class MemoryLimiter:
         # one Quota per better candidate; the same choices (see Tally for the rules).
         violated: Violation | None = None
         retry_after = 0.0
-        counters = self._requests
-        # Check every limit first; nothing is written until all of them have passed. The passes
-        # below find each log again by its counter rather than keep a list of what was checked:
-        # a counter is given once per call, and a checked log's total is its count.
-        for lim in requests:
-            limit = lim.limit
-            if limit <= 0:
-                continue
-            log = counters.get(lim.counter)
-            if log is None:
-                continue
-            entries = log.entries
-            if entries and entries[0][0] <= now - lim.window:
-                count = log.expire(now - lim.window)
-            else:
-                count = log.total
-            if count >= limit:
-                retry = log.release(count - limit + 1) + lim.window - now
-                if violated is None or retry > retry_after:
-                    violated = Violation("requests", lim.name, lim.counter, count, limit, retry)
-                    retry_after = retry
         tok_remaining = tok_limit = _NONE
         tok_reset = 0.0
         if tokens:
@@ -209,7 +189,84 @@ class MemoryLimiter:
                 if remaining < tok_remaining or (remaining == tok_remaining and limit < tok_limit):
                     tok_remaining, tok_limit = remaining, limit
                     tok_reset = entries[-1][0] + tlim.window - now if used else 0.0
+        tok_quota = Quota(tok_limit, tok_remaining, tok_reset) if tok_limit != _NONE else None
+        if violated is None:
+            # The usual admission, in one pass: every limit's counter has a log still inside the
+            # bucket of its last bucketed admission with this window (see _Log.bucket_end), so
+            # this one merges into the newest entry. Each is checked and recorded in turn; if a
+            # limit is not like that, or is full, the ones recorded so far are taken back (each
+            # added exactly one unit to its newest entry) and the general path decides.
+            counters = self._requests
+            best_remaining = best_limit = _NONE
+            best_reset = 0.0
+            for lim in requests:
+                limit = lim.limit
+                if limit <= 0:
+                    continue
+                window = lim.window
+                log = counters.get(lim.counter)
+                if log is None or now >= log.bucket_end or window != log.window:
+                    break
+                entries = log.entries
+                count = log.expire(now - window) if entries[0][0] <= now - window else log.total
+                if count >= limit:
+                    break
+                at, units = entries[-1]
+                entries[-1] = (at, units + 1)
+                log.total = count + 1
+                remaining = limit - count - 1
+                if remaining < best_remaining or (
+                    remaining == best_remaining and limit < best_limit
+                ):
+                    best_remaining, best_limit, best_reset = remaining, limit, at + window - now
+            else:
+                return Decision(
+                    True,
+                    0.0,
+                    None,
+                    Quota(best_limit, best_remaining, best_reset) if best_limit != _NONE else None,
+                    tok_quota,
+                )
+            for done in requests:
+                if done is lim:
+                    break
+                if done.limit > 0:
+                    log = counters[done.counter]
+                    at, units = log.entries[-1]
+                    log.entries[-1] = (at, units - 1)
+                    log.total -= 1
+        return self._decide(now, requests, violated, retry_after, tok_quota)
 
+    def _decide(
+        self,
+        now: float,
+        requests: Sequence[RequestLimit],
+        violated: Violation | None,
+        retry_after: float,
+        tok_quota: Quota | None,
+    ) -> Decision:
+        """:meth:`acquire_now` past the token checks, for any state: every request limit is
+        checked first, and recorded only if all of them (and the token limits) pass."""
+        counters = self._requests
+        # The passes below find each log again by its counter rather than keep a list of what
+        # was checked: a counter is given once per call, and a checked log's total is its count.
+        for lim in requests:
+            limit = lim.limit
+            if limit <= 0:
+                continue
+            log = counters.get(lim.counter)
+            if log is None:
+                continue
+            entries = log.entries
+            if entries and entries[0][0] <= now - lim.window:
+                count = log.expire(now - lim.window)
+            else:
+                count = log.total
+            if count >= limit:
+                retry = log.release(count - limit + 1) + lim.window - now
+                if violated is None or retry > retry_after:
+                    violated = Violation("requests", lim.name, lim.counter, count, limit, retry)
+                    retry_after = retry
         # The tightest request limit: fewest remaining, then smallest limit.
         best_remaining = best_limit = _NONE
         best_reset = 0.0
@@ -221,37 +278,15 @@ class MemoryLimiter:
                 if limit <= 0:
                     continue
                 window = lim.window
-                log = counters.get(lim.counter)
-                if log is None:
-                    log = counters[lim.counter] = _Log(window)
-                    heapq.heappush(due, (now + window, lim.counter, _REQUESTS))
+                log = self._fresh_log(counters, _REQUESTS, lim, now)
+                if limit <= exact_max:
+                    at = now
                 else:
-                    log.window = window
+                    width = window / buckets
+                    at = log.bucket_end = (_floor(now / width) + 1) * width
                 count = log.total
-                entries = log.entries
-                if now < log.bucket_end and window == log.bucket_window:
-                    # Still in the bucket of this log's last bucketed write with this window:
-                    # that bucket's end is this admission's time too, and the newest entry is at
-                    # or after it (entries only grow later), so the admission merges into it.
-                    # (Where float rounding would put `now` just under that end into the next
-                    # bucket, it stays in this one, which still ends after `now`: never less
-                    # than a whole window counted. A limit now exact would merge into that
-                    # entry too: it is after `now`.)
-                    at, units = entries[-1]
-                    entries[-1] = (at, units + 1)
-                else:
-                    if limit <= exact_max:
-                        at = now
-                    else:
-                        width = window / buckets
-                        at = log.bucket_end = (_floor(now / width) + 1) * width
-                        log.bucket_window = window
-                    if entries and at <= entries[-1][0]:  # see _Log.add
-                        at, units = entries[-1]
-                        entries[-1] = (at, units + 1)
-                    else:
-                        entries.append((at, 1))
-                log.total = count + 1
+                log.add(at, 1)
+                at = log.entries[-1][0]
                 remaining = limit - count - 1
                 if remaining < best_remaining or (
                     remaining == best_remaining and limit < best_limit
@@ -262,7 +297,7 @@ class MemoryLimiter:
                 0.0,
                 None,
                 Quota(best_limit, best_remaining, best_reset) if best_limit != _NONE else None,
-                Quota(tok_limit, tok_remaining, tok_reset) if tok_limit != _NONE else None,
+                tok_quota,
             )
         for lim in requests:
             limit = lim.limit
@@ -279,7 +314,7 @@ class MemoryLimiter:
             retry_after,
             violated,
             Quota(best_limit, best_remaining, best_reset) if best_limit != _NONE else None,
-            Quota(tok_limit, tok_remaining, tok_reset) if tok_limit != _NONE else None,
+            tok_quota,
         )
 
     def record_now(self, requests: Sequence[RequestLimit]) -> None:
@@ -326,6 +361,7 @@ class MemoryLimiter:
         else:
             log.expire(now - lim.window)
             log.window = lim.window
+            log.bucket_end = 0.0
         return log
 
     async def acquire(

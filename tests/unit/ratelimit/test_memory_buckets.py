@@ -98,3 +98,25 @@ def test_an_admission_merged_into_a_recorded_buckets_entry_leaves_with_it_as_one
     assert limiter.acquire_now([exact]).requests == Quota(3, 0, 1.0)  # keeps the counter alive
     clock.now = 1.25  # the two at 0.25 leave; the one at 0.5 stays
     assert limiter.acquire_now([exact]).requests == Quota(3, 1, 1.0)
+
+
+def test_a_window_changed_by_an_exact_admission_ends_the_buckets_reuse() -> None:
+    limiter, clock = limiter_at(0.125)
+    limiter.acquire_now([RequestLimit("rps", "c", 3, 1.0)])  # at 0.25, a 0.25 s bucket
+    clock.now = 0.1875
+    exact = RequestLimit("rps", "c", 2, 2.0)  # merged into 0.25; the counter's window is 2 s now
+    assert limiter.acquire_now([exact]).requests == Quota(2, 0, 2.0625)
+    clock.now = 0.203125
+    # Bucketed over 2 s: a 0.5 s bucket, counted at 0.5, not merged into the 1 s window's bucket.
+    decision = limiter.acquire_now([RequestLimit("rps", "c", 3, 2.0)])
+    assert decision.requests == Quota(3, 0, 2.296875)
+
+
+def test_a_window_changed_by_a_recorded_admission_ends_the_buckets_reuse() -> None:
+    limiter, clock = limiter_at(0.125)
+    limiter.acquire_now([RequestLimit("rps", "c", 3, 1.0)])  # at 0.25
+    clock.now = 0.1875
+    limiter.record_now([RequestLimit("rps", "c", 2, 2.0)])  # exact: merged into 0.25
+    clock.now = 0.203125
+    decision = limiter.acquire_now([RequestLimit("rps", "c", 3, 2.0)])
+    assert decision.requests == Quota(3, 0, 2.296875)  # counted at 0.5
