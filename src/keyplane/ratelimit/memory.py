@@ -48,21 +48,25 @@ _NONE = sys.maxsize  # "no limit seen yet" for the tightest-quota search: above 
 class _Log:
     """The entries of one counter still inside its window, oldest first."""
 
-    __slots__ = ("bucket_end", "entries", "total", "window")
+    __slots__ = ("bucket_end", "entries", "head", "total", "window")
 
     def __init__(self, window: float) -> None:
         self.entries: deque[tuple[float, int]] = deque()
-        self.total = 0
+        # Units of the newest entry not yet in its tuple (the one-pass admission adds them here
+        # rather than rebuild the tuple); whatever reads the entries' units folds them in first.
+        self.head = 0
+        self.total = 0  # every unit counted, ``head`` included
         # The window of the last write, which decides when the sweep may drop this counter.
         self.window = window
-        # The end of the bucket of the last bucketed admission, a bucket of ``window`` (0 when
-        # there is none): until then, another admission with this window falls in that bucket,
-        # and the newest entry is at or after its end (entries only grow later), so the
-        # admission merges into it. A write that may change ``window`` resets it.
+        # The newest entry's time when it is the end of the bucket of the last bucketed
+        # admission, a bucket of ``window`` (else 0): until then, another admission with this
+        # window falls in that bucket, so it merges into the newest entry. A write that may
+        # change ``window`` resets it.
         self.bucket_end = 0.0
 
     def expire(self, cutoff: float) -> int:
         """Drop the entries at or before ``cutoff``; return the units still counted."""
+        self.fold()
         entries = self.entries
         while entries and entries[0][0] <= cutoff:
             self.total -= entries.popleft()[1]
@@ -73,7 +77,8 @@ class _Log:
 
         An entry earlier than the newest one (possible when a limit switches from bucketed to
         exact and the newest entry sits at a bucket's end) is merged into the newest: it then
-        counts slightly longer, which is the safe direction, and the log stays sorted.
+        counts slightly longer, which is the safe direction, and the log stays sorted. Called
+        after :meth:`expire`, which folds ``head`` in.
         """
         entries = self.entries
         if entries:
@@ -87,6 +92,7 @@ class _Log:
 
     def release(self, excess: int) -> float:
         """The time of the entry whose departure takes ``excess`` units out of the window."""
+        self.fold()
         seen = 0
         for at, units in self.entries:
             seen += units
@@ -96,6 +102,13 @@ class _Log:
 
     def newest(self) -> float:
         return self.entries[-1][0]
+
+    def fold(self) -> None:
+        """Put ``head`` into the newest entry's tuple."""
+        if self.head:
+            at, units = self.entries[-1]
+            self.entries[-1] = (at, units + self.head)
+            self.head = 0
 
 
 def _bucket_end(now: float, width: float) -> float:
@@ -195,7 +208,7 @@ class MemoryLimiter:
             # bucket of its last bucketed admission with this window (see _Log.bucket_end), so
             # this one merges into the newest entry. Each is checked and recorded in turn; if a
             # limit is not like that, or is full, the ones recorded so far are taken back (each
-            # added exactly one unit to its newest entry) and the general path decides.
+            # added one unit to its head) and the general path decides.
             counters = self._requests
             best_remaining = best_limit = _NONE
             best_reset = 0.0
@@ -211,14 +224,14 @@ class MemoryLimiter:
                 count = log.expire(now - window) if entries[0][0] <= now - window else log.total
                 if count >= limit:
                     break
-                at, units = entries[-1]
-                entries[-1] = (at, units + 1)
+                log.head += 1
                 log.total = count + 1
                 remaining = limit - count - 1
                 if remaining < best_remaining or (
                     remaining == best_remaining and limit < best_limit
                 ):
-                    best_remaining, best_limit, best_reset = remaining, limit, at + window - now
+                    best_remaining, best_limit = remaining, limit
+                    best_reset = log.bucket_end + window - now
             else:
                 return Decision(
                     True,
@@ -232,8 +245,7 @@ class MemoryLimiter:
                     break
                 if done.limit > 0:
                     log = counters[done.counter]
-                    at, units = log.entries[-1]
-                    log.entries[-1] = (at, units - 1)
+                    log.head -= 1
                     log.total -= 1
         return self._decide(now, requests, violated, retry_after, tok_quota)
 
@@ -279,19 +291,21 @@ class MemoryLimiter:
                     continue
                 window = lim.window
                 log = self._fresh_log(counters, _REQUESTS, lim, now)
+                count = log.total
                 if limit <= exact_max:
-                    at = now
+                    log.add(now, 1)
                 else:
                     width = window / buckets
-                    at = log.bucket_end = (_floor(now / width) + 1) * width
-                count = log.total
-                log.add(at, 1)
-                at = log.entries[-1][0]
+                    at = (_floor(now / width) + 1) * width
+                    log.add(at, 1)
+                    if log.newest() == at:  # not merged into a later entry
+                        log.bucket_end = at
                 remaining = limit - count - 1
                 if remaining < best_remaining or (
                     remaining == best_remaining and limit < best_limit
                 ):
-                    best_remaining, best_limit, best_reset = remaining, limit, at + window - now
+                    best_remaining, best_limit = remaining, limit
+                    best_reset = log.newest() + window - now
             return Decision(
                 True,
                 0.0,

@@ -120,3 +120,14 @@ def test_a_window_changed_by_a_recorded_admission_ends_the_buckets_reuse() -> No
     clock.now = 0.203125
     decision = limiter.acquire_now([RequestLimit("rps", "c", 3, 2.0)])
     assert decision.requests == Quota(3, 0, 2.296875)  # counted at 0.5
+
+
+def test_a_shorter_window_expires_admissions_counted_in_one_pass() -> None:
+    limiter, clock = limiter_at(0.125)
+    wide = RequestLimit("rps", "c", 3, 2.0)  # 0.5 s buckets
+    limiter.acquire_now([wide])  # at 0.5
+    clock.now = 0.25
+    assert limiter.acquire_now([wide]).requests == Quota(3, 1, 2.25)  # merged into 0.5
+    clock.now = 1.5  # both left a 1 s window (the counter, on 2 s, is not swept yet)
+    decision = limiter.acquire_now([RequestLimit("rps", "c", 3, 1.0)])
+    assert decision.requests == Quota(3, 2, 1.25)  # none counted; this one at 1.75
