@@ -48,7 +48,7 @@ _NONE = sys.maxsize  # "no limit seen yet" for the tightest-quota search: above 
 class _Log:
     """The entries of one counter still inside its window, oldest first."""
 
-    __slots__ = ("bucket_end", "entries", "head", "total", "window")
+    __slots__ = ("bucket_end", "entries", "head", "total", "until", "window")
 
     def __init__(self, window: float) -> None:
         self.entries: deque[tuple[float, int]] = deque()
@@ -59,10 +59,12 @@ class _Log:
         # The window of the last write, which decides when the sweep may drop this counter.
         self.window = window
         # The newest entry's time when it is the end of the bucket of the last bucketed
-        # admission, a bucket of ``window`` (else 0): until then, another admission with this
-        # window falls in that bucket, so it merges into the newest entry. A write that may
-        # change ``window`` resets it.
+        # admission, a bucket of ``window``; and, set with it, ``until``: the earlier of that end
+        # and the oldest entry's departure. Before ``until``, an admission with this window falls
+        # in that bucket (it merges into the newest entry) and no entry has left the window (the
+        # total is the count). A write that may change ``window`` sets ``until`` to 0.
         self.bucket_end = 0.0
+        self.until = 0.0
 
     def expire(self, cutoff: float) -> int:
         """Drop the entries at or before ``cutoff``; return the units still counted."""
@@ -204,9 +206,9 @@ class MemoryLimiter:
                     tok_reset = entries[-1][0] + tlim.window - now if used else 0.0
         tok_quota = Quota(tok_limit, tok_remaining, tok_reset) if tok_limit != _NONE else None
         if violated is None:
-            # The usual admission, in one pass: every limit's counter has a log still inside the
-            # bucket of its last bucketed admission with this window (see _Log.bucket_end), so
-            # this one merges into the newest entry. Each is checked and recorded in turn; if a
+            # The usual admission, in one pass: every limit's counter has a log before its
+            # ``until`` with this window (see _Log.bucket_end): its total is its count, and this
+            # admission merges into the newest entry. Each is checked and recorded in turn; if a
             # limit is not like that, or is full, the ones recorded so far are taken back (each
             # added one unit to its head) and the general path decides.
             counters = self._requests
@@ -218,10 +220,9 @@ class MemoryLimiter:
                     continue
                 window = lim.window
                 log = counters.get(lim.counter)
-                if log is None or now >= log.bucket_end or window != log.window:
+                if log is None or now >= log.until or window != log.window:
                     break
-                entries = log.entries
-                count = log.expire(now - window) if entries[0][0] <= now - window else log.total
+                count = log.total
                 if count >= limit:
                     break
                 log.head += 1
@@ -300,6 +301,8 @@ class MemoryLimiter:
                     log.add(at, 1)
                     if log.newest() == at:  # not merged into a later entry
                         log.bucket_end = at
+                        departs = log.entries[0][0] + window
+                        log.until = at if at < departs else departs
                 remaining = limit - count - 1
                 if remaining < best_remaining or (
                     remaining == best_remaining and limit < best_limit
@@ -375,7 +378,7 @@ class MemoryLimiter:
         else:
             log.expire(now - lim.window)
             log.window = lim.window
-            log.bucket_end = 0.0
+            log.until = 0.0
         return log
 
     async def acquire(

@@ -131,3 +131,13 @@ def test_a_shorter_window_expires_admissions_counted_in_one_pass() -> None:
     clock.now = 1.5  # both left a 1 s window (the counter, on 2 s, is not swept yet)
     decision = limiter.acquire_now([RequestLimit("rps", "c", 3, 1.0)])
     assert decision.requests == Quota(3, 2, 1.25)  # none counted; this one at 1.75
+
+
+def test_an_entry_leaving_inside_the_bucket_is_not_counted_after_it_left() -> None:
+    limiter, clock = limiter_at(0.125)
+    limiter.acquire_now([RequestLimit("rps", "c", 2, 1.0)])  # exact: at 0.125, leaves at 1.125
+    clock.now = 1.0625
+    bucketed = RequestLimit("rps", "c", 3, 1.0)
+    assert limiter.acquire_now([bucketed]).requests == Quota(3, 1, 1.1875)  # at 1.25
+    clock.now = 1.1875  # same bucket, but the entry at 0.125 has left
+    assert limiter.acquire_now([bucketed]).requests == Quota(3, 1, 1.0625)
