@@ -280,9 +280,6 @@ class MemoryLimiter:
                 if violated is None or retry > retry_after:
                     violated = Violation("requests", lim.name, lim.counter, count, limit, retry)
                     retry_after = retry
-        # The tightest request limit: fewest remaining, then smallest limit.
-        best_remaining = best_limit = _NONE
-        best_reset = 0.0
         if violated is None:
             exact_max = self._exact_max
             buckets = self._buckets
@@ -290,32 +287,21 @@ class MemoryLimiter:
                 limit = lim.limit
                 if limit <= 0:
                     continue
-                window = lim.window
                 log = self._fresh_log(counters, _REQUESTS, lim, now)
-                count = log.total
                 if limit <= exact_max:
                     log.add(now, 1)
                 else:
-                    width = window / buckets
+                    width = lim.window / buckets
                     at = (_floor(now / width) + 1) * width
                     log.add(at, 1)
                     if log.newest() == at:  # not merged into a later entry
                         log.bucket_end = at
-                        departs = log.entries[0][0] + window
+                        departs = log.entries[0][0] + lim.window
                         log.until = at if at < departs else departs
-                remaining = limit - count - 1
-                if remaining < best_remaining or (
-                    remaining == best_remaining and limit < best_limit
-                ):
-                    best_remaining, best_limit = remaining, limit
-                    best_reset = log.newest() + window - now
-            return Decision(
-                True,
-                0.0,
-                None,
-                Quota(best_limit, best_remaining, best_reset) if best_limit != _NONE else None,
-                tok_quota,
-            )
+        # The tightest request limit, from the counts after the decision: fewest remaining, then
+        # smallest limit.
+        best_remaining = best_limit = _NONE
+        best_reset = 0.0
         for lim in requests:
             limit = lim.limit
             if limit <= 0:
@@ -327,7 +313,7 @@ class MemoryLimiter:
                 best_remaining, best_limit = remaining, limit
                 best_reset = log.newest() + lim.window - now if log and count else 0.0
         return Decision(
-            False,
+            violated is None,
             retry_after,
             violated,
             Quota(best_limit, best_remaining, best_reset) if best_limit != _NONE else None,
