@@ -221,9 +221,17 @@ class Spool:
         """The whole frames in ``[start, end)``, at most ``limit`` bytes of them (at least one).
         From the segment being appended to: a copy out of its map, pages just written (cheap
         enough for the event loop); from an older one, the file opened."""
+        live = segment == self.segment and self._map is not None
+        if live and end - start <= limit and end <= self.size:
+            # The usual batch: all that waits in the live segment, which holds only whole frames
+            # below ``size`` (appended here, or read through when it was opened). Not walked frame
+            # by frame (~0.7 µs a record, on the loop); the control plane checks every frame.
+            assert self._map is not None
+            return Batch(segment, start, end, self._map[start:end])
         # Room for one frame at least, whatever the limit.
         size = min(end - start, max(limit, HEADER_SIZE + MAX_FRAME))
-        if segment == self.segment and self._map is not None:
+        if live:
+            assert self._map is not None
             data = self._map[start : start + size]
         else:
             with open(self._path(segment), "rb") as f:
