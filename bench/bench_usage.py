@@ -66,6 +66,10 @@ INPROCESS_REQUESTS = int(os.environ.get("BENCH_INPROCESS_REQUESTS", "2000"))
 #: Set by the ``instructions`` section for the ``inprocess`` run it starts under callgrind: each
 #: timed batch of requests lies between two ``getppid`` calls, where callgrind dumps its counts.
 INPROCESS_MARK = os.environ.get("BENCH_INPROCESS_MARK") == "1"
+#: The ``process`` section: requests a second (two rates: per request is the slope between them)
+#: and seconds at each rate, per gateway under callgrind.
+PROCESS_RATES = [float(r) for r in os.environ.get("BENCH_PROCESS_RATES", "20,40").split(",")]
+PROCESS_SECONDS = float(os.environ.get("BENCH_PROCESS_SECONDS", "20"))
 INPROCESS_VARIANTS = [
     "off",
     "on",
@@ -121,6 +125,12 @@ def run_ns(pid: int) -> int:
         with contextlib.suppress(OSError, ValueError):
             total += int((task / "schedstat").read_text().split()[0])
     return total
+
+
+def system_seconds(pid: int) -> float:
+    """System CPU time of a process so far (``/proc/<pid>/stat``, in 10 ms ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[12]) / os.sysconf("SC_CLK_TCK")
 
 
 def voluntary_switches(pid: int) -> int:
@@ -191,6 +201,20 @@ def meter_micro() -> float:
     return elapsed / n * 1e6
 
 
+def _start_with_key(dep: Deployment) -> tuple[Any, dict[str, str]]:
+    """The control plane and the model server started, and a key that may call every model: the
+    model server's process and the key's ``Authorization`` header."""
+    dep.start_control()
+    models = dep.start_models()
+    team, mgmt = dep.create_team("bench")
+    with connect(dep.control_url, mgmt) as c:
+        key = c.post(
+            f"/auth/teams/{team}/api-keys",
+            json={"name": "bench", "acls": ["api-key:endpoint:*", "api-key:model:*"]},
+        ).json()
+    return models, {"Authorization": f"Bearer {key['apiKey']}"}
+
+
 def gateway_section(tmp: Path) -> str:
     """Three gateways of one cluster: metering on, off, and on again (an A/A control: how far two
     identical gateways differ on this machine is the floor under any on/off difference)."""
@@ -206,15 +230,7 @@ def gateway_section(tmp: Path) -> str:
         envs["on, baseline"] = {"PYTHONPATH": BASELINE, **common}
     labels = list(envs)
     try:
-        dep.start_control()
-        models = dep.start_models()
-        team, mgmt = dep.create_team("bench")
-        with connect(dep.control_url, mgmt) as c:
-            key = c.post(
-                f"/auth/teams/{team}/api-keys",
-                json={"name": "bench", "acls": ["api-key:endpoint:*", "api-key:model:*"]},
-            ).json()
-        auth = {"Authorization": f"Bearer {key['apiKey']}"}
+        models, auth = _start_with_key(dep)
         url = "/v1/chat/completions"
 
         def fresh(order: list[str]) -> dict[str, Any]:
@@ -237,6 +253,8 @@ def gateway_section(tmp: Path) -> str:
         # What the load does not change: system calls and blocking waits per request.
         syscalls: dict[str, list[float]] = {label: [] for label in labels}
         waits: dict[str, list[float]] = {label: [] for label in labels}
+        # System CPU over every round (10 ms ticks: summed, not per round).
+        system = dict.fromkeys(labels, 0.0)
         statuses: dict[str, dict[int, int]] = {label: {} for label in labels}
         deadline = time.monotonic() + METERING_SECONDS
         slice_requests = ROUND_REQUESTS // SLICES
@@ -255,9 +273,10 @@ def gateway_section(tmp: Path) -> str:
                 for label in turn:
                     pid = pid_of(gateways[label])
                     with count_syscalls(pid) if slice_ == 0 else _nothing() as counted:
-                        c0, w0 = run_ns(pid), voluntary_switches(pid)
+                        c0, w0, s0 = run_ns(pid), voluntary_switches(pid), system_seconds(pid)
                         got = asyncio.run(_drive(gateways[label].url + url, auth, slice_requests))
                         cpu[label] += (run_ns(pid) - c0) / 1e9
+                        system[label] += system_seconds(pid) - s0
                         waited[label] += voluntary_switches(pid) - w0
                     if counted:
                         syscalls[label].append(counted[0] / slice_requests)
@@ -271,6 +290,7 @@ def gateway_section(tmp: Path) -> str:
         log(f"metering rounds: {per_request}")
         med = {label: statistics.median(v) for label, v in per_request.items()}
         done = len(per_request["off"])
+        requests_done = done * slice_requests * SLICES
 
         def ratios(a: str, b: str) -> str:
             """The median of the per-round ratios a / b, and their middle half (first to third
@@ -308,6 +328,13 @@ def gateway_section(tmp: Path) -> str:
         ("`Meter.finish` alone (encode + copy into the spool's map), CPU µs", f"{micro:.2f}"),
         *(
             (f"system calls / voluntary context switches per request, {label}", per(label))
+            for label in labels
+        ),
+        *(
+            (
+                f"system CPU µs/request (all rounds), {label}",
+                f"{system[label] / requests_done * 1e6:.1f}",
+            )
             for label in labels
         ),
         ("statuses", "; ".join(f"{k}: {v}" for k, v in statuses.items())),
@@ -533,6 +560,124 @@ def instructions_section(tmp: Path) -> str:
         "whole process per request, which the machine's load does not change)\n\n"
         + table(["variant", "instructions per request", "− off", "− off, % of off"], rows)
     )
+
+
+async def _paced(url: str, headers: dict[str, str], rate: float, seconds: float) -> int:
+    """``rate`` requests a second for ``seconds`` (each started on time, whatever the answers
+    before it are doing), then waits for the last answer; the requests answered 200."""
+    answered = 0
+    async with aiohttp.ClientSession(headers=headers) as session:
+
+        async def one() -> None:
+            nonlocal answered
+            async with session.post(url, json=BODY) as response:
+                await response.read()
+                answered += response.status == 200
+
+        started = time.monotonic()
+        tasks = []
+        for i in range(round(rate * seconds)):
+            await asyncio.sleep(max(0.0, started + i / rate - time.monotonic()))
+            tasks.append(asyncio.create_task(one()))
+        await asyncio.sleep(max(0.0, started + seconds - time.monotonic()))
+        await asyncio.gather(*tasks)
+    return answered
+
+
+def process_section(tmp: Path) -> str:
+    """Metering's part of the whole gateway process, in instructions: real gateways (metering off,
+    on, and on but shipping only once 64 KiB wait) under callgrind, served at fixed rates. At each
+    rate every gateway's counts are zeroed, it is driven for ``PROCESS_SECONDS``, and they are
+    dumped (``callgrind_control``): everything the process ran in that time, its event loop, the
+    shipper's posts and the spool's sync thread included. Per request: the slope between the two
+    rates; per second: what an idle gateway runs (timers, the shipper's waits)."""
+    if shutil.which("valgrind") is None:
+        return "\n(no valgrind here: no instruction counts)\n"
+    dep = Deployment(tmp / "process", clusters=[CLUSTER])
+    common = {"KEYPLANE_LIMITER__ALLOW_UNSHARED_REPLICAS": "true", "PYTHONHASHSEED": "0"}
+    envs = {
+        "off": {"KEYPLANE_USAGE__METERING": "false", **common},
+        "on": common,
+        "on, shipping only once 64 KiB wait": {"KEYPLANE_USAGE__SHIP_INTERVAL": "60", **common},
+    }
+    if BASELINE:
+        envs["on, baseline"] = {"PYTHONPATH": BASELINE, **common}
+    seconds = PROCESS_SECONDS
+    rates = [0.0, *PROCESS_RATES]
+    counts: dict[str, dict[float, int]] = {label: {} for label in envs}
+    try:
+        _, auth = _start_with_key(dep)
+        gateways: dict[str, tuple[Any, Path]] = {}
+        for replica, (label, env) in enumerate(envs.items()):
+            gw = dep.gateway(CLUSTER, replica=replica, env=env)
+            out = tmp / f"process-{replica}.callgrind"
+            gw.args = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *gw.args]
+            gw.start(timeout=900)  # minutes under callgrind on a busy machine
+
+            def known(url: str = gw.url) -> bool:
+                return httpx2.get(url + "/v1/api-key", headers=auth).status_code == 200
+
+            wait_for(known, timeout=300, what=f"key on {gw.name}")
+            asyncio.run(_paced(gw.url + "/v1/chat/completions", auth, 10, 10))  # warm
+            gateways[label] = gw, out
+        for rate in rates:
+            for label, (gw, out) in gateways.items():
+                pid = str(pid_of(gw))
+                subprocess.run(["callgrind_control", "-z", pid], check=True, capture_output=True)
+                if rate:
+                    url = gw.url + "/v1/chat/completions"
+                    answered = asyncio.run(_paced(url, auth, rate, seconds))
+                    assert answered == round(rate * seconds), f"{label}: {answered} answered"
+                else:
+                    time.sleep(seconds)
+                subprocess.run(["callgrind_control", "-d", pid], check=True, capture_output=True)
+                dump = Path(f"{out}.{len(counts[label]) + 1}")  # the dumps are numbered from 1
+                counts[label][rate] = wait_for(lambda dump=dump: _summary(dump), timeout=120)
+    finally:
+        dep.stop_all()
+    low, high = PROCESS_RATES[0], PROCESS_RATES[-1]
+
+    def per_request(label: str) -> float:
+        return (counts[label][high] - counts[label][low]) / ((high - low) * seconds)
+
+    off = per_request("off")
+    rows = [
+        (
+            label,
+            f"{per_request(label):,.0f}",
+            f"{per_request(label) - off:+,.0f}",
+            f"{(per_request(label) - off) / off * 100:+.1f} %",
+            f"{counts[label][0.0] / seconds:,.0f}",
+            f"{(counts[label][low] - low * seconds * per_request(label)) / seconds:,.0f}",
+        )
+        for label in envs
+    ]
+    return (
+        f"\n**Metering in the whole gateway process, in instructions** (callgrind; each gateway "
+        f"served {low:g} and {high:g} chat requests a second for {seconds:g} s; per request: the "
+        "difference between the two rates' counts over the difference in requests; load average "
+        f"{os.getloadavg()[0]:.1f})\n\n"
+        + table(
+            [
+                "gateway",
+                "instructions per request",
+                "− off",
+                "− off, % of off",
+                "per second, idle",
+                "per second, serving (fixed part)",
+            ],
+            rows,
+        )
+    )
+
+
+def _summary(dump: Path) -> int | None:
+    """The instructions a callgrind dump counted (None while it is being written)."""
+    with contextlib.suppress(FileNotFoundError):
+        for line in dump.read_text().splitlines():
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    return None
 
 
 # -- 2. ingest ------------------------------------------------------------------------------------
@@ -879,6 +1024,7 @@ SECTIONS: dict[str, Callable[[Path], str]] = {
     "gateway": gateway_section,
     "inprocess": inprocess_section,
     "instructions": instructions_section,
+    "process": process_section,
     "ingest": ingest_section,
     "query": query_section,
 }
