@@ -66,8 +66,8 @@ INPROCESS_REQUESTS = int(os.environ.get("BENCH_INPROCESS_REQUESTS", "2000"))
 #: Set by the ``instructions`` section for the ``inprocess`` run it starts under callgrind: each
 #: timed batch of requests lies between two ``getppid`` calls, where callgrind dumps its counts.
 INPROCESS_MARK = os.environ.get("BENCH_INPROCESS_MARK") == "1"
-#: The ``process`` section: requests a second (two rates: per request is the slope between them)
-#: and seconds at each rate, per gateway under callgrind.
+#: The ``process`` section: the rates (requests a second) each gateway is served at under
+#: callgrind, and the seconds of each window (an idle one first).
 PROCESS_RATES = [float(r) for r in os.environ.get("BENCH_PROCESS_RATES", "20,40").split(",")]
 PROCESS_SECONDS = float(os.environ.get("BENCH_PROCESS_SECONDS", "20"))
 INPROCESS_VARIANTS = [
@@ -586,11 +586,10 @@ async def _paced(url: str, headers: dict[str, str], rate: float, seconds: float)
 
 def process_section(tmp: Path) -> str:
     """Metering's part of the whole gateway process, in instructions: real gateways (metering off,
-    on, and on but shipping only once 64 KiB wait) under callgrind, served at fixed rates. At each
-    rate every gateway's counts are zeroed, it is driven for ``PROCESS_SECONDS``, and they are
-    dumped (``callgrind_control``): everything the process ran in that time, its event loop, the
-    shipper's posts and the spool's sync thread included. Per request: the slope between the two
-    rates; per second: what an idle gateway runs (timers, the shipper's waits)."""
+    on, and on but shipping only once 64 KiB wait) under callgrind, idle and then served at fixed
+    rates. For each window every gateway's counts are zeroed, it is driven for
+    ``PROCESS_SECONDS``, and they are dumped (``callgrind_control``): everything the process ran
+    in that time, its event loop, the shipper's posts and the spool's sync thread included."""
     if shutil.which("valgrind") is None:
         return "\n(no valgrind here: no instruction counts)\n"
     dep = Deployment(tmp / "process", clusters=[CLUSTER])
@@ -635,36 +634,29 @@ def process_section(tmp: Path) -> str:
                 counts[label][rate] = wait_for(lambda dump=dump: _summary(dump), timeout=120)
     finally:
         dep.stop_all()
-    low, high = PROCESS_RATES[0], PROCESS_RATES[-1]
 
-    def per_request(label: str) -> float:
-        return (counts[label][high] - counts[label][low]) / ((high - low) * seconds)
+    def per_request(label: str, rate: float) -> float:
+        """The window's instructions less an idle window's, per request served in it."""
+        return (counts[label][rate] - counts[label][0.0]) / (rate * seconds)
 
-    off = per_request("off")
-    rows = [
-        (
-            label,
-            f"{per_request(label):,.0f}",
-            f"{per_request(label) - off:+,.0f}",
-            f"{(per_request(label) - off) / off * 100:+.1f} %",
-            f"{counts[label][0.0] / seconds:,.0f}",
-            f"{(counts[label][low] - low * seconds * per_request(label)) / seconds:,.0f}",
-        )
-        for label in envs
-    ]
+    rows = []
+    for label in envs:
+        cells = [label, f"{counts[label][0.0] / seconds:,.0f}"]
+        for rate in PROCESS_RATES:
+            n, off = per_request(label, rate), per_request("off", rate)
+            cells.append(f"{n:,.0f} ({n - off:+,.0f}, {(n - off) / off * 100:+.1f} %)")
+        rows.append(tuple(cells))
     return (
         f"\n**Metering in the whole gateway process, in instructions** (callgrind; each gateway "
-        f"served {low:g} and {high:g} chat requests a second for {seconds:g} s; per request: the "
-        "difference between the two rates' counts over the difference in requests; load average "
+        f"idle, then serving chat requests at each rate, for {seconds:g} s each; per request: the "
+        "window's count less the idle one's, over the requests; a full garbage collection or a "
+        "post more or less in a window moves it by a few thousand; load average "
         f"{os.getloadavg()[0]:.1f})\n\n"
         + table(
             [
                 "gateway",
-                "instructions per request",
-                "− off",
-                "− off, % of off",
-                "per second, idle",
-                "per second, serving (fixed part)",
+                "idle, per second",
+                *(f"per request at {rate:g}/s (− off)" for rate in PROCESS_RATES),
             ],
             rows,
         )
