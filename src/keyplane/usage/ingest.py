@@ -2,10 +2,10 @@
 
 One write transaction per batch: the batch's ingest mark (row-locked), the minute rollups, the
 spend counters, any block it causes, and the new mark commit together. The batch's fresh records
-go into a staging table in one driver call; the database groups, sums and upserts
-(``store.roll_up``), one statement per rollup table and kind. Hours and days are folded from
-closed minutes in the background (``fold``): live traffic costs one upsert per distinct minute
-row; a record older than the fold mark (a gateway's backlog) also goes into hours and days.
+are grouped by minute in Python (one pass) and staged in one driver call; the database sums and
+upserts (``store.roll_up``), one statement per rollup table and kind. Hours and days are folded
+from closed minutes in the background (``fold``): live traffic costs one upsert per distinct
+minute row; a record older than the fold mark (a gateway's backlog) also goes into hours and days.
 
 A batch resent after a lost ack, after a crash on either side, or to another control plane
 replica is recognized by its offsets: frames below the mark were counted already.
@@ -13,17 +13,16 @@ replica is recognized by its offsets: frames below the mark were counted already
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass
-from typing import Any
 
 import msgspec
-from msgspec.structs import astuple
 
 from keyplane.domain.errors import InvalidArgument
 from keyplane.services.context import Context
 from keyplane.storage.unit_of_work import SqlUnitOfWork
 from keyplane.usage import limits, store
-from keyplane.usage.record import decode, iter_frames
+from keyplane.usage.record import UsageRecord, decode, iter_frames
 from keyplane.usage.wire import MAX_BATCH_BYTES
 
 
@@ -47,17 +46,23 @@ def ingest(
 ) -> IngestResult:
     if not 0 <= start <= end or end - start != len(data) or len(data) > MAX_BATCH_BYTES:
         raise InvalidArgument("the batch's offsets do not match its body", field="end")
-    frames = list(iter_frames(data, start))
-    if (frames[-1][1] if frames else start) != end:
-        raise InvalidArgument("the batch holds a damaged or partial frame", field="body")
+    offsets: list[int] = []
+    records: list[UsageRecord] = []
+    stop = start  # where the intact frames end
     try:
-        records = [(frame_start, astuple(decode(payload))) for frame_start, _, payload in frames]
+        for offset, frame_end, payload in iter_frames(data, start):
+            offsets.append(offset)
+            records.append(decode(payload))
+            stop = frame_end
     except msgspec.MsgspecError:
         raise InvalidArgument("the batch holds an undecodable record", field="body") from None
+    if stop != end:
+        raise InvalidArgument("the batch holds a damaged or partial frame", field="body")
     revisions: list[int] = []
     with ctx.sql_write() as uow:
         mark = store.lock_mark(uow.conn, gateway_id, segment)
-        fresh = [r for offset, r in records if mark is None or offset >= mark]
+        # Offsets ascend: the fresh records are those from the first frame at or past the mark.
+        fresh = records[bisect_left(offsets, mark) :] if mark is not None else records
         if fresh:
             revisions = _count(uow, fresh, cluster=cluster, hard=hard_limit_cents)
         if mark is None or end > mark:
@@ -74,13 +79,14 @@ def ingest(
 
 
 def _count(
-    uow: SqlUnitOfWork, records: list[tuple[Any, ...]], *, cluster: str, hard: int | None
+    uow: SqlUnitOfWork, records: list[UsageRecord], *, cluster: str, hard: int | None
 ) -> list[int]:
-    # The database groups and sums: per minute, hour and day, per key and for the team's totals
-    # over its keys (``ALL_KEYS``: what queries that neither group nor filter by key read).
+    # Grouped by minute here (``store.stage``), then summed by the database: per minute, hour
+    # and day, per key and for the team's totals over its keys (``ALL_KEYS``: what queries that
+    # neither group nor filter by key read).
     conn = uow.conn
-    store.stage(conn, records)
-    store.roll_up(conn, cluster[:128], store.folded_to(conn))
+    oldest = store.stage(conn, records)
+    store.roll_up(conn, cluster[:128], store.folded_to(conn), oldest)
     # Only the teams a limit can apply to, and the keys with a budget: no statement per team
     # or key that cannot be over.
     teams, budgeted = store.stage_spend(conn, every_team=hard is not None)
