@@ -7,9 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
 from keyplane.domain.timefmt import from_micros, to_micros
+from keyplane.storage import driver
 from keyplane.storage import tables as t
 from keyplane.storage.changelog import current_revision
 
@@ -36,11 +37,16 @@ def cluster_of_credential(conn: Connection, digest: str) -> str | None:
 
 def credential_binding(conn: Connection, digest: str) -> tuple[str, str | None] | None:
     """``(cluster, bound gateway id)`` of a live credential."""
-    c = t.cluster_credentials.c
-    row = conn.execute(
-        select(c.cluster, c.gateway_id).where(c.digest == digest, c.revoke_time.is_(None))
-    ).first()
+    row = driver.first(conn, _BINDING, {"digest": digest})
     return None if row is None else (str(row.cluster), row.gateway_id)
+
+
+# Built once, read by the driver on SQLite: every usage post checks its credential, and building
+# and executing the select through SQLAlchemy cost ~170 µs of the ~200 (the read itself ~20).
+_BINDING = select(t.cluster_credentials.c.cluster, t.cluster_credentials.c.gateway_id).where(
+    t.cluster_credentials.c.digest == bindparam("digest"),
+    t.cluster_credentials.c.revoke_time.is_(None),
+)
 
 
 def bind_credential(
