@@ -79,22 +79,8 @@ def by_minute(records: Iterable[Any]) -> list[tuple[Any, ...]]:
         key = (r.team_id, r.time_ms // 60000 * 60, r.api_key_id, r.model, r.endpoint, r.status)
         row = rows.get(key)
         if row is None:
-            rows[key] = [
-                1,
-                p,
-                c,
-                cost,
-                r.completion_cost,
-                r.image_cost,
-                p,
-                p,
-                c,
-                c,
-                t,
-                t,
-                cost,
-                cost,
-            ]
+            extra = r.completion_cost, r.image_cost
+            rows[key] = [1, p, c, cost, *extra, p, p, c, c, t, t, cost, cost]
             continue
         row[0] += 1
         row[1] += p
@@ -102,23 +88,15 @@ def by_minute(records: Iterable[Any]) -> list[tuple[Any, ...]]:
         row[3] += cost
         row[4] += r.completion_cost
         row[5] += r.image_cost
-        # An extreme is a min and a max: a value below the min is not above the max.
-        if p < row[6]:
-            row[6] = p
-        elif p > row[7]:
-            row[7] = p
-        if c < row[8]:
-            row[8] = c
-        elif c > row[9]:
-            row[9] = c
-        if t < row[10]:
-            row[10] = t
-        elif t > row[11]:
-            row[11] = t
-        if cost < row[12]:
-            row[12] = cost
-        elif cost > row[13]:
-            row[13] = cost
+        # EXTREMES' min and max each (2 stores cost less than 2 calls of min and max).
+        row[6] = p if p < row[6] else row[6]
+        row[7] = p if p > row[7] else row[7]
+        row[8] = c if c < row[8] else row[8]
+        row[9] = c if c > row[9] else row[9]
+        row[10] = t if t < row[10] else row[10]
+        row[11] = t if t > row[11] else row[11]
+        row[12] = cost if cost < row[12] else row[12]
+        row[13] = cost if cost > row[13] else row[13]
     return [(*key, *row) for key, row in rows.items()]
 
 
