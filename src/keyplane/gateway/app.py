@@ -28,14 +28,15 @@ from keyplane.domain.errors import (
 from keyplane.gateway import accounting
 from keyplane.gateway.http import send_error, status_of
 from keyplane.gateway.replica import KeyRecord, Replica
-from keyplane.usage.meter import TALLY, Meter, Tally
+from keyplane.usage.meter import Meter, Tally
 
 log = structlog.get_logger("keyplane.gateway")
 
 _BEARER_LENGTH = len(b"Bearer ")
 _DIGEST = keysecrets.DIGEST
 
-Handler = Callable[[Scope, Receive, Send, KeyRecord], Awaitable[None]]
+#: A route's handler: the request, its key, and its usage tally if the route is metered.
+Handler = Callable[[Scope, Receive, Send, KeyRecord, Tally | None], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,28 +101,28 @@ class Gateway:
         if endpoint is not None:
             self.metered[(method, path)] = endpoint
 
-    def _tally(self, scope: Scope) -> Tally | None:
-        method, path = scope["method"], scope["path"]
-        endpoint = self.metered.get((method, path))
-        if endpoint is None:
-            for (m, p), name in self.metered.items():
-                if m == method and p.endswith("/") and path.startswith(p):
-                    endpoint = name
-                    break
-            else:
-                return None
-        tally = scope[TALLY] = Tally(endpoint)
-        return tally
+    def _metered_prefix(self, method: str, path: str) -> str | None:
+        # Metered routes registered with a trailing "/" (e.g. /v1/models/{id}).
+        for (m, p), name in self.metered.items():
+            if m == method and p.endswith("/") and path.startswith(p):
+                return name
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
         # A metered request is recorded by whatever sends its answer's last bytes, just before
         # (``keyplane.gateway.accounting``); ``send`` itself is not wrapped (a stream sends many).
+        # Its tally is handed to the handler (no scope entry, no call to make it).
         meter = self.meter
-        tally = None if meter is None else self._tally(scope)
+        tally = None
+        if meter is not None:
+            method, path = scope["method"], scope["path"]
+            endpoint = self.metered.get((method, path)) or self._metered_prefix(method, path)
+            if endpoint is not None:
+                tally = Tally(endpoint)
         try:
-            await self._dispatch(scope, receive, send)
+            await self._dispatch(scope, receive, send, tally)
         except KeyplaneError as error:
             if tally is not None:
                 tally.status = status_of(error)
@@ -134,7 +135,9 @@ class Gateway:
             if tally is not None and not tally.finished:
                 accounting.close(tally, meter)  # cut short: recorded as it ends
 
-    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _dispatch(
+        self, scope: Scope, receive: Receive, send: Send, tally: Tally | None
+    ) -> None:
         method, path = scope["method"], scope["path"]
         if path == "/healthz":
             # Readiness for anyone (load balancers); the revision and cluster for operators.
@@ -169,12 +172,11 @@ class Gateway:
             raise NotFound(f"No route {path}.")
         handler, any_state = entry
         key = self.authenticate(scope)
-        tally: Tally | None = scope.get(TALLY)
         if tally is not None:
             tally.team_id, tally.api_key_id = key.team_id, key.api_key_id
         if not any_state:
             self.check_state(key)
-        await handler(scope, receive, send, key)
+        await handler(scope, receive, send, key, tally)
 
     def _is_operator(self, scope: Scope) -> bool:
         """The request carries the metrics token (configured, and compared in constant time)."""
@@ -252,7 +254,7 @@ class Gateway:
             )
 
     async def _api_key_info(
-        self, scope: Scope, receive: Receive, send: Send, key: KeyRecord
+        self, scope: Scope, receive: Receive, send: Send, key: KeyRecord, tally: Tally | None
     ) -> None:
         await send_json(
             send,
@@ -273,7 +275,9 @@ class Gateway:
             },
         )
 
-    async def _me(self, scope: Scope, receive: Receive, send: Send, key: KeyRecord) -> None:
+    async def _me(
+        self, scope: Scope, receive: Receive, send: Send, key: KeyRecord, tally: Tally | None
+    ) -> None:
         await send_json(
             send,
             200,

@@ -28,7 +28,7 @@ from keyplane.gateway.relay import Relay, upstream_body, upstream_headers
 from keyplane.gateway.replica import KeyRecord
 from keyplane.gateway.upstream import Upstream
 from keyplane.ratelimit import Limiter
-from keyplane.usage.meter import TALLY
+from keyplane.usage.meter import Tally
 
 __all__ = ["ENDPOINTS", "Inference"]
 
@@ -95,7 +95,9 @@ class Inference:
         max_body_bytes = self.gateway.config.max_body_bytes
         test_headers = self.gateway.config.forward_test_headers
 
-        async def handle(scope: Scope, receive: Receive, send: Send, key: KeyRecord) -> None:
+        async def handle(
+            scope: Scope, receive: Receive, send: Send, key: KeyRecord, tally: Tally | None
+        ) -> None:
             admission.check_endpoint(key, endpoint)
             body = await read_body(receive, max_body_bytes)
             check_shape(body)
@@ -107,7 +109,6 @@ class Inference:
                 raise InvalidArgument(f"The request body is invalid: {error}.") from None
             if not peek.model:
                 raise InvalidArgument("model: is required", field="model")
-            tally = scope.get(TALLY)
             model = admission.resolve(key, peek.model, tally)
             limits, decision = await admission.admit(key, model)
             path: str = scope["path"]
@@ -136,20 +137,22 @@ class Inference:
         return handle
 
     async def _list_models(
-        self, scope: Scope, receive: Receive, send: Send, key: KeyRecord
+        self, scope: Scope, receive: Receive, send: Send, key: KeyRecord, tally: Tally | None
     ) -> None:
         self.admission.check_endpoint(key, "models")
         await self.admission.admit(key, None)
         data = [_model_object(name) for name in self.admission.visible_models(key)]
-        accounting.close(scope.get(TALLY), self.gateway.meter)  # metered before the answer
+        accounting.close(tally, self.gateway.meter)  # metered before the answer
         await send_json(send, 200, {"object": "list", "data": data})
 
-    async def _get_model(self, scope: Scope, receive: Receive, send: Send, key: KeyRecord) -> None:
+    async def _get_model(
+        self, scope: Scope, receive: Receive, send: Send, key: KeyRecord, tally: Tally | None
+    ) -> None:
         self.admission.check_endpoint(key, "models")
         requested = scope["path"][len("/v1/models/") :]
-        self.admission.resolve(key, requested, scope.get(TALLY))
+        self.admission.resolve(key, requested, tally)
         await self.admission.admit(key, None)
-        accounting.close(scope.get(TALLY), self.gateway.meter)  # metered before the answer
+        accounting.close(tally, self.gateway.meter)  # metered before the answer
         await send_json(send, 200, _model_object(requested))
 
 

@@ -20,9 +20,6 @@ from keyplane.usage.spool import Spool
 
 log = structlog.get_logger("keyplane.usage")
 
-#: Where a request's tally rides in the ASGI scope, for the handlers that fill it in.
-TALLY = "keyplane.tally"
-
 
 class Tally(msgspec.Struct, gc=False):
     """What one request did, as far as usage is concerned. A struct the garbage collector does
