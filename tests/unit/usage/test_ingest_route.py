@@ -60,7 +60,9 @@ def test_a_batch_is_counted_once(client: TestClient) -> None:
 
 
 @pytest.mark.parametrize("name", ["segment", "start", "end"])
-@pytest.mark.parametrize("value", [None, "", "-1", "x", "1.0", " 1", "١", str(2**63), "1e3"])
+@pytest.mark.parametrize(
+    "value", [None, "", "-1", "x", "1.0", " 1", "١", str(2**63), "1e3", "9" * 5000]
+)
 def test_an_offset_that_is_not_an_int63_is_refused(
     client: TestClient, name: str, value: str | None
 ) -> None:
